@@ -1,0 +1,93 @@
+# Developer and CI entry points. Everything runs from .venv, which `make install` builds.
+#
+#   make install      editable install with every extra; builds the C kernel in place
+#   make test         whole suite on the C kernel, then again on the pure-Python kernel
+#   make demo         the demo site (fastsess demo)
+#   make lint         ruff, and the workflow files against GitHub's schema
+#   make bench        per-request benchmarks against Beaker, Flask and Django
+#   make bench-http   the same app under HTTP load
+#   make clean        build products and caches; `make distclean` also removes .venv
+#
+# Variables: PYTHON (interpreter for the venv), VENV, PYTEST_ARGS (e.g. "-x -k lmdb").
+# FASTSESS_NO_EXTENSIONS=1 builds and tests the pure-Python kernel only.
+
+PYTHON ?= python3
+VENV ?= .venv
+PYTEST_ARGS ?=
+
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+PYTEST := $(PY) -m pytest --timeout=300 $(PYTEST_ARGS)
+
+# The stamps name what they were made with, so that changing PYTHON or switching
+# FASTSESS_NO_EXTENSIONS makes them stale.
+KERNEL := $(if $(filter-out 0,$(FASTSESS_NO_EXTENSIONS)),python,c)
+VENV_STAMP := $(VENV)/.made-with-$(subst /,_,$(PYTHON))
+INSTALL_STAMP := $(VENV)/.installed-$(KERNEL)-kernel
+
+.DEFAULT_GOAL := help
+.PHONY: help venv install test demo lint bench bench-http clean distclean
+
+help:
+	@sed -n '1,13s/^# \{0,1\}//p' $(firstword $(MAKEFILE_LIST))
+
+venv: $(VENV_STAMP)
+
+$(VENV_STAMP): pyproject.toml setup.py
+	@want=$$($(PYTHON) -c 'import sys; print(sys.version)') || exit 1; \
+	have=$$($(PY) -c 'import sys; print(sys.version)' 2>/dev/null) || true; \
+	if [ -n "$$have" ] && [ "$$have" != "$$want" ]; then \
+		echo "$(VENV) was made with another Python; recreating it"; rm -rf $(VENV); \
+	fi
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	rm -f $(VENV)/.made-with-*
+	touch $@
+
+install: $(INSTALL_STAMP)
+
+# Editable: Python files are used from src/, and the C kernel is compiled into
+# src/fastsess/. A change to the .pyx needs a new install, hence the dependency.
+$(INSTALL_STAMP): $(VENV_STAMP) pyproject.toml setup.py $(wildcard src/fastsess/_core.pyx)
+	rm -f $(VENV)/.installed-*
+	$(PY) -m pip install -e '.[test,all]'
+	@if [ "$(KERNEL)" = python ]; then \
+		echo "fastsess: C kernel skipped (FASTSESS_NO_EXTENSIONS=1)"; \
+	elif $(PY) -c 'import fastsess._core' 2>/dev/null; then \
+		echo "fastsess: C kernel built"; \
+	else \
+		echo "WARNING: fastsess: the C kernel did not build; only the pure-Python kernel is there"; \
+		echo "         (run '$(PY) -m pip install -v -e .' to see why)"; \
+	fi
+	touch $@
+
+# The C pass requires the compiled kernel, so a failed build cannot pass as the fallback.
+test: install
+ifneq ($(KERNEL),python)
+	@echo "=== test suite: C kernel ==="
+	FASTSESS_REQUIRE_EXTENSIONS=1 $(PYTEST)
+endif
+	@echo "=== test suite: pure-Python kernel ==="
+	FASTSESS_NO_EXTENSIONS=1 $(PYTEST)
+
+demo: install
+	$(BIN)/fastsess demo
+
+lint: install
+	$(BIN)/ruff check $(wildcard src tests bench)
+	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
+
+bench: install
+	$(BIN)/fastsess bench
+
+bench-http: install
+	$(PY) bench/http_load.py
+
+clean:
+	rm -rf build dist src/*.egg-info .pytest_cache .ruff_cache .hypothesis .benchmarks
+	rm -f src/fastsess/_core.c src/fastsess/*.html src/fastsess/_core*.so src/fastsess/_core*.pyd
+	rm -f $(VENV)/.installed-*
+	find src tests $(wildcard bench) -name __pycache__ -type d -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV)

@@ -1,0 +1,1034 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""The C kernel: ids, key derivation, id-cookie tags, cookie parsing, the record codec.
+
+The Cython twin of `_core_py.py`: the same functions with the same signatures,
+exceptions and byte-identical output, so the two read side by side. The hot
+paths work on str and bytes buffers directly (base64url, the Cookie header
+scan, the codec walk); HMAC stays in OpenSSL through the standard library and
+JSON in orjson. Byte layouts are documented in docs/FORMATS.md.
+"""
+
+import datetime as _dt
+import hashlib
+import hmac
+import os
+import uuid
+from decimal import Decimal
+
+import orjson as _orjson
+import xxhash as _xxhash
+
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.dict cimport PyDict_Next
+from cpython.float cimport PyFloat_AS_DOUBLE, PyFloat_AsDouble
+from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
+from cpython.long cimport (
+    PyLong_AsLongLongAndOverflow,
+    PyLong_AsUnsignedLongLong,
+    PyLong_AsUnsignedLongLongMask,
+)
+from cpython.object cimport PyObject
+from cpython.unicode cimport (
+    Py_UCS1,
+    PyUnicode_1BYTE_DATA,
+    PyUnicode_AsUTF8AndSize,
+    PyUnicode_DATA,
+    PyUnicode_DecodeUTF8,
+    PyUnicode_GET_LENGTH,
+    PyUnicode_KIND,
+    PyUnicode_New,
+    PyUnicode_READ,
+    PyUnicode_Substring,
+)
+from libc.math cimport isfinite
+from libc.stdint cimport uint8_t, uint32_t, uint64_t
+from libc.string cimport memchr, memcpy
+
+
+cdef extern from "Python.h":
+    bint PyUnicode_IS_ASCII(object o)
+    Py_ssize_t PyNumber_AsSsize_t(object o, PyObject* exc) except? -1
+    # Strings made by the legacy Py_UNICODE API are "ready" only after this (Python 3.11).
+    int __Pyx_PyUnicode_READY(object o) except -1
+
+try:
+    # What hmac.digest calls for a hash name, minus one Python frame per tag.
+    from _hashlib import hmac_digest as _stdlib_hmac_digest
+except ImportError:  # a CPython built without OpenSSL's _hashlib
+    _stdlib_hmac_digest = hmac.digest
+
+FORMAT_VERSION = 1
+ID_BYTES = 32
+ID_TAG_BYTES = 16
+ID_COOKIE_BYTES = 2 + ID_BYTES + ID_TAG_BYTES
+MAX_COOKIE_CHARS = 4096
+MAX_CANDIDATES = 3
+HKDF_SALT = b"fastsess"
+ID_COOKIE_PURPOSE = b"fastsess/v1/id-cookie"
+
+MAX_DEPTH = 64  # nesting limit for session values, below every JSON library's own
+_INT_MAX = (1 << 64) - 1  # and the minimum, -2**63, is where long long overflows
+FLAG_DOMAIN = 1
+FLAG_PATH = 2
+FLAG_FLASH = 4
+_KNOWN_FLAGS = FLAG_DOMAIN | FLAG_PATH | FLAG_FLASH
+
+# The same numbers as C constants, for the typed code below.
+cdef enum:
+    C_FORMAT_VERSION = 1
+    C_ID_BYTES = 32
+    C_ID_TAG_BYTES = 16
+    C_ID_COOKIE_BYTES = 50
+    C_ID_COOKIE_CHARS = 67  # unpadded base64url of 50 bytes
+    C_MAX_COOKIE_CHARS = 4096
+    C_MAX_DEPTH = 64
+    C_RECORD_HEADER_SIZE = 22  # >BBIdd: version, flags, csrf generation, created, last write
+    C_KNOWN_FLAGS = 7
+
+cdef const char* C_PURPOSE = b"fastsess/v1/id-cookie"  # ID_COOKIE_PURPOSE
+cdef Py_ssize_t C_PURPOSE_LEN = 21
+
+# Hot callables held in C variables: no module-dict lookup per call.
+cdef object _hmac_digest = _stdlib_hmac_digest
+cdef object _compare_digest = hmac.compare_digest
+cdef object _dumps = _orjson.dumps
+cdef object _loads = _orjson.loads
+cdef object _xxh3_64 = _xxhash.xxh3_64_intdigest
+cdef object _sha256 = hashlib.sha256
+cdef type _DATETIME = _dt.datetime
+cdef type _DATE = _dt.date
+cdef type _TIME = _dt.time
+cdef type _DECIMAL = Decimal
+cdef type _UUID = uuid.UUID
+cdef object _UUID_LIMIT = 1 << 128
+
+cdef object _urandom = os.urandom
+
+
+def _set_random_source(source) -> None:
+    """Replace the CSPRNG with `source(n) -> bytes`; tests only. None restores os.urandom."""
+    global _urandom
+    _urandom = os.urandom if source is None else source
+
+
+cdef bytes _random_bytes(Py_ssize_t n):
+    data = _urandom(n)
+    if type(data) is not bytes or PyBytes_GET_SIZE(data) != n:
+        raise ValueError("random source returned the wrong number of bytes")
+    return <bytes>data
+
+
+def random_bytes(Py_ssize_t n) -> bytes:
+    """n bytes from the OS CSPRNG (or the injected test source)."""
+    return _random_bytes(n)
+
+
+# ---------------------------------------------------------------- base64url
+
+cdef const char* _B64_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+cdef signed char _B64_VALUES[256]  # -1 outside the alphabet
+
+
+cdef void _fill_b64_values() noexcept:
+    cdef int i
+    for i in range(256):
+        _B64_VALUES[i] = -1
+    for i in range(64):
+        _B64_VALUES[<uint8_t>_B64_CHARS[i]] = i
+
+
+_fill_b64_values()
+
+
+cdef str _b64_encode(const uint8_t* src, Py_ssize_t n):
+    """Unpadded base64url of n bytes at src."""
+    cdef Py_ssize_t rem = n % 3
+    cdef Py_ssize_t size = (n // 3) * 4 + (rem + 1 if rem else 0)
+    cdef str out = PyUnicode_New(size, 127)
+    cdef Py_UCS1* dst = PyUnicode_1BYTE_DATA(out)
+    cdef Py_ssize_t i = 0, o = 0
+    cdef uint32_t v
+    while i + 3 <= n:
+        v = (<uint32_t>src[i] << 16) | (<uint32_t>src[i + 1] << 8) | src[i + 2]
+        dst[o] = _B64_CHARS[v >> 18]
+        dst[o + 1] = _B64_CHARS[(v >> 12) & 63]
+        dst[o + 2] = _B64_CHARS[(v >> 6) & 63]
+        dst[o + 3] = _B64_CHARS[v & 63]
+        i += 3
+        o += 4
+    if rem == 1:
+        v = <uint32_t>src[i] << 16
+        dst[o] = _B64_CHARS[v >> 18]
+        dst[o + 1] = _B64_CHARS[(v >> 12) & 63]
+    elif rem == 2:
+        v = (<uint32_t>src[i] << 16) | (<uint32_t>src[i + 1] << 8)
+        dst[o] = _B64_CHARS[v >> 18]
+        dst[o + 1] = _B64_CHARS[(v >> 12) & 63]
+        dst[o + 2] = _B64_CHARS[(v >> 6) & 63]
+    return out
+
+
+cdef Py_ssize_t _b64_decode_into(const Py_UCS1* src, Py_ssize_t n, uint8_t* dst) noexcept nogil:
+    """Decode n base64url characters into dst, which holds (n * 3) // 4 bytes.
+
+    Returns the decoded length, or -1 for a character outside the alphabet, a
+    length of 4k+1 or set unused bits (a non-canonical encoding).
+    """
+    cdef Py_ssize_t i = 0, o = 0, rem = n % 4
+    cdef int a, b, c, d
+    if rem == 1:
+        return -1
+    while i + 4 <= n:
+        a = _B64_VALUES[src[i]]
+        b = _B64_VALUES[src[i + 1]]
+        c = _B64_VALUES[src[i + 2]]
+        d = _B64_VALUES[src[i + 3]]
+        if (a | b | c | d) < 0:
+            return -1
+        dst[o] = <uint8_t>((a << 2) | (b >> 4))
+        dst[o + 1] = <uint8_t>(((b & 15) << 4) | (c >> 2))
+        dst[o + 2] = <uint8_t>(((c & 3) << 6) | d)
+        i += 4
+        o += 3
+    if rem == 2:
+        a = _B64_VALUES[src[i]]
+        b = _B64_VALUES[src[i + 1]]
+        if (a | b) < 0 or (b & 15):
+            return -1
+        dst[o] = <uint8_t>((a << 2) | (b >> 4))
+        o += 1
+    elif rem == 3:
+        a = _B64_VALUES[src[i]]
+        b = _B64_VALUES[src[i + 1]]
+        c = _B64_VALUES[src[i + 2]]
+        if (a | b | c) < 0 or (c & 3):
+            return -1
+        dst[o] = <uint8_t>((a << 2) | (b >> 4))
+        dst[o + 1] = <uint8_t>(((b & 15) << 4) | (c >> 2))
+        o += 2
+    return o
+
+
+def b64url_encode(data) -> str:
+    """Unpadded base64url."""
+    cdef Py_buffer view
+    if type(data) is bytes:
+        return _b64_encode(<const uint8_t*>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
+    PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+    try:
+        return _b64_encode(<const uint8_t*>view.buf, view.len)
+    finally:
+        PyBuffer_Release(&view)
+
+
+cdef bytes _b64url_decode(str text):
+    cdef Py_ssize_t n
+    __Pyx_PyUnicode_READY(text)
+    n = PyUnicode_GET_LENGTH(text)
+    if n % 4 == 1 or not PyUnicode_IS_ASCII(text):
+        raise ValueError("invalid base64url")
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, (n // 4) * 3 + (n % 4 - 1 if n % 4 else 0))
+    if _b64_decode_into(PyUnicode_1BYTE_DATA(text), n, <uint8_t*>PyBytes_AS_STRING(out)) < 0:
+        raise ValueError("invalid base64url")
+    return out
+
+
+def b64url_decode(text) -> bytes:
+    """Strict unpadded base64url: any other character, a bad length or stray bits is ValueError."""
+    if type(text) is not str:
+        raise TypeError("expected str")
+    return _b64url_decode(<str>text)
+
+
+def new_session_id() -> str:
+    """A fresh 256-bit session id from the CSPRNG, in unpadded base64url (43 characters)."""
+    cdef bytes raw = _random_bytes(C_ID_BYTES)
+    return _b64_encode(<const uint8_t*>PyBytes_AS_STRING(raw), C_ID_BYTES)
+
+
+def store_key(session_id) -> bytes:
+    """SHA-256 of the id: what stores see instead of the id itself."""
+    if not isinstance(session_id, str):
+        raise TypeError("session id must be str")
+    return _sha256(session_id.encode("utf-8")).digest()
+
+
+# ---------------------------------------------------------------- HMAC and HKDF
+
+
+def hmac_sha256(key, msg) -> bytes:
+    """HMAC-SHA256 through OpenSSL."""
+    return _hmac_digest(key, msg, "sha256")
+
+
+def constant_time_equal(a, b) -> bool:
+    """Compare two byte strings in time independent of where they differ."""
+    return _compare_digest(a, b)
+
+
+def hkdf_extract(salt, ikm) -> bytes:
+    """RFC 5869 HKDF-Extract with SHA-256."""
+    return _hmac_digest(salt or b"\x00" * 32, ikm, "sha256")
+
+
+def hkdf_expand(prk, info, length=32) -> bytes:
+    """RFC 5869 HKDF-Expand with SHA-256."""
+    if length < 0 or length > 255 * 32:
+        raise ValueError("HKDF-Expand length out of range")
+    out = b""
+    block = b""
+    counter = 1
+    while len(out) < length:
+        block = _hmac_digest(prk, block + info + bytes((counter,)), "sha256")
+        out += block
+        counter += 1
+    return out[:length]
+
+
+def secret_prk(secret) -> bytes:
+    """PRK = HKDF-Extract(salt=b"fastsess", UTF-8 secret), computed once per configured secret."""
+    return hkdf_extract(HKDF_SALT, secret.encode("utf-8"))
+
+
+def derive_subkey(prk, label) -> bytes:
+    """A 256-bit subkey for one purpose, e.g. label "fastsess/v1/id-tag"."""
+    return hkdf_expand(prk, label.encode("ascii"), 32)
+
+
+def derive_key_id(prk) -> int:
+    """The 1-byte key id: derived from the key itself, never from its position in a list."""
+    return hkdf_expand(prk, b"fastsess/v1/key-id", 1)[0]
+
+
+# ---------------------------------------------------------------- id cookie
+
+
+cdef int _byte_value(object value) except -1:
+    """value as one byte, with the errors bytes((value,)) raises."""
+    cdef Py_ssize_t n = PyNumber_AsSsize_t(value, NULL)
+    if n < 0 or n > 255:
+        raise ValueError("bytes must be in range(0, 256)")
+    return <int>n
+
+
+cdef bytes _id_mac_input(int version, int kid, object name, const uint8_t* raw_id):
+    cdef Py_ssize_t name_len
+    cdef const char* name_utf8
+    if not isinstance(name, str):
+        raise TypeError("cookie name must be str")
+    name_utf8 = PyUnicode_AsUTF8AndSize(name, &name_len)
+    if name_len > 0xFFFF:
+        raise ValueError("cookie name too long")
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, C_PURPOSE_LEN + 5 + name_len + C_ID_BYTES)
+    cdef uint8_t* p = <uint8_t*>PyBytes_AS_STRING(out)
+    memcpy(p, C_PURPOSE, C_PURPOSE_LEN)
+    p += C_PURPOSE_LEN
+    p[0] = 0
+    p[1] = <uint8_t>version
+    p[2] = <uint8_t>kid
+    p[3] = <uint8_t>(name_len >> 8)
+    p[4] = <uint8_t>name_len
+    memcpy(p + 5, name_utf8, name_len)
+    memcpy(p + 5 + name_len, raw_id, C_ID_BYTES)
+    return out
+
+
+def sign_id(session_id, key, kid, name) -> str:
+    """The id-cookie value: base64url(version | key id | raw id | 128-bit tag)."""
+    cdef uint8_t raw[C_ID_COOKIE_BYTES]
+    if type(session_id) is not str:
+        raise TypeError("expected str")
+    cdef bytes raw_id = _b64url_decode(<str>session_id)
+    if PyBytes_GET_SIZE(raw_id) != C_ID_BYTES:
+        raise ValueError("session id must be 32 bytes")
+    cdef int key_id = _byte_value(kid)
+    raw[0] = C_FORMAT_VERSION
+    raw[1] = <uint8_t>key_id
+    memcpy(&raw[2], PyBytes_AS_STRING(raw_id), C_ID_BYTES)
+    tag = _hmac_digest(key, _id_mac_input(C_FORMAT_VERSION, key_id, name, &raw[2]), "sha256")
+    memcpy(&raw[2 + C_ID_BYTES], PyBytes_AS_STRING(tag), C_ID_TAG_BYTES)
+    return _b64_encode(raw, C_ID_COOKIE_BYTES)
+
+
+def open_id_cookie(value, keys, name):
+    """Verify an id-cookie value against (key id, key) pairs, first key first.
+
+    Returns (session_id, index of the key that verified), or None for anything
+    malformed, oversized or forged. Never raises on bad input.
+    """
+    cdef uint8_t raw[C_ID_COOKIE_BYTES + 2]  # room for what 67 characters could decode to
+    cdef Py_ssize_t n
+    if type(value) is not str:
+        return None
+    __Pyx_PyUnicode_READY(value)
+    n = PyUnicode_GET_LENGTH(value)
+    if n > C_MAX_COOKIE_CHARS or n != C_ID_COOKIE_CHARS or not PyUnicode_IS_ASCII(value):
+        return None
+    if _b64_decode_into(PyUnicode_1BYTE_DATA(value), n, raw) != C_ID_COOKIE_BYTES:
+        return None
+    if raw[0] != C_FORMAT_VERSION:
+        return None
+    cdef int kid = raw[1]
+    cdef bytes tag = PyBytes_FromStringAndSize(<char*>&raw[2 + C_ID_BYTES], C_ID_TAG_BYTES)
+    msg = None
+    for index, (key_kid, key) in enumerate(keys):
+        if key_kid != kid:
+            continue
+        if msg is None:
+            msg = _id_mac_input(C_FORMAT_VERSION, kid, name, &raw[2])
+        mac = _hmac_digest(key, msg, "sha256")
+        if _compare_digest(PyBytes_FromStringAndSize(PyBytes_AS_STRING(mac), C_ID_TAG_BYTES), tag):
+            return _b64_encode(&raw[2], C_ID_BYTES), index
+    return None
+
+
+# ---------------------------------------------------------------- Cookie header
+
+
+cdef inline Py_ssize_t _find_char(
+    int kind, const void* data, Py_UCS4 ch, Py_ssize_t start, Py_ssize_t stop
+) noexcept:
+    """Index of the first ch in data[start:stop], or stop."""
+    cdef const char* hit
+    if kind == 1:
+        if start >= stop:
+            return stop
+        hit = <const char*>memchr(<const char*>data + start, <int>ch, <size_t>(stop - start))
+        return stop if hit == NULL else hit - <const char*>data
+    while start < stop and PyUnicode_READ(kind, <void*>data, start) != ch:
+        start += 1
+    return start
+
+
+cdef inline bint _is_blank(Py_UCS4 ch) noexcept nogil:
+    return ch == 32 or ch == 9
+
+
+def parse_cookie(header, name, limit=MAX_CANDIDATES) -> list:
+    """Values of cookie `name` in a Cookie header, in order, at most `limit`.
+
+    Splits on ";" only, trims spaces and tabs, compares names exactly, strips
+    one pair of double quotes. Values are returned unvalidated.
+    """
+    cdef list found = []
+    if not header or limit <= 0:
+        return found
+    if not isinstance(header, str) or not isinstance(name, str):
+        raise TypeError("Cookie header and cookie name must be str")
+    cdef Py_ssize_t cap = PyNumber_AsSsize_t(limit, NULL)  # a huge limit is no limit
+    __Pyx_PyUnicode_READY(header)
+    __Pyx_PyUnicode_READY(name)
+    cdef Py_ssize_t size = PyUnicode_GET_LENGTH(header)
+    cdef Py_ssize_t name_len = PyUnicode_GET_LENGTH(name)
+    cdef int kind = PyUnicode_KIND(header)
+    cdef int name_kind = PyUnicode_KIND(name)
+    cdef const void* data = PyUnicode_DATA(header)
+    cdef const void* name_data = PyUnicode_DATA(name)
+    cdef Py_ssize_t start = 0, end, eq, a, b, j
+    while start <= size:
+        end = _find_char(kind, data, 59, start, size)  # ';'
+        eq = _find_char(kind, data, 61, start, end)  # '='
+        if eq < end:
+            a = start
+            b = eq
+            while a < b and _is_blank(PyUnicode_READ(kind, <void*>data, a)):
+                a += 1
+            while b > a and _is_blank(PyUnicode_READ(kind, <void*>data, b - 1)):
+                b -= 1
+            if b - a == name_len:
+                j = 0
+                while j < name_len and (
+                    PyUnicode_READ(kind, <void*>data, a + j) == PyUnicode_READ(name_kind, <void*>name_data, j)
+                ):
+                    j += 1
+                if j == name_len:
+                    a = eq + 1
+                    b = end
+                    while a < b and _is_blank(PyUnicode_READ(kind, <void*>data, a)):
+                        a += 1
+                    while b > a and _is_blank(PyUnicode_READ(kind, <void*>data, b - 1)):
+                        b -= 1
+                    if (
+                        b - a >= 2
+                        and PyUnicode_READ(kind, <void*>data, a) == 34  # '"'
+                        and PyUnicode_READ(kind, <void*>data, b - 1) == 34
+                    ):
+                        a += 1
+                        b -= 1
+                    found.append(PyUnicode_Substring(header, a, b))
+                    if len(found) >= cap:
+                        break
+        start = end + 1
+    return found
+
+
+# ---------------------------------------------------------------- Set-Cookie
+
+_WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = (None, "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+cdef const char* C_WEEKDAYS = b"MonTueWedThuFriSatSun"
+cdef const char* C_MONTHS = b"JanFebMarAprMayJunJulAugSepOctNovDec"
+cdef long long C_MAX_HTTP_DATE = 253402300799  # 9999-12-31 23:59:59 UTC, the last datetime can hold
+
+
+cdef inline void _put_digits(Py_UCS1* dst, long long value, int width) noexcept nogil:
+    while width > 0:
+        width -= 1
+        dst[width] = <Py_UCS1>(48 + value % 10)
+        value //= 10
+
+
+def http_date(timestamp) -> str:
+    """RFC 1123 date, as http.cookies.Morsel writes an `expires=` attribute."""
+    cdef long long secs, days, era, doe, yoe, year, doy, mp, day, month, rest
+    seconds = int(timestamp)
+    if type(seconds) is not int or seconds < 0 or seconds > C_MAX_HTTP_DATE:
+        # Before 1970 or past year 9999: datetime decides, with its own errors.
+        t = _dt.datetime.fromtimestamp(seconds, _dt.timezone.utc)
+        return "%s, %02d %s %04d %02d:%02d:%02d GMT" % (
+            _WEEKDAYS[t.weekday()], t.day, _MONTHS[t.month], t.year, t.hour, t.minute, t.second
+        )
+    secs = seconds
+    days = secs // 86400
+    rest = secs % 86400
+    # Civil date from a day count (days since 1970-01-01), proleptic Gregorian.
+    era = (days + 719468) // 146097
+    doe = days + 719468 - era * 146097
+    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    day = doy - (153 * mp + 2) // 5 + 1
+    month = mp + 3 if mp < 10 else mp - 9
+    year = yoe + era * 400 + (1 if month <= 2 else 0)
+    cdef str out = PyUnicode_New(29, 127)
+    cdef Py_UCS1* p = PyUnicode_1BYTE_DATA(out)
+    memcpy(p, C_WEEKDAYS + 3 * ((days + 3) % 7), 3)  # 1970-01-01 was a Thursday
+    p[3] = 44  # ','
+    p[4] = 32
+    _put_digits(p + 5, day, 2)
+    p[7] = 32
+    memcpy(p + 8, C_MONTHS + 3 * (month - 1), 3)
+    p[11] = 32
+    _put_digits(p + 12, year, 4)
+    p[16] = 32
+    _put_digits(p + 17, rest // 3600, 2)
+    p[19] = 58  # ':'
+    _put_digits(p + 20, rest // 60 % 60, 2)
+    p[22] = 58
+    _put_digits(p + 23, rest % 60, 2)
+    memcpy(p + 25, b" GMT", 4)
+    return out
+
+
+cdef int _check_attribute(str what, object text) except -1:
+    cdef Py_ssize_t i, n
+    cdef const Py_UCS1* chars
+    cdef Py_UCS1 ch
+    if not isinstance(text, str):
+        raise TypeError(f"cookie {what} must be str")
+    __Pyx_PyUnicode_READY(text)
+    n = PyUnicode_GET_LENGTH(text)
+    if PyUnicode_KIND(text) != 1:  # holds a character above U+00FF, so above "~"
+        raise ValueError(f"invalid character in cookie {what}")
+    chars = PyUnicode_1BYTE_DATA(text)
+    for i in range(n):
+        ch = chars[i]
+        if ch == 59 or ch < 32 or ch > 126:  # ';', controls, DEL and beyond
+            raise ValueError(f"invalid character in cookie {what}")
+    return 0
+
+
+def build_set_cookie(
+    name,
+    value,
+    path=None,
+    domain=None,
+    expires=None,
+    max_age=None,
+    secure=True,
+    httponly=True,
+    samesite=None,
+    partitioned=False,
+) -> str:
+    """A Set-Cookie value with attributes spelled and ordered as http.cookies.Morsel does."""
+    _check_attribute("name", name)
+    _check_attribute("value", value)
+    cdef list parts = [name + "=" + value]
+    if domain:
+        _check_attribute("domain", domain)
+        parts.append("Domain=" + domain)
+    if expires is not None:
+        parts.append("expires=" + http_date(expires))
+    if httponly:
+        parts.append("HttpOnly")
+    if max_age is not None:
+        parts.append("Max-Age=%d" % max_age)
+    if partitioned:
+        parts.append("Partitioned")
+    if path:
+        _check_attribute("path", path)
+        parts.append("Path=" + path)
+    if samesite:
+        _check_attribute("samesite", samesite)
+        parts.append("SameSite=" + samesite)
+    if secure:
+        parts.append("Secure")
+    return "; ".join(parts)
+
+
+# ---------------------------------------------------------------- the value codec
+#
+# Session values are exact instances of JSON types plus tagged round-trips.
+# A tag is a one-key object whose key starts with "~"; a user dict of that
+# shape is escaped as {"~~": dict}. Everything else is refused.
+
+cdef str _TAG_TUPLE = "~t"
+cdef str _TAG_SET = "~s"
+cdef str _TAG_FROZENSET = "~fs"
+cdef str _TAG_BYTES = "~b"
+cdef str _TAG_DATETIME = "~dt"
+cdef str _TAG_DATE = "~d"
+cdef str _TAG_TIME = "~tm"
+cdef str _TAG_DECIMAL = "~dec"
+cdef str _TAG_UUID = "~u"
+cdef str _TAG_ESCAPE = "~~"
+
+
+cdef int _refuse(object value, str why="") except -1:
+    raise TypeError(f"{type(value).__name__} is not a session value{why}")
+
+
+cdef inline bint _is_tag_key(object key) except -1:
+    """True when key is a str starting with "~"."""
+    if type(key) is not str:
+        return False
+    __Pyx_PyUnicode_READY(key)
+    return PyUnicode_GET_LENGTH(key) > 0 and PyUnicode_READ(PyUnicode_KIND(key), PyUnicode_DATA(key), 0) == 126
+
+
+cdef object _first_key(dict value):
+    cdef PyObject* key = NULL
+    cdef Py_ssize_t pos = 0
+    if not PyDict_Next(value, &pos, &key, NULL):
+        return None
+    return <object>key
+
+
+cdef list _set_items(object value, int depth):
+    cdef list items = [_to_plain(v, depth) for v in value]
+    items.sort(key=_dumps)
+    return items
+
+
+cdef str _uuid_text(object value):
+    """str(value) for a UUID, formatted here rather than by UUID.__str__."""
+    cdef uint64_t hi, lo
+    cdef int i
+    n = value.int
+    if type(n) is not int or n < 0 or n >= _UUID_LIMIT:
+        return str(value)
+    hi = PyLong_AsUnsignedLongLong(n >> 64)
+    lo = PyLong_AsUnsignedLongLongMask(n)
+    cdef str out = PyUnicode_New(36, 127)
+    cdef Py_UCS1* p = PyUnicode_1BYTE_DATA(out)
+    cdef const char* hexdigits = b"0123456789abcdef"
+    cdef int pos = 36
+    for i in range(32):  # from the last hex digit back; groups 8-4-4-4-12
+        pos -= 1
+        if pos == 23 or pos == 18 or pos == 13 or pos == 8:
+            p[pos] = 45  # '-'
+            pos -= 1
+        if i < 16:
+            p[pos] = hexdigits[lo & 15]
+            lo >>= 4
+        else:
+            p[pos] = hexdigits[hi & 15]
+            hi >>= 4
+    return out
+
+
+cdef object _dict_to_plain(dict value, int depth):
+    out = None
+    for k, v in value.items():
+        if type(k) is not str:
+            raise TypeError(f"dict keys must be str, not {type(k).__name__}")
+        pv = _to_plain(v, depth)
+        if pv is not v and out is None:
+            out = dict(value)
+        if out is not None:
+            out[k] = pv
+    result = value if out is None else out
+    if len(value) == 1 and _is_tag_key(_first_key(value)):
+        return {_TAG_ESCAPE: result}
+    return result
+
+
+cdef object _list_to_plain(list value, int depth):
+    cdef Py_ssize_t i = 0
+    out = None
+    while i < PyList_GET_SIZE(value):  # re-read: a tzinfo hook may shrink the list
+        v = <object>PyList_GET_ITEM(value, i)
+        pv = _to_plain(v, depth)
+        if pv is not v and out is None:
+            out = list(value)
+        if out is not None:
+            if i >= PyList_GET_SIZE(out):
+                raise IndexError("list assignment index out of range")
+            out[i] = pv
+        i += 1
+    return value if out is None else out
+
+
+cdef object _to_plain(object value, int depth):
+    """The JSON tree for value, refusing anything SPEC 4 does not allow.
+
+    Returns value itself when nothing needs a tag, so plain data is not copied.
+    """
+    cdef type t = type(value)
+    cdef int overflow = 0
+    if depth > C_MAX_DEPTH:
+        raise TypeError(f"value is nested more than {MAX_DEPTH} levels deep")
+    depth += 1
+    if t is str or t is bool or value is None:
+        return value
+    if t is int:
+        PyLong_AsLongLongAndOverflow(value, &overflow)  # overflow < 0: below -2**63
+        if overflow < 0 or (overflow > 0 and value > _INT_MAX):
+            _refuse(value, " (int out of 64-bit range)")
+        return value
+    if t is float:
+        if not isfinite(PyFloat_AS_DOUBLE(value)):
+            _refuse(value, " (NaN and infinities are refused)")
+        return value
+    if t is dict:
+        return _dict_to_plain(<dict>value, depth)
+    if t is list:
+        return _list_to_plain(<list>value, depth)
+    if t is tuple:
+        return {_TAG_TUPLE: [_to_plain(v, depth) for v in <tuple>value]}
+    if t is set:
+        return {_TAG_SET: _set_items(value, depth)}
+    if t is frozenset:
+        return {_TAG_FROZENSET: _set_items(value, depth)}
+    if t is bytes:
+        return {_TAG_BYTES: _b64_encode(<const uint8_t*>PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value))}
+    if t is _DATETIME:
+        return {_TAG_DATETIME: value.isoformat()}
+    if t is _DATE:
+        return {_TAG_DATE: value.isoformat()}
+    if t is _TIME:
+        return {_TAG_TIME: value.isoformat()}
+    if t is _DECIMAL:
+        if not value.is_finite():
+            _refuse(value, " (NaN and infinities are refused)")
+        return {_TAG_DECIMAL: str(value)}
+    if t is _UUID:
+        return {_TAG_UUID: _uuid_text(value)}
+    _refuse(value)
+
+
+cdef object _from_tag(str tag, object payload, int depth):
+    if tag == _TAG_ESCAPE:
+        if type(payload) is not dict:
+            raise ValueError("malformed escaped dict")
+        return {k: _from_plain(v, depth) for k, v in (<dict>payload).items()}
+    if tag == _TAG_TUPLE or tag == _TAG_SET or tag == _TAG_FROZENSET:
+        if type(payload) is not list:
+            raise ValueError("malformed tagged collection")
+        items = [_from_plain(v, depth) for v in <list>payload]
+        if tag == _TAG_TUPLE:
+            return tuple(items)
+        try:
+            return set(items) if tag == _TAG_SET else frozenset(items)
+        except TypeError as exc:
+            raise ValueError("unhashable set element") from exc
+    if type(payload) is not str:
+        raise ValueError("malformed tagged value")
+    try:
+        if tag == _TAG_BYTES:
+            return _b64url_decode(<str>payload)
+        if tag == _TAG_DATETIME:
+            return _DATETIME.fromisoformat(payload)
+        if tag == _TAG_DATE:
+            return _DATE.fromisoformat(payload)
+        if tag == _TAG_TIME:
+            return _TIME.fromisoformat(payload)
+        if tag == _TAG_DECIMAL:
+            value = _DECIMAL(payload)
+            if not value.is_finite():
+                raise ValueError("non-finite Decimal")
+            return value
+        if tag == _TAG_UUID:
+            return _UUID(payload)
+    except (ArithmeticError, ValueError, TypeError) as exc:
+        raise ValueError(f"malformed {tag} value") from exc
+    raise ValueError(f"unknown tag {tag!r}")
+
+
+cdef object _from_plain(object value, int depth):
+    cdef type t = type(value)
+    cdef Py_ssize_t i = 0
+    if depth > C_MAX_DEPTH:
+        raise ValueError(f"record data is nested more than {MAX_DEPTH} levels deep")
+    depth += 1
+    if t is dict:
+        if len(<dict>value) == 1:
+            k = _first_key(<dict>value)
+            if _is_tag_key(k):
+                return _from_tag(<str>k, (<dict>value)[k], depth)
+        for k, v in (<dict>value).items():
+            pv = _from_plain(v, depth)
+            if pv is not v:
+                (<dict>value)[k] = pv
+        return value
+    if t is list:
+        while i < PyList_GET_SIZE(value):
+            v = <object>PyList_GET_ITEM(value, i)
+            pv = _from_plain(v, depth)
+            if pv is not v and i < PyList_GET_SIZE(value):
+                (<list>value)[i] = pv
+            i += 1
+        return value
+    return value
+
+
+def check_value(key, value) -> None:
+    """Raise TypeError naming `key` unless value is a session value (SPEC 4)."""
+    try:
+        _dumps(_to_plain(value, 1))
+    except TypeError as exc:
+        raise TypeError(f"session[{key!r}]: {exc}") from None
+    except RecursionError:
+        raise TypeError(f"session[{key!r}]: value is nested too deeply") from None
+
+
+def encode_data(data) -> bytes:
+    """Encode a session's data dict; TypeError names the first refused key."""
+    if type(data) is not dict:
+        raise TypeError("session data must be a dict")
+    try:
+        return _dumps(_to_plain(data, 0))
+    except (TypeError, RecursionError):
+        pass
+    for k, v in (<dict>data).items():
+        if type(k) is not str:
+            raise TypeError(f"session keys must be str, not {type(k).__name__}")
+        try:
+            k.encode("utf-8")
+        except UnicodeEncodeError:
+            raise TypeError(f"session key {k!r} is not valid UTF-8") from None
+        check_value(k, v)
+    raise TypeError("session data cannot be encoded")
+
+
+cdef bint _may_hold_tag(bytes blob) noexcept:
+    """The test b'"~' in blob, scanning for the rare "~" with memchr and looking one byte back."""
+    cdef const char* start = PyBytes_AS_STRING(blob)
+    cdef const char* end = start + PyBytes_GET_SIZE(blob)
+    cdef const char* p = start
+    while p < end:
+        p = <const char*>memchr(p, 126, <size_t>(end - p))  # '~'
+        if p == NULL:
+            return False
+        if p > start and (p - 1)[0] == 34:  # the byte before is a quote
+            return True
+        p += 1
+    return False
+
+
+def decode_data(blob) -> dict:
+    """Decode what encode_data wrote; ValueError for anything malformed."""
+    if type(blob) is not bytes:
+        if not isinstance(blob, (bytes, bytearray, memoryview)):
+            raise TypeError("record data must be bytes")
+        blob = bytes(blob)
+    try:
+        tree = _loads(blob)
+    except RecursionError as exc:
+        raise ValueError("invalid record data") from exc
+    if type(tree) is not dict:
+        raise ValueError("record data is not an object")
+    if not _may_hold_tag(<bytes>blob):  # no tag can be present: skip the walk
+        return tree
+    try:
+        result = _from_plain(tree, 0)
+    except RecursionError as exc:
+        raise ValueError("invalid record data") from exc
+    if type(result) is not dict:
+        raise ValueError("record data is not an object")
+    return result
+
+
+def fingerprint(data) -> int:
+    """64-bit change fingerprint (xxh3_64); never used for security."""
+    return _xxh3_64(data)
+
+
+# ---------------------------------------------------------------- records
+
+
+cdef inline void _store_be64(uint8_t* p, uint64_t v) noexcept nogil:
+    cdef int i
+    for i in range(8):
+        p[7 - i] = <uint8_t>(v & 0xFF)
+        v >>= 8
+
+
+cdef inline uint64_t _load_be64(const uint8_t* p) noexcept nogil:
+    cdef uint64_t v = 0
+    cdef int i
+    for i in range(8):
+        v = (v << 8) | p[i]
+    return v
+
+
+cdef double _timestamp(object value) except? -1.0:
+    """value as a C double, with TypeError for anything that is not a real number."""
+    if type(value) is float:
+        return PyFloat_AS_DOUBLE(value)
+    try:
+        return PyFloat_AsDouble(value)
+    except Exception:
+        raise TypeError("record timestamps must be real numbers") from None
+
+
+cdef const char* _short_field(str what, object text, Py_ssize_t* size) except NULL:
+    cdef const char* raw
+    if not isinstance(text, str):
+        raise TypeError(f"{what} must be str")
+    raw = PyUnicode_AsUTF8AndSize(text, size)
+    if size[0] > 255:
+        raise ValueError(f"{what} too long")
+    return raw
+
+
+def pack_record(created, last_write, csrf_gen, domain, path, flash, data) -> bytes:
+    """A record: header, optional domain and path, optional flash bytes, then the data bytes."""
+    cdef int flags = 0
+    cdef const char* domain_raw = NULL
+    cdef const char* path_raw = NULL
+    cdef Py_ssize_t domain_len = 0, path_len = 0, total
+    cdef Py_buffer flash_view, data_view
+    cdef bint have_flash = False, have_data = False
+    cdef double created_c, last_write_c
+    cdef uint64_t bits
+    cdef uint32_t gen
+    cdef uint8_t* p
+    if domain is not None:
+        domain_raw = _short_field("domain", domain, &domain_len)
+        flags |= FLAG_DOMAIN
+    if path is not None:
+        path_raw = _short_field("path", path, &path_len)
+        flags |= FLAG_PATH
+    try:
+        if flash is not None:
+            flags |= FLAG_FLASH
+            PyObject_GetBuffer(flash, &flash_view, PyBUF_SIMPLE)
+            have_flash = True
+            if <uint64_t>flash_view.len > 0xFFFFFFFF:
+                raise ValueError("flash too long")
+        gen = PyLong_AsUnsignedLongLongMask(csrf_gen & 0xFFFFFFFF)
+        created_c = _timestamp(created)
+        last_write_c = _timestamp(last_write)
+        PyObject_GetBuffer(data, &data_view, PyBUF_SIMPLE)
+        have_data = True
+        total = C_RECORD_HEADER_SIZE + data_view.len
+        if domain_raw != NULL:
+            total += 1 + domain_len
+        if path_raw != NULL:
+            total += 1 + path_len
+        if have_flash:
+            total += 4 + flash_view.len
+        out = PyBytes_FromStringAndSize(NULL, total)
+        p = <uint8_t*>PyBytes_AS_STRING(out)
+        p[0] = C_FORMAT_VERSION
+        p[1] = <uint8_t>flags
+        p[2] = <uint8_t>(gen >> 24)
+        p[3] = <uint8_t>(gen >> 16)
+        p[4] = <uint8_t>(gen >> 8)
+        p[5] = <uint8_t>gen
+        memcpy(&bits, &created_c, 8)
+        _store_be64(p + 6, bits)
+        memcpy(&bits, &last_write_c, 8)
+        _store_be64(p + 14, bits)
+        p += C_RECORD_HEADER_SIZE
+        if domain_raw != NULL:
+            p[0] = <uint8_t>domain_len
+            memcpy(p + 1, domain_raw, domain_len)
+            p += 1 + domain_len
+        if path_raw != NULL:
+            p[0] = <uint8_t>path_len
+            memcpy(p + 1, path_raw, path_len)
+            p += 1 + path_len
+        if have_flash:
+            p[0] = <uint8_t>(flash_view.len >> 24)
+            p[1] = <uint8_t>(flash_view.len >> 16)
+            p[2] = <uint8_t>(flash_view.len >> 8)
+            p[3] = <uint8_t>flash_view.len
+            memcpy(p + 4, flash_view.buf, flash_view.len)
+            p += 4 + flash_view.len
+        memcpy(p, data_view.buf, data_view.len)
+        return out
+    finally:
+        if have_flash:
+            PyBuffer_Release(&flash_view)
+        if have_data:
+            PyBuffer_Release(&data_view)
+
+
+def unpack_record(blob):
+    """(created, last_write, csrf_gen, domain, path, flash or None, data); ValueError if malformed."""
+    cdef Py_ssize_t size, pos, n
+    cdef const uint8_t* p
+    cdef uint64_t bits
+    cdef double created, last_write
+    cdef int version, flags
+    cdef uint32_t csrf_gen
+    if type(blob) is not bytes:
+        raise TypeError("record must be bytes")
+    size = PyBytes_GET_SIZE(blob)
+    if size < C_RECORD_HEADER_SIZE:
+        raise ValueError("record too short")
+    p = <const uint8_t*>PyBytes_AS_STRING(blob)
+    version = p[0]
+    flags = p[1]
+    csrf_gen = (<uint32_t>p[2] << 24) | (<uint32_t>p[3] << 16) | (<uint32_t>p[4] << 8) | p[5]
+    bits = _load_be64(p + 6)
+    memcpy(&created, &bits, 8)
+    bits = _load_be64(p + 14)
+    memcpy(&last_write, &bits, 8)
+    if version != C_FORMAT_VERSION:
+        raise ValueError(f"unknown record format {version}")
+    if flags & ~C_KNOWN_FLAGS:
+        raise ValueError("unknown record flags")
+    pos = C_RECORD_HEADER_SIZE
+    domain = path = flash = None
+    try:
+        if flags & FLAG_DOMAIN:
+            domain = _short_text(p, size, &pos)
+        if flags & FLAG_PATH:
+            path = _short_text(p, size, &pos)
+        if flags & FLAG_FLASH:
+            if pos + 4 > size:
+                raise IndexError("flash length is cut off")
+            n = (<Py_ssize_t>p[pos] << 24) | (<Py_ssize_t>p[pos + 1] << 16) | (<Py_ssize_t>p[pos + 2] << 8) | p[pos + 3]
+            flash = PyBytes_FromStringAndSize(<const char*>p + pos + 4, min(n, size - pos - 4))
+            pos += 4 + n
+    except (IndexError, UnicodeDecodeError) as exc:
+        raise ValueError("record header is malformed") from exc
+    if pos > size:
+        raise ValueError("record is truncated")
+    return created, last_write, csrf_gen, domain, path, flash, PyBytes_FromStringAndSize(
+        <const char*>p + pos, size - pos
+    )
+
+
+cdef str _short_text(const uint8_t* p, Py_ssize_t size, Py_ssize_t* pos):
+    """A 1-byte length then UTF-8 text, as far as the blob goes; advances pos past the field."""
+    cdef Py_ssize_t at = pos[0], n
+    if at >= size:
+        raise IndexError("field length is cut off")
+    n = p[at]
+    pos[0] = at + 1 + n
+    return PyUnicode_DecodeUTF8(<char*>p + at + 1, min(n, size - at - 1), NULL)

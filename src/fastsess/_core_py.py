@@ -1,0 +1,608 @@
+"""The pure-Python kernel: ids, key derivation, id-cookie tags, cookie parsing, the record codec.
+
+`_core.pyx` implements the same functions with the same signatures and gives
+byte-identical output; `core.py` picks one. This one also runs where C cannot
+(PyPy) and without orjson and xxhash, falling back to the standard library.
+Byte layouts are documented in docs/FORMATS.md.
+"""
+
+from __future__ import annotations
+
+import binascii
+import datetime as _dt
+import hashlib
+import hmac
+import operator
+import os
+import struct
+import uuid
+from decimal import Decimal
+
+try:
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - exercised by the no-optional-deps test
+    _orjson = None
+    import json as _json
+
+try:
+    import xxhash as _xxhash
+except ImportError:  # pragma: no cover - exercised by the no-optional-deps test
+    _xxhash = None
+
+FORMAT_VERSION = 1
+ID_BYTES = 32
+ID_TAG_BYTES = 16
+ID_COOKIE_BYTES = 2 + ID_BYTES + ID_TAG_BYTES
+MAX_COOKIE_CHARS = 4096
+MAX_CANDIDATES = 3
+HKDF_SALT = b"fastsess"
+ID_COOKIE_PURPOSE = b"fastsess/v1/id-cookie"
+
+MAX_DEPTH = 64  # nesting limit for session values, below every JSON library's own
+_INT_MIN = -(1 << 63)
+_INT_MAX = (1 << 64) - 1
+_B64_ALPHABET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+_RECORD_HEADER = struct.Struct(">BBIdd")  # version, flags, csrf generation, created, last write
+FLAG_DOMAIN = 1
+FLAG_PATH = 2
+FLAG_FLASH = 4
+_KNOWN_FLAGS = FLAG_DOMAIN | FLAG_PATH | FLAG_FLASH
+
+_urandom = os.urandom
+
+
+def _set_random_source(source) -> None:
+    """Replace the CSPRNG with `source(n) -> bytes`; tests only. None restores os.urandom."""
+    global _urandom
+    _urandom = os.urandom if source is None else source
+
+
+def random_bytes(n: int) -> bytes:
+    """n bytes from the OS CSPRNG (or the injected test source)."""
+    data = _urandom(n)
+    if type(data) is not bytes or len(data) != n:
+        raise ValueError("random source returned the wrong number of bytes")
+    return data
+
+
+# ---------------------------------------------------------------- base64url
+
+
+def b64url_encode(data: bytes) -> str:
+    """Unpadded base64url."""
+    text = binascii.b2a_base64(data, newline=False).decode("ascii")
+    return text.rstrip("=").replace("+", "-").replace("/", "_")
+
+
+def b64url_decode(text: str) -> bytes:
+    """Strict unpadded base64url: any other character, a bad length or stray bits is ValueError."""
+    if type(text) is not str:
+        raise TypeError("expected str")
+    n = len(text)
+    if n % 4 == 1 or not _B64_ALPHABET.issuperset(text):
+        raise ValueError("invalid base64url")
+    padded = text.replace("-", "+").replace("_", "/") + "=" * (-n % 4)
+    try:
+        data = binascii.a2b_base64(padded, strict_mode=True) if _STRICT_B64 else binascii.a2b_base64(padded)
+    except binascii.Error as exc:
+        raise ValueError("invalid base64url") from exc
+    if b64url_encode(data) != text:  # non-canonical: unused bits set
+        raise ValueError("invalid base64url")
+    return data
+
+
+try:
+    binascii.a2b_base64(b"", strict_mode=True)
+    _STRICT_B64 = True
+except TypeError:  # Python 3.10 has no strict_mode; the alphabet check above suffices
+    _STRICT_B64 = False
+
+
+def new_session_id() -> str:
+    """A fresh 256-bit session id from the CSPRNG, in unpadded base64url (43 characters)."""
+    return b64url_encode(random_bytes(ID_BYTES))
+
+
+def store_key(session_id: str) -> bytes:
+    """SHA-256 of the id: what stores see instead of the id itself."""
+    if not isinstance(session_id, str):
+        raise TypeError("session id must be str")
+    return hashlib.sha256(session_id.encode("utf-8")).digest()
+
+
+# ---------------------------------------------------------------- HMAC and HKDF
+
+
+def hmac_sha256(key: bytes, msg: bytes) -> bytes:
+    """HMAC-SHA256 through OpenSSL."""
+    return hmac.digest(key, msg, "sha256")
+
+
+def constant_time_equal(a: bytes, b: bytes) -> bool:
+    """Compare two byte strings in time independent of where they differ."""
+    return hmac.compare_digest(a, b)
+
+
+def hkdf_extract(salt: bytes, ikm: bytes) -> bytes:
+    """RFC 5869 HKDF-Extract with SHA-256."""
+    return hmac.digest(salt or b"\x00" * 32, ikm, "sha256")
+
+
+def hkdf_expand(prk: bytes, info: bytes, length: int = 32) -> bytes:
+    """RFC 5869 HKDF-Expand with SHA-256."""
+    if length < 0 or length > 255 * 32:
+        raise ValueError("HKDF-Expand length out of range")
+    out = b""
+    block = b""
+    counter = 1
+    while len(out) < length:
+        block = hmac.digest(prk, block + info + bytes((counter,)), "sha256")
+        out += block
+        counter += 1
+    return out[:length]
+
+
+def secret_prk(secret: str) -> bytes:
+    """PRK = HKDF-Extract(salt=b"fastsess", UTF-8 secret), computed once per configured secret."""
+    return hkdf_extract(HKDF_SALT, secret.encode("utf-8"))
+
+
+def derive_subkey(prk: bytes, label: str) -> bytes:
+    """A 256-bit subkey for one purpose, e.g. label "fastsess/v1/id-tag"."""
+    return hkdf_expand(prk, label.encode("ascii"), 32)
+
+
+def derive_key_id(prk: bytes) -> int:
+    """The 1-byte key id: derived from the key itself, never from its position in a list."""
+    return hkdf_expand(prk, b"fastsess/v1/key-id", 1)[0]
+
+
+# ---------------------------------------------------------------- id cookie
+
+
+def _id_mac_input(version: int, kid: int, name: str, raw_id: bytes) -> bytes:
+    if not isinstance(name, str):
+        raise TypeError("cookie name must be str")
+    name_bytes = name.encode("utf-8")
+    if len(name_bytes) > 0xFFFF:
+        raise ValueError("cookie name too long")
+    return b"".join(
+        (ID_COOKIE_PURPOSE, bytes((0, version, kid)), struct.pack(">H", len(name_bytes)), name_bytes, raw_id)
+    )
+
+
+def sign_id(session_id: str, key: bytes, kid: int, name: str) -> str:
+    """The id-cookie value: base64url(version | key id | raw id | 128-bit tag)."""
+    raw_id = b64url_decode(session_id)
+    if len(raw_id) != ID_BYTES:
+        raise ValueError("session id must be 32 bytes")
+    head = bytes((FORMAT_VERSION, kid))
+    tag = hmac_sha256(key, _id_mac_input(FORMAT_VERSION, kid, name, raw_id))[:ID_TAG_BYTES]
+    return b64url_encode(head + raw_id + tag)
+
+
+def open_id_cookie(value: str, keys, name: str):
+    """Verify an id-cookie value against (key id, key) pairs, first key first.
+
+    Returns (session_id, index of the key that verified), or None for anything
+    malformed, oversized or forged. Never raises on bad input.
+    """
+    if type(value) is not str or len(value) > MAX_COOKIE_CHARS or len(value) != 67:
+        return None
+    try:
+        raw = b64url_decode(value)
+    except ValueError:
+        return None
+    if len(raw) != ID_COOKIE_BYTES or raw[0] != FORMAT_VERSION:
+        return None
+    kid = raw[1]
+    raw_id = raw[2 : 2 + ID_BYTES]
+    tag = raw[2 + ID_BYTES :]
+    msg = None
+    for index, (key_kid, key) in enumerate(keys):
+        if key_kid != kid:
+            continue
+        if msg is None:
+            msg = _id_mac_input(FORMAT_VERSION, kid, name, raw_id)
+        if hmac.compare_digest(hmac_sha256(key, msg)[:ID_TAG_BYTES], tag):
+            return b64url_encode(raw_id), index
+    return None
+
+
+# ---------------------------------------------------------------- Cookie header
+
+
+def parse_cookie(header: str, name: str, limit: int = MAX_CANDIDATES) -> list:
+    """Values of cookie `name` in a Cookie header, in order, at most `limit`.
+
+    Splits on ";" only, trims spaces and tabs, compares names exactly, strips
+    one pair of double quotes. Values are returned unvalidated.
+    """
+    found = []
+    if not header or limit <= 0:
+        return found
+    if not isinstance(header, str) or not isinstance(name, str):
+        raise TypeError("Cookie header and cookie name must be str")
+    limit = operator.index(limit)
+    for part in header.split(";"):
+        eq = part.find("=")
+        if eq < 0:
+            continue
+        if part[:eq].strip(" \t") != name:
+            continue
+        value = part[eq + 1 :].strip(" \t")
+        if len(value) >= 2 and value[0] == '"' and value[-1] == '"':
+            value = value[1:-1]
+        found.append(value)
+        if len(found) >= limit:
+            break
+    return found
+
+
+# ---------------------------------------------------------------- Set-Cookie
+
+_WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = (None, "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def http_date(timestamp: float) -> str:
+    """RFC 1123 date, as http.cookies.Morsel writes an `expires=` attribute."""
+    t = _dt.datetime.fromtimestamp(int(timestamp), _dt.timezone.utc)
+    return (
+        f"{_WEEKDAYS[t.weekday()]}, {t.day:02d} {_MONTHS[t.month]} {t.year:04d} "
+        f"{t.hour:02d}:{t.minute:02d}:{t.second:02d} GMT"
+    )
+
+
+def _check_attribute(what: str, text: str) -> None:
+    if not isinstance(text, str):
+        raise TypeError(f"cookie {what} must be str")
+    for ch in text:
+        if ch == ";" or ch < " " or ch > "~":
+            raise ValueError(f"invalid character in cookie {what}")
+
+
+def build_set_cookie(
+    name: str,
+    value: str,
+    path=None,
+    domain=None,
+    expires=None,
+    max_age=None,
+    secure: bool = True,
+    httponly: bool = True,
+    samesite=None,
+    partitioned: bool = False,
+) -> str:
+    """A Set-Cookie value with attributes spelled and ordered as http.cookies.Morsel does."""
+    _check_attribute("name", name)
+    _check_attribute("value", value)
+    parts = [name + "=" + value]
+    if domain:
+        _check_attribute("domain", domain)
+        parts.append("Domain=" + domain)
+    if expires is not None:
+        parts.append("expires=" + http_date(expires))
+    if httponly:
+        parts.append("HttpOnly")
+    if max_age is not None:
+        parts.append("Max-Age=%d" % max_age)  # noqa: UP031 - %d truncates a float, as Morsel does
+    if partitioned:
+        parts.append("Partitioned")
+    if path:
+        _check_attribute("path", path)
+        parts.append("Path=" + path)
+    if samesite:
+        _check_attribute("samesite", samesite)
+        parts.append("SameSite=" + samesite)
+    if secure:
+        parts.append("Secure")
+    return "; ".join(parts)
+
+
+# ---------------------------------------------------------------- the value codec
+#
+# Session values are exact instances of JSON types plus tagged round-trips.
+# A tag is a one-key object whose key starts with "~"; a user dict of that
+# shape is escaped as {"~~": dict}. Everything else is refused.
+
+_TAG_TUPLE = "~t"
+_TAG_SET = "~s"
+_TAG_FROZENSET = "~fs"
+_TAG_BYTES = "~b"
+_TAG_DATETIME = "~dt"
+_TAG_DATE = "~d"
+_TAG_TIME = "~tm"
+_TAG_DECIMAL = "~dec"
+_TAG_UUID = "~u"
+_TAG_ESCAPE = "~~"
+
+
+def _refuse(value, why: str = ""):
+    raise TypeError(f"{type(value).__name__} is not a session value{why}")
+
+
+def _dump_plain(obj) -> bytes:
+    """JSON bytes of an already transformed (plain JSON) tree."""
+    if _orjson is not None:
+        return _orjson.dumps(obj)
+    try:
+        return _json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise TypeError("str is not valid UTF-8") from exc
+
+
+def _load_plain(blob):
+    if _orjson is not None:
+        return _orjson.loads(blob)
+    try:
+        return _json.loads(bytes(blob).decode("utf-8"), parse_constant=_bad_constant)
+    except (UnicodeDecodeError, RecursionError) as exc:
+        raise ValueError("invalid record data") from exc
+
+
+def _bad_constant(name):
+    raise ValueError(f"invalid JSON constant {name}")
+
+
+def _set_items(value, depth: int) -> list:
+    items = [_to_plain(v, depth) for v in value]
+    items.sort(key=_dump_plain)
+    return items
+
+
+def _to_plain(value, depth: int = 0):
+    """The JSON tree for value, refusing anything SPEC 4 does not allow.
+
+    Returns value itself when nothing needs a tag, so plain data is not copied.
+    """
+    t = type(value)
+    if depth > MAX_DEPTH:
+        raise TypeError(f"value is nested more than {MAX_DEPTH} levels deep")
+    depth += 1
+    if t is str or t is bool or value is None:
+        return value
+    if t is int:
+        if value < _INT_MIN or value > _INT_MAX:
+            _refuse(value, " (int out of 64-bit range)")
+        return value
+    if t is float:
+        if value != value or value in (float("inf"), float("-inf")):
+            _refuse(value, " (NaN and infinities are refused)")
+        return value
+    if t is dict:
+        out = None
+        for k, v in value.items():
+            if type(k) is not str:
+                raise TypeError(f"dict keys must be str, not {type(k).__name__}")
+            pv = _to_plain(v, depth)
+            if pv is not v and out is None:
+                out = dict(value)
+            if out is not None:
+                out[k] = pv
+        result = value if out is None else out
+        if len(value) == 1 and next(iter(value))[:1] == "~":
+            return {_TAG_ESCAPE: result}
+        return result
+    if t is list:
+        out = None
+        for i, v in enumerate(value):
+            pv = _to_plain(v, depth)
+            if pv is not v and out is None:
+                out = list(value)
+            if out is not None:
+                out[i] = pv
+        return value if out is None else out
+    if t is tuple:
+        return {_TAG_TUPLE: [_to_plain(v, depth) for v in value]}
+    if t is set:
+        return {_TAG_SET: _set_items(value, depth)}
+    if t is frozenset:
+        return {_TAG_FROZENSET: _set_items(value, depth)}
+    if t is bytes:
+        return {_TAG_BYTES: b64url_encode(value)}
+    if t is _dt.datetime:
+        return {_TAG_DATETIME: value.isoformat()}
+    if t is _dt.date:
+        return {_TAG_DATE: value.isoformat()}
+    if t is _dt.time:
+        return {_TAG_TIME: value.isoformat()}
+    if t is Decimal:
+        if not value.is_finite():
+            _refuse(value, " (NaN and infinities are refused)")
+        return {_TAG_DECIMAL: str(value)}
+    if t is uuid.UUID:
+        return {_TAG_UUID: str(value)}
+    _refuse(value)
+
+
+def _from_tag(tag: str, payload, depth: int):
+    if tag == _TAG_ESCAPE:
+        if type(payload) is not dict:
+            raise ValueError("malformed escaped dict")
+        return {k: _from_plain(v, depth) for k, v in payload.items()}
+    if tag == _TAG_TUPLE or tag == _TAG_SET or tag == _TAG_FROZENSET:
+        if type(payload) is not list:
+            raise ValueError("malformed tagged collection")
+        items = [_from_plain(v, depth) for v in payload]
+        if tag == _TAG_TUPLE:
+            return tuple(items)
+        try:
+            return set(items) if tag == _TAG_SET else frozenset(items)
+        except TypeError as exc:
+            raise ValueError("unhashable set element") from exc
+    if type(payload) is not str:
+        raise ValueError("malformed tagged value")
+    try:
+        if tag == _TAG_BYTES:
+            return b64url_decode(payload)
+        if tag == _TAG_DATETIME:
+            return _dt.datetime.fromisoformat(payload)
+        if tag == _TAG_DATE:
+            return _dt.date.fromisoformat(payload)
+        if tag == _TAG_TIME:
+            return _dt.time.fromisoformat(payload)
+        if tag == _TAG_DECIMAL:
+            value = Decimal(payload)
+            if not value.is_finite():
+                raise ValueError("non-finite Decimal")
+            return value
+        if tag == _TAG_UUID:
+            return uuid.UUID(payload)
+    except (ArithmeticError, ValueError, TypeError) as exc:
+        raise ValueError(f"malformed {tag} value") from exc
+    raise ValueError(f"unknown tag {tag!r}")
+
+
+def _from_plain(value, depth: int = 0):
+    """The session value for a JSON tree, mirroring _to_plain's nesting limit."""
+    t = type(value)
+    if depth > MAX_DEPTH:
+        raise ValueError(f"record data is nested more than {MAX_DEPTH} levels deep")
+    depth += 1
+    if t is dict:
+        if len(value) == 1:
+            (k, v), = value.items()
+            if k[:1] == "~":
+                return _from_tag(k, v, depth)
+        for k, v in value.items():
+            value[k] = _from_plain(v, depth)
+        return value
+    if t is list:
+        for i, v in enumerate(value):
+            value[i] = _from_plain(v, depth)
+        return value
+    return value
+
+
+def check_value(key: str, value) -> None:
+    """Raise TypeError naming `key` unless value is a session value (SPEC 4)."""
+    try:
+        _dump_plain(_to_plain(value, 1))  # depth 1: where encode_data meets it, inside the data dict
+    except TypeError as exc:
+        raise TypeError(f"session[{key!r}]: {exc}") from None
+    except RecursionError:
+        raise TypeError(f"session[{key!r}]: value is nested too deeply") from None
+
+
+def encode_data(data: dict) -> bytes:
+    """Encode a session's data dict; TypeError names the first refused key."""
+    if type(data) is not dict:
+        raise TypeError("session data must be a dict")
+    try:
+        return _dump_plain(_to_plain(data))
+    except (TypeError, RecursionError):
+        pass
+    for k, v in data.items():
+        if type(k) is not str:
+            raise TypeError(f"session keys must be str, not {type(k).__name__}")
+        try:
+            k.encode("utf-8")
+        except UnicodeEncodeError:
+            raise TypeError(f"session key {k!r} is not valid UTF-8") from None
+        check_value(k, v)
+    raise TypeError("session data cannot be encoded")
+
+
+def decode_data(blob) -> dict:
+    """Decode what encode_data wrote; ValueError for anything malformed."""
+    if type(blob) is not bytes:
+        if not isinstance(blob, (bytes, bytearray, memoryview)):
+            raise TypeError("record data must be bytes")
+        blob = bytes(blob)  # the tag test below needs bytes: `in` on a memoryview compares items
+    try:
+        tree = _load_plain(blob)
+    except RecursionError as exc:
+        raise ValueError("invalid record data") from exc
+    if type(tree) is not dict:
+        raise ValueError("record data is not an object")
+    if b'"~' not in blob:  # no tag can be present: skip the walk
+        return tree
+    try:
+        result = _from_plain(tree, 0)
+    except RecursionError as exc:
+        raise ValueError("invalid record data") from exc
+    if type(result) is not dict:
+        raise ValueError("record data is not an object")
+    return result
+
+
+def fingerprint(data: bytes) -> int:
+    """64-bit change fingerprint (xxh3_64); never used for security."""
+    if _xxhash is not None:
+        return _xxhash.xxh3_64_intdigest(data)
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
+
+
+# ---------------------------------------------------------------- records
+
+
+def pack_record(created: float, last_write: float, csrf_gen: int, domain, path, flash, data: bytes) -> bytes:
+    """A record: header, optional domain and path, optional flash bytes, then the data bytes."""
+    flags = 0
+    parts = [b""]
+    if domain is not None:
+        raw = _short_field("domain", domain)
+        flags |= FLAG_DOMAIN
+        parts.append(bytes((len(raw),)) + raw)
+    if path is not None:
+        raw = _short_field("path", path)
+        flags |= FLAG_PATH
+        parts.append(bytes((len(raw),)) + raw)
+    if flash is not None:
+        flags |= FLAG_FLASH
+        if type(flash) is not bytes:
+            flash = memoryview(flash).tobytes()  # its length in bytes, whatever the item size
+        if len(flash) > 0xFFFFFFFF:
+            raise ValueError("flash too long")
+        parts.append(struct.pack(">I", len(flash)) + flash)
+    gen = csrf_gen & 0xFFFFFFFF
+    try:
+        parts[0] = _RECORD_HEADER.pack(FORMAT_VERSION, flags, gen, created, last_write)
+    except struct.error as exc:
+        raise TypeError("record timestamps must be real numbers") from exc
+    parts.append(data)
+    return b"".join(parts)
+
+
+def _short_field(what: str, text) -> bytes:
+    if not isinstance(text, str):
+        raise TypeError(f"{what} must be str")
+    raw = text.encode("utf-8")
+    if len(raw) > 255:
+        raise ValueError(f"{what} too long")
+    return raw
+
+
+def unpack_record(blob):
+    """(created, last_write, csrf_gen, domain, path, flash or None, data); ValueError if malformed."""
+    if type(blob) is not bytes:
+        raise TypeError("record must be bytes")
+    size = len(blob)
+    if size < _RECORD_HEADER.size:
+        raise ValueError("record too short")
+    version, flags, csrf_gen, created, last_write = _RECORD_HEADER.unpack_from(blob)
+    if version != FORMAT_VERSION:
+        raise ValueError(f"unknown record format {version}")
+    if flags & ~_KNOWN_FLAGS:
+        raise ValueError("unknown record flags")
+    pos = _RECORD_HEADER.size
+    domain = path = flash = None
+    try:
+        if flags & FLAG_DOMAIN:
+            n = blob[pos]
+            domain = blob[pos + 1 : pos + 1 + n].decode("utf-8")
+            pos += 1 + n
+        if flags & FLAG_PATH:
+            n = blob[pos]
+            path = blob[pos + 1 : pos + 1 + n].decode("utf-8")
+            pos += 1 + n
+        if flags & FLAG_FLASH:
+            (n,) = struct.unpack_from(">I", blob, pos)
+            flash = blob[pos + 4 : pos + 4 + n]
+            pos += 4 + n
+    except (IndexError, UnicodeDecodeError, struct.error) as exc:
+        raise ValueError("record header is malformed") from exc
+    if pos > size:
+        raise ValueError("record is truncated")
+    return created, last_write, csrf_gen, domain, path, flash, blob[pos:]

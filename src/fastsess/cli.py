@@ -1,0 +1,169 @@
+"""The `fastsess` command: demo, gen-secret, cleanup and inspect.
+
+Commands that need the store or the secret read the `session.*` keys of an
+INI file (`--config FILE.ini [--section app:main]`, or FASTSESS_CONFIG) with
+the same coercion and checks as the middleware.
+"""
+
+from __future__ import annotations
+
+import argparse
+import configparser
+import json
+import os
+import secrets
+import sys
+import time
+from collections.abc import Sequence
+
+from . import __version__, core
+from .config import Config, collect_options
+from .errors import ConfigError, FastsessError
+from .session import SessionService
+from .stores import StoredRecord, open_store
+
+
+def read_ini(path: str, section: str = "app:main") -> dict:
+    """The options of one INI section, with Paste's %(here)s available."""
+    parser = configparser.ConfigParser(defaults={"here": os.path.dirname(os.path.abspath(path))})
+    parser.optionxform = str  # option names are case-sensitive, as in Paste Deploy
+    if not parser.read(path, encoding="utf-8"):
+        raise ConfigError(f"cannot read config file {path!r}")
+    if not parser.has_section(section):
+        raise ConfigError(f"config file {path!r} has no [{section}] section")
+    return {k: v for k, v in parser.items(section) if k != "here"}
+
+
+def _load(args: argparse.Namespace) -> Config:
+    path = args.config or os.environ.get("FASTSESS_CONFIG")
+    if not path:
+        raise ConfigError("give --config FILE.ini (or set FASTSESS_CONFIG)")
+    return Config(collect_options(read_ini(path, args.section)))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from socketserver import ThreadingMixIn
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+    from .demo import make_demo_app
+
+    class ThreadingServer(ThreadingMixIn, WSGIServer):
+        daemon_threads = True
+
+    class QuietHandler(WSGIRequestHandler):
+        def log_message(self, format: str, *a: object) -> None:
+            sys.stderr.write(f"{self.command} {self.path}\n")
+
+    app = make_demo_app(args.data_dir)
+    server = make_server(args.host, args.port, app, server_class=ThreadingServer, handler_class=QuietHandler)
+    print(f"fastsess demo on http://{args.host}:{server.server_port}/  (Ctrl-C stops it)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
+def cmd_gen_secret(args: argparse.Namespace) -> int:
+    print(secrets.token_urlsafe(args.bytes))
+    return 0
+
+
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    config = _load(args)
+    store = open_store(config)
+    total = 0
+    started = time.monotonic()
+    try:
+        while True:
+            removed = store.cleanup(time.time(), args.batch)
+            total += removed
+            if not args.json and sys.stderr.isatty():
+                sys.stderr.write(f"\rremoved {total} expired records")
+            if removed < args.batch:
+                break
+    finally:
+        store.close()
+    elapsed = time.monotonic() - started
+    if args.json:
+        print(json.dumps({"removed": total, "seconds": round(elapsed, 3)}))
+    else:
+        if sys.stderr.isatty():
+            sys.stderr.write("\n")
+        print(f"removed {total} expired records in {elapsed:.2f} s")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    """Verify an id cookie with the configured secret, then show its record's metadata and data."""
+    config = _load(args)
+    value = args.cookie
+    if value.startswith(config.cookie_name + "="):
+        value = value[len(config.cookie_name) + 1 :]
+    value = value.strip().strip('"')
+    service = SessionService(config, open_store(config))
+    opened = core.open_id_cookie(value, service.keys.id_keys, config.cookie_name)
+    if opened is None:
+        print("cookie does not verify with the configured secret (forged, truncated or another secret)")
+        return 1
+    session_id, key_index = opened
+    record = service.store.load(core.store_key(session_id))
+    report: dict = {"verified": True, "key_index": key_index, "sid": service.sid(session_id)}
+    if isinstance(record, StoredRecord):
+        created, last_write, csrf_gen, domain, path, flash, data = core.unpack_record(record.blob)
+        report.update(
+            state="live", version=record.version, created=created, last_write=last_write,
+            last_access=record.last_access, expires_at=record.expires_at, domain=domain, path=path,
+            data=json.loads(data),
+        )
+    else:
+        report["state"] = "tombstone" if record is not None else "missing or expired"
+    service.store.close()
+    print(json.dumps(report, indent=None if args.json else 2, default=str))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fastsess", description="Fast, safe, Beaker-compatible WSGI sessions.")
+    parser.add_argument("--version", action="version", version=f"fastsess {__version__} ({core.IMPLEMENTATION} kernel)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="serve the demo site on the LMDB store")
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, default=8000)
+    demo.add_argument("--data-dir", default=None, help="where the demo keeps sessions (default: a temp dir)")
+    demo.set_defaults(func=cmd_demo)
+
+    gen = sub.add_parser("gen-secret", help="print a new random secret for session.secret")
+    gen.add_argument("--bytes", type=int, default=48, help="random bytes (default 48)")
+    gen.set_defaults(func=cmd_gen_secret)
+
+    for name, func, text in (
+        ("cleanup", cmd_cleanup, "remove expired sessions from the configured store"),
+        ("inspect", cmd_inspect, "verify and decode a session cookie"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--config", help="INI file with session.* keys (or FASTSESS_CONFIG)")
+        p.add_argument("--section", default="app:main")
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+        p.set_defaults(func=func)
+        if name == "cleanup":
+            p.add_argument("--batch", type=int, default=1000)
+        else:
+            p.add_argument("cookie", help="the cookie value (or name=value)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except FastsessError as exc:
+        print(f"fastsess: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,506 @@
+"""Reads Beaker-style `session.*` settings into a validated Config, once, at startup.
+
+Keys may carry the prefix `session.` or `beaker.session.`; unprefixed keys in the
+config dict are ignored (TurboGears and Pylons pass their whole configuration).
+Strings from INI files are coerced per option type. Every error is a ConfigError
+raised here, never at request time.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from .errors import ConfigError
+
+log = logging.getLogger("fastsess")
+
+MIN_SECRET_CHARS = 32
+DEFAULT_ABSOLUTE_TIMEOUT = 30 * 24 * 3600
+DEFAULT_MAX_RECORD_SIZE = 64 * 1024
+TOMBSTONE_SECONDS = 60.0
+#: Beaker's "far future" for cookie_expires = false: 2038-01-19.
+FAR_FUTURE = 0x7FFFFFFF
+
+_PREFIXES = ("beaker.session.", "session.")
+
+# Option kinds: how a value (often a string from an INI file) is coerced.
+STR, BOOL, INT, NUMBER, KEYS, URLS, EXPIRES, DATE, OBJECT, IGNORED, REFUSED = (
+    "str", "bool", "int", "number", "keys", "urls", "expires", "date", "object", "ignored", "refused",
+)
+
+#: Every option fastsess knows: Beaker 1.14's, then fastsess's own.
+OPTIONS: dict[str, str] = {
+    # Beaker 1.14
+    "type": STR,
+    "data_dir": STR,
+    "lock_dir": IGNORED,
+    "file_dir": IGNORED,
+    "dbm_dir": IGNORED,
+    "key": STR,
+    "secret": KEYS,
+    "validate_key": KEYS,
+    "encrypt_key": KEYS,
+    "encrypt_nonce_bits": INT,
+    "crypto_type": STR,
+    "timeout": NUMBER,
+    "save_accessed_time": BOOL,
+    "cookie_expires": EXPIRES,
+    "cookie_domain": STR,
+    "cookie_path": STR,
+    "secure": STR,  # true / false / auto, coerced below
+    "httponly": BOOL,
+    "samesite": STR,
+    "data_serializer": OBJECT,
+    "invalidate_corrupt": BOOL,
+    "auto": BOOL,
+    "use_cookies": BOOL,
+    "id": IGNORED,
+    "namespace_class": REFUSED,
+    "session_class": REFUSED,
+    "webtest_varname": STR,
+    "log_file": IGNORED,
+    "memcache_module": IGNORED,
+    "url": STR,
+    "urls": URLS,
+    "table_name": STR,
+    "schema_name": STR,
+    "sa_opts": OBJECT,
+    "bind": OBJECT,
+    "table": OBJECT,
+    "enabled": BOOL,
+    # fastsess's own
+    "absolute_timeout": NUMBER,
+    "touch_interval": NUMBER,
+    "on_conflict": STR,
+    "on_store_error": STR,
+    "save_on_error": BOOL,
+    "max_record_size": INT,
+    "beaker_compat": BOOL,
+    "beaker_compat_secrets": KEYS,
+    "beaker_compat_until": DATE,
+    "strict_config": BOOL,
+    "max_age": INT,
+    "partitioned": BOOL,
+    "cookie_mode": STR,
+    "max_sessions": INT,
+    "lmdb_sync": BOOL,
+    "lmdb_map_size": INT,
+    "key_prefix": STR,
+    "socket_timeout": NUMBER,
+    "connect_timeout": NUMBER,
+    "on_event": OBJECT,
+}
+
+#: Beaker's type names and ours, mapped to a fastsess store.
+STORE_TYPES = {
+    "memory": "memory",
+    "file": "file",
+    "lmdb": "lmdb",
+    "memcached": "memcached",
+    "ext:memcached": "memcached",
+    "redis": "redis",
+    "ext:redis": "redis",
+    "ext:rediscluster": "redis",
+    "sql": "sql",
+    "ext:database": "sql",
+    "ext:sqla": "sql",
+    "cookie": "cookie",
+}
+
+#: Stores this release ships; the other names are recognised and refused clearly.
+AVAILABLE_STORES = ("memory", "file", "lmdb")
+
+REFUSED_TYPES = {
+    "dbm": "dbm files corrupt under concurrent writers and cannot expire entries; use type = lmdb",
+    "ext:mongodb": "MongoDB is not supported; use type = redis, or type = sql with your database",
+    "ext:google": "the Google App Engine datastore is not supported; use type = redis or type = sql",
+}
+
+_TRUE = ("true", "yes", "on", "1")
+_FALSE = ("false", "no", "off", "0")
+
+
+def _edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance; option names are short, so the quadratic table is fine."""
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1]
+
+
+def closest_option(name: str) -> str | None:
+    """The real option a name of 4+ characters is a typo of (edit distance <= 2), if any."""
+    if len(name) < 4:
+        return None
+    best = min(OPTIONS, key=lambda option: _edit_distance(name, option))
+    return best if _edit_distance(name, best) <= 2 else None
+
+
+def as_bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+    raise ConfigError(f"session.{name} must be a boolean (true/false, yes/no, on/off, 1/0), got {value!r}")
+
+
+def _as_int(name: str, value: Any) -> int:
+    if isinstance(value, bool):
+        raise ConfigError(f"session.{name} must be an integer, got {value!r}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            pass
+    raise ConfigError(f"session.{name} must be an integer, got {value!r}")
+
+
+def _as_number(name: str, value: Any) -> float | None:
+    """A non-negative number of seconds; empty or "none" means unset."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
+        return None
+    if isinstance(value, _dt.timedelta):
+        value = value.total_seconds()
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise ConfigError(f"session.{name} must be a number of seconds, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value < 0:
+        raise ConfigError(f"session.{name} must be a non-negative number of seconds, got {value!r}")
+    if value == float("inf"):
+        raise ConfigError(f"session.{name} must be finite")
+    return float(value)
+
+
+def _resolve_secret(name: str, text: str) -> str:
+    """`env:NAME` and `file:/path` keep secrets out of INI files."""
+    if text.startswith("env:"):
+        var = text[4:]
+        if var not in os.environ:
+            raise ConfigError(f"session.{name} names environment variable {var!r}, which is not set")
+        return os.environ[var].strip()
+    if text.startswith("file:"):
+        path = text[5:]
+        try:
+            with open(path, encoding="utf-8") as f:
+                return f.read().strip()
+        except OSError as exc:
+            raise ConfigError(f"session.{name}: cannot read secret file {path!r}: {exc.strerror}") from None
+    return text
+
+
+def _as_keys(name: str, value: Any) -> list[str]:
+    """One key per line (a comma never splits a key); env: and file: resolved per line."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        items = value.splitlines()
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        raise ConfigError(f"session.{name} must be a string or a list of strings")
+    keys = []
+    for item in items:
+        if isinstance(item, bytes):
+            item = item.decode("utf-8")
+        if not isinstance(item, str):
+            raise ConfigError(f"session.{name} must be a string or a list of strings")
+        item = item.strip()
+        if item:
+            resolved = _resolve_secret(name, item)
+            keys.extend(k.strip() for k in resolved.splitlines() if k.strip())
+    return keys
+
+
+def _as_urls(name: str, value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [u.strip() for u in value.replace("\n", ",").split(",") if u.strip()]
+    if isinstance(value, (list, tuple)):
+        return [str(u).strip() for u in value if str(u).strip()]
+    raise ConfigError(f"session.{name} must be comma- or newline-separated URLs")
+
+
+def _as_expires(value: Any):
+    """Beaker's cookie_expires: True (browser session), False (far future), seconds, timedelta, datetime."""
+    if isinstance(value, (bool, _dt.timedelta, _dt.datetime)):
+        return value
+    if isinstance(value, int):
+        return _dt.timedelta(seconds=value)
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+        try:
+            return _dt.timedelta(seconds=int(text))
+        except ValueError:
+            pass
+    raise ConfigError(f"session.cookie_expires must be true, false, seconds, a timedelta or a datetime, got {value!r}")
+
+
+def _as_date(value: Any) -> _dt.date | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, _dt.datetime):
+        return value.date()
+    if isinstance(value, _dt.date):
+        return value
+    if isinstance(value, str):
+        try:
+            return _dt.date.fromisoformat(value.strip())
+        except ValueError:
+            pass
+    raise ConfigError(f"session.beaker_compat_until must be a date (YYYY-MM-DD), got {value!r}")
+
+
+def collect_options(config: Mapping | None = None, kwargs: Mapping | None = None) -> dict[str, Any]:
+    """Strip prefixes: config keys need one; keyword arguments may be plain names."""
+    options: dict[str, Any] = {}
+    for source, plain_allowed in ((config or {}), False), ((kwargs or {}), True):
+        for raw_key, value in source.items():
+            if not isinstance(raw_key, str):
+                continue
+            for prefix in _PREFIXES:
+                if raw_key.startswith(prefix):
+                    options[raw_key[len(prefix):]] = value
+                    break
+            else:
+                if plain_allowed:
+                    options[raw_key] = value
+                elif raw_key.startswith("sa.") is False and raw_key.startswith("session_"):
+                    log.warning("ignoring %r: session options start with 'session.'", raw_key)
+    return options
+
+
+class Config:
+    """The validated settings every layer reads; built once per middleware."""
+
+    def __init__(self, options: Mapping[str, Any]) -> None:
+        opts = dict(options)
+        self.strict_config = as_bool("strict_config", opts.pop("strict_config", False))
+        self.sa_opts: dict[str, Any] = {}
+        self._check_names(opts)
+        get = opts.get
+
+        # Store
+        raw_type = get("type")
+        self.data_dir: str | None = get("data_dir") or None
+        if raw_type in (None, ""):
+            if self.data_dir:
+                store_type = "file"
+            else:
+                store_type = "memory"
+                log.warning(
+                    "session.type is not set: using the memory store, whose sessions live in one process "
+                    "(set session.type = lmdb)",
+                    extra={"fastsess_event": "config_warning", "sid": None},
+                )
+        else:
+            if not isinstance(raw_type, str):
+                raise ConfigError("session.type must be a string")
+            name = raw_type.strip().lower()
+            if name in REFUSED_TYPES:
+                raise ConfigError(f"session.type = {raw_type} is not supported: {REFUSED_TYPES[name]}")
+            if name not in STORE_TYPES:
+                raise ConfigError(
+                    f"unknown session.type {raw_type!r}; choose one of memory, file, lmdb, memcached, "
+                    "redis, sql or cookie"
+                )
+            store_type = STORE_TYPES[name]
+        if store_type not in AVAILABLE_STORES:
+            raise ConfigError(
+                f"session.type = {raw_type} needs the {store_type} store, which this release of fastsess "
+                f"does not include yet; available: {', '.join(AVAILABLE_STORES)}"
+            )
+        self.store_type = store_type
+        if store_type in ("file", "lmdb") and not self.data_dir:
+            raise ConfigError(f"session.type = {store_type} needs session.data_dir")
+        self.max_sessions = _as_int("max_sessions", get("max_sessions", 10000))
+        if self.max_sessions < 1:
+            raise ConfigError("session.max_sessions must be at least 1")
+        self.lmdb_sync = as_bool("lmdb_sync", get("lmdb_sync", False))
+        self.lmdb_map_size = _as_int("lmdb_map_size", get("lmdb_map_size", 1 << 30))
+        if self.lmdb_map_size < 1 << 16:
+            raise ConfigError("session.lmdb_map_size must be at least 65536 bytes")
+        self.url = get("url")
+        self.urls = _as_urls("urls", get("urls")) if get("urls") is not None else []
+        self.key_prefix = get("key_prefix", "fastsess:")
+        self.table_name = get("table_name", "fastsess_sessions")
+        self.schema_name = get("schema_name")
+        sa_opts = get("sa_opts") or {}
+        if not isinstance(sa_opts, Mapping):
+            raise ConfigError("session.sa_opts must be a dict")
+        self.sa_opts.update(sa_opts)
+        self.bind = get("bind")
+        self.table = get("table")
+        self.socket_timeout = _as_number("socket_timeout", get("socket_timeout", 1.0))
+        self.connect_timeout = _as_number("connect_timeout", get("connect_timeout", 1.0))
+
+        # Codec
+        serializer = get("data_serializer", "json")
+        if not isinstance(serializer, str) or serializer.strip().lower() != "json":
+            raise ConfigError(
+                f"session.data_serializer = {serializer!r} is refused: fastsess stores only JSON (with tagged "
+                "datetime, bytes, set, tuple, Decimal and UUID) so that loading a session can never run code, "
+                "as unpickling can; remove the option or set it to json"
+            )
+        crypto_type = str(get("crypto_type", "default")).strip().lower()
+        if crypto_type not in ("default", "cryptography"):
+            raise ConfigError("session.crypto_type must be default or cryptography (AES-GCM comes from cryptography)")
+        if get("encrypt_nonce_bits") is not None:
+            _as_int("encrypt_nonce_bits", get("encrypt_nonce_bits"))
+
+        # Keys
+        self.secrets = _as_keys("secret", get("secret"))
+        self.validate_keys = _as_keys("validate_key", get("validate_key"))
+        self.encrypt_keys = _as_keys("encrypt_key", get("encrypt_key"))
+        self.beaker_compat_secrets = _as_keys("beaker_compat_secrets", get("beaker_compat_secrets"))
+        if not self.secrets:
+            raise ConfigError(
+                "session.secret is required: at least 32 characters of random text "
+                "(generate one with `fastsess gen-secret`)"
+            )
+        for option, keys in (
+            ("secret", self.secrets), ("validate_key", self.validate_keys), ("encrypt_key", self.encrypt_keys)
+        ):
+            for position, key in enumerate(keys, 1):
+                if len(key) < MIN_SECRET_CHARS:
+                    raise ConfigError(
+                        f"session.{option} (key {position}) is {len(key)} characters; at least "
+                        f"{MIN_SECRET_CHARS} are required"
+                    )
+        if self.encrypt_keys:
+            raise ConfigError(
+                "session.encrypt_key (records encrypted at rest) is not in this release of fastsess yet; "
+                "remove it to run unencrypted"
+            )
+        self.beaker_compat = as_bool("beaker_compat", get("beaker_compat", False))
+        self.beaker_compat_until = _as_date(get("beaker_compat_until"))
+        if self.beaker_compat:
+            raise ConfigError("session.beaker_compat is not in this release of fastsess yet")
+        self.cookie_mode = str(get("cookie_mode", "signed")).strip().lower()
+        if self.cookie_mode not in ("signed", "encrypted"):
+            raise ConfigError("session.cookie_mode must be signed or encrypted")
+
+        # Timeouts
+        self.timeout = _as_number("timeout", get("timeout"))
+        if self.timeout == 0:
+            self.timeout = None
+        absolute = _as_number("absolute_timeout", get("absolute_timeout", DEFAULT_ABSOLUTE_TIMEOUT))
+        self.absolute_timeout = absolute or None
+        self.save_accessed_time = as_bool("save_accessed_time", get("save_accessed_time", True))
+        interval = _as_number("touch_interval", get("touch_interval"))
+        if interval is None:
+            base = self.timeout or self.absolute_timeout or DEFAULT_ABSOLUTE_TIMEOUT
+            interval = base / 10.0
+        self.touch_interval = interval
+        if self.timeout is None:
+            log.warning(
+                "session.timeout is not set: sessions expire only after absolute_timeout (%s s)",
+                int(self.absolute_timeout) if self.absolute_timeout else "never",
+                extra={"fastsess_event": "config_warning", "sid": None},
+            )
+
+        # Cookie
+        self.use_cookies = as_bool("use_cookies", get("use_cookies", True))
+        self.cookie_name = get("key") or "session"
+        if not isinstance(self.cookie_name, str) or not _is_token(self.cookie_name):
+            raise ConfigError(f"session.key {self.cookie_name!r} is not a valid cookie name")
+        self.cookie_domain = get("cookie_domain") or None
+        self.cookie_path = get("cookie_path") or "/"
+        for option, text in (("cookie_domain", self.cookie_domain), ("cookie_path", self.cookie_path)):
+            if text is not None and (not isinstance(text, str) or any(c == ";" or c < " " or c > "~" for c in text)):
+                raise ConfigError(f"session.{option} contains a character not allowed in a cookie")
+        secure = get("secure", True)
+        if isinstance(secure, str) and secure.strip().lower() == "auto":
+            self.secure: Any = "auto"
+        else:
+            self.secure = as_bool("secure", secure)
+        self.httponly = as_bool("httponly", get("httponly", True))
+        samesite = get("samesite", "Lax")
+        if samesite in (None, False, "") or (isinstance(samesite, str) and samesite.strip().lower() == "false"):
+            self.samesite = None
+        else:
+            normalized = str(samesite).strip().capitalize()
+            if normalized not in ("Lax", "Strict", "None"):
+                raise ConfigError(f"session.samesite must be Lax, Strict or None, got {samesite!r}")
+            self.samesite = normalized
+        if self.samesite == "None" and self.secure is not True:
+            raise ConfigError("session.samesite = None needs session.secure = true: browsers drop such a cookie")
+        if self.cookie_name.startswith(("__Host-", "__Secure-")) and self.secure is not True:
+            raise ConfigError(f"a cookie named {self.cookie_name.split('-')[0]}-... needs session.secure = true")
+        if self.cookie_name.startswith("__Host-") and (self.cookie_domain or self.cookie_path != "/"):
+            raise ConfigError("a __Host- cookie may not have a Domain, and its Path must be /")
+        self.cookie_expires = _as_expires(get("cookie_expires", True))
+        max_age = get("max_age")
+        self.max_age = _as_int("max_age", max_age) if max_age not in (None, "") else None
+        self.partitioned = as_bool("partitioned", get("partitioned", False))
+
+        # Behaviour
+        self.auto = as_bool("auto", get("auto", False))
+        self.invalidate_corrupt = as_bool("invalidate_corrupt", get("invalidate_corrupt", True))
+        self.save_on_error = as_bool("save_on_error", get("save_on_error", False))
+        self.max_record_size = _as_int("max_record_size", get("max_record_size", DEFAULT_MAX_RECORD_SIZE))
+        if self.max_record_size < 256:
+            raise ConfigError("session.max_record_size must be at least 256 bytes")
+        self.on_conflict = str(get("on_conflict", "merge")).strip().lower()
+        if self.on_conflict not in ("merge", "raise"):
+            raise ConfigError("session.on_conflict must be merge or raise")
+        self.on_store_error = str(get("on_store_error", "raise")).strip().lower()
+        if self.on_store_error not in ("raise", "anonymous"):
+            raise ConfigError("session.on_store_error must be raise or anonymous")
+        self.webtest_varname = get("webtest_varname")
+        self.enabled = as_bool("enabled", get("enabled", True))
+        on_event = get("on_event")
+        if on_event is not None and not callable(on_event):
+            raise ConfigError("session.on_event must be a callable on_event(name, **fields)")
+        self.on_event: Callable[..., Any] | None = on_event
+
+    def _check_names(self, opts: dict) -> None:
+        for name in list(opts):
+            if name.startswith("sa."):
+                self.sa_opts[name[3:]] = opts.pop(name)
+                continue
+            kind = OPTIONS.get(name)
+            if kind == REFUSED:
+                raise ConfigError(
+                    f"session.{name} is refused: fastsess has no pluggable session or namespace classes; "
+                    "stores are the extension point (fastsess.stores.base.Store)"
+                )
+            if kind is not None:
+                continue
+            meant = closest_option(name)
+            if meant is not None:
+                raise ConfigError(f"unknown option session.{name}: did you mean session.{meant}?")
+            if self.strict_config:
+                raise ConfigError(f"unknown option session.{name} (strict_config is on)")
+            log.warning(
+                "ignoring unknown option session.%s", name, extra={"fastsess_event": "config_warning", "sid": None}
+            )
+            del opts[name]
+
+
+def _is_token(name: str) -> bool:
+    return bool(name) and all("!" <= c <= "~" and c not in '()<>@,;:\\"/[]?={}' for c in name)
+
+
+def load_config(config: Mapping | None = None, **kwargs: Any) -> Config:
+    """Build a Config from a (prefixed) config dict and keyword arguments; kwargs win."""
+    return Config(collect_options(config, kwargs))

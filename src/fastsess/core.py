@@ -1,0 +1,55 @@
+"""Selects the kernel: the C extension unless FASTSESS_NO_EXTENSIONS=1 or it fails to import.
+
+FASTSESS_REQUIRE_EXTENSIONS=1 turns a missing C module into an ImportError;
+FASTSESS_NO_EXTENSIONS=1 always wins. IMPLEMENTATION is "c" or "python".
+"""
+
+from __future__ import annotations
+
+import os
+
+_NO_EXTENSIONS = os.environ.get("FASTSESS_NO_EXTENSIONS", "") not in ("", "0")
+_REQUIRE_EXTENSIONS = os.environ.get("FASTSESS_REQUIRE_EXTENSIONS", "") not in ("", "0")
+
+if _NO_EXTENSIONS:
+    from . import _core_py as _kernel
+else:
+    try:
+        from . import _core as _kernel  # type: ignore[no-redef]
+    except ImportError:
+        if _REQUIRE_EXTENSIONS:
+            raise
+        from . import _core_py as _kernel  # type: ignore[no-redef]
+
+IMPLEMENTATION = "python" if _kernel.__name__.endswith("_core_py") else "c"
+
+FORMAT_VERSION = _kernel.FORMAT_VERSION
+ID_BYTES = _kernel.ID_BYTES
+MAX_COOKIE_CHARS = _kernel.MAX_COOKIE_CHARS
+MAX_CANDIDATES = _kernel.MAX_CANDIDATES
+
+random_bytes = _kernel.random_bytes
+b64url_encode = _kernel.b64url_encode
+b64url_decode = _kernel.b64url_decode
+new_session_id = _kernel.new_session_id
+store_key = _kernel.store_key
+hmac_sha256 = _kernel.hmac_sha256
+constant_time_equal = _kernel.constant_time_equal
+hkdf_extract = _kernel.hkdf_extract
+hkdf_expand = _kernel.hkdf_expand
+secret_prk = _kernel.secret_prk
+derive_subkey = _kernel.derive_subkey
+derive_key_id = _kernel.derive_key_id
+sign_id = _kernel.sign_id
+open_id_cookie = _kernel.open_id_cookie
+parse_cookie = _kernel.parse_cookie
+http_date = _kernel.http_date
+build_set_cookie = _kernel.build_set_cookie
+check_value = _kernel.check_value
+encode_data = _kernel.encode_data
+decode_data = _kernel.decode_data
+fingerprint = _kernel.fingerprint
+pack_record = _kernel.pack_record
+unpack_record = _kernel.unpack_record
+
+__all__ = [name for name in dir() if not name.startswith("_") and name not in ("annotations", "os")]

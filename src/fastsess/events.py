@@ -1,0 +1,69 @@
+"""Session events: one logger ("fastsess"), one event name per kind, an optional hook.
+
+Events that clients can trigger (bad or expired cookies) are logged at DEBUG or
+INFO behind a per-process rate limit; every event is counted. Raw ids, cookie
+values, tokens and session data never reach a log line: `sid` is a keyed hash.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger("fastsess")
+
+#: Events a client can cause at will; rate-limited so they cannot flood the logs.
+CLIENT_EVENTS = frozenset({"invalid_cookie", "expired", "tombstone_hit", "unknown_id"})
+_LEVELS = {
+    "store_error": logging.ERROR,
+    "corrupt_record": logging.ERROR,
+    "write_dropped": logging.WARNING,
+    "conflict_raised": logging.WARNING,
+    "cookie_too_large": logging.WARNING,
+    "insecure_cookie": logging.WARNING,
+    "cache_control_overridden": logging.WARNING,
+    "save_gone": logging.INFO,
+    "conflict_merged": logging.INFO,
+    "old_key_used": logging.INFO,
+    "cleanup": logging.INFO,
+    "invalid_cookie": logging.INFO,
+    "expired": logging.DEBUG,
+}
+RATE_LIMIT_PER_SECOND = 10
+
+
+class EventLog:
+    """Counts events, logs them, and calls the on_event hook."""
+
+    def __init__(self, hook: Callable[..., Any] | None = None) -> None:
+        self.hook = hook
+        self.counts: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self._window = 0
+        self._in_window: Counter[str] = Counter()
+
+    def _allowed(self, name: str) -> bool:
+        now = int(time.monotonic())
+        with self._lock:
+            if now != self._window:
+                self._window = now
+                self._in_window.clear()
+            self._in_window[name] += 1
+            return self._in_window[name] <= RATE_LIMIT_PER_SECOND
+
+    def emit(self, name: str, sid: str | None = None, message: str = "", **fields: Any) -> None:
+        """Record event `name`; fields must never hold ids, cookie values or session data."""
+        self.counts[name] += 1
+        level = _LEVELS.get(name, logging.DEBUG)
+        if log.isEnabledFor(level) and (name not in CLIENT_EVENTS or self._allowed(name)):
+            text = f"{name}: {message}" if message else name
+            log.log(level, text, extra={"fastsess_event": name, "sid": sid, **fields})
+        if self.hook is not None:
+            try:
+                self.hook(name, sid=sid, **fields)
+            except Exception:  # a broken hook must not break requests
+                log.exception("on_event hook failed", extra={"fastsess_event": "hook_error", "sid": sid})

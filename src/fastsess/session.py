@@ -1,0 +1,838 @@
+"""The session object: lazy, dict-like, with change tracking, timeouts and a three-way merge.
+
+`Session` is what applications see in `environ["beaker.session"]`. It loads
+nothing until first used (TurboGears tests `if session:`), keeps the loaded
+state in `__dict__["_sess"]` (TurboGears resets it to None to undo a load), and
+decides at persist what to write: nothing for an untouched or unchanged
+session, a touch when only the access time is stale, or a compare-and-set
+write that merges with concurrent changes on conflict.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterator, MutableMapping
+from typing import Any
+
+from . import core
+from .config import TOMBSTONE_SECONDS, Config
+from .errors import ConflictError, SessionTooLarge, StoreError
+from .events import EventLog
+from .keys import KeyRing
+from .stores.base import CONFLICT, EXISTS, GONE, TOMBSTONE, Store, StoredRecord
+
+_MISSING = object()
+_MUTABLE = (dict, list, set)
+#: compare-and-set attempts for stores without a lock (memcached, redis).
+MAX_CAS_ATTEMPTS = 8
+#: automatic cleanup: this much work every CLEANUP_EVERY writes, per process.
+CLEANUP_EVERY = 500
+CLEANUP_BUDGET = 200
+#: ten years: the store expiry of a session with neither timeout set.
+_FOREVER = 10 * 365 * 24 * 3600.0
+_EMPTY_DATA = core.encode_data({})
+
+# What persist decided for the response's cookie.
+SET_COOKIE = "set"
+EXPIRE_COOKIE = "expire"
+
+
+# ---------------------------------------------------------------- the three-way merge
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal as stored: compares encodings, so 1, 1.0 and True differ as they do on disk."""
+    if a is _MISSING or b is _MISSING:
+        return a is b
+    return core.encode_data({"": a}) == core.encode_data({"": b})
+
+
+def merge(base: dict, ours: dict, theirs: dict, on_conflict: str = "merge") -> tuple[dict, list]:
+    """Merge this request's changes (ours) into the stored record (theirs), per top-level key.
+
+    base is the data as this request loaded it. A key changed (set or deleted)
+    on one side only keeps that change; a key changed differently on both
+    sides takes ours, or raises ConflictError when on_conflict is "raise".
+    Returns (merged data, keys changed on both sides).
+    """
+    merged = dict(theirs)
+    clashes = []
+    for key in set(base) | set(ours):
+        mine = ours.get(key, _MISSING)
+        if _same(mine, base.get(key, _MISSING)):
+            continue  # unchanged here: theirs stands
+        other = theirs.get(key, _MISSING)
+        if not _same(other, base.get(key, _MISSING)) and not _same(other, mine):
+            clashes.append(key)
+        if mine is _MISSING:
+            merged.pop(key, None)
+        else:
+            merged[key] = mine
+    if clashes and on_conflict == "raise":
+        raise ConflictError(f"{len(clashes)} session key(s) changed by a concurrent request")
+    return merged, clashes
+
+
+def merge_flash(base: dict, ours: dict, theirs: dict) -> dict:
+    """Merge flash queues as sets of message ids: nothing lost, nothing shown twice.
+
+    Each queue is a list of [message id, message]. A message this request
+    popped is removed; one it added is appended after theirs.
+    """
+    merged = {}
+    for queue in set(base) | set(ours) | set(theirs):
+        base_ids = {m[0] for m in base.get(queue, ())}
+        our_ids = {m[0] for m in ours.get(queue, ())}
+        removed = base_ids - our_ids
+        kept = [m for m in theirs.get(queue, ()) if m[0] not in removed]
+        seen = {m[0] for m in kept}
+        kept.extend(m for m in ours.get(queue, ()) if m[0] not in base_ids and m[0] not in seen)
+        if kept:
+            merged[queue] = kept
+    return merged
+
+
+# ---------------------------------------------------------------- shared per middleware
+
+
+class SessionService:
+    """What the sessions of one middleware share: config, keys, store, events, clock."""
+
+    def __init__(self, config: Config, store: Store, events: EventLog | None = None, clock=time.time) -> None:
+        self.config = config
+        self.store = store
+        self.keys = KeyRing(config.secrets, config.validate_keys)
+        self.events = events or EventLog(config.on_event)
+        self.clock = clock
+        self._writes = 0
+
+    def expires_at(self, created: float, now: float) -> float:
+        """min(idle expiry, absolute expiry): the store TTL."""
+        cfg = self.config
+        idle = now + cfg.timeout if cfg.timeout else now + _FOREVER
+        if cfg.absolute_timeout:
+            return min(idle, created + cfg.absolute_timeout)
+        return idle
+
+    def is_expired(self, created: float, last_access: float, now: float) -> bool:
+        cfg = self.config
+        if cfg.timeout and now - last_access > cfg.timeout:
+            return True
+        return bool(cfg.absolute_timeout) and now - created > cfg.absolute_timeout
+
+    def sign(self, session_id: str) -> str:
+        kid, key = self.keys.id_keys[0]
+        return core.sign_id(session_id, key, kid, self.config.cookie_name)
+
+    def sid(self, session_id: str | None) -> str | None:
+        return self.keys.log_sid(session_id)
+
+    def wrote(self) -> None:
+        """Count a write; every CLEANUP_EVERY writes, remove a bounded number of expired records."""
+        self._writes += 1
+        if self._writes % CLEANUP_EVERY:
+            return
+        try:
+            removed = self.store.cleanup(self.clock(), CLEANUP_BUDGET)
+        except StoreError as exc:
+            self.events.emit("store_error", message=f"cleanup failed: {type(exc).__name__}")
+            return
+        if removed:
+            self.events.emit("cleanup", message=f"removed {removed} expired records", removed=removed)
+
+
+# ---------------------------------------------------------------- loaded state
+
+
+class _State:
+    """The loaded session: data, what was loaded, and what this request asked for."""
+
+    __slots__ = (
+        "id", "data", "is_new", "version", "loaded_data", "created", "last_accessed", "last_access",
+        "domain", "path", "loaded_domain", "loaded_path", "csrf_gen", "loaded_csrf_gen",
+        "flash", "loaded_flash", "flash_modified", "modified", "mutable_out", "save_requested",
+        "dead", "doomed", "rotate_from", "read_only", "anonymous", "had_cookie", "retag",
+        "cookie_action", "dropped", "invalidated", "deleted",
+    )
+
+    def __init__(self, now: float) -> None:
+        self.id: str | None = None  # generated on first need
+        self.data: dict = {}
+        self.is_new = True
+        self.version: int | None = None
+        self.loaded_data = _EMPTY_DATA
+        self.created = now
+        self.last_accessed: float | None = None
+        self.last_access = now
+        self.domain = self.loaded_domain = None
+        self.path = self.loaded_path = None
+        self.csrf_gen = self.loaded_csrf_gen = 0
+        self.flash: dict = {}
+        self.loaded_flash: dict = {}
+        self.flash_modified = False
+        self.modified = False
+        self.mutable_out = False
+        self.save_requested = False
+        self.dead = False  # delete() was called and nothing was written since
+        self.doomed: list = []  # store keys to delete at persist
+        self.rotate_from = None  # (old store key, old version) after regenerate_id()
+        self.read_only = False
+        self.anonymous = False
+        self.had_cookie = False
+        self.retag = False
+        self.cookie_action: str | None = None
+        self.dropped = False
+        self.invalidated = False
+        self.deleted = False  # delete() was called: expire the cookie unless a new one is written
+
+
+class Session:
+    """A lazy, dict-like session: `session["k"] = v`, `session.save()`, as in Beaker."""
+
+    def __init__(
+        self,
+        service: SessionService,
+        cookie_header: str | None = None,
+        session_id: str | None = None,
+        detached: bool = False,
+        read_only: bool = False,
+    ) -> None:
+        d = self.__dict__
+        d["_service"] = service
+        d["_cookie_header"] = cookie_header
+        d["_requested_id"] = session_id
+        d["_detached"] = detached  # get_by_id / get_session: save() writes at once, no cookies
+        d["_read_only"] = read_only
+        d["_dirty"] = False
+        d["_sess"] = None
+        d["_cookie_out"] = None
+
+    # -------------------------------------------------- loading
+
+    def __bool__(self) -> bool:
+        return True  # never loads: TurboGears tests `if session:`
+
+    def _state(self) -> _State:
+        s = self.__dict__["_sess"]
+        if s is None:
+            s = self._load()
+        return s
+
+    def _fresh(self, now: float) -> _State:
+        s = _State(now)
+        s.read_only = self.__dict__["_read_only"]
+        return s
+
+    def _load(self) -> _State:
+        d = self.__dict__
+        service: SessionService = d["_service"]
+        now = service.clock()
+        session_id = d["_requested_id"]
+        had_cookie = False
+        retag = False
+        if session_id is None and d["_cookie_header"] and service.config.use_cookies:
+            candidates = core.parse_cookie(d["_cookie_header"], service.config.cookie_name)
+            had_cookie = bool(candidates)
+            for value in candidates:
+                opened = core.open_id_cookie(value, service.keys.id_keys, service.config.cookie_name)
+                if opened is not None:
+                    session_id, key_index = opened
+                    retag = key_index > 0
+                    break
+            else:
+                if candidates:
+                    service.events.emit("invalid_cookie", message="no candidate cookie verified")
+        s = self._load_record(service, session_id, now) if session_id is not None else self._fresh(now)
+        s.had_cookie = had_cookie
+        if retag and not s.is_new:
+            s.retag = True
+            service.events.emit("old_key_used", sid=service.sid(s.id), message="id cookie tagged with an old secret")
+        d["_sess"] = s
+        return s
+
+    def _load_record(self, service: SessionService, session_id: str, now: float) -> _State:
+        try:
+            record = service.store.load(core.store_key(session_id))
+        except StoreError as exc:
+            return self._store_failed(service, exc, now)
+        if record is None:
+            service.events.emit("unknown_id", sid=service.sid(session_id), message="no record for this id")
+            return self._fresh(now)
+        if record is TOMBSTONE:
+            service.events.emit("tombstone_hit", sid=service.sid(session_id), message="id was rotated away")
+            s = self._fresh(now)
+            s.read_only = True
+            s.is_new = False
+            return s
+        try:
+            created, last_write, csrf_gen, domain, path, flash, data_bytes = core.unpack_record(record.blob)
+            data = core.decode_data(data_bytes)
+            flash_data = core.decode_data(flash) if flash is not None else {}
+        except (ValueError, TypeError):
+            service.events.emit("corrupt_record", sid=service.sid(session_id), message="stored record is corrupt")
+            if not service.config.invalidate_corrupt:
+                raise StoreError("a stored session record is corrupt (invalidate_corrupt is off)") from None
+            return self._fresh(now)
+        if service.is_expired(created, record.last_access, now):
+            service.events.emit("expired", sid=service.sid(session_id), message="session timed out")
+            return self._fresh(now)
+        s = self._fresh(now)
+        s.id = session_id
+        s.is_new = False
+        s.data = data
+        s.version = record.version
+        s.loaded_data = data_bytes
+        s.created = created
+        s.last_accessed = record.last_access
+        s.last_access = record.last_access
+        s.domain = s.loaded_domain = domain
+        s.path = s.loaded_path = path
+        s.csrf_gen = s.loaded_csrf_gen = csrf_gen
+        s.flash = flash_data
+        s.loaded_flash = core.decode_data(flash) if flash is not None else {}
+        return s
+
+    def _store_failed(self, service: SessionService, exc: StoreError, now: float) -> _State:
+        service.events.emit("store_error", message=f"load failed: {exc}")
+        if service.config.on_store_error != "anonymous":
+            raise exc
+        s = self._fresh(now)
+        s.anonymous = True
+        return s
+
+    # -------------------------------------------------- Beaker's session protocol
+
+    def accessed(self) -> bool:
+        """True once the session was loaded in this request."""
+        return self.__dict__["_sess"] is not None
+
+    def dirty(self) -> bool:
+        """True once save() or delete() was called."""
+        return self.__dict__["_dirty"]
+
+    @property
+    def id(self) -> str:
+        s = self._state()
+        if s.id is None:
+            s.id = core.new_session_id()
+        return s.id
+
+    @property
+    def is_new(self) -> bool:
+        return self._state().is_new
+
+    @property
+    def created(self) -> float:
+        return self._state().created
+
+    @property
+    def last_accessed(self) -> float | None:
+        return self._state().last_accessed
+
+    @property
+    def domain(self) -> str | None:
+        s = self._state()
+        return s.domain if s.domain is not None else self.__dict__["_service"].config.cookie_domain
+
+    @domain.setter
+    def domain(self, value: str | None) -> None:
+        self._writable().domain = _cookie_attribute("domain", value)
+
+    @property
+    def path(self) -> str:
+        s = self._state()
+        return s.path if s.path is not None else self.__dict__["_service"].config.cookie_path
+
+    @path.setter
+    def path(self, value: str | None) -> None:
+        self._writable().path = _cookie_attribute("path", value)
+
+    def save(self) -> None:
+        """Mark the session for writing at the end of the request (Beaker's semantics)."""
+        self.__dict__["_dirty"] = True
+        s = self._state()
+        if not s.dead:  # saving a deleted session does not bring it back
+            s.save_requested = True
+        if self.__dict__["_detached"]:
+            self.persist()
+
+    def delete(self) -> None:
+        """Remove the record and send an expiring cookie; later writes start a new session."""
+        self.__dict__["_dirty"] = True
+        s = self._state()
+        self._forget(s)
+        s.dead = True
+        s.deleted = True
+        if self.__dict__["_detached"]:
+            self.persist()
+
+    def invalidate(self) -> None:
+        """Clear the data, issue a new id and delete the old record."""
+        s = self._state()
+        self._forget(s)
+        s.dead = False
+        s.invalidated = True
+        s.id = core.new_session_id()
+        if self.__dict__["_detached"]:
+            self.persist()
+
+    def regenerate_id(self) -> None:
+        """Keep the data under a new id; the old id becomes a 60-second tombstone."""
+        s = self._writable()
+        if not s.is_new and s.rotate_from is None:
+            s.rotate_from = (core.store_key(s.id), s.version)
+        s.id = core.new_session_id()
+        s.save_requested = True
+        if self.__dict__["_detached"]:
+            self.persist()
+
+    def revert(self) -> None:
+        """Undo this request's changes to the data."""
+        s = self._state()
+        s.data = core.decode_data(s.loaded_data)
+        s.modified = s.mutable_out = False
+
+    def read_only(self) -> None:
+        """This request neither writes nor touches the session."""
+        self.__dict__["_read_only"] = True
+        s = self.__dict__["_sess"]
+        if s is not None:
+            s.read_only = True
+
+    def get_by_id(self, session_id: str) -> Session | None:
+        """The session stored under a raw id (trusted server code only), or None."""
+        other = Session(self.__dict__["_service"], session_id=session_id, detached=True)
+        s = other._state()
+        if s.is_new or s.read_only:
+            return None
+        return other
+
+    def _forget(self, s: _State) -> None:
+        """Drop the data and id; the current record (and any rotated one) goes at persist."""
+        if not s.is_new and s.id is not None:
+            s.doomed.append(core.store_key(s.id))
+        if s.rotate_from is not None:
+            s.doomed.append(s.rotate_from[0])
+            s.rotate_from = None
+        s.data = {}
+        s.flash = {}
+        s.loaded_data = _EMPTY_DATA
+        s.loaded_flash = {}
+        s.is_new = True
+        s.version = None
+        s.id = None
+        s.loaded_domain = s.loaded_path = None  # the cookie keeps its scope; a new record stores it
+        s.csrf_gen = s.loaded_csrf_gen = 0
+        s.created = self.__dict__["_service"].clock()
+        s.last_accessed = None
+        s.modified = s.mutable_out = s.flash_modified = s.save_requested = False
+
+    def _writable(self) -> _State:
+        """The state, about to be changed: a write after delete() starts a new session."""
+        s = self._state()
+        if s.dead:
+            s.dead = False
+            s.id = core.new_session_id()
+        return s
+
+    # -------------------------------------------------- the dict API
+
+    def __getitem__(self, key: str) -> Any:
+        s = self._state()
+        value = s.data[key]
+        if type(value) in _MUTABLE:
+            s.mutable_out = True
+        return value
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if type(key) is not str:
+            raise TypeError(f"session keys must be str, not {type(key).__name__}")
+        core.check_value(key, value)
+        s = self._writable()
+        s.data[key] = value
+        s.modified = True
+
+    def __delitem__(self, key: str) -> None:
+        s = self._writable()
+        del s.data[key]
+        s.modified = True
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._state().data
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._state().data))
+
+    def __len__(self) -> int:
+        return len(self._state().data)
+
+    def __repr__(self) -> str:
+        s = self.__dict__["_sess"]
+        return "<Session (not loaded)>" if s is None else f"<Session with {len(s.data)} keys>"
+
+    def get(self, key: str, default: Any = None) -> Any:
+        s = self._state()
+        value = s.data.get(key, default)
+        if type(value) in _MUTABLE:
+            s.mutable_out = True
+        return value
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        s = self._state()
+        if key not in s.data:
+            self[key] = default
+        return self[key]
+
+    def pop(self, key: str, *default: Any) -> Any:
+        s = self._state()
+        if key in s.data:
+            s = self._writable()
+            s.modified = True
+        return s.data.pop(key, *default)
+
+    def popitem(self) -> tuple:
+        s = self._writable()
+        item = s.data.popitem()
+        s.modified = True
+        return item
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        for key, value in dict(*args, **kwargs).items():
+            self[key] = value
+
+    def keys(self):
+        return self._state().data.keys()
+
+    def values(self):
+        s = self._state()
+        s.mutable_out = True
+        return s.data.values()
+
+    def items(self):
+        s = self._state()
+        s.mutable_out = True
+        return s.data.items()
+
+    def copy(self) -> dict:
+        s = self._state()
+        s.mutable_out = True
+        return dict(s.data)
+
+    def has_key(self, key: str) -> bool:
+        return key in self
+
+    def clear(self) -> None:
+        s = self._state()
+        if s.data:
+            s = self._writable()
+            s.data.clear()
+            s.modified = True
+
+    # -------------------------------------------------- flash messages
+
+    def flash(self, msg: Any, queue: str = "") -> None:
+        """Queue a message for a later request; marks the session for saving."""
+        core.check_value("flash", msg)
+        s = self._writable()
+        s.flash.setdefault(queue, []).append([core.b64url_encode(core.random_bytes(9)), msg])
+        s.flash_modified = True
+        s.save_requested = True
+
+    def pop_flash(self, queue: str = "") -> list:
+        """The queued messages, removed from the session."""
+        s = self._state()
+        messages = s.flash.get(queue)
+        if not messages:
+            return []
+        s = self._writable()
+        del s.flash[queue]
+        s.flash_modified = True
+        s.save_requested = True
+        return [m[1] for m in messages]
+
+    def peek_flash(self, queue: str = "") -> list:
+        """The queued messages, left in place."""
+        return [m[1] for m in self._state().flash.get(queue, ())]
+
+    # -------------------------------------------------- CSRF
+
+    def _csrf_token_bytes(self, key: bytes) -> bytes:
+        s = self._state()
+        msg = b"fastsess/v1/csrf\x00" + self.id.encode("ascii") + s.csrf_gen.to_bytes(4, "big")
+        return core.hmac_sha256(key, msg)
+
+    def get_csrf_token(self) -> str:
+        """A token bound to this session id and generation; issues the session if it is new."""
+        s = self._state()
+        if s.is_new:
+            s = self._writable()
+            s.save_requested = True
+        return core.b64url_encode(self._csrf_token_bytes(self.__dict__["_service"].keys.csrf_keys[0]))
+
+    def new_csrf_token(self) -> str:
+        """Invalidate earlier tokens and return a new one."""
+        s = self._writable()
+        s.csrf_gen = (s.csrf_gen + 1) & 0xFFFFFFFF
+        s.save_requested = True
+        return self.get_csrf_token()
+
+    def csrf_token_for_form(self) -> str:
+        """The token masked with fresh random bytes, so it never repeats in compressed pages."""
+        token = core.b64url_decode(self.get_csrf_token())
+        mask = core.random_bytes(len(token))
+        return core.b64url_encode(mask + bytes(a ^ b for a, b in zip(token, mask, strict=True)))
+
+    def check_csrf_token(self, value: Any) -> bool:
+        """True when value is this session's token, plain or masked; constant-time."""
+        if not isinstance(value, str) or len(value) > 128:
+            return False
+        try:
+            raw = core.b64url_decode(value)
+        except ValueError:
+            return False
+        if len(raw) == 64:
+            raw = bytes(a ^ b for a, b in zip(raw[32:], raw[:32], strict=True))
+        if len(raw) != 32 or self._state().id is None:
+            return False
+        ok = False
+        for key in self.__dict__["_service"].keys.csrf_keys:
+            ok |= core.constant_time_equal(self._csrf_token_bytes(key), raw)
+        return ok
+
+    # -------------------------------------------------- persisting
+
+    def persist(self) -> None:
+        """Write now what the end of the request would write (TurboGears calls it)."""
+        s = self.__dict__["_sess"]
+        if s is None:
+            return
+        service: SessionService = self.__dict__["_service"]
+        if s.read_only or s.anonymous:
+            if s.modified or s.flash_modified or s.save_requested or s.doomed or s.dead:
+                if not s.dropped:
+                    service.events.emit("write_dropped", sid=service.sid(s.id), message="session is read-only")
+                s.dropped = True
+            return
+        now = service.clock()
+        store = service.store
+        try:
+            for key in s.doomed:
+                store.delete(key)
+            s.doomed = []
+            if s.dead:
+                s.cookie_action = EXPIRE_COOKIE
+                return
+            if self._wants_write(s, service):
+                self._write(s, service, now)
+            elif s.deleted and s.cookie_action != SET_COOKIE:
+                s.cookie_action = EXPIRE_COOKIE
+            elif not s.is_new and s.id is not None and s.rotate_from is None:
+                self._maybe_touch(s, service, now)
+            elif s.invalidated and s.had_cookie and s.cookie_action is None:
+                # invalidate() without a later write: the client's old cookie loads nothing
+                s.cookie_action = EXPIRE_COOKIE
+            if s.retag and s.cookie_action is None and not s.is_new:
+                s.cookie_action = SET_COOKIE
+            s.retag = False
+        except StoreError as exc:
+            service.events.emit("store_error", sid=service.sid(s.id), message=f"write failed: {exc}")
+            if service.config.on_store_error != "anonymous":
+                raise
+            s.anonymous = True
+
+    def persist_late(self) -> None:
+        """Best-effort write at the end of a streamed body, when the headers are already out.
+
+        Only an existing record under the same id can still be written; a change
+        that would need a new cookie (new session, new id, deletion) is logged
+        and dropped.
+        """
+        s = self.__dict__["_sess"]
+        if s is None or self.__dict__.get("_suppressed"):
+            return
+        service: SessionService = self.__dict__["_service"]
+        pending = s.modified or s.mutable_out or s.flash_modified or s.save_requested or s.doomed or s.dead
+        if s.is_new or s.rotate_from is not None or s.dead or s.doomed or s.invalidated:
+            if pending:
+                service.events.emit(
+                    "write_dropped", sid=service.sid(s.id), message="change after the headers needs a new cookie"
+                )
+            return
+        try:
+            self.persist()
+        except Exception as exc:  # the response is already out: log, never raise into the server
+            service.events.emit("store_error", sid=service.sid(s.id), message=f"late write failed: {type(exc).__name__}")
+
+    def _data_changed(self, s: _State) -> bytes | None:
+        """The new data bytes if the data changed, else None; re-encodes only when needed."""
+        if not (s.modified or s.mutable_out):
+            return None
+        encoded = core.encode_data(s.data)
+        return None if encoded == s.loaded_data else encoded
+
+    def _wants_write(self, s: _State, service: SessionService) -> bool:
+        if not (s.save_requested or service.config.auto):
+            return False
+        if s.save_requested and (s.is_new or s.rotate_from is not None):
+            return True
+        return (
+            self._data_changed(s) is not None
+            or (s.save_requested and (
+                s.flash_modified
+                or s.domain != s.loaded_domain
+                or s.path != s.loaded_path
+                or s.csrf_gen != s.loaded_csrf_gen
+            ))
+        )
+
+    def _pack(self, s: _State, data_bytes: bytes, flash: dict, now: float) -> bytes:
+        flash_bytes = core.encode_data(flash) if flash else None
+        blob = core.pack_record(s.created, now, s.csrf_gen, s.domain, s.path, flash_bytes, data_bytes)
+        limit = self.__dict__["_service"].config.max_record_size
+        if len(blob) > limit:
+            raise SessionTooLarge(f"session record is {len(blob)} bytes; max_record_size is {limit}")
+        return blob
+
+    def _write(self, s: _State, service: SessionService, now: float) -> None:
+        store = service.store
+        base = s.loaded_data
+        data_bytes = core.encode_data(s.data) if (s.modified or s.mutable_out) else base
+        blob = self._pack(s, data_bytes, s.flash, now)
+        expires_at = service.expires_at(s.created, now)
+        if s.id is None:
+            s.id = core.new_session_id()
+        cookie_changed = s.is_new or s.rotate_from is not None or (
+            s.domain != s.loaded_domain or s.path != s.loaded_path
+        )
+        if s.is_new:
+            result = store.create(core.store_key(s.id), blob, expires_at)
+            while result is EXISTS:  # a 256-bit collision: take another id
+                s.id = core.new_session_id()
+                result = store.create(core.store_key(s.id), blob, expires_at)
+            service.events.emit("created", sid=service.sid(s.id))
+        elif s.rotate_from is not None:
+            result = self._rotate(s, service, blob, expires_at, now)
+        else:
+            result = store.cas(core.store_key(s.id), blob, s.version, expires_at)
+            if result is CONFLICT:
+                result = self._merge_write(s, service, core.store_key(s.id), expires_at, now)
+        if result is GONE:
+            service.events.emit("save_gone", sid=service.sid(s.id), message="record vanished; not recreated")
+            # A concurrent logout wins: expire the cookie. But when the id was rotated
+            # away, the client already holds (or is getting) the new cookie: leave it alone.
+            rotated = self._was_rotated(service, s)
+            s.cookie_action = None if rotated else EXPIRE_COOKIE
+            s.dead = False
+            s.save_requested = False
+            return
+        service.wrote()
+        s.version = result
+        if s.loaded_data is base:  # no merge replaced it
+            s.loaded_data = data_bytes
+        s.is_new = False
+        s.invalidated = s.deleted = False
+        s.rotate_from = None
+        s.loaded_domain, s.loaded_path, s.loaded_csrf_gen = s.domain, s.path, s.csrf_gen
+        s.loaded_flash = {q: list(m) for q, m in s.flash.items()}
+        s.modified = s.mutable_out = s.flash_modified = s.save_requested = False
+        s.last_access = now
+        if cookie_changed or s.retag or service.config.cookie_expires is not True or service.config.max_age:
+            s.cookie_action = SET_COOKIE
+
+    def _was_rotated(self, service: SessionService, s: _State) -> bool:
+        key = s.rotate_from[0] if s.rotate_from is not None else core.store_key(s.id)
+        try:
+            return service.store.load(key) is TOMBSTONE
+        except StoreError:
+            return False
+
+    def _rotate(self, s: _State, service: SessionService, blob: bytes, expires_at: float, now: float):
+        """regenerate_id(): new record and tombstone in one step, merging if the old one changed."""
+        old_key, version = s.rotate_from
+        new_key = core.store_key(s.id)
+        for attempt in range(MAX_CAS_ATTEMPTS):
+            result = service.store.rotate(old_key, new_key, blob, expires_at, TOMBSTONE_SECONDS, version)
+            if result is not CONFLICT:
+                if result is not GONE:
+                    service.events.emit("regenerated", sid=service.sid(s.id))
+                return result
+            current = service.store.load(old_key)
+            if not isinstance(current, StoredRecord):
+                return GONE
+            blob = self._merged_blob(s, service, current, now)
+            version = current.version
+            _backoff(attempt)
+        return self._give_up(s, service)
+
+    def _merge_write(self, s: _State, service: SessionService, key: bytes, expires_at: float, now: float):
+        """On CONFLICT: merge with the stored record, under the store's lock if it has one."""
+        store = service.store
+        if store.has_locked_update:
+            return store.locked_update(key, lambda current: (self._merged_blob(s, service, current, now), expires_at))
+        for attempt in range(MAX_CAS_ATTEMPTS):
+            current = store.load(key)
+            if not isinstance(current, StoredRecord):
+                return GONE
+            blob = self._merged_blob(s, service, current, now)
+            result = store.cas(key, blob, current.version, expires_at)
+            if result is not CONFLICT:
+                return result
+            _backoff(attempt)
+        return self._give_up(s, service)
+
+    def _give_up(self, s: _State, service: SessionService):
+        service.events.emit("conflict_raised", sid=service.sid(s.id), message="compare-and-set kept failing")
+        raise ConflictError(f"session write lost {MAX_CAS_ATTEMPTS} compare-and-set races")
+
+    def _merged_blob(self, s: _State, service: SessionService, current: StoredRecord, now: float) -> bytes:
+        """Three-way merge of this request's changes into `current`; updates s to the merged state."""
+        try:
+            _, _, csrf_gen, domain, path, flash, data_bytes = core.unpack_record(current.blob)
+            theirs = core.decode_data(data_bytes)
+            their_flash = core.decode_data(flash) if flash is not None else {}
+        except (ValueError, TypeError):
+            theirs, their_flash, csrf_gen, domain, path = {}, {}, 0, None, None
+        base = core.decode_data(s.loaded_data)
+        try:
+            merged, clashes = merge(base, s.data, theirs, service.config.on_conflict)
+        except ConflictError:
+            service.events.emit("conflict_raised", sid=service.sid(s.id), message="same key changed concurrently")
+            raise
+        service.events.emit("conflict_merged", sid=service.sid(s.id), clashes=len(clashes))
+        s.data = merged
+        s.flash = merge_flash(s.loaded_flash, s.flash, their_flash)
+        if s.domain == s.loaded_domain:
+            s.domain = domain
+        if s.path == s.loaded_path:
+            s.path = path
+        if s.csrf_gen == s.loaded_csrf_gen:
+            s.csrf_gen = csrf_gen
+        s.loaded_data = core.encode_data(merged)
+        return self._pack(s, s.loaded_data, s.flash, now)
+
+    def _maybe_touch(self, s: _State, service: SessionService, now: float) -> None:
+        """Slide the expiry at most once per touch_interval, without rewriting data."""
+        cfg = service.config
+        if not cfg.save_accessed_time or now - s.last_access <= cfg.touch_interval:
+            return
+        service.store.touch(core.store_key(s.id), service.expires_at(s.created, now))
+        s.last_access = now
+        if cfg.cookie_expires is not True or cfg.max_age:
+            s.cookie_action = SET_COOKIE
+
+
+def _backoff(attempt: int) -> None:
+    """Jittered exponential backoff between compare-and-set retries (at most ~25 ms)."""
+    time.sleep(random.uniform(0, 0.0002 * (2 ** attempt)))
+
+
+def _cookie_attribute(what: str, value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or any(c == ";" or c < " " or c > "~" for c in value):
+        raise ValueError(f"invalid cookie {what}")
+    return value
+
+
+MutableMapping.register(Session)

@@ -1,0 +1,118 @@
+"""The store interface: opaque record bytes plus metadata, keyed by 32-byte store keys.
+
+Stores know nothing of sessions, cookies or WSGI. A store key is SHA-256 of a
+session id (computed by the session layer), so a dump of a store cannot be
+replayed as cookies. Every record carries a version; writes are compare-and-set
+against it and never turn into inserts.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Union
+
+
+class _Marker:
+    """A named singleton result (EXISTS, CONFLICT, GONE, TOMBSTONE)."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+    def __reduce__(self) -> str:
+        return self.name
+
+
+EXISTS = _Marker("EXISTS")  #: create(): the key is already present
+CONFLICT = _Marker("CONFLICT")  #: cas()/rotate(): the stored version differs
+GONE = _Marker("GONE")  #: cas()/rotate(): the record is missing, expired or a tombstone
+TOMBSTONE = _Marker("TOMBSTONE")  #: load(): the id was rotated away and must not be used
+
+
+@dataclass(frozen=True)
+class StoredRecord:
+    """What load() returns for a live record."""
+
+    blob: bytes
+    version: int
+    expires_at: float  # Unix time; the record is live while now <= expires_at
+    last_access: float  # Unix time of the last write or touch
+
+
+LoadResult = Union[StoredRecord, _Marker, None]  # noqa: UP007 - a runtime alias
+WriteResult = Union[int, _Marker]  # noqa: UP007 - a runtime alias
+#: locked_update callback: given the live record, return (blob, expires_at) to
+#: write, or None to write nothing.
+UpdateFn = Callable[[StoredRecord], tuple | None]
+
+
+class Store(ABC):
+    """Interface every store implements; the contract suite pins its behaviour.
+
+    `clock` returns the current Unix time; tests inject a fake one.
+    """
+
+    #: True when the store offers locked_update() (a cheap exclusive lock).
+    has_locked_update = False
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+
+    @abstractmethod
+    def load(self, key: bytes) -> LoadResult:
+        """The live record, TOMBSTONE, or None when missing or expired."""
+
+    @abstractmethod
+    def create(self, key: bytes, blob: bytes, expires_at: float) -> WriteResult:
+        """Insert only when absent (or expired): the new version, or EXISTS."""
+
+    @abstractmethod
+    def cas(self, key: bytes, blob: bytes, expected_version: int, expires_at: float) -> WriteResult:
+        """Replace when the stored version matches: new version, CONFLICT or GONE."""
+
+    @abstractmethod
+    def touch(self, key: bytes, expires_at: float) -> None:
+        """Refresh expiry and last access; never bumps the version or rewrites data."""
+
+    @abstractmethod
+    def delete(self, key: bytes) -> None:
+        """Remove the record (or tombstone); a missing key is not an error."""
+
+    @abstractmethod
+    def rotate(
+        self,
+        old_key: bytes,
+        new_key: bytes,
+        blob: bytes,
+        expires_at: float,
+        tombstone_seconds: float,
+        expected_version: int | None = None,
+    ) -> WriteResult:
+        """Atomically write new_key and turn old_key into a tombstone.
+
+        GONE when old_key is missing, expired or a tombstone; CONFLICT when
+        expected_version is given and differs, or new_key already exists.
+        """
+
+    @abstractmethod
+    def cleanup(self, now: float, budget: int) -> int:
+        """Remove at most `budget` expired records and tombstones; return how many."""
+
+    def locked_update(self, key: bytes, fn: UpdateFn) -> WriteResult:
+        """Run fn on the live record under the store's lock and write its result.
+
+        Returns the new version, GONE when there is no live record, or the
+        current version when fn returns None (nothing written).
+        Only stores with has_locked_update = True offer it.
+        """
+        raise TypeError(f"{type(self).__name__} has no locked_update")
+
+    def close(self) -> None:  # noqa: B027 - optional: most stores hold nothing to release
+        """Release resources; the store may not be used afterwards."""

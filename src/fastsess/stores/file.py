@@ -1,0 +1,509 @@
+"""File store: one file per session under data_dir, safe for many processes on one machine.
+
+Layout. A record for store key K lives at data_dir/K[0:2]/K[2:4]/K in lower-case
+hex, so names never carry anything but hex digits of a SHA-256 digest. Writes
+go to a temporary file in the same directory and are moved in place with
+os.replace, so readers never lock and never see a torn file.
+
+File content: a 40-byte header, then the blob.
+
+    offset  size  field
+    0       4     magic b"FSSF"
+    4       1     format (1)
+    5       1     kind (0 record, 1 tombstone)
+    6       2     flags (0; room for a later user index)
+    8       8     version, u64
+    16      8     expires_at as written, f64 Unix time
+    24      8     last_access as written, f64 Unix time
+    32      4     blob length, u32
+    36      4     CRC-32 of bytes 0..35 and the blob
+    (all little-endian)
+
+Expiry lives in the file's mtime. Every write sets mtime to expires_at, so
+cleanup decides from a stat alone, and touch() is one os.utime that moves
+mtime to the new expires_at without rewriting data or bumping the version.
+last_access is mtime minus the "lead" (expires_at - last_access) recorded in
+the header; while mtime still equals the written expires_at to the
+nanosecond the header values are returned exactly. A touch keeps last_access
+exact (within 1 ms) when the new lead equals the stored one, which is the
+case while the idle timeout governs expiry. When it does not (the absolute
+timeout caps expiry, or the timeout changed), touch rewrites the file with
+the same version and blob and the new lead: rare, and still atomic.
+Filesystems with coarse timestamps (1 s) lose up to their granularity on
+expiry; ext4, XFS, btrfs and tmpfs keep nanoseconds.
+
+Locking. Compare-and-set, create, touch, rotate and locked_update hold one of
+256 stripe locks (stripe = first key byte): an flock on data_dir/locks/XX
+plus a threading.Lock, since flock is per open file description and would let
+two threads of one process in at once. Lock files are reopened after a fork
+so parent and child never share a description. A stripe is also a top-level
+shard directory, so cleanup takes one lock per directory.
+
+Versions start at a random 63-bit number for each create, so a stale
+compare-and-set against a deleted and recreated record fails.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import math
+import os
+import struct
+import threading
+import time
+import zlib
+from collections.abc import Callable
+from typing import NamedTuple
+
+from ..errors import StoreError
+from .base import CONFLICT, EXISTS, GONE, TOMBSTONE, LoadResult, Store, StoredRecord, UpdateFn, WriteResult
+
+logger = logging.getLogger("fastsess")
+
+_MAGIC = b"FSSF"
+_FORMAT = 1
+_RECORD, _TOMBSTONE = 0, 1
+_HEAD = struct.Struct("<4sBBHQddI")  # the header without its CRC
+_HEADER_SIZE = _HEAD.size + 4
+_STRIPES = 256
+_U64 = (1 << 64) - 1
+# A touch may keep the stored lead when the new one differs by less than this;
+# last_access is then off by at most this much.
+_TOUCH_SLACK = 0.001
+# mtime cannot hold every float; expiry beyond this (year 2242) is stored as this.
+_MAX_SECONDS = 1 << 33
+# Temporary files older than this (by ctime) are leftovers of a crashed writer.
+_STALE_TMP_SECONDS = 3600
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
+class _Stored(NamedTuple):
+    """A parsed, valid file."""
+
+    kind: int
+    version: int
+    expires_at: float  # effective: from mtime once touched
+    last_access: float
+    written_expires: float
+    written_access: float
+    blob: bytes
+
+
+def _ns(t: float) -> int:
+    """Unix time in seconds to integer nanoseconds, exact to the float's precision."""
+    if not t < _MAX_SECONDS:  # also catches inf and nan
+        t = _MAX_SECONDS
+    elif t < 0:
+        t = 0.0
+    whole = math.floor(t)
+    return whole * 1_000_000_000 + round((t - whole) * 1e9)
+
+
+def _new_version() -> int:
+    return int.from_bytes(os.urandom(8), "little") >> 1
+
+
+def _encode(kind: int, version: int, expires_at: float, last_access: float, blob: bytes) -> bytes:
+    head = _HEAD.pack(_MAGIC, _FORMAT, kind, 0, version, expires_at, last_access, len(blob))
+    crc = zlib.crc32(blob, zlib.crc32(head))
+    return b"".join((head, crc.to_bytes(4, "little"), blob))
+
+
+def _decode(data: bytes, mtime_ns: int) -> _Stored | None:
+    """The parsed file, or None when it is not one of ours or is damaged."""
+    if len(data) < _HEADER_SIZE:
+        return None
+    magic, fmt, kind, _flags, version, expires_at, last_access, size = _HEAD.unpack_from(data)
+    if magic != _MAGIC or fmt != _FORMAT or kind > _TOMBSTONE or len(data) != _HEADER_SIZE + size:
+        return None
+    view = memoryview(data)
+    crc = zlib.crc32(view[_HEADER_SIZE:], zlib.crc32(view[: _HEAD.size]))
+    if crc != int.from_bytes(view[_HEAD.size : _HEADER_SIZE], "little"):
+        return None
+    effective_expires, effective_access = expires_at, last_access
+    if mtime_ns != _ns(expires_at):
+        # touched since written: mtime is the expiry, the lead is unchanged
+        effective_expires = mtime_ns / 1e9
+        effective_access = effective_expires - (expires_at - last_access)
+    return _Stored(
+        kind, version, effective_expires, effective_access, expires_at, last_access, data[_HEADER_SIZE:]
+    )
+
+
+class FileStore(Store):
+    """Sessions as files under data_dir; see the module docstring for the layout."""
+
+    has_locked_update = True
+
+    def __init__(self, data_dir: str, clock: Callable[[], float] = time.time, fsync: bool = False) -> None:
+        super().__init__(clock)
+        self.data_dir = os.path.abspath(data_dir)
+        self.fsync = fsync
+        self._lock_dir = os.path.join(self.data_dir, "locks")
+        try:
+            os.makedirs(self._lock_dir, mode=0o700, exist_ok=True)
+            # Prove the directory is writable now, not at the first request.
+            probe = os.path.join(self.data_dir, f".probe-{os.urandom(6).hex()}.tmp")
+            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o600))
+            os.unlink(probe)
+        except OSError as exc:
+            raise self._error("create or write the data directory", exc) from None
+        self._cleanup_cursor = os.urandom(1)[0]  # processes start their sweeps apart
+        self._reset_locks()
+
+    # -- locking
+
+    def _reset_locks(self) -> None:
+        """Fresh thread locks and lock-file descriptors for this process."""
+        self._pid = os.getpid()
+        self._thread_locks = [threading.Lock() for _ in range(_STRIPES)]
+        self._lock_fds = [-1] * _STRIPES
+
+    def _after_fork(self) -> None:
+        # The inherited descriptors share their open file description (and so
+        # their flock) with the parent; closing our copies leaves the parent's
+        # locks alone, unlocking them would not.
+        for fd in self._lock_fds:
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self._reset_locks()
+
+    def _acquire(self, stripes: tuple) -> None:
+        """Take the stripes in ascending order (callers pass them sorted and distinct)."""
+        if self._pid != os.getpid():
+            self._after_fork()
+        taken: list = []
+        try:
+            for stripe in stripes:
+                self._thread_locks[stripe].acquire()
+                taken.append(stripe)
+                fd = self._lock_fds[stripe]
+                if fd < 0:
+                    # Safe without another lock: only the holder of the thread
+                    # lock of this stripe gets here.
+                    path = os.path.join(self._lock_dir, f"{stripe:02x}")
+                    fd = os.open(path, os.O_RDONLY | os.O_CREAT | _O_CLOEXEC, 0o600)
+                    self._lock_fds[stripe] = fd
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            self._release(tuple(taken))
+            raise self._error("take a lock", exc) from None
+        except BaseException:
+            self._release(tuple(taken))
+            raise
+
+    def _release(self, stripes: tuple) -> None:
+        for stripe in reversed(stripes):
+            try:
+                # Harmless when this description holds no lock (a failed acquire).
+                fcntl.flock(self._lock_fds[stripe], fcntl.LOCK_UN)
+            except OSError:
+                pass
+            self._thread_locks[stripe].release()
+
+    # -- file I/O
+
+    def _error(self, action: str, exc: OSError) -> StoreError:
+        # Never the path: it carries the store key.
+        code = errno.errorcode.get(exc.errno or 0, "error")
+        reason = os.strerror(exc.errno) if exc.errno else type(exc).__name__
+        return StoreError(f"file store: cannot {action} in {self.data_dir}: {code} ({reason})")
+
+    def _path(self, key: bytes) -> str:
+        if len(key) != 32:
+            raise ValueError("store keys are 32 bytes")
+        name = key.hex()
+        return f"{self.data_dir}/{name[:2]}/{name[2:4]}/{name}"
+
+    def _read(self, path: str) -> _Stored | None:
+        """The parsed file; None when missing or damaged (damage is logged)."""
+        try:
+            fd = os.open(path, os.O_RDONLY | _O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise self._error("read a session file", exc) from None
+        try:
+            st = os.fstat(fd)
+            data = os.read(fd, st.st_size)
+            while len(data) < st.st_size:
+                chunk = os.read(fd, st.st_size - len(data))
+                if not chunk:
+                    break
+                data += chunk
+        except OSError as exc:
+            raise self._error("read a session file", exc) from None
+        finally:
+            os.close(fd)
+        stored = _decode(data, st.st_mtime_ns)
+        if stored is None:
+            logger.warning(
+                "file store: a damaged session file was treated as missing",
+                extra={"fastsess_event": "store_error", "sid": None},
+            )
+        return stored
+
+    def _live(self, path: str, now: float) -> _Stored | None:
+        stored = self._read(path)
+        if stored is None or now > stored.expires_at:
+            return None
+        return stored
+
+    def _write(
+        self, path: str, kind: int, version: int, blob: bytes, expires_at: float, last_access: float
+    ) -> None:
+        data = _encode(kind, version, expires_at, last_access, blob)
+        tmp = f"{path}.{os.urandom(4).hex()}.tmp"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC
+        try:
+            try:
+                fd = os.open(tmp, flags, 0o600)
+            except FileNotFoundError:
+                os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+                fd = os.open(tmp, flags, 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                if self.fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            mtime = _ns(expires_at)
+            # atime just after mtime (and after ctime, for a live record) keeps
+            # relatime mounts from writing an atime update on every load.
+            os.utime(tmp, ns=(mtime + 1, mtime))
+            os.replace(tmp, path)
+            if self.fsync:
+                self._fsync_dir(os.path.dirname(path))
+        except OSError as exc:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise self._error("write a session file", exc) from None
+
+    @staticmethod
+    def _fsync_dir(path: str) -> None:
+        fd = os.open(path, os.O_RDONLY | _O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _unlink(self, path: str) -> None:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise self._error("remove a session file", exc) from None
+
+    # -- the Store interface
+
+    def load(self, key: bytes) -> LoadResult:
+        stored = self._live(self._path(key), self.clock())
+        if stored is None:
+            return None
+        if stored.kind == _TOMBSTONE:
+            return TOMBSTONE
+        return StoredRecord(stored.blob, stored.version, stored.expires_at, stored.last_access)
+
+    def create(self, key: bytes, blob: bytes, expires_at: float) -> WriteResult:
+        path = self._path(key)
+        stripes = (key[0],)
+        self._acquire(stripes)
+        try:
+            now = self.clock()
+            if self._live(path, now) is not None:
+                return EXISTS
+            version = _new_version()
+            self._write(path, _RECORD, version, blob, expires_at, now)
+            return version
+        finally:
+            self._release(stripes)
+
+    def cas(self, key: bytes, blob: bytes, expected_version: int, expires_at: float) -> WriteResult:
+        path = self._path(key)
+        stripes = (key[0],)
+        self._acquire(stripes)
+        try:
+            now = self.clock()
+            stored = self._live(path, now)
+            if stored is None or stored.kind == _TOMBSTONE:
+                return GONE
+            if stored.version != expected_version:
+                return CONFLICT
+            version = (stored.version + 1) & _U64
+            self._write(path, _RECORD, version, blob, expires_at, now)
+            return version
+        finally:
+            self._release(stripes)
+
+    def touch(self, key: bytes, expires_at: float) -> None:
+        path = self._path(key)
+        stripes = (key[0],)
+        self._acquire(stripes)
+        try:
+            now = self.clock()
+            stored = self._live(path, now)
+            if stored is None or stored.kind == _TOMBSTONE:
+                return
+            lead = stored.written_expires - stored.written_access
+            if abs((expires_at - now) - lead) <= _TOUCH_SLACK:
+                mtime = _ns(expires_at)
+                try:
+                    os.utime(path, ns=(mtime + 1, mtime))
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:
+                    raise self._error("touch a session file", exc) from None
+            else:
+                self._write(path, _RECORD, stored.version, stored.blob, expires_at, now)
+        finally:
+            self._release(stripes)
+
+    def delete(self, key: bytes) -> None:
+        path = self._path(key)
+        stripes = (key[0],)
+        self._acquire(stripes)
+        try:
+            self._unlink(path)
+        finally:
+            self._release(stripes)
+
+    def rotate(
+        self,
+        old_key: bytes,
+        new_key: bytes,
+        blob: bytes,
+        expires_at: float,
+        tombstone_seconds: float,
+        expected_version: int | None = None,
+    ) -> WriteResult:
+        old_path, new_path = self._path(old_key), self._path(new_key)
+        stripes = tuple(sorted({old_key[0], new_key[0]}))
+        self._acquire(stripes)
+        try:
+            now = self.clock()
+            old = self._live(old_path, now)
+            if old is None or old.kind == _TOMBSTONE:
+                return GONE
+            if expected_version is not None and old.version != expected_version:
+                return CONFLICT
+            if self._live(new_path, now) is not None:
+                return CONFLICT
+            version = _new_version()
+            # New record first: a crash in between leaves the old session
+            # usable rather than logging the user out.
+            self._write(new_path, _RECORD, version, blob, expires_at, now)
+            self._write(old_path, _TOMBSTONE, (old.version + 1) & _U64, b"", now + tombstone_seconds, now)
+            return version
+        finally:
+            self._release(stripes)
+
+    def locked_update(self, key: bytes, fn: UpdateFn) -> WriteResult:
+        """Run fn under the key's stripe lock; fn must not use this store."""
+        path = self._path(key)
+        stripes = (key[0],)
+        self._acquire(stripes)
+        try:
+            now = self.clock()
+            stored = self._live(path, now)
+            if stored is None or stored.kind == _TOMBSTONE:
+                return GONE
+            result = fn(StoredRecord(stored.blob, stored.version, stored.expires_at, stored.last_access))
+            if result is None:
+                return stored.version
+            blob, expires_at = result
+            version = (stored.version + 1) & _U64
+            self._write(path, _RECORD, version, blob, expires_at, now)
+            return version
+        finally:
+            self._release(stripes)
+
+    def cleanup(self, now: float, budget: int) -> int:
+        """Remove expired records and tombstones by mtime, sweeping shards from a cursor.
+
+        Each call resumes at the shard where the previous one ran out of
+        budget, so repeated small calls cover the whole directory.
+        """
+        if budget <= 0:
+            return 0
+        now_ns = _ns(now)
+        removed = 0
+        start = self._cleanup_cursor
+        for step in range(_STRIPES):
+            stripe = (start + step) % _STRIPES
+            removed += self._cleanup_shard(stripe, now_ns, budget - removed)
+            if removed >= budget:
+                self._cleanup_cursor = stripe
+                return removed
+        return removed
+
+    def _cleanup_shard(self, stripe: int, now_ns: int, budget: int) -> int:
+        top = os.path.join(self.data_dir, f"{stripe:02x}")
+        expired = []
+        stale_before = time.time() - _STALE_TMP_SECONDS
+        try:
+            subdirs = [entry.path for entry in os.scandir(top) if entry.is_dir(follow_symlinks=False)]
+        except FileNotFoundError:
+            return 0
+        except OSError as exc:
+            raise self._error("list session files", exc) from None
+        for subdir in subdirs:
+            try:
+                entries = list(os.scandir(subdir))
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise self._error("list session files", exc) from None
+            for entry in entries:
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    raise self._error("inspect a session file", exc) from None
+                if entry.name.endswith(".tmp"):
+                    if st.st_ctime < stale_before:
+                        self._unlink(entry.path)
+                elif len(entry.name) == 64 and st.st_mtime_ns < now_ns:
+                    expired.append(entry.path)
+        if not expired:
+            return 0
+        removed = 0
+        stripes = (stripe,)
+        self._acquire(stripes)
+        try:
+            for path in expired:
+                if removed >= budget:
+                    break
+                # Look again under the lock: a writer may have replaced it.
+                try:
+                    if os.stat(path).st_mtime_ns > now_ns:
+                        continue
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    raise self._error("inspect a session file", exc) from None
+                self._unlink(path)
+                removed += 1
+        finally:
+            self._release(stripes)
+        return removed
+
+    def close(self) -> None:
+        if self._pid == os.getpid():
+            for fd in self._lock_fds:
+                if fd >= 0:
+                    try:
+                        os.close(fd)
+                    except OSError:
+                        pass
+            self._lock_fds = [-1] * _STRIPES

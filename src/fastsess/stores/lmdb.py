@@ -1,0 +1,818 @@
+"""LMDB store: one memory-mapped environment in data_dir, shared by every process and thread.
+
+Layout: four sub-databases in one environment.
+
+    meta    store key (32 bytes) -> 32-byte header, little-endian:
+              format u8 (1), kind u8 (0 record, 1 tombstone), 2 bytes zero,
+              blob length u32, version u64, expires_at f64, last_access f64
+    data    store key -> blob (records only; a tombstone has none)
+    expiry  8-byte big-endian expiry in whole milliseconds + store key -> b""
+    state   b"version" -> the last version handed out, u64 big-endian
+
+Metadata and blob are separate entries so touch() rewrites 32 bytes (and
+the index entry) and never the blob, and never bumps the version. cleanup()
+walks the expiry index in order and stops at the first entry in the future,
+so its cost follows the number of expired records, not the store size.
+Versions come from one counter in the environment, bumped in the writing
+transaction, so a version never repeats for any key; a new environment starts
+the counter at the current time in microseconds, above anything an older one
+can have reached.
+
+Durability: commits write through the page cache, so they survive a crash of
+the process. With sync=True every commit is flushed to disk as well and
+survives a power loss; with sync=False a power loss may lose the last
+commits or damage the file, which is then moved aside (below).
+
+Processes and forks. The environment is opened lazily, once per process id
+(checked with os.getpid() on every operation) and data directory, and shared
+by every LmdbStore on that directory in the process: LMDB forbids opening one
+environment twice in a process. LMDB handles must not cross a fork: closing
+an inherited one in the child wipes the parent's reader slots, and lmdb 3.x
+refuses a second open while the inherited one is alive. So an os.fork() hook
+closes this process's environments just before every fork (after waiting for
+running transactions) and both sides reopen on next use; the child inherits
+nothing. A fork that skips the Python hooks (a C-level fork) leaves the child
+an inherited environment: it goes to _graveyard, referenced and never used
+or closed, and a fresh one is opened. Should the lmdb module refuse that
+open, it is one that deallocates inherited environments without touching
+LMDB, and the graveyard lets go of the old one first.
+
+Failure handling: MapResizedError (another process grew the map) adopts the
+new size and retries; MapFullError doubles the map and retries (raising
+StoreError if the write still does not fit after two growths); a full
+reader table is cleared of dead readers and retried once. An environment that
+cannot be opened because it is damaged, or that reports corruption in use, is
+renamed to data.mdb.corrupt-<time> (and lock.mdb likewise) and replaced by an
+empty one, with an error logged: sessions are disposable, an outage is not.
+Other failures raise StoreError.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import functools
+import logging
+import os
+import struct
+import threading
+import time
+import weakref
+from collections.abc import Callable
+
+import lmdb
+
+from ..errors import StoreError
+from .base import CONFLICT, EXISTS, GONE, TOMBSTONE, LoadResult, Store, StoredRecord, UpdateFn, WriteResult
+
+logger = logging.getLogger("fastsess")
+
+_META = struct.Struct("<BBxxIQdd")
+_FORMAT = 1
+_RECORD, _TOMBSTONE = 0, 1
+_MS = struct.Struct(">Q")
+_MAX_MS = (1 << 64) - 1
+_VERSION_KEY = b"version"
+_U64 = (1 << 64) - 1
+_MAINTAIN_EVERY = 1000  # operations between reader_check() and moved-file checks
+_MAP_GRANULE = 1 << 16  # map sizes stay multiples of every common page size
+_ATTEMPTS = 5
+_RETRY = object()  # load(): the fast path hit something only _run() handles
+
+_CORRUPTION: tuple = tuple(
+    cls
+    for cls in (
+        lmdb.CorruptedError,
+        lmdb.PageNotFoundError,
+        lmdb.InvalidError,
+        lmdb.VersionMismatchError,
+        lmdb.PanicError,
+        lmdb.IncompatibleError,
+        getattr(lmdb, "BadChecksumError", None),
+    )
+    if cls is not None
+)
+
+_registry: dict = {}  # (realpath, pid) -> _SharedEnv
+_registry_lock = threading.Lock()
+#: (path, environment) inherited through a fork that bypassed the os.fork()
+#: hooks: kept referenced so they are not deallocated, and never used or closed.
+_graveyard: list = []
+_graveyard_lock = threading.Lock()  # taken last, never while waiting for another lock
+
+
+def _index_key(expires_at: float, key: bytes) -> bytes:
+    if not expires_at * 1000 < _MAX_MS:  # also catches inf and nan
+        ms = _MAX_MS
+    else:
+        ms = max(int(expires_at * 1000), 0)
+    return _MS.pack(ms) + key
+
+
+def _parse_meta(raw: bytes | None) -> tuple | None:
+    """(kind, size, version, expires_at, last_access), or None when missing or damaged."""
+    if raw is None or len(raw) != _META.size:
+        return None
+    fmt, kind, size, version, expires_at, last_access = _META.unpack(raw)
+    if fmt != _FORMAT or kind > _TOMBSTONE:
+        return None
+    return kind, size, version, expires_at, last_access
+
+
+def _log_damaged() -> None:
+    logger.warning(
+        "lmdb store: a damaged session record was treated as missing",
+        extra={"fastsess_event": "store_error", "sid": None},
+    )
+
+
+class _Gate:
+    """Many transactions at once, or one exclusive holder (map resize, reopen, fork).
+
+    LMDB requires that no transaction of this process runs while the map is
+    resized or the environment closed. Each thread holds a lock of its own
+    while it runs one, so the common path takes one uncontended lock; the
+    exclusive holder takes every thread's lock.
+    """
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+        self._locks: weakref.WeakSet = weakref.WeakSet()  # a thread's lock goes when the thread does
+        self._exclusive = threading.Lock()
+        self._held: list = []
+
+    def thread_lock(self):
+        """This thread's lock; acquire it around a transaction."""
+        try:
+            return self._local.lock
+        except AttributeError:
+            lock = threading.Lock()
+            # Registering under the exclusive lock: an exclusive holder never
+            # misses a thread that starts meanwhile.
+            with self._exclusive:
+                self._locks.add(lock)
+            self._local.lock = lock
+            return lock
+
+    def acquire_exclusive(self) -> None:
+        """Wait for running transactions and block new ones; never call it holding thread_lock()."""
+        self._exclusive.acquire()
+        held = list(self._locks)
+        for lock in held:
+            lock.acquire()
+        self._held = held
+
+    def release_exclusive(self) -> None:
+        held, self._held = self._held, []
+        for lock in held:
+            lock.release()
+        self._exclusive.release()
+
+
+class _SharedEnv:
+    """One process's environment for one directory, shared by its LmdbStores."""
+
+    def __init__(self, path: str, map_size: int, sync: bool, max_readers: int) -> None:
+        self.path = path
+        self.pid = os.getpid()
+        self.map_size = map_size
+        self.sync = sync
+        self.max_readers = max_readers
+        self.gate = _Gate()
+        self.env: lmdb.Environment | None = None
+        self.meta = self.data = self.expiry = self.state = None
+        self.identity: tuple | None = None
+        self.users = 0
+        self.ops = 0
+
+    # -- called with the gate held exclusively
+
+    def exclusively(self, fn: Callable[[], None]) -> None:
+        self.gate.acquire_exclusive()
+        try:
+            fn()
+        finally:
+            self.gate.release_exclusive()
+
+    def _data_identity(self) -> tuple | None:
+        try:
+            st = os.stat(os.path.join(self.path, "data.mdb"))
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StoreError(f"lmdb store: cannot inspect {self.path}: {exc.strerror}") from None
+        return st.st_dev, st.st_ino
+
+    def ensure_open(self) -> None:
+        if self.env is not None:
+            return
+        tried = self._data_identity()
+        try:
+            try:
+                self._open()
+            except lmdb.Error as exc:
+                if "already open" not in str(exc) or not _forget_inherited(self.path):
+                    raise
+                self._open()
+        except _CORRUPTION as exc:
+            self._move_aside(tried, f"could not be opened ({type(exc).__name__})")
+            try:
+                self._open()
+            except lmdb.Error as again:
+                raise self._error(again) from None
+        except lmdb.Error as exc:
+            raise self._error(exc) from None
+
+    def _error(self, exc: lmdb.Error) -> StoreError:
+        if "already open" in str(exc):
+            return StoreError(
+                f"lmdb store: this process inherited the open environment in {self.path} through a fork "
+                "that bypassed os.fork(), and the lmdb module refuses to open it again; "
+                "create the store after forking"
+            )
+        return StoreError(f"lmdb store: cannot open the environment in {self.path}: {exc}")
+
+    def _open(self) -> None:
+        # Other processes may grow the data while we open: a map smaller than
+        # the data fails with MapResizedError, inside lmdb.open() or at the
+        # first transaction. Size the map from the file, and retry.
+        for _ in range(_ATTEMPTS):
+            try:
+                size = os.stat(os.path.join(self.path, "data.mdb")).st_size
+            except OSError:
+                size = 0
+            map_size = max(self.map_size, -(-2 * size // _MAP_GRANULE) * _MAP_GRANULE)
+            try:
+                self._open_sized(map_size)
+                return
+            except lmdb.MapResizedError:
+                continue
+        raise lmdb.Error(f"{self.path}: the map kept growing while it was being opened")
+
+    def _open_sized(self, map_size: int) -> None:
+        env = lmdb.open(
+            self.path,
+            map_size=map_size,
+            subdir=True,
+            sync=self.sync,
+            metasync=self.sync,
+            mode=0o700,
+            readahead=False,  # random access: readahead only evicts useful pages
+            max_readers=self.max_readers,
+            max_dbs=8,
+        )
+        try:
+            meta = env.open_db(b"meta")
+            data = env.open_db(b"data")
+            expiry = env.open_db(b"expiry")
+            state = env.open_db(b"state")
+            env.reader_check()
+            # Another process may have grown the map beyond our request.
+            self.map_size = env.info()["map_size"]
+        except BaseException:
+            env.close()
+            raise
+        self.env, self.meta, self.data, self.expiry, self.state = env, meta, data, expiry, state
+        self.identity = self._data_identity()
+        self.ops = 0
+
+    def close_env(self) -> None:
+        if self.env is not None:
+            self.env.close()
+        self.env = self.meta = self.data = self.expiry = self.state = None
+
+    def recover(self, failing: lmdb.Environment, reason: str) -> None:
+        """Replace an environment that reported corruption, unless someone already did."""
+        if self.env is not failing:
+            return
+        identity = self.identity
+        self.close_env()
+        self._move_aside(identity, reason)
+        self.ensure_open()
+
+    def clear_readers(self, failing: lmdb.Environment) -> None:
+        if self.env is failing:
+            self.env.reader_check()
+
+    def reopen_if_moved(self) -> None:
+        if self.env is not None and self._data_identity() != self.identity:
+            self.close_env()
+            self.ensure_open()
+
+    def _move_aside(self, identity: tuple | None, reason: str) -> None:
+        """Rename the damaged files, unless another process already replaced them."""
+        suffix = f".corrupt-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.getpid()}"
+        try:
+            fd = os.open(os.path.join(self.path, "recovery.lock"), os.O_RDONLY | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise StoreError(f"lmdb store: cannot recover {self.path}: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if self._data_identity() != identity:
+                return
+            for name in ("data.mdb", "lock.mdb"):
+                try:
+                    os.replace(os.path.join(self.path, name), os.path.join(self.path, name + suffix))
+                except FileNotFoundError:
+                    pass
+        except OSError as exc:
+            raise StoreError(f"lmdb store: cannot recover {self.path}: {exc.strerror}") from None
+        finally:
+            os.close(fd)
+        logger.error(
+            "lmdb store: the environment in %s %s; moved it aside as data.mdb%s and started empty",
+            self.path,
+            reason,
+            suffix,
+            extra={"fastsess_event": "store_error", "sid": None},
+        )
+
+    def grow(self, failing: lmdb.Environment, seen_size: int, need: int) -> None:
+        """Double the map, unless it was reopened or grown since the failure."""
+        if self.env is not failing or self.map_size != seen_size:
+            return
+        current = self.env.info()["map_size"]
+        size = max(current * 2, current + 4 * need)
+        size = -(-size // _MAP_GRANULE) * _MAP_GRANULE
+        self.env.set_mapsize(size)
+        self.map_size = self.env.info()["map_size"]
+
+    def adopt_map_size(self, failing: lmdb.Environment) -> None:
+        """Take the size another process grew the map to."""
+        if self.env is not failing:
+            return
+        self.env.set_mapsize(0)
+        self.map_size = self.env.info()["map_size"]
+
+    # -- shared use
+
+    def enter(self):
+        """(environment, lock): an open environment and this thread's held gate lock."""
+        lock = self.gate.thread_lock()
+        while True:
+            lock.acquire()
+            env = self.env
+            if env is not None:
+                return env, lock
+            lock.release()
+            self.exclusively(self.ensure_open)
+
+    def maintain(self) -> None:
+        """Clear dead readers; follow the files if another process moved them aside."""
+        self.ops = 0
+        env, lock = self.enter()
+        try:
+            env.reader_check()
+            moved = self._data_identity() != self.identity
+        except (lmdb.Error, StoreError):
+            moved = False  # maintenance must not fail the operation that triggered it
+        finally:
+            lock.release()
+        if moved:
+            self.exclusively(self.reopen_if_moved)
+
+
+def _bury_inherited(pid: int) -> None:
+    """Drop other processes' entries; their open environments go to the graveyard."""
+    for entry_key, shared in list(_registry.items()):
+        if shared.pid != pid:
+            if shared.env is not None:
+                with _graveyard_lock:
+                    _graveyard.append((shared.path, shared.env))
+                # Forget, never close: closing in a child clears the parent's readers.
+                shared.env = shared.meta = shared.data = shared.expiry = shared.state = None
+            del _registry[entry_key]
+
+
+def _forget_inherited(path: str) -> bool:
+    """Release the graveyard's environments for path; True when there were any.
+
+    For lmdb modules that refuse to open an environment while an inherited one
+    is alive. Those same modules deallocate an inherited environment without
+    touching LMDB (they compare process ids), so releasing it is safe there.
+    """
+    with _graveyard_lock:
+        kept = [entry for entry in _graveyard if entry[0] != path]
+        if len(kept) == len(_graveyard):
+            return False
+        released = _graveyard[:]
+        _graveyard[:] = kept
+    del released  # deallocated here, outside the lock
+    return True
+
+
+def _before_fork() -> None:
+    # Close this process's environments so the child inherits none; the gates
+    # stay held across the fork so no thread reopens one in between.
+    _registry_lock.acquire()
+    pid = os.getpid()
+    for shared in _registry.values():
+        if shared.pid == pid:
+            shared.gate.acquire_exclusive()
+            try:
+                shared.close_env()
+            except lmdb.Error:
+                shared.env = None
+
+
+def _after_fork_in_parent() -> None:
+    pid = os.getpid()
+    for shared in _registry.values():
+        if shared.pid == pid:
+            shared.gate.release_exclusive()
+    _registry_lock.release()
+
+
+def _after_fork_in_child() -> None:
+    # Nothing is open (see _before_fork); the child builds its own entries.
+    _registry.clear()
+    _registry_lock.release()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(
+        before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child
+    )
+
+
+class LmdbStore(Store):
+    """Sessions in an LMDB environment; see the module docstring for the layout."""
+
+    has_locked_update = True
+
+    def __init__(
+        self,
+        data_dir: str,
+        map_size: int = 1 << 30,
+        sync: bool = False,
+        max_readers: int = 512,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """Create data_dir if missing; the environment itself opens on first use.
+
+        map_size is address space, not disk: the file grows as data does.
+        max_readers bounds concurrent reads across all processes (workers x
+        threads); the first process to open the environment sets it.
+        Options of the first store on a directory in a process apply to all.
+        """
+        super().__init__(clock)
+        if map_size < _MAP_GRANULE:
+            raise ValueError(f"map_size must be at least {_MAP_GRANULE} bytes")
+        try:
+            os.makedirs(data_dir, mode=0o700, exist_ok=True)
+            self.data_dir = os.path.realpath(data_dir)
+            probe = os.path.join(self.data_dir, f".probe-{os.urandom(6).hex()}.tmp")
+            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            os.unlink(probe)
+        except OSError as exc:
+            raise StoreError(
+                f"lmdb store: cannot create or write the data directory {os.path.abspath(data_dir)}: "
+                f"{exc.strerror or type(exc).__name__}"
+            ) from None
+        self.map_size = -(-map_size // _MAP_GRANULE) * _MAP_GRANULE
+        self.sync = sync
+        self.max_readers = max_readers
+        self._shared_env: _SharedEnv | None = None
+        self._closed = False
+
+    # -- environment plumbing
+
+    def _shared(self) -> _SharedEnv:
+        shared = self._shared_env
+        pid = os.getpid()
+        if shared is not None and shared.pid == pid:
+            return shared
+        with _registry_lock:
+            if self._closed:
+                raise StoreError("lmdb store: used after close()")
+            _bury_inherited(pid)
+            shared = _registry.get((self.data_dir, pid))
+            if shared is None:
+                shared = _SharedEnv(self.data_dir, self.map_size, self.sync, self.max_readers)
+                _registry[(self.data_dir, pid)] = shared
+            shared.users += 1
+            self._shared_env = shared
+            return shared
+
+    def _environment(self) -> lmdb.Environment:
+        """This process's open environment (for tests and tools)."""
+        env, lock = self._shared().enter()
+        lock.release()
+        return env
+
+    def _run(self, write: bool, body: Callable, *args, need: int = 0):
+        """Run body(txn, shared, *args) in one transaction, recovering from LMDB's soft failures.
+
+        need: bytes this write adds, so a map that must grow grows enough.
+        """
+        shared = self._shared()
+        growths = 0
+        readers_cleared = False
+        for _ in range(_ATTEMPTS):
+            repair = None
+            env, lock = shared.enter()
+            seen_size = shared.map_size
+            try:
+                txn = env.begin(write=write)
+                try:
+                    result = body(txn, shared, *args)
+                except BaseException:
+                    txn.abort()
+                    raise
+                txn.commit()
+            except lmdb.MapResizedError:
+                repair = functools.partial(shared.adopt_map_size, env)
+            except lmdb.MapFullError:
+                # Twice: a concurrent thread's growth may have been the first.
+                if growths == 2:
+                    raise StoreError(
+                        f"lmdb store: the map in {self.data_dir} is full at {shared.map_size} bytes "
+                        "even after growing it; raise lmdb_map_size"
+                    ) from None
+                growths += 1
+                repair = functools.partial(shared.grow, env, seen_size, need)
+            except lmdb.ReadersFullError:
+                if readers_cleared:
+                    raise StoreError(
+                        f"lmdb store: all {shared.max_readers} reader slots of {self.data_dir} are in use; "
+                        "raise max_readers (workers x threads)"
+                    ) from None
+                readers_cleared = True
+                repair = functools.partial(shared.clear_readers, env)
+            except _CORRUPTION as exc:
+                repair = functools.partial(shared.recover, env, f"reported corruption ({type(exc).__name__})")
+            except lmdb.Error as exc:
+                raise StoreError(f"lmdb store: {type(exc).__name__} in {self.data_dir}: {exc}") from None
+            finally:
+                lock.release()
+            if repair is None:
+                shared.ops += 1
+                if shared.ops >= _MAINTAIN_EVERY:
+                    shared.maintain()
+                return result
+            shared.exclusively(repair)
+        raise StoreError(f"lmdb store: gave up on {self.data_dir} after {_ATTEMPTS} attempts")
+
+    def _next_version(self, txn, shared: _SharedEnv) -> int:
+        raw = txn.get(_VERSION_KEY, db=shared.state)
+        if raw is not None and len(raw) == 8:
+            version = (int.from_bytes(raw, "big") + 1) & _U64
+        else:
+            version = time.time_ns() // 1000
+        txn.put(_VERSION_KEY, version.to_bytes(8, "big"), db=shared.state)
+        return version
+
+    def _live(self, txn, shared: _SharedEnv, key: bytes, now: float) -> tuple | None:
+        meta = _parse_meta(txn.get(key, db=shared.meta))
+        if meta is None or now > meta[3]:
+            return None
+        return meta
+
+    @staticmethod
+    def _put(txn, shared, key, old, kind, version, blob, expires_at, last_access) -> None:
+        """Write meta, data and index entry, dropping the old index entry."""
+        index_key = _index_key(expires_at, key)
+        if old is not None:
+            old_index_key = _index_key(old[3], key)
+            if old_index_key != index_key:
+                txn.delete(old_index_key, db=shared.expiry)
+        txn.put(key, _META.pack(_FORMAT, kind, len(blob), version, expires_at, last_access), db=shared.meta)
+        if kind == _RECORD:
+            txn.put(key, blob, db=shared.data)
+        else:
+            txn.delete(key, db=shared.data)
+        txn.put(index_key, b"", db=shared.expiry)
+
+    @staticmethod
+    def _check_key(key: bytes) -> None:
+        if len(key) != 32:
+            raise ValueError("store keys are 32 bytes")
+
+    # -- the Store interface
+
+    def load(self, key: bytes) -> LoadResult:
+        # The hot path: one read transaction, no retry loop unless LMDB asks.
+        if len(key) != 32:
+            raise ValueError("store keys are 32 bytes")
+        shared = self._shared_env
+        if shared is None or shared.pid != os.getpid():
+            shared = self._shared()
+        lock = shared.gate.thread_lock()
+        lock.acquire()
+        try:
+            env = shared.env
+            if env is None:
+                raw = _RETRY
+            else:
+                try:
+                    txn = env.begin()
+                    try:
+                        raw = txn.get(key, db=shared.meta)
+                        blob = None if raw is None else txn.get(key, db=shared.data)
+                    finally:
+                        txn.abort()
+                except lmdb.Error:
+                    raw = _RETRY
+        finally:
+            lock.release()
+        if raw is _RETRY:
+            return self._run(False, self._load, key)
+        shared.ops += 1
+        if shared.ops >= _MAINTAIN_EVERY:
+            shared.maintain()
+        return self._loaded(raw, blob)
+
+    def _load(self, txn, shared, key):
+        raw = txn.get(key, db=shared.meta)
+        return self._loaded(raw, None if raw is None else txn.get(key, db=shared.data))
+
+    def _loaded(self, raw: bytes | None, blob: bytes | None) -> LoadResult:
+        if raw is None:
+            return None
+        if len(raw) != _META.size:
+            _log_damaged()
+            return None
+        fmt, kind, size, version, expires_at, last_access = _META.unpack(raw)
+        if fmt != _FORMAT or kind > _TOMBSTONE:
+            _log_damaged()
+            return None
+        if self.clock() > expires_at:
+            return None
+        if kind == _TOMBSTONE:
+            return TOMBSTONE
+        if blob is None or len(blob) != size:
+            _log_damaged()
+            return None
+        return StoredRecord(blob, version, expires_at, last_access)
+
+    def create(self, key: bytes, blob: bytes, expires_at: float) -> WriteResult:
+        self._check_key(key)
+        return self._run(True, self._create, key, bytes(blob), expires_at, need=len(blob))
+
+    def _create(self, txn, shared, key, blob, expires_at):
+        now = self.clock()
+        old = _parse_meta(txn.get(key, db=shared.meta))
+        if old is not None and now < old[3]:
+            return EXISTS
+        version = self._next_version(txn, shared)
+        self._put(txn, shared, key, old, _RECORD, version, blob, expires_at, now)
+        return version
+
+    def cas(self, key: bytes, blob: bytes, expected_version: int, expires_at: float) -> WriteResult:
+        self._check_key(key)
+        return self._run(True, self._cas, key, bytes(blob), expected_version, expires_at, need=len(blob))
+
+    def _cas(self, txn, shared, key, blob, expected_version, expires_at):
+        now = self.clock()
+        old = self._live(txn, shared, key, now)
+        if old is None or old[0] == _TOMBSTONE:
+            return GONE
+        if old[2] != expected_version:
+            return CONFLICT
+        version = self._next_version(txn, shared)
+        self._put(txn, shared, key, old, _RECORD, version, blob, expires_at, now)
+        return version
+
+    def touch(self, key: bytes, expires_at: float) -> None:
+        self._check_key(key)
+        self._run(True, self._touch, key, expires_at)
+
+    def _touch(self, txn, shared, key, expires_at):
+        now = self.clock()
+        old = self._live(txn, shared, key, now)
+        if old is None or old[0] == _TOMBSTONE:
+            return
+        kind, size, version, old_expires, _ = old
+        index_key = _index_key(expires_at, key)
+        old_index_key = _index_key(old_expires, key)
+        if old_index_key != index_key:
+            txn.delete(old_index_key, db=shared.expiry)
+            txn.put(index_key, b"", db=shared.expiry)
+        txn.put(key, _META.pack(_FORMAT, kind, size, version, expires_at, now), db=shared.meta)
+
+    def delete(self, key: bytes) -> None:
+        self._check_key(key)
+        self._run(True, self._delete, key)
+
+    def _delete(self, txn, shared, key):
+        old = _parse_meta(txn.get(key, db=shared.meta))
+        if old is not None:
+            txn.delete(_index_key(old[3], key), db=shared.expiry)
+        txn.delete(key, db=shared.meta)
+        txn.delete(key, db=shared.data)
+
+    def rotate(
+        self,
+        old_key: bytes,
+        new_key: bytes,
+        blob: bytes,
+        expires_at: float,
+        tombstone_seconds: float,
+        expected_version: int | None = None,
+    ) -> WriteResult:
+        self._check_key(old_key)
+        self._check_key(new_key)
+        args = (old_key, new_key, bytes(blob), expires_at, tombstone_seconds, expected_version)
+        return self._run(True, self._rotate, *args, need=len(blob))
+
+    def _rotate(self, txn, shared, old_key, new_key, blob, expires_at, tombstone_seconds, expected_version):
+        now = self.clock()
+        old = self._live(txn, shared, old_key, now)
+        if old is None or old[0] == _TOMBSTONE:
+            return GONE
+        if expected_version is not None and old[2] != expected_version:
+            return CONFLICT
+        if self._live(txn, shared, new_key, now) is not None:
+            return CONFLICT
+        existing = _parse_meta(txn.get(new_key, db=shared.meta))
+        version = self._next_version(txn, shared)
+        self._put(txn, shared, new_key, existing, _RECORD, version, blob, expires_at, now)
+        tombstone_version = self._next_version(txn, shared)
+        self._put(txn, shared, old_key, old, _TOMBSTONE, tombstone_version, b"", now + tombstone_seconds, now)
+        return version
+
+    def locked_update(self, key: bytes, fn: UpdateFn) -> WriteResult:
+        """Run fn inside one write transaction; fn must not use this store.
+
+        If LMDB asks for a retry (map growth), fn is not called again unless
+        the record changed in between.
+        """
+        self._check_key(key)
+        seen: list = []
+        return self._run(True, self._locked_update, key, fn, seen)
+
+    def _locked_update(self, txn, shared, key, fn, seen):
+        now = self.clock()
+        old = self._live(txn, shared, key, now)
+        if old is None or old[0] == _TOMBSTONE:
+            return GONE
+        kind, size, version, expires_at, last_access = old
+        blob = txn.get(key, db=shared.data)
+        if blob is None or len(blob) != size:
+            _log_damaged()
+            return GONE
+        if seen and seen[0] == version:
+            result = seen[1]
+        else:
+            result = fn(StoredRecord(blob, version, expires_at, last_access))
+            seen[:] = [version, result]
+        if result is None:
+            return version
+        new_blob, new_expires = result
+        new_version = self._next_version(txn, shared)
+        self._put(txn, shared, key, old, _RECORD, new_version, bytes(new_blob), new_expires, now)
+        return new_version
+
+    def cleanup(self, now: float, budget: int) -> int:
+        if budget <= 0:
+            return 0
+        self._shared().maintain()
+        return self._run(True, self._cleanup, now, budget)
+
+    def _cleanup(self, txn, shared, now, budget):
+        limit = _index_key(now, b"")
+        removed = scanned = 0
+        # Entries whose record was rewritten in the same millisecond but not
+        # yet expired are skipped; bound how many a call looks at.
+        scan_limit = 4 * budget + 64
+        cursor = txn.cursor(db=shared.expiry)
+        if not cursor.first():
+            return 0
+        while removed < budget and scanned < scan_limit:
+            index_key = cursor.key()
+            if not index_key or index_key[:8] > limit:
+                break
+            scanned += 1
+            key = index_key[8:]
+            raw = txn.get(key, db=shared.meta)
+            meta = _parse_meta(raw)
+            if meta is None:
+                if raw is not None:  # damaged: it goes too
+                    txn.delete(key, db=shared.meta)
+                    txn.delete(key, db=shared.data)
+                    removed += 1
+                cursor.delete()
+            elif _index_key(meta[3], key) != index_key:
+                cursor.delete()  # stale entry; the record has another
+            elif now > meta[3]:
+                txn.delete(key, db=shared.meta)
+                txn.delete(key, db=shared.data)
+                cursor.delete()
+                removed += 1
+            elif not cursor.next():
+                break
+        return removed
+
+    def close(self) -> None:
+        with _registry_lock:
+            if self._closed:
+                return
+            self._closed = True
+            shared, self._shared_env = self._shared_env, None
+            if shared is None or shared.pid != os.getpid():
+                return
+            shared.users -= 1
+            if shared.users > 0:
+                return
+            if _registry.get((shared.path, shared.pid)) is shared:
+                del _registry[(shared.path, shared.pid)]
+        shared.exclusively(shared.close_env)

@@ -1,0 +1,132 @@
+"""In-process store: a dict with an LRU bound and TTLs; one per middleware.
+
+For development and tests. Records live in one process, so workers of a
+multi-process server each see their own sessions.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+from .base import CONFLICT, EXISTS, GONE, TOMBSTONE, LoadResult, Store, StoredRecord, UpdateFn, WriteResult
+
+# An entry: [blob or None for a tombstone, version, expires_at, last_access]
+_BLOB, _VERSION, _EXPIRES, _ACCESS = range(4)
+
+
+class MemoryStore(Store):
+    """A thread-safe OrderedDict of records, oldest-used first."""
+
+    has_locked_update = True
+
+    def __init__(self, max_sessions: int = 10000, clock: Callable[[], float] = time.time) -> None:
+        super().__init__(clock)
+        if max_sessions < 1:
+            raise ValueError("max_sessions must be at least 1")
+        self.max_sessions = max_sessions
+        self._entries: OrderedDict[bytes, list] = OrderedDict()
+        self._lock = threading.Lock()
+        self._next_version = 0
+
+    def _live(self, key: bytes, now: float) -> list | None:
+        """The entry for key if not expired (tombstones included); drops expired ones."""
+        entry = self._entries.get(key)
+        if entry is not None and now > entry[_EXPIRES]:
+            del self._entries[key]
+            return None
+        return entry
+
+    def _version(self) -> int:
+        self._next_version += 1
+        return self._next_version
+
+    def _put(self, key: bytes, entry: list) -> None:
+        self._entries[key] = entry
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.max_sessions:
+            self._entries.popitem(last=False)
+
+    def load(self, key: bytes) -> LoadResult:
+        with self._lock:
+            entry = self._live(key, self.clock())
+            if entry is None:
+                return None
+            if entry[_BLOB] is None:
+                return TOMBSTONE
+            self._entries.move_to_end(key)
+            return StoredRecord(entry[_BLOB], entry[_VERSION], entry[_EXPIRES], entry[_ACCESS])
+
+    def create(self, key: bytes, blob: bytes, expires_at: float) -> WriteResult:
+        with self._lock:
+            now = self.clock()
+            if self._live(key, now) is not None:
+                return EXISTS
+            version = self._version()
+            self._put(key, [bytes(blob), version, expires_at, now])
+            return version
+
+    def cas(self, key: bytes, blob: bytes, expected_version: int, expires_at: float) -> WriteResult:
+        with self._lock:
+            now = self.clock()
+            entry = self._live(key, now)
+            if entry is None or entry[_BLOB] is None:
+                return GONE
+            if entry[_VERSION] != expected_version:
+                return CONFLICT
+            version = self._version()
+            self._put(key, [bytes(blob), version, expires_at, now])
+            return version
+
+    def touch(self, key: bytes, expires_at: float) -> None:
+        with self._lock:
+            now = self.clock()
+            entry = self._live(key, now)
+            if entry is not None and entry[_BLOB] is not None:
+                entry[_EXPIRES] = expires_at
+                entry[_ACCESS] = now
+
+    def delete(self, key: bytes) -> None:
+        with self._lock:
+            self._entries.pop(key, None)
+
+    def rotate(self, old_key, new_key, blob, expires_at, tombstone_seconds, expected_version=None):
+        with self._lock:
+            now = self.clock()
+            old = self._live(old_key, now)
+            if old is None or old[_BLOB] is None:
+                return GONE
+            if expected_version is not None and old[_VERSION] != expected_version:
+                return CONFLICT
+            if self._live(new_key, now) is not None:
+                return CONFLICT
+            version = self._version()
+            self._put(old_key, [None, self._version(), now + tombstone_seconds, now])
+            self._put(new_key, [bytes(blob), version, expires_at, now])
+            return version
+
+    def cleanup(self, now: float, budget: int) -> int:
+        with self._lock:
+            expired = [k for k, e in self._entries.items() if now > e[_EXPIRES]][:budget]
+            for key in expired:
+                del self._entries[key]
+            return len(expired)
+
+    def locked_update(self, key: bytes, fn: UpdateFn) -> WriteResult:
+        with self._lock:
+            now = self.clock()
+            entry = self._live(key, now)
+            if entry is None or entry[_BLOB] is None:
+                return GONE
+            result = fn(StoredRecord(entry[_BLOB], entry[_VERSION], entry[_EXPIRES], entry[_ACCESS]))
+            if result is None:
+                return entry[_VERSION]
+            blob, expires_at = result
+            version = self._version()
+            self._put(key, [bytes(blob), version, expires_at, now])
+            return version
+
+    def __len__(self) -> int:
+        return len(self._entries)

@@ -1,0 +1,293 @@
+"""LmdbStore specifics beyond the contract: sharing, map growth, forks, corruption, errors."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import multiprocessing
+import os
+import subprocess
+import sys
+import threading
+import warnings
+from pathlib import Path
+
+import lmdb
+import pytest
+
+from fastsess.errors import StoreError
+from fastsess.stores.base import StoredRecord
+from fastsess.stores.lmdb import LmdbStore
+from test_store_contract import T0, TTL, FakeClock, increment, join_or_kill, skey
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> str:
+    return str(tmp_path / "sessions")
+
+
+@pytest.fixture
+def store(data_dir: str, clock: FakeClock):
+    made = LmdbStore(data_dir, clock=clock)
+    yield made
+    made.close()
+
+
+def test_two_stores_on_one_directory_share_one_environment(store, data_dir, clock):
+    other = LmdbStore(data_dir, clock=clock)
+    try:
+        assert other._environment() is store._environment()
+        store.create(skey("a"), b"data", T0 + TTL)
+        assert other.load(skey("a")).blob == b"data"
+    finally:
+        other.close()
+    assert store.load(skey("a")).blob == b"data"  # closing one leaves the other open
+
+
+def test_directory_reopens_after_every_store_closed(data_dir, clock):
+    first = LmdbStore(data_dir, clock=clock)
+    first.create(skey("a"), b"data", T0 + TTL)
+    first.close()
+    second = LmdbStore(data_dir, clock=clock)
+    assert second.load(skey("a")).blob == b"data"
+    second.close()
+    with pytest.raises(StoreError, match="after close"):
+        first.load(skey("a"))
+
+
+def test_full_map_grows_and_keeps_every_record(data_dir, clock):
+    store = LmdbStore(data_dir, map_size=64 * 1024, clock=clock)
+    try:
+        for i in range(400):
+            store.create(skey(f"k{i}"), bytes([i % 256]) * 1000, T0 + TTL)
+        for i in range(400):
+            assert store.load(skey(f"k{i}")).blob == bytes([i % 256]) * 1000
+        assert store._environment().info()["map_size"] > 64 * 1024
+    finally:
+        store.close()
+
+
+FILL = """
+import sys
+from fastsess.stores.lmdb import LmdbStore
+store = LmdbStore(sys.argv[1])
+for i in range(300):
+    store.create(bytes([i % 256, i // 256]) * 16, b"x" * 1000, 4e9)
+"""
+
+
+def test_map_grown_by_another_process_is_adopted(data_dir, clock):
+    store = LmdbStore(data_dir, map_size=64 * 1024, clock=clock)
+    try:
+        store.create(skey("parent"), b"before", T0 + TTL)
+        # A separate program, not a fork: this process keeps its environment
+        # open while the other one grows the map under it.
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+        subprocess.run([sys.executable, "-c", FILL, data_dir], env=env, check=True, timeout=60)
+        assert store.load(bytes([43, 1]) * 16).blob == b"x" * 1000
+        assert isinstance(store.create(skey("after"), b"y" * 1000, T0 + TTL), int)
+        assert store._environment().info()["map_size"] > 64 * 1024
+    finally:
+        store.close()
+
+
+def test_corrupt_environment_is_moved_aside_and_store_starts_empty(data_dir, clock, caplog):
+    os.makedirs(data_dir)
+    Path(data_dir, "data.mdb").write_bytes(b"this is not an lmdb file " * 1000)
+    store = LmdbStore(data_dir, clock=clock)
+    try:
+        with caplog.at_level(logging.ERROR, logger="fastsess"):
+            assert store.load(skey("a")) is None
+        assert [(r.fastsess_event, r.sid) for r in caplog.records] == [("store_error", None)]
+        moved = [name for name in os.listdir(data_dir) if name.startswith("data.mdb.corrupt-")]
+        assert len(moved) == 1
+        assert Path(data_dir, moved[0]).read_bytes().startswith(b"this is not an lmdb file")
+        assert isinstance(store.create(skey("a"), b"fresh", T0 + TTL), int)
+        assert store.load(skey("a")).blob == b"fresh"
+    finally:
+        store.close()
+
+
+def test_damaged_blob_is_treated_as_missing(store):
+    store.create(skey("a"), b"some session data", T0 + TTL)
+    shared = store._shared()
+    with store._environment().begin(write=True) as txn:
+        txn.put(skey("a"), b"short", db=shared.data)
+    assert store.load(skey("a")) is None
+
+
+def test_unwritable_data_dir_raises_store_error(tmp_path):
+    # Root ignores permission bits, so provoke the failure with a file in the way.
+    (tmp_path / "plain-file").write_text("x")
+    with pytest.raises(StoreError, match="data directory"):
+        LmdbStore(str(tmp_path / "plain-file" / "sessions"))
+
+
+def test_data_dir_is_created_with_parents(tmp_path):
+    LmdbStore(str(tmp_path / "a" / "b")).close()
+    assert (tmp_path / "a" / "b").is_dir()
+
+
+def _index_entries(store: LmdbStore) -> int:
+    with store._environment().begin() as txn:
+        return txn.stat(store._shared().expiry)["entries"]
+
+
+def test_expiry_index_holds_one_entry_per_record(store, clock):
+    store.create(skey("a"), b"x", T0 + 10)
+    store.create(skey("b"), b"x", T0 + TTL)
+    store.touch(skey("b"), T0 + 2 * TTL)
+    version = store.load(skey("b")).version
+    store.cas(skey("b"), b"y", version, T0 + 3 * TTL)
+    store.rotate(skey("b"), skey("c"), b"y", T0 + TTL, 60)
+    assert _index_entries(store) == 3
+    clock.advance(100)
+    assert store.cleanup(clock.now, 10) == 2  # "a" and the tombstone of "b"
+    assert _index_entries(store) == 1
+    store.delete(skey("c"))
+    assert _index_entries(store) == 0
+
+
+def test_touch_keeps_version_and_blob(store, clock):
+    version = store.create(skey("a"), b"blob", T0 + TTL)
+    clock.advance(10)
+    store.touch(skey("a"), clock.now + TTL)
+    assert store.load(skey("a")) == StoredRecord(b"blob", version, clock.now + TTL, clock.now)
+
+
+def _mapped_environments(data_dir: str) -> int:
+    with open("/proc/self/maps") as maps:
+        return sum(1 for line in maps if line.rstrip().endswith(os.path.join(data_dir, "data.mdb")))
+
+
+def _child_checks_inheritance(store: LmdbStore, data_dir: str) -> None:
+    if _mapped_environments(data_dir) != 0:
+        os._exit(3)  # the parent's environment crossed the fork
+    if store.load(skey("a")).blob != b"data":
+        os._exit(4)
+    os._exit(0 if _mapped_environments(data_dir) == 1 else 5)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="needs /proc")
+def test_child_inherits_no_open_environment(store, data_dir):
+    store.create(skey("a"), b"data", T0 + TTL)
+    assert _mapped_environments(data_dir) == 1
+    child = multiprocessing.get_context("fork").Process(
+        target=_child_checks_inheritance, args=(store, data_dir)
+    )
+    child.start()
+    join_or_kill(child)
+    assert child.exitcode == 0
+    assert store.load(skey("a")).blob == b"data"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="C-level fork via libc")
+def test_fork_that_skips_python_hooks_still_gets_a_fresh_environment(store, data_dir):
+    # uWSGI-style: libc fork() runs no os.register_at_fork hooks, so the child
+    # holds the parent's open environment and must not use it.
+    store.create(skey("a"), b"data", T0 + TTL)
+    held = store._environment().begin()  # a reader slot the child must leave alone
+    try:
+        pid = ctypes.CDLL(None, use_errno=True).fork()
+        if pid == 0:
+            del held  # the application holds none of the store's transactions
+            code = 1
+            try:
+                fresh = store.load(skey("a")).blob == b"data"
+                wrote = isinstance(store.create(skey("child"), b"c", T0 + TTL), int)
+                code = 0 if fresh and wrote else 2
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert str(os.getpid()) in store._environment().readers()
+        assert held.get(skey("a"), db=store._shared().meta) is not None
+    finally:
+        held.abort()
+    assert store.load(skey("child")).blob == b"c"
+
+
+class _ReportsCorruption:
+    """Stands in for an environment that starts failing with MDB_CORRUPTED."""
+
+    def __init__(self, env) -> None:
+        self.env = env
+
+    def begin(self, **kwargs):
+        raise lmdb.CorruptedError("mdb_txn_begin: MDB_CORRUPTED: Located page was wrong type")
+
+    def close(self) -> None:
+        self.env.close()
+
+
+def test_environment_reporting_corruption_in_use_is_replaced(store, data_dir, caplog):
+    store.create(skey("a"), b"data", T0 + TTL)
+    shared = store._shared()
+    shared.env = _ReportsCorruption(shared.env)
+    with caplog.at_level(logging.ERROR, logger="fastsess"):
+        assert store.load(skey("a")) is None
+    assert [r.fastsess_event for r in caplog.records] == ["store_error"]
+    assert any(name.startswith("data.mdb.corrupt-") for name in os.listdir(data_dir))
+    assert isinstance(store.create(skey("a"), b"fresh", T0 + TTL), int)
+
+
+def test_files_moved_aside_by_another_process_are_followed(store, data_dir):
+    store.create(skey("a"), b"data", T0 + TTL)
+    for name in ("data.mdb", "lock.mdb"):
+        os.rename(os.path.join(data_dir, name), os.path.join(data_dir, name + ".corrupt-elsewhere"))
+    store._shared().maintain()  # runs every _MAINTAIN_EVERY operations
+    assert store.load(skey("a")) is None
+    assert os.path.exists(os.path.join(data_dir, "data.mdb"))
+
+
+def _write_and_increment(store: LmdbStore, tag: str, times: int) -> None:
+    for i in range(times):
+        store.create(skey(f"{tag}-{i}"), b"j" * 2000, T0 + TTL)  # keeps the small map growing
+        increment(store, skey("counter"), 1)
+
+
+def test_forks_and_threads_writing_while_the_map_grows_lose_nothing(data_dir):
+    # Threads keep writing (and growing a tiny map) while this process forks
+    # writers: growth, reopening around forks and adopting other processes'
+    # growth all happen under load.
+    store = LmdbStore(data_dir, map_size=64 * 1024, clock=FakeClock())
+    stop = threading.Event()
+    done, errors = [0, 0], []
+
+    def background(slot: int) -> None:
+        try:
+            while not stop.is_set():
+                _write_and_increment(store, f"thread{slot}-{done[slot]}", 1)
+                done[slot] += 1
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=background, args=(slot,), daemon=True) for slot in range(2)]
+    for thread in threads:
+        thread.start()
+    try:
+        context = multiprocessing.get_context("fork")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads: that is the point
+            children = [
+                context.Process(target=_write_and_increment, args=(store, f"child{n}", 25)) for n in range(3)
+            ]
+            for child in children:
+                child.start()
+        for child in children:
+            join_or_kill(child)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+    try:
+        assert [child.exitcode for child in children] == [0, 0, 0]
+        assert not errors, errors
+        assert int(store.load(skey("counter")).blob) == 3 * 25 + sum(done)
+    finally:
+        store.close()

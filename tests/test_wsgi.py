@@ -1,0 +1,1299 @@
+"""SessionMiddleware end to end: the environ, cookies, cache headers, when the write happens, failures, logs.
+
+Flows with a cookie jar go through WebTest; anything about the order of
+start_response, the first body byte and close() uses a hand-written server
+loop (`call`), so the test sees exactly what a WSGI server would.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import http.cookies
+import io
+import logging
+import re
+import sys
+import time
+from email.utils import formatdate
+from wsgiref.util import FileWrapper
+
+import pytest
+import webtest
+
+from fastsess import SessionMiddleware, StoreError, core
+from fastsess.stores.base import TOMBSTONE, StoredRecord
+from fastsess.stores.memory import MemoryStore
+from fastsess.wsgi import filter_app_factory, filter_factory
+
+SECRET = "wsgi-test-secret-" + "x" * 20
+OTHER_SECRET = "another-secret-entirely-" + "y" * 16
+HTTPS = {"wsgi.url_scheme": "https", "HTTP_HOST": "example.com"}
+EPOCH_EXPIRES = "expires=Thu, 01 Jan 1970 00:00:00 GMT"
+FAR_FUTURE_EXPIRES = "expires=Tue, 19 Jan 2038 03:14:07 GMT"
+
+
+# ---------------------------------------------------------------- helpers
+
+
+class App:
+    """A WSGI app whose next response the test scripts: action(session) gives the body."""
+
+    def __init__(self, action=None, status="200 OK", headers=(), environ_key="beaker.session"):
+        self.action = action
+        self.status = status
+        self.headers = list(headers)
+        self.environ_key = environ_key
+        self.sessions: list = []
+        self.environs: list = []
+
+    def __call__(self, environ, start_response):
+        self.environs.append(environ)
+        session = environ.get(self.environ_key)
+        self.sessions.append(session)
+        body = self.action(session) if self.action is not None else None
+        start_response(self.status, [("Content-Type", "text/plain"), *self.headers])
+        return [b"" if body is None else str(body).encode()]
+
+
+def inc(session):
+    session["n"] = session.get("n", 0) + 1
+    session.save()
+    return session["n"]
+
+
+def read(session):
+    return session.get("n")
+
+
+class Clock:
+    """A settable stand-in for time.time, shared by the session service and the store."""
+
+    def __init__(self) -> None:
+        self.now = float(int(time.time()))
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def make_mw(app, **options) -> SessionMiddleware:
+    return SessionMiddleware(app, **{"type": "memory", "secret": SECRET, "timeout": 600, **options})
+
+
+def freeze(mw: SessionMiddleware) -> Clock:
+    clock = Clock()
+    mw.service.clock = clock
+    mw.store.clock = clock
+    return clock
+
+
+def use_store(mw: SessionMiddleware, store) -> None:
+    store.clock = mw.store.clock
+    mw.service.store = store
+    mw.store = store
+
+
+def webtest_app(mw, **extra) -> webtest.TestApp:
+    return webtest.TestApp(mw, extra_environ={**HTTPS, **extra})
+
+
+def environ_for(cookie=None, **extra) -> dict:
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "SCRIPT_NAME": "",
+        "PATH_INFO": "/",
+        "QUERY_STRING": "",
+        "SERVER_NAME": "example.com",
+        "SERVER_PORT": "443",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "HTTP_HOST": "example.com",
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": "https",
+        "wsgi.input": io.BytesIO(),
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": False,
+        "wsgi.multiprocess": False,
+        "wsgi.run_once": False,
+    }
+    if cookie is not None:
+        environ["HTTP_COOKIE"] = cookie
+    environ.update(extra)
+    return environ
+
+
+class Served:
+    """What the server saw of one response."""
+
+    def __init__(self) -> None:
+        self.status = None
+        self.headers: list = []
+        self.chunks: list = []
+        self.start_calls = 0
+
+    def start_response(self, status, headers, exc_info=None):
+        self.start_calls += 1
+        self.status, self.headers = status, list(headers)
+        return self.chunks.append
+
+    def header(self, name: str) -> list:
+        return [v for k, v in self.headers if k.lower() == name.lower()]
+
+    def set_cookies(self, name: str = "session") -> list:
+        return [v for v in self.header("Set-Cookie") if v.split("=", 1)[0] == name]
+
+    def cookie_value(self, name: str = "session") -> str:
+        [header] = self.set_cookies(name)
+        return header.split(";", 1)[0].split("=", 1)[1]
+
+    @property
+    def body(self) -> bytes:
+        return b"".join(self.chunks)
+
+
+def call(mw, cookie=None, **extra) -> Served:
+    """Serve one request as a WSGI server does: start_response, iterate, close."""
+    served = Served()
+    result = mw(environ_for(cookie, **extra), served.start_response)
+    try:
+        for chunk in result:
+            served.chunks.append(chunk)
+    finally:
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
+    return served
+
+
+def stored(mw, session_id: str):
+    return mw.store.load(core.store_key(session_id))
+
+
+def events(caplog, name: str) -> list:
+    return [r for r in caplog.records if getattr(r, "fastsess_event", None) == name]
+
+
+# ---------------------------------------------------------------- the environ
+
+
+def test_counter_survives_across_requests_with_a_cookie_jar():
+    t = webtest_app(make_mw(App(inc)))
+    first = t.get("/")
+    assert first.text == "1"
+    assert len(first.headers.getall("Set-Cookie")) == 1
+    second, third = t.get("/"), t.get("/")
+    assert (second.text, third.text) == ("2", "3")
+    assert second.headers.getall("Set-Cookie") == [] and third.headers.getall("Set-Cookie") == []
+
+
+def test_fastsess_session_and_beaker_session_are_the_same_object():
+    app = App(inc)
+    call(make_mw(app))
+    environ = app.environs[0]
+    assert environ["fastsess.session"] is environ["beaker.session"]
+
+
+def test_custom_environ_key_is_set_and_beaker_session_is_not():
+    app = App(inc, environ_key="myapp.session")
+    mw = SessionMiddleware(app, environ_key="myapp.session", type="memory", secret=SECRET, timeout=600)
+    first = call(mw)
+    environ = app.environs[0]
+    assert environ["myapp.session"] is environ["fastsess.session"]
+    assert "beaker.session" not in environ
+    assert call(mw, cookie=f"session={first.cookie_value()}").body == b"2"
+
+
+def test_get_session_without_an_id_returns_a_new_unsaved_session():
+    found = []
+
+    def action(session):
+        other = app.environs[-1]["beaker.get_session"]()
+        found.append(other)
+        assert other is not session
+        return len(other)
+
+    app = App(action)
+    mw = make_mw(app)
+    served = call(mw)
+    [other] = found
+    assert other.is_new
+    assert not other.dirty()
+    assert served.set_cookies() == []
+    assert len(mw.store) == 0
+
+
+def test_get_session_with_an_existing_id_returns_the_stored_session():
+    ids, found = [], []
+    app = App(lambda s: (inc(s), ids.append(s.id)))
+    mw = make_mw(app)
+    call(mw)
+    app.action = lambda s: found.append(app.environs[-1]["beaker.get_session"](session_id=ids[0]))
+    served = call(mw)  # no cookie: a different request finds the session by id
+    [other] = found
+    assert not other.is_new
+    assert other.id == ids[0]
+    assert other["n"] == 1
+    assert served.set_cookies() == []
+
+
+def test_get_session_with_an_unknown_id_returns_a_new_session():
+    found = []
+    app = App(lambda s: found.append(app.environs[-1]["beaker.get_session"](session_id=core.new_session_id())))
+    call(make_mw(app))
+    assert found[0].is_new
+    assert len(found[0]) == 0
+
+
+def test_no_touch_environ_key_makes_the_request_write_nothing(caplog):
+    caplog.set_level(logging.DEBUG, logger="fastsess")
+    app = App(inc)
+    mw = make_mw(app)
+    cookie = f"session={call(mw).cookie_value()}"
+    served = call(mw, cookie=cookie, **{"fastsess.no_touch": True})
+    assert served.set_cookies() == []
+    assert events(caplog, "write_dropped")
+    app.action = read
+    assert call(mw, cookie=cookie).body == b"1"
+
+
+# ---------------------------------------------------------------- cache headers
+
+
+def test_untouched_session_gets_no_cookie_no_vary_and_no_cache_control():
+    mw = make_mw(App())
+    served = call(mw)
+    assert served.header("Set-Cookie") == []
+    assert served.header("Vary") == []
+    assert served.header("Cache-Control") == []
+    assert len(mw.store) == 0
+
+
+def test_untouched_session_with_a_cookie_gets_no_headers_added():
+    app = App(inc)
+    mw = make_mw(app)
+    cookie = f"session={call(mw).cookie_value()}"
+    app.action = None
+    served = call(mw, cookie=cookie)
+    assert served.header("Set-Cookie") == [] and served.header("Vary") == []
+
+
+def _existing(mw, app) -> str:
+    """Create a session through app (then switched to read) and return its Cookie header."""
+    app.action = inc
+    cookie = f"session={call(mw).cookie_value()}"
+    app.action = read
+    return cookie
+
+
+def test_read_only_request_gets_vary_cookie_and_cache_control_private():
+    app = App()
+    mw = make_mw(app)
+    served = call(mw, cookie=_existing(mw, app))
+    assert served.body == b"1"
+    assert served.header("Set-Cookie") == []
+    assert served.header("Vary") == ["Cookie"]
+    assert served.header("Cache-Control") == ["private"]
+
+
+def test_read_only_request_merges_cookie_into_an_existing_vary_header():
+    app = App(headers=[("Vary", "Accept-Encoding")])
+    mw = make_mw(app)
+    served = call(mw, cookie=_existing(mw, app))
+    assert served.header("Vary") == ["Accept-Encoding, Cookie"]
+
+
+@pytest.mark.parametrize("vary", ["*", "Cookie", "cookie", "Accept-Encoding, Cookie", "Accept, *"])
+def test_vary_that_already_covers_cookie_is_left_alone(vary):
+    app = App(headers=[("Vary", vary)])
+    mw = make_mw(app)
+    served = call(mw, cookie=_existing(mw, app))
+    assert served.header("Vary") == [vary]
+
+
+def test_read_only_request_keeps_the_applications_cache_control():
+    app = App(headers=[("Cache-Control", "max-age=60")])
+    mw = make_mw(app)
+    served = call(mw, cookie=_existing(mw, app))
+    assert served.header("Cache-Control") == ["max-age=60"]
+
+
+def test_response_setting_a_cookie_gets_private_no_store():
+    served = call(make_mw(App(inc)))
+    assert len(served.set_cookies()) == 1
+    assert served.header("Cache-Control") == ["private, no-store"]
+    assert served.header("Vary") == ["Cookie"]
+
+
+@pytest.mark.parametrize("cache_control", ["public, max-age=3600", "s-maxage=600", "max-age=60, s-maxage=600"])
+def test_response_setting_a_cookie_overrides_shared_caching_and_logs_it(cache_control, caplog):
+    caplog.set_level(logging.DEBUG, logger="fastsess")
+    served = call(make_mw(App(inc, headers=[("Cache-Control", cache_control)])))
+    assert served.header("Cache-Control") == ["private, no-store"]
+    [record] = events(caplog, "cache_control_overridden")
+    assert record.levelno >= logging.WARNING
+
+
+# ---------------------------------------------------------------- cookie attributes
+
+
+def _morsel(value, **attributes) -> str:
+    cookie = http.cookies.SimpleCookie()
+    cookie["session"] = value
+    morsel = cookie["session"]
+    for key, attr in attributes.items():
+        morsel[key.replace("_", "-")] = attr
+    return morsel.OutputString()
+
+
+def test_cookie_attributes_are_spelled_as_http_cookies_morsel_spells_them():
+    mw = make_mw(App(inc), cookie_domain=".example.com", cookie_expires=3600)
+    clock = freeze(mw)
+    served = call(mw)
+    [header] = served.set_cookies()
+    expected = _morsel(
+        served.cookie_value(),
+        domain=".example.com",
+        path="/",
+        expires=formatdate(clock.now + 3600, usegmt=True),
+        httponly=True,
+        secure=True,
+        samesite="Lax",
+    )
+    assert header == expected
+
+
+def test_max_age_is_spelled_as_morsel_spells_it():
+    mw = make_mw(App(inc), max_age="120")
+    clock = freeze(mw)
+    served = call(mw)
+    [header] = served.set_cookies()
+    expected = _morsel(
+        served.cookie_value(),
+        path="/",
+        expires=formatdate(clock.now + 120, usegmt=True),
+        max_age=120,
+        httponly=True,
+        secure=True,
+        samesite="Lax",
+    )
+    assert header == expected
+
+
+def test_cookie_defaults_are_secure_httponly_lax_root_path_browser_session():
+    served = call(make_mw(App(inc)))
+    [header] = served.set_cookies()
+    attributes = header.split("; ")[1:]
+    assert attributes == ["HttpOnly", "Path=/", "SameSite=Lax", "Secure"]
+
+
+def test_secure_and_httponly_can_be_switched_off():
+    served = call(make_mw(App(inc), secure="false", httponly="false", samesite="Strict"))
+    [header] = served.set_cookies()
+    assert header.split("; ")[1:] == ["Path=/", "SameSite=Strict"]
+
+
+@pytest.mark.parametrize("scheme, secure", [("https", True), ("http", False)])
+def test_secure_auto_follows_the_url_scheme(scheme, secure):
+    served = call(make_mw(App(inc), secure="auto"), **{"wsgi.url_scheme": scheme})
+    [header] = served.set_cookies()
+    assert ("; Secure" in header) is secure
+
+
+def test_secure_cookie_over_plain_http_to_a_public_host_warns_once(caplog):
+    caplog.set_level(logging.DEBUG, logger="fastsess")
+    mw = make_mw(App(inc))
+    for _ in range(3):
+        served = call(mw, **{"wsgi.url_scheme": "http", "HTTP_HOST": "www.example.com:8080"})
+        assert "; Secure" in served.set_cookies()[0]
+    [record] = events(caplog, "insecure_cookie")
+    assert record.levelno == logging.WARNING
+
+
+@pytest.mark.parametrize(
+    "host", ["localhost", "localhost:8080", "127.0.0.1", "127.0.0.1:8000", "[::1]:8000", "[::1]"]
+)
+def test_secure_cookie_over_plain_http_to_loopback_does_not_warn(host, caplog):
+    caplog.set_level(logging.DEBUG, logger="fastsess")
+    call(make_mw(App(inc)), **{"wsgi.url_scheme": "http", "HTTP_HOST": host})
+    assert events(caplog, "insecure_cookie") == []
+
+
+def test_secure_cookie_over_https_does_not_warn(caplog):
+    caplog.set_level(logging.DEBUG, logger="fastsess")
+    call(make_mw(App(inc)))
+    assert events(caplog, "insecure_cookie") == []
+
+
+def test_per_session_domain_and_path_are_emitted_and_kept():
+    def set_scope(session):
+        session.domain = ".example.com"
+        session.path = "/app"
+        return inc(session)
+
+    app = App(set_scope)
+    mw = make_mw(app)
+    served = call(mw)
+    [header] = served.set_cookies()
+    assert "; Domain=.example.com;" in header and "; Path=/app;" in header
+    app.action = lambda s: f"{s.domain} {s.path} {s['n']}"
+    later = call(mw, cookie=f"session={served.cookie_value()}")
+    assert later.body == b".example.com /app 1"
+    assert later.set_cookies() == []
+
+
+def test_changing_the_per_session_domain_re_emits_the_cookie():
+    app = App(inc)
+    mw = make_mw(app)
+    first = call(mw)
+
+    def move(session):
+        session.domain = ".other.example.com"
+        session.save()
+
+    app.action = move
+    served = call(mw, cookie=f"session={first.cookie_value()}")
+    [header] = served.set_cookies()
+    assert "; Domain=.other.example.com;" in header
+    assert served.cookie_value() == first.cookie_value()
+
+
+def test_delete_sends_an_expiring_cookie_even_without_a_client_cookie():
+    served = call(make_mw(App(lambda s: s.delete())))
+    [header] = served.set_cookies()
+    assert header.startswith("session=;")
+    assert EPOCH_EXPIRES in header and "Max-Age=0" in header
+
+
+def test_delete_removes_the_record_and_the_old_cookie_loads_nothing():
+    ids = []
+    app = App(lambda s: (inc(s), ids.append(s.id)))
+    mw = make_mw(app)
+    cookie = f"session={call(mw).cookie_value()}"
+    app.action = lambda s: s.delete()
+    assert EPOCH_EXPIRES in call(mw, cookie=cookie).set_cookies()[0]
+    assert stored(mw, ids[0]) is None
+    app.action = read
+    assert call(mw, cookie=cookie).body == b""
+
+
+def test_invalidate_without_a_write_expires_the_clients_cookie():
+    app = App(inc)
+    mw = make_mw(app)
+    cookie = f"session={call(mw).cookie_value()}"
+    app.action = lambda s: s.invalidate()
+    [header] = call(mw, cookie=cookie).set_cookies()
+    assert header.startswith("session=;") and EPOCH_EXPIRES in header
+    app.action = read
+    assert call(mw, cookie=cookie).body == b""
+
+
+def test_cookie_tagged_with_an_old_secret_is_accepted_and_re_tagged_once(caplog):
+    caplog.set_level(logging.DEBUG, logger="fastsess")
+    before = make_mw(App(inc))
+    app = App(read)
+    after = make_mw(app, secret=f"{OTHER_SECRET}\n{SECRET}")
+    use_store(after, before.store)
+    old = call(before).cookie_value()
+    served = call(after, cookie=f"session={old}")
+    assert served.body == b"1"
+    new = served.cookie_value()
+    assert new != old
+    assert events(caplog, "old_key_used")
+    again = call(after, cookie=f"session={new}")
+    assert again.body == b"1" and again.set_cookies() == []
+
+
+@pytest.fixture
+def eastern_time(monkeypatch):
+    """Run in a timezone five hours west of UTC, so naive and aware datetimes differ."""
+    monkeypatch.setenv("TZ", "EST+5")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.mark.parametrize(
+    "when",
+    [
+        dt.datetime(2040, 1, 2, 3, 4, 5),
+        dt.datetime(2040, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc),
+        dt.datetime(2040, 1, 1, 22, 4, 5, tzinfo=dt.timezone(dt.timedelta(hours=-5))),
+    ],
+    ids=["naive-is-utc-as-in-beaker", "aware-utc", "aware-offset"],
+)
+def test_cookie_expires_datetime_is_emitted_as_that_moment_in_gmt(when, eastern_time):
+    served = call(make_mw(App(inc), cookie_expires=when))
+    [header] = served.set_cookies()
+    assert "expires=Mon, 02 Jan 2040 03:04:05 GMT" in header
+
+
+# ---------------------------------------------------------------- persistent cookies slide
+
+
+@pytest.mark.parametrize(
+    "options, expires_after, max_age",
+    [
+        ({"cookie_expires": "3600"}, 3600, None),
+        ({"cookie_expires": 3600}, 3600, None),
+        ({"cookie_expires": "false"}, None, None),
+        ({"max_age": "3600"}, 3600, 3600),
+        ({"max_age": 3600, "cookie_expires": "false"}, 3600, 3600),
+    ],
+)
+def test_persistent_cookie_is_re_sent_with_a_new_expiry_whenever_the_session_is_touched(
+    options, expires_after, max_age
+):
+    app = App(inc)
+    mw = make_mw(app, timeout=600, **options)
+    clock = freeze(mw)
+
+    def expected_attributes(header):
+        if expires_after is None:
+            assert FAR_FUTURE_EXPIRES in header
+        else:
+            assert "expires=" + formatdate(clock.now + expires_after, usegmt=True) in header
+        assert (f"Max-Age={max_age}" in header) if max_age else ("Max-Age" not in header)
+
+    first = call(mw)
+    expected_attributes(first.set_cookies()[0])
+    cookie = f"session={first.cookie_value()}"
+    app.action = read
+    clock.advance(30)  # within touch_interval (timeout / 10): no touch, no cookie
+    assert call(mw, cookie=cookie).set_cookies() == []
+    for _ in range(3):  # 3 x 500 s > timeout: only the sliding expiry keeps the session alive
+        clock.advance(500)
+        served = call(mw, cookie=cookie)
+        assert served.body == b"1"
+        [header] = served.set_cookies()
+        assert served.cookie_value() == first.cookie_value()
+        expected_attributes(header)
+
+
+def test_browser_session_cookie_is_not_re_sent_on_touch():
+    app = App(inc)
+    mw = make_mw(app, timeout=600)
+    clock = freeze(mw)
+    cookie = f"session={call(mw).cookie_value()}"
+    app.action = read
+    clock.advance(500)
+    served = call(mw, cookie=cookie)
+    assert served.body == b"1"
+    assert served.set_cookies() == []
+
+
+def test_idle_session_expires_after_timeout():
+    app = App(inc)
+    mw = make_mw(app, timeout=600)
+    clock = freeze(mw)
+    cookie = f"session={call(mw).cookie_value()}"
+    app.action = read
+    clock.advance(601)
+    served = call(mw, cookie=cookie)
+    assert served.body == b""
+    assert served.set_cookies() == []
+
+
+# ---------------------------------------------------------------- one cookie per response
+
+
+@pytest.mark.parametrize(
+    "action",
+    [
+        pytest.param(inc, id="write"),
+        pytest.param(lambda s: (s.delete(), s.__setitem__("bye", "flash"), s.save()), id="delete-then-write"),
+        pytest.param(lambda s: (s.regenerate_id(), s.regenerate_id()), id="regenerate-twice"),
+        pytest.param(lambda s: (s.invalidate(), inc(s)), id="invalidate-then-write"),
+        pytest.param(lambda s: (inc(s), s.delete()), id="write-then-delete"),
+        pytest.param(lambda s: s.delete(), id="delete"),
+        pytest.param(lambda s: (s.regenerate_id(), s.delete(), inc(s)), id="regenerate-delete-write"),
+    ],
+)
+def test_a_response_carries_at_most_one_session_cookie(action):
+    app = App(inc)
+    mw = make_mw(app, cookie_expires="false")
+    good = call(mw).cookie_value()
+    app.action = action
+    app.headers = [("Set-Cookie", "theme=dark; Path=/")]
+    served = call(mw, cookie=f"session=garbage; theme=light; session={good}")
+    assert len(served.set_cookies()) == 1
+    assert served.set_cookies("theme") == ["theme=dark; Path=/"]
+
+
+# ---------------------------------------------------------------- bad cookies
+
+
+def _valid_cookie() -> tuple[SessionMiddleware, App, str]:
+    app = App(inc)
+    mw = make_mw(app)
+    return mw, app, call(mw).cookie_value()
+
+
+def _flip(value: str, index: int) -> str:
+    return value[:index] + ("A" if value[index] != "A" else "B") + value[index + 1 :]
+
+
+def _from_other_middleware(**options) -> str:
+    """A valid cookie value, but issued by a middleware with other options."""
+    return call(make_mw(App(inc), **options)).cookie_value(options.get("key", "session"))
+
+
+BAD_COOKIES = {
+    "tampered-id": lambda v: _flip(v, 10),
+    "tampered-tag": lambda v: _flip(v, 55),
+    "tampered-version": lambda v: _flip(v, 0),
+    "truncated-by-one": lambda v: v[:-1],
+    "truncated-half": lambda v: v[:33],
+    "garbage": lambda v: "this is not a session cookie",
+    "empty": lambda v: "",
+    "base64-padding": lambda v: v + "=",
+    "standard-base64": lambda v: "+" + v[1:],
+    "non-ascii": lambda v: v[:-1] + "\xe9",
+    "non-ascii-only": lambda v: "\xe9" * 67,
+    "utf8-as-latin1": lambda v: "Ã©" + v[2:],
+    "oversized": lambda v: v + "A" * 4100,
+    "oversized-garbage": lambda v: "x" * 5000,
+    "half-quoted": lambda v: '"' + v,
+    "double-quoted": lambda v: '""' + v + '""',
+    "quoted-garbage": lambda v: '"garbage"',
+    "other-secret": lambda v: _from_other_middleware(secret=OTHER_SECRET),
+    "other-cookie-name": lambda v: _from_other_middleware(key="othername"),
+    "forged-id": lambda v: v[:2] + core.new_session_id() + v[45:],
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_COOKIES))
+def test_a_bad_cookie_gives_a_fresh_session_and_no_cookie_when_nothing_is_written(kind):
+    mw, app, good = _valid_cookie()
+    app.action = lambda s: (s.is_new, s.get("n"))
+    served = call(mw, cookie="session=" + BAD_COOKIES[kind](good))
+    assert served.status.startswith("200")
+    assert served.body == b"(True, None)"
+    assert served.set_cookies() == []
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_COOKIES))
+def test_a_bad_cookie_is_replaced_by_one_new_cookie_when_the_request_writes(kind):
+    mw, app, good = _valid_cookie()
+    served = call(mw, cookie="session=" + BAD_COOKIES[kind](good))
+    assert served.body == b"1"
+    assert len(served.set_cookies()) == 1
+    assert served.cookie_value() != good
+
+
+def test_bad_cookies_never_cause_a_server_error_through_webtest():
+    mw, app, good = _valid_cookie()
+    t = webtest.TestApp(mw, extra_environ=HTTPS)
+    for kind, make in sorted(BAD_COOKIES.items()):
+        if any(ord(c) > 127 for c in make(good)):
+            continue  # WebTest wants ASCII header values; call() covers those
+        response = t.get("/", headers={"Cookie": "session=" + make(good)})
+        assert response.status_int == 200, kind
+        assert response.text == "1", kind
+
+
+def test_a_quoted_cookie_value_is_unquoted_once():
+    mw, app, good = _valid_cookie()
+    app.action = read
+    assert call(mw, cookie=f'session="{good}"').body == b"1"
+
+
+def test_a_cookie_whose_name_differs_in_case_is_not_read():
+    mw, app, good = _valid_cookie()
+    app.action = read
+    assert call(mw, cookie=f"Session={good}").body == b""
+
+
+def test_cookie_parsing_splits_on_semicolons_only_and_trims_spaces_and_tabs():
+    mw, app, good = _valid_cookie()
+    app.action = read
+    assert call(mw, cookie=f"a=1,b=2;\t session={good} \t; c=3").body == b"1"
+
+
+def test_when_several_cookies_share_the_name_the_first_that_verifies_is_used():
+    mw, app, good = _valid_cookie()
+    app.action = read
+    assert call(mw, cookie=f"session=garbage; theme=dark; session={good}").body == b"1"
+    assert call(mw, cookie=f"session={_flip(good, 50)}; session={good}").body == b"1"
+
+
+def test_only_three_candidate_cookies_are_verified():
+    mw, app, good = _valid_cookie()
+    app.action = lambda s: (s.is_new, s.get("n"))
+    cookie = f"session=garbage; session={_flip(good, 50)}; session={good[:-1]}; session={good}"
+    assert call(mw, cookie=cookie).body == b"(True, None)"
+    assert call(mw, cookie=f"session=x; session=y; session={good}").body == b"(False, 1)"
+
+
+def test_several_cookies_make_at_most_one_store_lookup(monkeypatch):
+    mw, app, good = _valid_cookie()
+    loads = []
+    real_load = mw.store.load
+    monkeypatch.setattr(mw.store, "load", lambda key: (loads.append(key), real_load(key))[1])
+    unknown = mw.service.sign(core.new_session_id())  # verifies, but has no record
+    app.action = lambda s: (s.is_new, s.get("n"))
+    served = call(mw, cookie=f"session={unknown}; session={good}")
+    assert served.body == b"(True, None)"  # the first that verifies is used
+    assert len(loads) == 1
+
+
+def test_an_unknown_but_signed_id_is_never_adopted():
+    mw, app, good = _valid_cookie()
+    unknown = mw.service.sign(core.new_session_id())
+    served = call(mw, cookie=f"session={unknown}")
+    assert served.body == b"1"
+    assert served.cookie_value() != unknown
+
+
+def test_bad_cookies_are_logged_as_invalid_cookie_at_debug_or_info(caplog):
+    caplog.set_level(logging.DEBUG, logger="fastsess")
+    mw, app, good = _valid_cookie()
+    app.action = read
+    call(mw, cookie="session=garbage")
+    [record] = events(caplog, "invalid_cookie")
+    assert record.levelno <= logging.INFO
+
+
+# ---------------------------------------------------------------- regenerate and tombstones
+
+
+def test_request_with_a_tombstoned_id_gets_an_empty_session_and_no_cookie_even_when_it_writes(caplog):
+    caplog.set_level(logging.DEBUG, logger="fastsess")
+    ids = []
+    app = App(lambda s: (inc(s), ids.append(s.id)))
+    mw = make_mw(app)
+    old = call(mw).cookie_value()
+    app.action = lambda s: (s.regenerate_id(), ids.append(s.id))
+    new = call(mw, cookie=f"session={old}").cookie_value()
+    assert new != old
+    assert stored(mw, ids[0]) is TOMBSTONE
+
+    seen = []
+
+    def late_parallel_request(session):
+        seen.append(dict(session))
+        session["n"] = 99
+        session.save()
+
+    app.action = late_parallel_request
+    served = call(mw, cookie=f"session={old}")
+    assert seen == [{}]
+    assert served.status.startswith("200")
+    assert served.set_cookies() == []
+    assert events(caplog, "write_dropped")
+    app.action = read
+    assert call(mw, cookie=f"session={new}").body == b"1"
+
+
+# ---------------------------------------------------------------- when the write happens
+
+
+def _generator_app(ids, lazy: bool):
+    def app(environ, start_response):
+        def body():
+            session = environ["beaker.session"]
+            session["n"] = 1
+            session.save()
+            ids.append(session.id)
+            if lazy:
+                start_response("200 OK", [("Content-Type", "text/plain")])
+            yield b"first"
+            yield b"second"
+
+        if not lazy:
+            start_response("200 OK", [("Content-Type", "text/plain")])
+        return body()
+
+    return app
+
+
+@pytest.mark.parametrize("lazy", [True, False], ids=["lazy-start-response", "eager-start-response"])
+def test_session_is_stored_before_the_first_body_byte_reaches_the_server(lazy):
+    ids = []
+    mw = make_mw(_generator_app(ids, lazy))
+    served = Served()
+    result = mw(environ_for(), served.start_response)
+    try:
+        iterator = iter(result)
+        first = next(iterator)  # the server is about to send this chunk: the record must be stored
+        assert first == b"first"
+        assert served.start_calls == 1
+        assert len(served.set_cookies()) == 1
+        record = stored(mw, ids[0])
+        assert isinstance(record, StoredRecord)
+        assert list(iterator) == [b"second"]
+    finally:
+        result.close()
+
+
+@pytest.mark.parametrize("lazy", [True, False], ids=["lazy-start-response", "eager-start-response"])
+def test_generator_apps_work_through_webtest(lazy):
+    t = webtest_app(make_mw(_generator_app([], lazy)))
+    response = t.get("/")
+    assert response.text == "firstsecond"
+    assert len(response.headers.getall("Set-Cookie")) == 1
+
+
+def test_generator_that_yields_nothing_still_sends_its_headers():
+    def app(environ, start_response):
+        environ["beaker.session"]["n"] = 1
+        environ["beaker.session"].save()
+        start_response("204 No Content", [])
+        return
+        yield  # pragma: no cover - makes this a generator
+
+    served = call(make_mw(app))
+    assert served.status == "204 No Content"
+    assert len(served.set_cookies()) == 1
+
+
+@pytest.mark.parametrize("action", [None, read, inc], ids=["untouched", "read", "write"])
+def test_list_response_is_returned_unwrapped(action):
+    body = [b"hello"]
+
+    def app(environ, start_response):
+        if action is not None:
+            action(environ["beaker.session"])
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return body
+
+    served = Served()
+    assert make_mw(app)(environ_for(), served.start_response) is body
+    assert served.status == "200 OK"
+
+
+def test_file_wrapper_response_is_returned_unwrapped():
+    def app(environ, start_response):
+        inc(environ["beaker.session"])
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return environ["wsgi.file_wrapper"](io.BytesIO(b"data"))
+
+    served = Served()
+    result = make_mw(app)(environ_for(**{"wsgi.file_wrapper": FileWrapper}), served.start_response)
+    assert isinstance(result, FileWrapper)
+    assert len(served.set_cookies()) == 1
+
+
+def _streaming_writer(environ, start_response):
+    session = environ["beaker.session"]
+    start_response("200 OK", [("Content-Type", "text/plain")])
+
+    def body():
+        yield b"a"
+        session["n"] = session.get("n", 0) + 10
+        session.save()
+        yield b"b"
+
+    return body()
+
+
+def test_change_made_while_streaming_is_written_at_close_for_an_existing_session():
+    app = App(inc)
+    mw = make_mw(app)
+    cookie = f"session={call(mw).cookie_value()}"
+    streaming = make_mw(_streaming_writer)
+    use_store(streaming, mw.store)
+    served = Served()
+    result = streaming(environ_for(cookie), served.start_response)
+    assert list(result) == [b"a", b"b"]
+    app.action = read
+    assert call(mw, cookie=cookie).body == b"1"  # not yet: the write happens at close()
+    result.close()
+    assert call(mw, cookie=cookie).body == b"11"
+    assert served.set_cookies() == []
+
+
+def test_change_made_while_streaming_is_dropped_and_logged_for_a_new_session(caplog):
+    caplog.set_level(logging.DEBUG, logger="fastsess")
+    mw = make_mw(_streaming_writer)
+    served = call(mw)
+    assert served.body == b"ab"
+    assert served.set_cookies() == []
+    assert len(mw.store) == 0
+    [record] = events(caplog, "write_dropped")
+    assert record.levelno >= logging.INFO
+
+
+def test_legacy_write_callable_persists_the_session_before_the_first_write():
+    ids, records_at_write = [], []
+
+    def app(environ, start_response):
+        session = environ["beaker.session"]
+        inc(session)
+        ids.append(session.id)
+        write = start_response("200 OK", [("Content-Type", "text/plain")])
+        write(b"legacy ")
+        return [b"body"]
+
+    mw = make_mw(app)
+    headers_at_write = []
+
+    def server_start_response(status, headers, exc_info=None):
+        def write(data):
+            headers_at_write.append(list(headers))
+            records_at_write.append(stored(mw, ids[0]))
+
+        return write
+
+    result = mw(environ_for(), server_start_response)
+    assert list(result) == [b"body"]
+    [record] = records_at_write
+    assert isinstance(record, StoredRecord)
+    assert [v for k, v in headers_at_write[0] if k == "Set-Cookie"]
+
+
+# ---------------------------------------------------------------- error responses and failures
+
+
+@pytest.mark.parametrize("status", ["500 Internal Server Error", "502 Bad Gateway", "503 Service Unavailable"])
+def test_nothing_is_saved_for_a_5xx_response(status):
+    mw = make_mw(App(inc, status=status))
+    served = call(mw)
+    assert served.status == status
+    assert served.set_cookies() == []
+    assert len(mw.store) == 0
+
+
+def test_changes_to_an_existing_session_are_not_saved_on_a_5xx_response():
+    app = App(inc)
+    mw = make_mw(app)
+    cookie = f"session={call(mw).cookie_value()}"
+    app.status = "500 Internal Server Error"
+    call(mw, cookie=cookie)
+    app.status, app.action = "200 OK", read
+    assert call(mw, cookie=cookie).body == b"1"
+
+
+def test_5xx_response_is_saved_with_save_on_error():
+    mw = make_mw(App(inc, status="500 Internal Server Error"), save_on_error="true")
+    served = call(mw)
+    assert len(served.set_cookies()) == 1
+    assert len(mw.store) == 1
+
+
+@pytest.mark.parametrize("status", ["404 Not Found", "302 Found", "400 Bad Request"])
+def test_non_5xx_responses_are_saved(status):
+    mw = make_mw(App(inc, status=status))
+    assert len(call(mw).set_cookies()) == 1
+
+
+def test_start_response_with_exc_info_and_500_saves_nothing():
+    def app(environ, start_response):
+        inc(environ["beaker.session"])
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            start_response("500 Internal Server Error", [("Content-Type", "text/plain")], sys.exc_info())
+        return [b"error"]
+
+    mw = make_mw(app)
+    served = call(mw)
+    assert served.set_cookies() == [] and len(mw.store) == 0
+
+
+def test_exception_from_the_app_propagates_and_nothing_is_written():
+    def app(environ, start_response):
+        inc(environ["beaker.session"])
+        raise RuntimeError("application bug")
+
+    mw = make_mw(app)
+    with pytest.raises(RuntimeError, match="application bug"):
+        call(mw)
+    assert len(mw.store) == 0
+
+
+def test_exception_from_a_generator_before_its_first_chunk_propagates_and_nothing_is_written():
+    closed = []
+
+    def app(environ, start_response):
+        def body():
+            try:
+                inc(environ["beaker.session"])
+                start_response("200 OK", [])
+                raise RuntimeError("failed while rendering")
+                yield b"never"  # pragma: no cover
+            finally:
+                closed.append(True)
+
+        return body()
+
+    mw = make_mw(app)
+    with pytest.raises(RuntimeError, match="failed while rendering"):
+        call(mw)
+    assert len(mw.store) == 0
+    assert closed == [True]
+
+
+def test_exception_from_the_app_leaves_an_existing_session_unchanged():
+    app = App(inc)
+    mw = make_mw(app)
+    cookie = f"session={call(mw).cookie_value()}"
+
+    def fail(session):
+        inc(session)
+        raise RuntimeError("application bug")
+
+    app.action = fail
+    with pytest.raises(RuntimeError):
+        call(mw, cookie=cookie)
+    app.action = read
+    assert call(mw, cookie=cookie).body == b"1"
+
+
+class FlakyStore(MemoryStore):
+    """A memory store whose writes (and optionally loads) raise StoreError while `failing` is set."""
+
+    failing = False
+    fail_loads = False
+
+    def _check(self):
+        if self.failing:
+            raise StoreError("store unavailable")
+
+    def create(self, key, blob, expires_at):
+        self._check()
+        return super().create(key, blob, expires_at)
+
+    def cas(self, key, blob, expected_version, expires_at):
+        self._check()
+        return super().cas(key, blob, expected_version, expires_at)
+
+    def load(self, key):
+        if self.fail_loads:
+            self._check()
+        return super().load(key)
+
+
+def _flaky(app, **options) -> tuple[SessionMiddleware, FlakyStore]:
+    mw = make_mw(app, **options)
+    store = FlakyStore()
+    use_store(mw, store)
+    return mw, store
+
+
+def test_store_error_on_create_fails_the_request_by_default(caplog):
+    caplog.set_level(logging.DEBUG, logger="fastsess")
+    mw, store = _flaky(App(inc))
+    store.failing = True
+    with pytest.raises(StoreError):
+        call(mw)
+    assert events(caplog, "store_error")
+
+
+def test_store_error_on_compare_and_set_fails_the_request_by_default():
+    app = App(inc)
+    mw, store = _flaky(app)
+    cookie = f"session={call(mw).cookie_value()}"
+    store.failing = True
+    with pytest.raises(StoreError):
+        call(mw, cookie=cookie)
+
+
+def test_store_error_with_on_store_error_anonymous_gives_an_unsaved_session(caplog):
+    caplog.set_level(logging.DEBUG, logger="fastsess")
+    mw, store = _flaky(App(inc), on_store_error="anonymous")
+    store.failing = True
+    served = call(mw)
+    assert served.status.startswith("200")
+    assert served.body == b"1"
+    assert served.set_cookies() == []
+    assert len(store) == 0
+    assert events(caplog, "store_error")
+
+
+def test_store_error_on_write_of_an_existing_session_with_anonymous_keeps_the_old_record():
+    app = App(inc)
+    mw, store = _flaky(app, on_store_error="anonymous")
+    cookie = f"session={call(mw).cookie_value()}"
+    store.failing = True
+    served = call(mw, cookie=cookie)
+    assert served.status.startswith("200") and served.set_cookies() == []
+    store.failing = False
+    app.action = read
+    assert call(mw, cookie=cookie).body == b"1"
+
+
+def test_store_error_on_load_with_anonymous_serves_an_empty_session():
+    app = App(inc)
+    mw, store = _flaky(app, on_store_error="anonymous")
+    cookie = f"session={call(mw).cookie_value()}"
+    store.failing = store.fail_loads = True
+    app.action = lambda s: (s.get("n"), inc(s))
+    served = call(mw, cookie=cookie)
+    assert served.body == b"(None, 1)"
+    assert served.set_cookies() == []
+
+
+def test_store_error_on_load_fails_the_request_by_default():
+    app = App(inc)
+    mw, store = _flaky(app)
+    cookie = f"session={call(mw).cookie_value()}"
+    store.failing = store.fail_loads = True
+    app.action = read
+    with pytest.raises(StoreError):
+        call(mw, cookie=cookie)
+
+
+# ---------------------------------------------------------------- hooks and integrations
+
+
+def test_on_event_hook_receives_events_with_a_hashed_sid():
+    received = []
+    app = App(inc)
+    mw = make_mw(app, on_event=lambda name, **fields: received.append((name, fields)))
+    good = call(mw).cookie_value()
+    call(mw, cookie="session=garbage")
+    names = [name for name, _ in received]
+    assert "created" in names and "invalid_cookie" in names
+    created = dict(received)["created"]
+    assert re.fullmatch(r"[0-9a-f]{16}", created["sid"])
+    assert good not in repr(received)
+
+
+def test_a_failing_on_event_hook_does_not_break_requests():
+    def hook(name, **fields):
+        raise RuntimeError("metrics are down")
+
+    assert call(make_mw(App(inc), on_event=hook)).body == b"1"
+
+
+def _paste_settings():
+    global_conf = {"__file__": "/etc/myapp/production.ini", "here": "/etc/myapp", "debug": "false"}
+    local_conf = {
+        "session.type": "memory",
+        "session.secret": SECRET,
+        "session.timeout": "600",
+        "session.httponly": "false",
+        "session.cookie_expires": "3600",
+        "key": "myapp_session",
+    }
+    return global_conf, local_conf
+
+
+def _check_paste_middleware(mw) -> None:
+    assert isinstance(mw, SessionMiddleware)
+    assert mw.config.timeout == 600.0
+    first = call(mw)
+    [header] = first.set_cookies("myapp_session")
+    assert "HttpOnly" not in header and "expires=" in header
+    second = call(mw, cookie=f"myapp_session={first.cookie_value('myapp_session')}")
+    assert second.body == b"2"
+
+
+def test_paste_filter_factory_builds_middleware_from_ini_strings():
+    global_conf, local_conf = _paste_settings()
+    make_filter = filter_factory(global_conf, **local_conf)
+    _check_paste_middleware(make_filter(App(inc)))
+
+
+def test_paste_filter_app_factory_builds_middleware_from_ini_strings():
+    global_conf, local_conf = _paste_settings()
+    _check_paste_middleware(filter_app_factory(App(inc), global_conf, **local_conf))
+
+
+def test_paste_filter_factory_reads_session_options_from_global_conf():
+    global_conf = {"here": "/srv", "session.secret": SECRET, "session.timeout": "60", "session.type": "memory"}
+    mw = filter_factory(global_conf)(App(inc))
+    assert mw.config.secrets == [SECRET] and mw.config.timeout == 60.0
+
+
+def test_webtest_varname_puts_the_session_in_paste_testing_variables():
+    t = webtest_app(make_mw(App(inc), webtest_varname="sess"))
+    response = t.get("/")
+    assert response.sess["n"] == 1
+    assert response.sess is response.request.environ["beaker.session"]
+
+
+def test_use_cookies_false_sends_and_reads_no_cookie():
+    ids, found = [], []
+    app = App(lambda s: (inc(s), ids.append(s.id)))
+    mw = make_mw(app, use_cookies="false")
+    first = call(mw)
+    assert first.header("Set-Cookie") == []
+    cookie_mw = make_mw(App(inc))  # a valid cookie for the same secret must still be ignored
+    use_store(cookie_mw, mw.store)
+    app.action = lambda s: (s.is_new, found.append(app.environs[-1]["beaker.get_session"](session_id=ids[0])))
+    served = call(mw, cookie=f"session={call(cookie_mw).cookie_value()}")
+    assert served.body.startswith(b"(True,")
+    assert served.header("Set-Cookie") == []
+    assert found[0]["n"] == 1  # sessions by explicit id still work
+
+
+def test_enabled_false_passes_requests_through_without_a_session():
+    app = App()
+    call(make_mw(app, enabled="false"))
+    assert "beaker.session" not in app.environs[0]
+
+
+# ---------------------------------------------------------------- logs never carry ids
+
+
+def test_no_raw_id_or_cookie_value_appears_in_any_log_record(caplog):
+    caplog.set_level(logging.DEBUG, logger="fastsess")
+    secrets: set = set()
+
+    def remember(session):
+        secrets.add(session.id)
+
+    app = App(lambda s: (inc(s), remember(s)))
+    mw = make_mw(app)
+
+    def request(cookie=None, **extra):
+        served = call(mw, cookie=cookie, **extra)
+        secrets.update(v for v in (h.split(";")[0].split("=", 1)[1] for h in served.set_cookies()) if v)
+        return served
+
+    good = request().cookie_value()
+    for make in BAD_COOKIES.values():
+        bad = make(good)
+        if len(bad) >= 8:
+            secrets.add(bad)
+        request(cookie=f"session={bad}")
+    app.action = lambda s: (remember(s), s.regenerate_id(), remember(s))
+    new = request(cookie=f"session={good}").cookie_value()
+    app.action = lambda s: (s.__setitem__("late", 1), s.save())
+    request(cookie=f"session={good}")  # tombstoned
+    app.action = lambda s: (remember(s), s.invalidate(), inc(s), remember(s))
+    newer = request(cookie=f"session={new}").cookie_value()
+    app.action = lambda s: (remember(s), s.delete())
+    request(cookie=f"session={newer}")
+    request(cookie=f"session={newer}")  # deleted: unknown id
+    request(**{"wsgi.url_scheme": "http", "HTTP_HOST": "www.example.com"})
+
+    records = [r for r in caplog.records if r.name.startswith("fastsess")]
+    names = {getattr(r, "fastsess_event", None) for r in records}
+    assert {"created", "invalid_cookie", "regenerated", "tombstone_hit", "write_dropped"} <= names
+    secrets.discard(None)
+    assert len(secrets) > 10
+    for record in records:
+        text = record.getMessage() + repr(vars(record))
+        leaked = [s for s in secrets if s in text]
+        assert not leaked, f"{record.getMessage()!r} leaks a raw id or cookie value"
+        sid = getattr(record, "sid", None)
+        assert sid is None or re.fullmatch(r"[0-9a-f]{16}", sid)
+
+
+# ---------------------------------------------------------------- every store of this release
+
+
+@pytest.mark.parametrize("kind", ["memory", "file", "lmdb"])
+def test_counter_regenerate_and_delete_work_on_every_store(kind, tmp_path):
+    if kind != "memory":
+        pytest.importorskip(f"fastsess.stores.{kind}", reason=f"fastsess.stores.{kind} does not import yet")
+    app = App(inc)
+    mw = make_mw(app, type=kind, data_dir=str(tmp_path / "not" / "yet" / "there"))
+    try:
+        t = webtest_app(mw)
+        assert [t.get("/").text for _ in range(3)] == ["1", "2", "3"]
+        app.action = lambda s: (s.regenerate_id(), s["n"])[1]
+        response = t.get("/")
+        assert response.text == "3" and len(response.headers.getall("Set-Cookie")) == 1
+        app.action = inc
+        assert t.get("/").text == "4"
+        app.action = lambda s: s.delete()
+        t.get("/")
+        app.action = read
+        assert t.get("/").text == ""
+    finally:
+        mw.close()
