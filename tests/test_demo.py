@@ -1,0 +1,122 @@
+"""`fastsess demo` serves a working site: a real HTTP client with a cookie jar sees it work."""
+
+from __future__ import annotations
+
+import http.cookiejar
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def demo(tmp_path):
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fastsess", "demo", "--port", str(port), "--data-dir", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if proc.poll() is not None:
+                    pytest.fail(f"demo exited: {proc.stdout.read().decode()}")
+                time.sleep(0.1)
+        else:
+            pytest.fail("demo did not start listening")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+class Browser:
+    def __init__(self) -> None:
+        self.jar = http.cookiejar.CookieJar()
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar))
+
+    def get(self, url: str):
+        with self.opener.open(url, timeout=10) as response:
+            return response, response.read().decode()
+
+    def post(self, url: str, fields: dict):
+        data = urllib.parse.urlencode(fields).encode()
+        with self.opener.open(url, data=data, timeout=10) as response:
+            return response, response.read().decode()
+
+    def cookies(self) -> dict:
+        return {c.name: c.value for c in self.jar}
+
+
+def count(page: str) -> int:
+    return int(re.search(r'id="count">(\d+)<', page).group(1))
+
+
+def csrf(page: str) -> str:
+    return re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+
+
+def test_demo_counter_goes_up_across_requests_with_one_cookie(demo):
+    browser = Browser()
+    counts = []
+    for _ in range(3):
+        response, page = browser.get(demo + "/")
+        counts.append(count(page))
+        assert len(response.headers.get_all("Set-Cookie") or []) <= 1
+    assert counts == [1, 2, 3]
+    assert list(browser.cookies()) == ["session"]
+
+
+def test_demo_login_regenerates_id_and_logout_invalidates(demo):
+    browser = Browser()
+    _, page = browser.get(demo + "/")
+    before = browser.cookies()["session"]
+    _, page = browser.post(demo + "/login", {"name": "ada", "csrf": csrf(page)})
+    assert "Welcome, ada!" in page
+    assert 'id="user">ada<' in page
+    after_login = browser.cookies()["session"]
+    assert after_login != before
+    assert count(page) == 2  # the data survived the new id
+
+    stale = Browser()  # a parallel request still carrying the pre-login cookie
+    stale.jar.set_cookie(http.cookiejar.Cookie(
+        0, "session", before, None, False, "127.0.0.1", False, False, "/", True, False, None, True, None, None, {}
+    ))
+    response, page = stale.get(demo + "/")
+    assert "ada" not in page
+    assert response.headers.get_all("Set-Cookie") is None  # cannot overwrite the new login cookie
+
+    _, page = browser.post(demo + "/logout", {"csrf": csrf(page_of(browser, demo))})
+    assert "Goodbye, ada." in page
+    assert "Log in" in page
+    assert browser.cookies()["session"] not in (before, after_login)
+
+
+def page_of(browser: Browser, demo: str) -> str:
+    return browser.get(demo + "/")[1]
+
+
+def test_demo_rejects_a_form_without_the_csrf_token(demo):
+    browser = Browser()
+    browser.get(demo + "/")
+    with pytest.raises(urllib.error.HTTPError) as excinfo:
+        browser.post(demo + "/login", {"name": "mallory", "csrf": "forged"})
+    assert excinfo.value.code == 403
