@@ -257,9 +257,30 @@ def store_key(session_id) -> bytes:
 # ---------------------------------------------------------------- HMAC and HKDF
 
 
+# OpenSSL HMAC contexts keyed once per key and copied per tag: a copy skips the
+# key setup that a one-shot hmac.digest repeats on every call.
+cdef Py_ssize_t _KEYED_LIMIT = 64
+cdef dict _keyed = {}
+cdef object _hmac_new = hmac.new
+
+
+cdef object _mac(object key, object msg):
+    if type(key) is not bytes:
+        return _hmac_digest(key, msg, "sha256")
+    keyed = _keyed.get(key)
+    if keyed is None:
+        if len(_keyed) >= _KEYED_LIMIT:
+            _keyed.clear()
+        keyed = _hmac_new(key, digestmod="sha256")
+        _keyed[key] = keyed
+    mac = keyed.copy()
+    mac.update(msg)
+    return mac.digest()
+
+
 def hmac_sha256(key, msg) -> bytes:
     """HMAC-SHA256 through OpenSSL."""
-    return _hmac_digest(key, msg, "sha256")
+    return _mac(key, msg)
 
 
 def constant_time_equal(a, b) -> bool:
@@ -346,7 +367,7 @@ def sign_id(session_id, key, kid, name) -> str:
     raw[0] = C_FORMAT_VERSION
     raw[1] = <uint8_t>key_id
     memcpy(&raw[2], PyBytes_AS_STRING(raw_id), C_ID_BYTES)
-    tag = _hmac_digest(key, _id_mac_input(C_FORMAT_VERSION, key_id, name, &raw[2]), "sha256")
+    tag = _mac(key, _id_mac_input(C_FORMAT_VERSION, key_id, name, &raw[2]))
     memcpy(&raw[2 + C_ID_BYTES], PyBytes_AS_STRING(tag), C_ID_TAG_BYTES)
     return _b64_encode(raw, C_ID_COOKIE_BYTES)
 
@@ -377,7 +398,7 @@ def open_id_cookie(value, keys, name):
             continue
         if msg is None:
             msg = _id_mac_input(C_FORMAT_VERSION, kid, name, &raw[2])
-        mac = _hmac_digest(key, msg, "sha256")
+        mac = _mac(key, msg)
         if _compare_digest(PyBytes_FromStringAndSize(PyBytes_AS_STRING(mac), C_ID_TAG_BYTES), tag):
             return _b64_encode(&raw[2], C_ID_BYTES), index
     return None

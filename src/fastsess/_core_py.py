@@ -113,9 +113,24 @@ def store_key(session_id: str) -> bytes:
 # ---------------------------------------------------------------- HMAC and HKDF
 
 
+# OpenSSL HMAC contexts keyed once per key and copied per tag: a copy skips the
+# key setup that a one-shot hmac.digest repeats on every call.
+_KEYED_LIMIT = 64
+_keyed: dict = {}
+
+
 def hmac_sha256(key: bytes, msg: bytes) -> bytes:
     """HMAC-SHA256 through OpenSSL."""
-    return hmac.digest(key, msg, "sha256")
+    if type(key) is not bytes:
+        return hmac.digest(key, msg, "sha256")
+    keyed = _keyed.get(key)
+    if keyed is None:
+        if len(_keyed) >= _KEYED_LIMIT:
+            _keyed.clear()
+        keyed = _keyed[key] = hmac.new(key, digestmod="sha256")
+    mac = keyed.copy()
+    mac.update(msg)
+    return mac.digest()
 
 
 def constant_time_equal(a: bytes, b: bytes) -> bool:

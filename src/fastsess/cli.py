@@ -1,4 +1,4 @@
-"""The `fastsess` command: demo, gen-secret, cleanup and inspect.
+"""The `fastsess` command: demo, gen-secret, cleanup, inspect and bench.
 
 Commands that need the store or the secret read the `session.*` keys of an
 INI file (`--config FILE.ini [--section app:main]`, or FASTSESS_CONFIG) with
@@ -125,6 +125,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .benchrun import run  # imported here: the runner is only for source checkouts
+
+    return run(quick=args.quick, as_json=args.json, out=args.out, select=args.select)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastsess", description="Fast, safe, Beaker-compatible WSGI sessions.")
     parser.add_argument("--version", action="version", version=f"fastsess {__version__} ({core.IMPLEMENTATION} kernel)")
@@ -139,6 +145,16 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("gen-secret", help="print a new random secret for session.secret")
     gen.add_argument("--bytes", type=int, default=48, help="random bytes (default 48)")
     gen.set_defaults(func=cmd_gen_secret)
+
+    bench = sub.add_parser(
+        "bench", help="per-request benchmarks against Beaker, Flask and Django (needs a source checkout)"
+    )
+    bench.add_argument("--quick", action="store_true", help="short rounds, 300-byte payload only (under a minute)")
+    bench.add_argument("--json", action="store_true", help="machine-readable output")
+    bench.add_argument("--out", metavar="DIR", help="where to write bench.json, bench.txt, bench.png "
+                       "(default: bench/results)")
+    bench.add_argument("-k", dest="select", metavar="EXPR", help='select benchmarks, as pytest -k: "lmdb and read"')
+    bench.set_defaults(func=cmd_bench)
 
     for name, func, text in (
         ("cleanup", cmd_cleanup, "remove expired sessions from the configured store"),

@@ -106,6 +106,11 @@ class SessionService:
         self.events = events or EventLog(config.on_event)
         self.clock = clock
         self._writes = 0
+        # Read on every request: kept as plain attributes.
+        self._timeout = config.timeout or 0.0
+        self._absolute_timeout = config.absolute_timeout or 0.0
+        self.touch_interval = config.touch_interval if config.save_accessed_time else None
+        self.persistent_cookie = config.cookie_expires is not True or config.max_age is not None
 
     def expires_at(self, created: float, now: float) -> float:
         """min(idle expiry, absolute expiry): the store TTL."""
@@ -116,10 +121,9 @@ class SessionService:
         return idle
 
     def is_expired(self, created: float, last_access: float, now: float) -> bool:
-        cfg = self.config
-        if cfg.timeout and now - last_access > cfg.timeout:
-            return True
-        return bool(cfg.absolute_timeout) and now - created > cfg.absolute_timeout
+        """Idle for more than timeout, or older than absolute_timeout."""
+        timeout, absolute = self._timeout, self._absolute_timeout
+        return (timeout and now - last_access > timeout) or (absolute and now - created > absolute) or False
 
     def sign(self, session_id: str) -> str:
         kid, key = self.keys.id_keys[0]
@@ -146,45 +150,44 @@ class SessionService:
 
 
 class _State:
-    """The loaded session: data, what was loaded, and what this request asked for."""
+    """The loaded session: data, what was loaded, and what this request asked for.
 
-    __slots__ = (
-        "id", "data", "is_new", "version", "loaded_data", "created", "last_accessed", "last_access",
-        "domain", "path", "loaded_domain", "loaded_path", "csrf_gen", "loaded_csrf_gen",
-        "flash", "loaded_flash", "flash_modified", "modified", "mutable_out", "save_requested",
-        "dead", "doomed", "rotate_from", "read_only", "anonymous", "had_cookie", "retag",
-        "cookie_action", "dropped", "invalidated", "deleted",
-    )
+    Defaults live on the class, so building one per request assigns only what differs.
+    """
 
-    def __init__(self, now: float) -> None:
-        self.id: str | None = None  # generated on first need
-        self.data: dict = {}
-        self.is_new = True
-        self.version: int | None = None
-        self.loaded_data = _EMPTY_DATA
+    id: str | None = None  # generated on first need
+    is_new = True
+    version: int | None = None
+    loaded_data = _EMPTY_DATA
+    last_accessed: float | None = None  # the previous access, as the application sees it
+    domain: str | None = None
+    path: str | None = None
+    loaded_domain: str | None = None
+    loaded_path: str | None = None
+    csrf_gen = 0
+    loaded_csrf_gen = 0
+    flash_modified = False
+    modified = False
+    mutable_out = False  # a dict, list or set value was handed out: it may be mutated in place
+    save_requested = False
+    dead = False  # delete() was called and nothing was written since
+    deleted = False  # delete() was called: expire the cookie unless a new one is written
+    invalidated = False
+    rotate_from = None  # (old store key, old version) after regenerate_id()
+    read_only = False
+    anonymous = False
+    had_cookie = False
+    retag = False
+    cookie_action: str | None = None
+    dropped = False
+
+    def __init__(self, now: float, data: dict | None = None, flash: dict | None = None) -> None:
         self.created = now
-        self.last_accessed: float | None = None
-        self.last_access = now
-        self.domain = self.loaded_domain = None
-        self.path = self.loaded_path = None
-        self.csrf_gen = self.loaded_csrf_gen = 0
-        self.flash: dict = {}
-        self.loaded_flash: dict = {}
-        self.flash_modified = False
-        self.modified = False
-        self.mutable_out = False
-        self.save_requested = False
-        self.dead = False  # delete() was called and nothing was written since
+        self.last_access = now  # the stored access time, for touch decisions
+        self.data = {} if data is None else data
+        self.flash = {} if flash is None else flash
+        self.loaded_flash = {} if flash is None else {q: list(m) for q, m in flash.items()}
         self.doomed: list = []  # store keys to delete at persist
-        self.rotate_from = None  # (old store key, old version) after regenerate_id()
-        self.read_only = False
-        self.anonymous = False
-        self.had_cookie = False
-        self.retag = False
-        self.cookie_action: str | None = None
-        self.dropped = False
-        self.invalidated = False
-        self.deleted = False  # delete() was called: expire the cookie unless a new one is written
 
 
 class Session:
@@ -219,9 +222,10 @@ class Session:
             s = self._load()
         return s
 
-    def _fresh(self, now: float) -> _State:
-        s = _State(now)
-        s.read_only = self.__dict__["_read_only"]
+    def _fresh(self, now: float, data: dict | None = None, flash: dict | None = None) -> _State:
+        s = _State(now, data, flash)
+        if self.__dict__["_read_only"]:
+            s.read_only = True
         return s
 
     def _load(self) -> _State:
@@ -268,7 +272,7 @@ class Session:
         try:
             created, last_write, csrf_gen, domain, path, flash, data_bytes = core.unpack_record(record.blob)
             data = core.decode_data(data_bytes)
-            flash_data = core.decode_data(flash) if flash is not None else {}
+            flash_data = core.decode_data(flash) if flash is not None else None
         except (ValueError, TypeError):
             service.events.emit("corrupt_record", sid=service.sid(session_id), message="stored record is corrupt")
             if not service.config.invalidate_corrupt:
@@ -277,20 +281,19 @@ class Session:
         if service.is_expired(created, record.last_access, now):
             service.events.emit("expired", sid=service.sid(session_id), message="session timed out")
             return self._fresh(now)
-        s = self._fresh(now)
+        s = self._fresh(now, data, flash_data)
         s.id = session_id
         s.is_new = False
-        s.data = data
         s.version = record.version
         s.loaded_data = data_bytes
         s.created = created
-        s.last_accessed = record.last_access
-        s.last_access = record.last_access
-        s.domain = s.loaded_domain = domain
-        s.path = s.loaded_path = path
-        s.csrf_gen = s.loaded_csrf_gen = csrf_gen
-        s.flash = flash_data
-        s.loaded_flash = core.decode_data(flash) if flash is not None else {}
+        s.last_accessed = s.last_access = record.last_access
+        if domain is not None:
+            s.domain = s.loaded_domain = domain
+        if path is not None:
+            s.path = s.loaded_path = path
+        if csrf_gen:
+            s.csrf_gen = s.loaded_csrf_gen = csrf_gen
         return s
 
     def _store_failed(self, service: SessionService, exc: StoreError, now: float) -> _State:
@@ -614,6 +617,13 @@ class Session:
                     service.events.emit("write_dropped", sid=service.sid(s.id), message="session is read-only")
                 s.dropped = True
             return
+        if not (
+            s.save_requested or s.modified or s.mutable_out or s.doomed or s.dead or s.deleted
+            or s.invalidated or s.retag or s.flash_modified
+        ):  # a request that only read: at most a touch
+            if not s.is_new and service.touch_interval is not None:
+                self._maybe_touch(s, service)
+            return
         now = service.clock()
         store = service.store
         try:
@@ -627,8 +637,8 @@ class Session:
                 self._write(s, service, now)
             elif s.deleted and s.cookie_action != SET_COOKIE:
                 s.cookie_action = EXPIRE_COOKIE
-            elif not s.is_new and s.id is not None and s.rotate_from is None:
-                self._maybe_touch(s, service, now)
+            elif not s.is_new and s.id is not None and s.rotate_from is None and service.touch_interval is not None:
+                self._maybe_touch(s, service)
             elif s.invalidated and s.had_cookie and s.cookie_action is None:
                 # invalidate() without a later write: the client's old cookie loads nothing
                 s.cookie_action = EXPIRE_COOKIE
@@ -737,7 +747,7 @@ class Session:
         s.loaded_flash = {q: list(m) for q, m in s.flash.items()}
         s.modified = s.mutable_out = s.flash_modified = s.save_requested = False
         s.last_access = now
-        if cookie_changed or s.retag or service.config.cookie_expires is not True or service.config.max_age:
+        if cookie_changed or s.retag or service.persistent_cookie:
             s.cookie_action = SET_COOKIE
 
     def _was_rotated(self, service: SessionService, s: _State) -> bool:
@@ -811,14 +821,20 @@ class Session:
         s.loaded_data = core.encode_data(merged)
         return self._pack(s, s.loaded_data, s.flash, now)
 
-    def _maybe_touch(self, s: _State, service: SessionService, now: float) -> None:
+    def _maybe_touch(self, s: _State, service: SessionService) -> None:
         """Slide the expiry at most once per touch_interval, without rewriting data."""
-        cfg = service.config
-        if not cfg.save_accessed_time or now - s.last_access <= cfg.touch_interval:
+        now = service.clock()
+        if now - s.last_access <= service.touch_interval:
             return
-        service.store.touch(core.store_key(s.id), service.expires_at(s.created, now))
+        try:
+            service.store.touch(core.store_key(s.id), service.expires_at(s.created, now))
+        except StoreError as exc:
+            service.events.emit("store_error", sid=service.sid(s.id), message=f"touch failed: {exc}")
+            if service.config.on_store_error != "anonymous":
+                raise
+            return
         s.last_access = now
-        if cfg.cookie_expires is not True or cfg.max_age:
+        if service.persistent_cookie:
             s.cookie_action = SET_COOKIE
 
 

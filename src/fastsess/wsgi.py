@@ -171,10 +171,10 @@ class _Response:
 
     def send_headers(self) -> None:
         session = self.session
-        status_code = int(self.status[:3]) if self.status and self.status[:3].isdigit() else 500
+        server_error = not self.status or self.status[0] >= "5"  # 5xx (and garbage) saves nothing
         accessed = session.__dict__["_sess"] is not None
         cookie = None
-        if status_code >= 500 and not self.mw.config.save_on_error:
+        if server_error and not self.mw.config.save_on_error:
             session.__dict__["_suppressed"] = True
         elif accessed:
             session.persist()

@@ -11,8 +11,7 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Union
+from typing import NamedTuple, Union
 
 
 class _Marker:
@@ -36,9 +35,8 @@ GONE = _Marker("GONE")  #: cas()/rotate(): the record is missing, expired or a t
 TOMBSTONE = _Marker("TOMBSTONE")  #: load(): the id was rotated away and must not be used
 
 
-@dataclass(frozen=True)
-class StoredRecord:
-    """What load() returns for a live record."""
+class StoredRecord(NamedTuple):
+    """What load() returns for a live record (a tuple: cheap to build on every load)."""
 
     blob: bytes
     version: int

@@ -1,0 +1,43 @@
+"""`fastsess bench` keeps working end to end: one scenario, quick, on every kernel there is.
+
+Only that it runs, checks its contenders and writes its files is asserted; the
+timings themselves never are.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import fastsess
+
+pytestmark = pytest.mark.slow
+
+
+def test_bench_quick_one_scenario_writes_results_and_table(tmp_path):
+    pytest.importorskip("pytest_benchmark")
+    pytest.importorskip("beaker")
+    env = dict(os.environ)
+    source = str(Path(fastsess.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (source, env.get("PYTHONPATH")) if p)
+    proc = subprocess.run(
+        [sys.executable, "-m", "fastsess", "bench", "--quick", "--json", "-k", "memory and read",
+         "--out", str(tmp_path)],
+        capture_output=True, text=True, env=env, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report = json.loads(proc.stdout)
+    assert Path(report["results"]).is_file()
+    assert Path(report["table"]).is_file()
+    assert report["chart"] is None or Path(report["chart"]).is_file()
+    rows = report["rows"]
+    assert {r["scenario"] for r in rows} == {"read"}
+    assert {r["contender"] for r in rows} >= {"beaker memory"}
+    assert any(r["family"] == "fastsess" and r["store"] == "memory" for r in rows)
+    assert all(r["overhead_us"] is not None for r in rows)
+    assert "beaker memory" in Path(report["table"]).read_text(encoding="utf-8")
