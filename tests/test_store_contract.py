@@ -3,11 +3,14 @@
 To add a store, add a StoreKind to STORE_KINDS: how to build one on a
 directory and a clock, how to damage one record's stored bytes (or None when
 the store holds objects), and whether separate processes share its records.
+Stores that need a server add their kinds from a module of their own,
+tests/contract_kinds_<store>.py, whose KINDS dict is merged in below.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import multiprocessing
 import os
 import threading
@@ -57,6 +60,10 @@ class StoreKind:
     damage: Callable[[Store, bytes], None] | None
     #: separate processes (and forked children) see the same records
     shared_across_processes: bool
+    #: the server expires records in real time (memcached, redis): the fake
+    #: clock cannot move its TTLs, so tests that advance time skip; the store's
+    #: own test file covers expiry with short real TTLs
+    server_time: bool = False
 
 
 STORE_KINDS: dict[str, StoreKind] = {
@@ -78,6 +85,10 @@ STORE_KINDS: dict[str, StoreKind] = {
 }
 
 
+for _path in sorted(Path(__file__).parent.glob("contract_kinds_*.py")):
+    STORE_KINDS.update(importlib.import_module(_path.stem).KINDS)
+
+
 @pytest.fixture(params=list(STORE_KINDS), ids=list(STORE_KINDS))
 def kind(request) -> str:
     return request.param
@@ -90,6 +101,11 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def store(kind: str, tmp_path: Path, clock: FakeClock):
+    if STORE_KINDS[kind].server_time:
+        def advance(seconds: float) -> None:
+            pytest.skip("the server expires records in real time; see this store's own TTL tests")
+
+        clock.advance = advance
     made = STORE_KINDS[kind].make(tmp_path, clock)
     yield made
     made.close()

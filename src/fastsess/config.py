@@ -112,7 +112,7 @@ STORE_TYPES = {
 }
 
 #: Stores this release ships; the other names are recognised and refused clearly.
-AVAILABLE_STORES = ("memory", "file", "lmdb")
+AVAILABLE_STORES = ("memory", "file", "lmdb", "memcached", "redis", "sql")
 
 REFUSED_TYPES = {
     "dbm": "dbm files corrupt under concurrent writers and cannot expire entries; use type = lmdb",

@@ -29,8 +29,22 @@ def prepare_data_dir(path: str) -> str:
     return path
 
 
+_EXTRAS = {"memcached": "memcached", "redis": "redis", "sql": "sql"}
+
+
 def open_store(config) -> Store:
     """The store config.store_type names, opened and checked at startup."""
+    try:
+        return _open(config)
+    except ImportError as exc:
+        extra = _EXTRAS.get(config.store_type, "all")
+        raise ConfigError(
+            f"session.type = {config.store_type} needs a client library that is not installed "
+            f"({exc.name}): pip install 'fastsess[{extra}]'"
+        ) from None
+
+
+def _open(config) -> Store:
     kind = config.store_type
     if kind == "memory":
         from .memory import MemoryStore
@@ -44,4 +58,34 @@ def open_store(config) -> Store:
         from .lmdb import LmdbStore
 
         return LmdbStore(prepare_data_dir(config.data_dir), map_size=config.lmdb_map_size, sync=config.lmdb_sync)
+    if kind == "memcached":
+        from .memcached import MemcachedStore
+
+        if not config.url:
+            raise ConfigError("session.type = memcached needs session.url (host:port;host:port)")
+        return MemcachedStore(
+            config.url, key_prefix=config.key_prefix,
+            connect_timeout=config.connect_timeout, socket_timeout=config.socket_timeout,
+        )
+    if kind == "redis":
+        from .redis import RedisStore
+
+        if not config.url and not config.urls:
+            raise ConfigError("session.type = redis needs session.url, or session.urls for a cluster")
+        return RedisStore(
+            url=config.url, urls=config.urls, key_prefix=config.key_prefix,
+            connect_timeout=config.connect_timeout, socket_timeout=config.socket_timeout,
+        )
+    if kind == "sql":
+        from .sql import SqlStore
+
+        url = config.url
+        if not url and config.bind is None and config.data_dir:
+            url = "sqlite:///" + os.path.join(prepare_data_dir(config.data_dir), "sessions.sqlite")
+        if not url and config.bind is None:
+            raise ConfigError("session.type = sql needs session.url (an SQLAlchemy URL) or session.bind")
+        return SqlStore(
+            url=url, bind=config.bind, table_name=config.table_name, schema_name=config.schema_name,
+            sa_opts=config.sa_opts, table=config.table,
+        )
     raise ConfigError(f"no store for session.type {kind!r}")
