@@ -1,0 +1,53 @@
+"""A circuit breaker for network stores: after repeated failures, fail fast for a while.
+
+Without it, every request during an outage would wait out the connect timeout.
+Closed: calls go through. After `threshold` consecutive failures it opens for
+`cooldown` seconds, during which calls fail at once with StoreError. Then one
+trial call goes through (half-open): success closes it, failure reopens it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+from ..errors import StoreError
+
+
+class CircuitBreaker:
+    """Thread-safe; one per store (and so per process)."""
+
+    def __init__(self, threshold: int = 5, cooldown: float = 5.0, clock: Callable[[], float] = time.monotonic):
+        self.threshold = threshold
+        self.cooldown = cooldown
+        self.clock = clock
+        self._failures = 0
+        self._open_until = 0.0
+        self._lock = threading.Lock()
+
+    def before_call(self, what: str) -> None:
+        """Raise StoreError while the breaker is open; let one trial call through after the cooldown."""
+        with self._lock:
+            if self._failures < self.threshold:
+                return
+            now = self.clock()
+            if now < self._open_until:
+                raise StoreError(f"{what} is failing; not retrying for {self._open_until - now:.1f} s")
+            self._open_until = now + self.cooldown  # half-open: this caller is the trial
+
+    def succeeded(self) -> None:
+        with self._lock:
+            self._failures = 0
+            self._open_until = 0.0
+
+    def failed(self) -> None:
+        with self._lock:
+            self._failures += 1
+            if self._failures >= self.threshold:
+                self._open_until = self.clock() + self.cooldown
+
+    @property
+    def is_open(self) -> bool:
+        with self._lock:
+            return self._failures >= self.threshold and self.clock() < self._open_until
