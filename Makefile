@@ -5,7 +5,6 @@
 #   make demo         the demo site (fastsess demo)
 #   make lint         ruff, and the workflow files against GitHub's schema
 #   make bench        per-request benchmarks against Beaker, Flask and Django
-#   make bench-http   the same app under HTTP load
 #   make clean        build products and caches; `make distclean` also removes .venv
 #
 # Variables: PYTHON (interpreter for the venv), VENV, PYTEST_ARGS (e.g. "-x -k lmdb").
@@ -14,6 +13,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 BIN := $(VENV)/bin
 PY := $(BIN)/python
@@ -26,7 +26,7 @@ VENV_STAMP := $(VENV)/.made-with-$(subst /,_,$(PYTHON))
 INSTALL_STAMP := $(VENV)/.installed-$(KERNEL)-kernel
 
 .DEFAULT_GOAL := help
-.PHONY: help venv install test demo lint bench bench-http clean distclean
+.PHONY: help venv install test demo lint bench clean distclean
 
 help:
 	@sed -n '1,13s/^# \{0,1\}//p' $(firstword $(MAKEFILE_LIST))
@@ -78,10 +78,7 @@ lint: install
 	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 
 bench: install
-	$(BIN)/fastsess bench
-
-bench-http: install
-	$(PY) bench/http_load.py
+	$(BIN)/fastsess bench $(BENCH_ARGS)
 
 clean:
 	rm -rf build dist src/*.egg-info .pytest_cache .ruff_cache .hypothesis .benchmarks

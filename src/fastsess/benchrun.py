@@ -237,7 +237,10 @@ def run(
             "chart": str(chart_path) if chart_path else None,
             "machine": merged["machine_info"].get("fastsess", {}),
             "passes": merged["passes"],
-            "baselines": [{"framework": f, "kernel": k, "us": us} for (f, k), us in sorted(baselines.items())],
+            "stat": report.DEFAULT_STAT,
+            "baselines": [
+                {"framework": f, "kernel": k, **vars(b)} for (f, k), b in sorted(baselines.items())
+            ],
             "rows": report.rows_as_json(rows),
             "targets": [vars(t) for t in targets],
         }, indent=1))
