@@ -29,6 +29,8 @@ MAX_CAS_ATTEMPTS = 8
 #: automatic cleanup: this much work every CLEANUP_EVERY writes, per process.
 CLEANUP_EVERY = 500
 CLEANUP_BUDGET = 200
+#: id cookies remembered as verified, per process (see SessionService.open_cookie)
+VERIFIED_COOKIES_LIMIT = 4096
 #: ten years: the store expiry of a session with neither timeout set.
 _FOREVER = 10 * 365 * 24 * 3600.0
 _EMPTY_DATA = core.encode_data({})
@@ -106,6 +108,7 @@ class SessionService:
         self.events = events or EventLog(config.on_event)
         self.clock = clock
         self._writes = 0
+        self._verified: dict[str, tuple] = {}
         # Read on every request: kept as plain attributes.
         self._timeout = config.timeout or 0.0
         self._absolute_timeout = config.absolute_timeout or 0.0
@@ -124,6 +127,25 @@ class SessionService:
         """Idle for more than timeout, or older than absolute_timeout."""
         timeout, absolute = self._timeout, self._absolute_timeout
         return (timeout and now - last_access > timeout) or (absolute and now - created > absolute) or False
+
+    def open_cookie(self, value: str) -> tuple | None:
+        """(session id, store key, index of the verifying key) for a valid id cookie, else None.
+
+        Verified values are remembered (per process, bounded): verifying the same
+        string again would give the same answer, and skips an HMAC and a SHA-256
+        on every request of a returning client. Failures are never remembered.
+        """
+        hit = self._verified.get(value)
+        if hit is not None:
+            return hit
+        opened = core.open_id_cookie(value, self.keys.id_keys, self.config.cookie_name)
+        if opened is None:
+            return None
+        entry = (opened[0], core.store_key(opened[0]), opened[1])
+        if len(self._verified) >= VERIFIED_COOKIES_LIMIT:
+            self._verified.clear()
+        self._verified[value] = entry
+        return entry
 
     def sign(self, session_id: str) -> str:
         kid, key = self.keys.id_keys[0]
@@ -193,6 +215,14 @@ class _State:
 class Session:
     """A lazy, dict-like session: `session["k"] = v`, `session.save()`, as in Beaker."""
 
+    # Defaults on the class: a request that never touches the session pays for two assignments.
+    _sess: _State | None = None  # the loaded state; TurboGears sets it to None to undo a load
+    _requested_id: str | None = None
+    _detached = False  # get_by_id / get_session: save() writes at once, no cookies
+    _read_only = False
+    _dirty = False
+    _suppressed = False  # a 5xx response: nothing is saved
+
     def __init__(
         self,
         service: SessionService,
@@ -201,15 +231,15 @@ class Session:
         detached: bool = False,
         read_only: bool = False,
     ) -> None:
-        d = self.__dict__
-        d["_service"] = service
-        d["_cookie_header"] = cookie_header
-        d["_requested_id"] = session_id
-        d["_detached"] = detached  # get_by_id / get_session: save() writes at once, no cookies
-        d["_read_only"] = read_only
-        d["_dirty"] = False
-        d["_sess"] = None
-        d["_cookie_out"] = None
+        self._service = service
+        self._cookie_header = cookie_header
+        self._sess = None  # in __dict__ from the start, where TurboGears and Beaker code look
+        if session_id is not None:
+            self._requested_id = session_id
+        if detached:
+            self._detached = True
+        if read_only:
+            self._read_only = True
 
     # -------------------------------------------------- loading
 
@@ -217,47 +247,47 @@ class Session:
         return True  # never loads: TurboGears tests `if session:`
 
     def _state(self) -> _State:
-        s = self.__dict__["_sess"]
+        s = self._sess
         if s is None:
             s = self._load()
         return s
 
     def _fresh(self, now: float, data: dict | None = None, flash: dict | None = None) -> _State:
         s = _State(now, data, flash)
-        if self.__dict__["_read_only"]:
+        if self._read_only:
             s.read_only = True
         return s
 
     def _load(self) -> _State:
-        d = self.__dict__
-        service: SessionService = d["_service"]
+        service: SessionService = self._service
         now = service.clock()
-        session_id = d["_requested_id"]
+        session_id = self._requested_id
+        key = core.store_key(session_id) if session_id is not None else None
         had_cookie = False
         retag = False
-        if session_id is None and d["_cookie_header"] and service.config.use_cookies:
-            candidates = core.parse_cookie(d["_cookie_header"], service.config.cookie_name)
+        if session_id is None and self._cookie_header and service.config.use_cookies:
+            candidates = core.parse_cookie(self._cookie_header, service.config.cookie_name)
             had_cookie = bool(candidates)
             for value in candidates:
-                opened = core.open_id_cookie(value, service.keys.id_keys, service.config.cookie_name)
+                opened = service.open_cookie(value)
                 if opened is not None:
-                    session_id, key_index = opened
+                    session_id, key, key_index = opened
                     retag = key_index > 0
                     break
             else:
                 if candidates:
                     service.events.emit("invalid_cookie", message="no candidate cookie verified")
-        s = self._load_record(service, session_id, now) if session_id is not None else self._fresh(now)
+        s = self._load_record(service, session_id, key, now) if key is not None else self._fresh(now)
         s.had_cookie = had_cookie
         if retag and not s.is_new:
             s.retag = True
             service.events.emit("old_key_used", sid=service.sid(s.id), message="id cookie tagged with an old secret")
-        d["_sess"] = s
+        self._sess = s
         return s
 
-    def _load_record(self, service: SessionService, session_id: str, now: float) -> _State:
+    def _load_record(self, service: SessionService, session_id: str, key: bytes, now: float) -> _State:
         try:
-            record = service.store.load(core.store_key(session_id))
+            record = service.store.load(key)
         except StoreError as exc:
             return self._store_failed(service, exc, now)
         if record is None:
@@ -308,11 +338,11 @@ class Session:
 
     def accessed(self) -> bool:
         """True once the session was loaded in this request."""
-        return self.__dict__["_sess"] is not None
+        return self._sess is not None
 
     def dirty(self) -> bool:
         """True once save() or delete() was called."""
-        return self.__dict__["_dirty"]
+        return self._dirty
 
     @property
     def id(self) -> str:
@@ -336,7 +366,7 @@ class Session:
     @property
     def domain(self) -> str | None:
         s = self._state()
-        return s.domain if s.domain is not None else self.__dict__["_service"].config.cookie_domain
+        return s.domain if s.domain is not None else self._service.config.cookie_domain
 
     @domain.setter
     def domain(self, value: str | None) -> None:
@@ -345,7 +375,7 @@ class Session:
     @property
     def path(self) -> str:
         s = self._state()
-        return s.path if s.path is not None else self.__dict__["_service"].config.cookie_path
+        return s.path if s.path is not None else self._service.config.cookie_path
 
     @path.setter
     def path(self, value: str | None) -> None:
@@ -353,21 +383,21 @@ class Session:
 
     def save(self) -> None:
         """Mark the session for writing at the end of the request (Beaker's semantics)."""
-        self.__dict__["_dirty"] = True
+        self._dirty = True
         s = self._state()
         if not s.dead:  # saving a deleted session does not bring it back
             s.save_requested = True
-        if self.__dict__["_detached"]:
+        if self._detached:
             self.persist()
 
     def delete(self) -> None:
         """Remove the record and send an expiring cookie; later writes start a new session."""
-        self.__dict__["_dirty"] = True
+        self._dirty = True
         s = self._state()
         self._forget(s)
         s.dead = True
         s.deleted = True
-        if self.__dict__["_detached"]:
+        if self._detached:
             self.persist()
 
     def invalidate(self) -> None:
@@ -377,7 +407,7 @@ class Session:
         s.dead = False
         s.invalidated = True
         s.id = core.new_session_id()
-        if self.__dict__["_detached"]:
+        if self._detached:
             self.persist()
 
     def regenerate_id(self) -> None:
@@ -387,7 +417,7 @@ class Session:
             s.rotate_from = (core.store_key(s.id), s.version)
         s.id = core.new_session_id()
         s.save_requested = True
-        if self.__dict__["_detached"]:
+        if self._detached:
             self.persist()
 
     def revert(self) -> None:
@@ -398,14 +428,14 @@ class Session:
 
     def read_only(self) -> None:
         """This request neither writes nor touches the session."""
-        self.__dict__["_read_only"] = True
-        s = self.__dict__["_sess"]
+        self._read_only = True
+        s = self._sess
         if s is not None:
             s.read_only = True
 
     def get_by_id(self, session_id: str) -> Session | None:
         """The session stored under a raw id (trusted server code only), or None."""
-        other = Session(self.__dict__["_service"], session_id=session_id, detached=True)
+        other = Session(self._service, session_id=session_id, detached=True)
         s = other._state()
         if s.is_new or s.read_only:
             return None
@@ -427,7 +457,7 @@ class Session:
         s.id = None
         s.loaded_domain = s.loaded_path = None  # the cookie keeps its scope; a new record stores it
         s.csrf_gen = s.loaded_csrf_gen = 0
-        s.created = self.__dict__["_service"].clock()
+        s.created = self._service.clock()
         s.last_accessed = None
         s.modified = s.mutable_out = s.flash_modified = s.save_requested = False
 
@@ -471,7 +501,7 @@ class Session:
         return len(self._state().data)
 
     def __repr__(self) -> str:
-        s = self.__dict__["_sess"]
+        s = self._sess
         return "<Session (not loaded)>" if s is None else f"<Session with {len(s.data)} keys>"
 
     def get(self, key: str, default: Any = None) -> Any:
@@ -571,7 +601,7 @@ class Session:
         if s.is_new:
             s = self._writable()
             s.save_requested = True
-        return core.b64url_encode(self._csrf_token_bytes(self.__dict__["_service"].keys.csrf_keys[0]))
+        return core.b64url_encode(self._csrf_token_bytes(self._service.keys.csrf_keys[0]))
 
     def new_csrf_token(self) -> str:
         """Invalidate earlier tokens and return a new one."""
@@ -599,7 +629,7 @@ class Session:
         if len(raw) != 32 or self._state().id is None:
             return False
         ok = False
-        for key in self.__dict__["_service"].keys.csrf_keys:
+        for key in self._service.keys.csrf_keys:
             ok |= core.constant_time_equal(self._csrf_token_bytes(key), raw)
         return ok
 
@@ -607,10 +637,10 @@ class Session:
 
     def persist(self) -> None:
         """Write now what the end of the request would write (TurboGears calls it)."""
-        s = self.__dict__["_sess"]
+        s = self._sess
         if s is None:
             return
-        service: SessionService = self.__dict__["_service"]
+        service: SessionService = self._service
         if s.read_only or s.anonymous:
             if s.modified or s.flash_modified or s.save_requested or s.doomed or s.dead:
                 if not s.dropped:
@@ -658,10 +688,10 @@ class Session:
         that would need a new cookie (new session, new id, deletion) is logged
         and dropped.
         """
-        s = self.__dict__["_sess"]
-        if s is None or self.__dict__.get("_suppressed"):
+        s = self._sess
+        if s is None or self._suppressed:
             return
-        service: SessionService = self.__dict__["_service"]
+        service: SessionService = self._service
         pending = s.modified or s.mutable_out or s.flash_modified or s.save_requested or s.doomed or s.dead
         if s.is_new or s.rotate_from is not None or s.dead or s.doomed or s.invalidated:
             if pending:
@@ -699,7 +729,7 @@ class Session:
     def _pack(self, s: _State, data_bytes: bytes, flash: dict, now: float) -> bytes:
         flash_bytes = core.encode_data(flash) if flash else None
         blob = core.pack_record(s.created, now, s.csrf_gen, s.domain, s.path, flash_bytes, data_bytes)
-        limit = self.__dict__["_service"].config.max_record_size
+        limit = self._service.config.max_record_size
         if len(blob) > limit:
             raise SessionTooLarge(f"session record is {len(blob)} bytes; max_record_size is {limit}")
         return blob

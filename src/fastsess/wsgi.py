@@ -58,18 +58,16 @@ class SessionMiddleware:
         self.environ_key = environ_key
         self.store = open_store(self.config)
         self.service = SessionService(self.config, self.store)
+        self._bound_get_session = self.get_session  # one bound method, not one per request
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         if not self.config.enabled:
             return self.app(environ, start_response)
-        session = Session(
-            self.service,
-            environ.get("HTTP_COOKIE"),
-            read_only=bool(environ.get("fastsess.no_touch")),
-        )
-        environ["fastsess.session"] = session
-        environ[self.environ_key] = session
-        environ["beaker.get_session"] = self.get_session
+        session = Session(self.service, environ.get("HTTP_COOKIE"))
+        if environ.get("fastsess.no_touch"):
+            session.read_only()
+        environ["fastsess.session"] = environ[self.environ_key] = session
+        environ["beaker.get_session"] = self._bound_get_session
         if self.config.webtest_varname and "paste.testing_variables" in environ:
             environ["paste.testing_variables"][self.config.webtest_varname] = session
         response = _Response(self, environ, session, start_response)
@@ -87,8 +85,8 @@ class SessionMiddleware:
 
     def cookie_header(self, session: Session, environ: dict) -> str | None:
         """The Set-Cookie value persist decided on, or None."""
-        s = session.__dict__["_sess"]
-        if s is None or s.cookie_action is None or not self.config.use_cookies or session.__dict__["_detached"]:
+        s = session._sess
+        if s is None or s.cookie_action is None or not self.config.use_cookies or session._detached:
             return None
         cfg = self.config
         secure = cfg.secure
@@ -138,20 +136,17 @@ class SessionMiddleware:
 class _Response:
     """One request's response: holds start_response until the session is written."""
 
-    __slots__ = ("mw", "environ", "session", "server_start_response", "status", "headers", "exc_info",
-                 "started", "sent", "server_write")
+    status: str | None = None
+    exc_info = None
+    started = False
+    sent = False
+    server_write: Callable | None = None
 
     def __init__(self, mw: SessionMiddleware, environ: dict, session: Session, start_response: Callable) -> None:
         self.mw = mw
         self.environ = environ
         self.session = session
         self.server_start_response = start_response
-        self.status: str | None = None
-        self.headers: list = []
-        self.exc_info = None
-        self.started = False
-        self.sent = False
-        self.server_write: Callable | None = None
 
     def start_response(self, status: str, headers: list, exc_info=None) -> Callable:
         if self.sent:
@@ -159,7 +154,7 @@ class _Response:
                 raise AssertionError("start_response called twice without exc_info")
             # headers are out: let the server decide (it re-raises if bytes were sent)
             return self.server_start_response(status, headers, exc_info)
-        self.status, self.headers, self.exc_info = status, list(headers), exc_info
+        self.status, self.headers, self.exc_info = status, headers, exc_info
         self.started = True
         return self.write
 
@@ -172,14 +167,14 @@ class _Response:
     def send_headers(self) -> None:
         session = self.session
         server_error = not self.status or self.status[0] >= "5"  # 5xx (and garbage) saves nothing
-        accessed = session.__dict__["_sess"] is not None
+        accessed = session._sess is not None
         cookie = None
         if server_error and not self.mw.config.save_on_error:
-            session.__dict__["_suppressed"] = True
+            session._suppressed = True
         elif accessed:
             session.persist()
             cookie = self.mw.cookie_header(session, self.environ)
-        headers = self.headers
+        headers = list(self.headers)  # never grow a list the application may reuse
         if accessed:
             _cache_headers(headers, cookie is not None, self.mw)
         if cookie is not None:
@@ -188,6 +183,11 @@ class _Response:
         self.server_write = self.server_start_response(self.status, headers, self.exc_info)
 
     def finish(self, result: Iterable[bytes]) -> Iterable[bytes]:
+        if self.session._sess is None and type(result) is list and self.started and not self.sent:
+            # The common untouched case: no session, no more application code to run.
+            self.sent = True
+            self.server_write = self.server_start_response(self.status, self.headers, self.exc_info)
+            return result
         first = None
         no_app_code_left = _no_app_code_left(result, self.environ)
         try:
