@@ -50,14 +50,19 @@ class MemoryStore(Store):
             self._entries.popitem(last=False)
 
     def load(self, key: bytes) -> LoadResult:
+        now = self.clock()
         with self._lock:
-            entry = self._live(key, self.clock())
+            entry = self._entries.get(key)
             if entry is None:
                 return None
-            if entry[_BLOB] is None:
+            blob, version, expires_at, last_access = entry
+            if now > expires_at:
+                del self._entries[key]
+                return None
+            if blob is None:
                 return TOMBSTONE
             self._entries.move_to_end(key)
-            return StoredRecord(entry[_BLOB], entry[_VERSION], entry[_EXPIRES], entry[_ACCESS])
+        return StoredRecord(blob, version, expires_at, last_access)
 
     def create(self, key: bytes, blob: bytes, expires_at: float) -> WriteResult:
         with self._lock:
