@@ -1,0 +1,490 @@
+"""Redis store (redis-py): a single server, Sentinel, or Redis Cluster; records expire by Redis TTL.
+
+Each record is one Redis string: a 28-byte header, then the record bytes.
+
+    b"FS1"  kind (b"R" live, b"T" tombstone)  version u64  expires_at f64  last_access f64  (little endian)
+
+A load is one GET. A touch is one script that rewrites only the 16 header
+bytes of expiry and access time (SETRANGE) and the TTL: it never rewrites the
+data or changes the version. Create, compare-and-set and rotation are Lua
+scripts, one round trip each (EVALSHA, falling back to EVAL when the server
+has not cached the script). A value that does not start with the header
+(written by something else, damaged, or not a string) counts as missing.
+
+GETEX is not used: a touch must also move last_access, which lives in the
+header, and the session layer decides only after the load whether a touch is
+due (at most once per touch_interval). So a read is one GET, and the read
+that touches adds one script call.
+
+TTLs are relative (PX): `expires_at - now` on the store's clock, which is the
+clock that computed expires_at, so a skew between the application's and
+Redis's clocks does not shift expiry. Redis removes expired records and
+tombstones itself; cleanup() has nothing to do.
+
+Versions are random 63-bit numbers drawn by the client for every write: no
+counter key is needed (in a cluster it would live in another slot), and a
+record deleted and created again practically never (2**-63) reuses a version
+its old readers hold.
+
+Failures. Every redis-py error becomes a StoreError whose message never
+contains a key. redis-py's own retries (with backoff) are off, so a failing
+call returns within its connect and socket timeouts, and a CircuitBreaker per
+store fails calls fast after repeated failures. The client (and its pool) is built on first use
+in each process: a forked child builds its own and never touches the parent's.
+
+Rotation in a cluster. The old and new keys hash to different slots, so no
+script can see both. There, rotate() takes two steps: it writes the new key
+(SET NX: CONFLICT when taken, nothing changed), then turns the old key into a
+tombstone under compare-and-set; when that finds the old record gone or
+changed, it deletes the new key again and returns GONE or CONFLICT. The new id
+reaches no client before rotate() returns, so the two ids are never both in
+use; the old id is only ever replaced by a tombstone, never restored. When the
+second step fails with an error, the new key is deleted (best effort) and the
+error raised: the session may be lost, but the old id is not revived. A
+key_prefix with a hash tag (`{sessions}:`) puts every key in one slot, and
+rotation is then one script again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import random
+import struct
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from urllib.parse import unquote, urlsplit
+
+import redis
+from redis.backoff import NoBackoff
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
+from redis.retry import Retry
+
+from ..errors import ConfigError, StoreError
+from .base import CONFLICT, EXISTS, GONE, TOMBSTONE, LoadResult, Store, StoredRecord, WriteResult
+from .breaker import CircuitBreaker
+
+_HEADER = struct.Struct("<3sBQdd")
+_HEADER_SIZE = _HEADER.size  # 28
+_MAGIC = b"FS1"
+_LIVE, _TOMBSTONE = ord("R"), ord("T")
+_VERSION = struct.Struct("<Q")
+_TIMES = struct.Struct("<dd")  # expires_at, last_access: header bytes 12..27
+
+_ERRORS = (RedisError, RedisClusterException, OSError)
+
+
+class _Script:
+    """A Lua script and its SHA-1, for EVALSHA."""
+
+    __slots__ = ("sha", "text")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.sha = hashlib.sha1(text.encode()).hexdigest()
+
+
+# Every script starts by reading the header of KEYS[1]: `kind` is 'R' (live), 'T' (tombstone) or
+# false (missing, another type, or not a record), and `head` holds the header bytes.
+_READ_HEADER = """
+local head = redis.pcall('GETRANGE', KEYS[1], 0, 27)
+local kind = type(head) == 'string' and #head == 28 and string.sub(head, 1, 3) == 'FS1'
+  and string.sub(head, 4, 4)
+"""
+
+# KEYS[1] key; ARGV value, ttl_ms. Returns 1 when written, 0 when a record or tombstone is there.
+_CREATE = _Script(_READ_HEADER + """
+if kind == 'R' or kind == 'T' then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+""")
+
+# KEYS[1] key; ARGV expected version (8 bytes), value, ttl_ms. Returns 0 written, 1 gone, 2 conflict.
+_CAS = _Script(_READ_HEADER + """
+if kind ~= 'R' then return 1 end
+if string.sub(head, 5, 12) ~= ARGV[1] then return 2 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 0
+""")
+
+# KEYS[1] key; ARGV expires_at and last_access (16 bytes: header offset 12), ttl_ms. Live records only.
+_TOUCH = _Script(_READ_HEADER + """
+if kind == 'R' then
+  redis.call('SETRANGE', KEYS[1], 12, ARGV[1])
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+""")
+
+# KEYS old, new; ARGV expected version (8 bytes, or empty for any), value, ttl_ms, tombstone,
+# tombstone ttl_ms. Returns 0 written, 1 gone, 2 conflict.
+_ROTATE = _Script(_READ_HEADER + """
+if kind ~= 'R' then return 1 end
+if ARGV[1] ~= '' and string.sub(head, 5, 12) ~= ARGV[1] then return 2 end
+if redis.call('EXISTS', KEYS[2]) == 1 then return 2 end
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[5])
+return 0
+""")
+
+# Cluster rotation, second step. KEYS[1] old; ARGV expected version (8 bytes or empty), tombstone,
+# tombstone ttl_ms. Returns 0 written, 1 gone, 2 conflict.
+_RETIRE = _Script(_READ_HEADER + """
+if kind ~= 'R' then return 1 end
+if ARGV[1] ~= '' and string.sub(head, 5, 12) ~= ARGV[1] then return 2 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 0
+""")
+
+_OUTCOME = (None, GONE, CONFLICT)  # script result -> marker (0 means written)
+
+
+def _ttl_ms(expires_at: float, now: float) -> int:
+    """Milliseconds until expires_at, rounded up so Redis never drops a record early; at least 1."""
+    ms = math.ceil((expires_at - now) * 1000.0)
+    return ms if ms > 0 else 1
+
+
+def _new_version() -> int:
+    return random.getrandbits(63)
+
+
+def _hash_tagged(prefix: str) -> bool:
+    """True when the prefix carries a Redis hash tag, so every key maps to one cluster slot."""
+    start = prefix.find("{")
+    return start >= 0 and prefix.find("}", start + 1) > start + 1
+
+
+def _split_host(text: str, default_port: int) -> tuple[str, int]:
+    """host:port, [ipv6]:port or a bare host."""
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    elif text.count(":") == 1:
+        host, _, port = text.partition(":")
+    else:
+        host, port = text, ""
+    try:
+        return host, int(port) if port else default_port
+    except ValueError:
+        raise ConfigError(f"session.url: bad port in {text!r}") from None
+
+
+_open_stores: weakref.WeakSet = weakref.WeakSet()
+
+
+def _fresh_locks_in_child() -> None:
+    # A fork while another thread held a store's lock (building a client) would leave
+    # the child's copy locked forever.
+    for store in list(_open_stores):
+        store._lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_fresh_locks_in_child)
+
+
+class RedisStore(Store):
+    """Records in Redis strings; scripts for the writes; one connection pool per process."""
+
+    has_locked_update = False
+
+    def __init__(
+        self,
+        url: str | None = None,
+        urls: list[str] | None = None,
+        key_prefix: str = "fastsess:",
+        connect_timeout: float = 1.0,
+        socket_timeout: float = 1.0,
+        clock: Callable[[], float] = time.time,
+        breaker: CircuitBreaker | None = None,
+    ) -> None:
+        super().__init__(clock)
+        self.key_prefix = key_prefix
+        self._prefix = key_prefix.encode()
+        self._options = {
+            "socket_connect_timeout": connect_timeout,
+            "socket_timeout": socket_timeout,
+        }
+        self._breaker = breaker or CircuitBreaker()
+        # Set by a failure, cleared by the next success: while it is clear the breaker is
+        # closed, and the calls skip its lock.
+        self._failing = False
+        if urls:
+            self._mode = "cluster"
+            self._nodes, auth = self._parse_cluster(urls)
+            self._options.update(auth)
+            self._name = "redis cluster"
+        elif url and url.startswith("redis+sentinel://"):
+            self._mode = "sentinel"
+            self._sentinels, self._service, db, auth = self._parse_sentinel(url)
+            self._options.update(auth, db=db)
+            self._name = f"redis sentinel service {self._service}"
+        elif url:
+            self._mode = "single"
+            self._url = url if "://" in url else "redis://" + url
+            try:
+                parsed = redis.connection.parse_url(self._url)
+            except ValueError as exc:
+                raise ConfigError(f"session.url is not a redis URL: {exc}") from None
+            where = parsed.get("path") or f"{parsed.get('host', 'localhost')}:{parsed.get('port', 6379)}"
+            self._name = f"redis at {where}"
+        else:
+            raise ConfigError("the redis store needs session.url, or session.urls for a cluster")
+        self._atomic_rotate = self._mode != "cluster" or _hash_tagged(key_prefix)
+        self._lock = threading.Lock()
+        self._pid = 0
+        self._client = None
+        self._sentinel = None
+        self._inherited: list = []  # clients from before a fork: kept referenced, never used
+        self._closed = False
+        _open_stores.add(self)
+
+    # -------------------------------------------------- configuration
+
+    @staticmethod
+    def _auth(parts) -> dict:
+        auth = {}
+        if parts.username:
+            auth["username"] = unquote(parts.username)
+        if parts.password:
+            auth["password"] = unquote(parts.password)
+        return auth
+
+    def _parse_cluster(self, urls: list[str]) -> tuple[list, dict]:
+        nodes, auth = [], {}
+        for item in urls:
+            parts = urlsplit(item if "://" in item else "redis://" + item)
+            if parts.scheme not in ("redis", "rediss"):
+                raise ConfigError(f"session.urls: {parts.scheme}:// is not a Redis Cluster node URL")
+            if parts.scheme == "rediss":
+                auth["ssl"] = True
+            auth.update(self._auth(parts))
+            try:
+                nodes.append((parts.hostname or "localhost", parts.port or 6379))
+            except ValueError:
+                raise ConfigError("session.urls: a node URL has a bad port") from None
+        return nodes, auth
+
+    def _parse_sentinel(self, url: str) -> tuple[list, str, int, dict]:
+        """redis+sentinel://[user:password@]h1:26379,h2:26379/<service>/<db>; the password is the master's."""
+        rest = url[len("redis+sentinel://"):]
+        netloc, _, path = rest.partition("/")
+        userinfo, _, hosts = netloc.rpartition("@")
+        auth = {}
+        if userinfo:
+            user, _, password = userinfo.partition(":")
+            auth = {"username": unquote(user)} if user else {}
+            if password:
+                auth["password"] = unquote(password)
+        sentinels = [_split_host(h.strip(), 26379) for h in hosts.split(",") if h.strip()]
+        service, _, db = path.partition("/")
+        if not sentinels or not service:
+            raise ConfigError("session.url: use redis+sentinel://host:26379,host:26379/<service>/<db>")
+        try:
+            return sentinels, unquote(service), int(db.strip("/") or 0), auth
+        except ValueError:
+            raise ConfigError("session.url: the Sentinel URL's database must be a number") from None
+
+    # -------------------------------------------------- connections
+
+    def _connection(self):
+        """This process's client, built on first use and again after a fork."""
+        if self._pid != os.getpid():
+            self._open()
+        return self._client
+
+    def _open(self) -> None:
+        with self._lock:
+            if self._pid == os.getpid():
+                return
+            if self._closed:
+                raise StoreError(f"{self._name}: the store was used after close()")
+            if self._client is not None:
+                self._inherited.append((self._client, self._sentinel))
+            self._client = self._sentinel = None
+            no_retries = Retry(NoBackoff(), 0)  # a retry would exceed the configured timeouts
+            if self._mode == "single":
+                client = redis.Redis.from_url(self._url, retry=no_retries, **self._options)
+            elif self._mode == "sentinel":
+                from redis.sentinel import Sentinel
+
+                sentinel_options = {k: v for k, v in self._options.items() if k.startswith("socket_")}
+                self._sentinel = Sentinel(
+                    self._sentinels, sentinel_kwargs={**sentinel_options, "retry": Retry(NoBackoff(), 0)},
+                )
+                client = self._sentinel.master_for(self._service, retry=no_retries, **self._options)
+            else:
+                from redis.cluster import ClusterNode, RedisCluster
+
+                client = RedisCluster(
+                    startup_nodes=[ClusterNode(host, port) for host, port in self._nodes],
+                    retry=no_retries, **self._options,
+                )
+            self._client = client
+            self._pid = os.getpid()
+
+    def close(self) -> None:
+        with self._lock:
+            client, sentinel = self._client, self._sentinel
+            self._client = self._sentinel = None
+            owned, self._pid = self._pid == os.getpid(), 0
+            self._closed = True
+        if client is not None and owned:
+            try:
+                client.close()
+                if sentinel is not None:
+                    for node in sentinel.sentinels:
+                        node.close()
+            except _ERRORS:
+                pass
+
+    def _key(self, key: bytes) -> bytes:
+        return self._prefix + key.hex().encode()
+
+    def _failed(self, what: str, exc: BaseException, *keys: bytes) -> StoreError:
+        """A StoreError for a failed call; the message never carries a key."""
+        self._failing = True
+        self._breaker.failed()
+        detail = str(exc)
+        for rkey in keys:
+            detail = detail.replace(rkey.decode(errors="replace"), "<key>")
+            detail = detail.replace(rkey[len(self._prefix):].decode(), "<key>")
+        return StoreError(f"{self._name}: {what} failed: {type(exc).__name__}: {detail}"[:500])
+
+    def _recovered(self) -> None:
+        self._failing = False
+        self._breaker.succeeded()
+
+    def _eval(self, client, script: _Script, numkeys: int, *args):
+        try:
+            return client.execute_command("EVALSHA", script.sha, numkeys, *args)
+        except NoScriptError:  # not cached on this server (restart, failover, SCRIPT FLUSH)
+            return client.execute_command("EVAL", script.text, numkeys, *args)
+
+    # -------------------------------------------------- the interface
+
+    def load(self, key: bytes) -> LoadResult:
+        rkey = self._prefix + key.hex().encode()
+        if self._failing:
+            self._breaker.before_call(self._name)
+        try:
+            value = self._connection().get(rkey)
+        except ResponseError as exc:
+            if not str(exc).startswith("WRONGTYPE"):
+                raise self._failed("load", exc, rkey) from None
+            value = None  # not a string, so not a record
+        except _ERRORS as exc:
+            raise self._failed("load", exc, rkey) from None
+        if self._failing:
+            self._recovered()
+        if value is None or len(value) < _HEADER_SIZE:
+            return None
+        magic, kind, version, expires_at, last_access = _HEADER.unpack_from(value)
+        if magic != _MAGIC:
+            return None
+        if kind == _LIVE:
+            if self.clock() > expires_at:  # within Redis's millisecond rounding of the TTL
+                return None
+            return StoredRecord(value[_HEADER_SIZE:], version, expires_at, last_access)
+        return TOMBSTONE if kind == _TOMBSTONE else None
+
+    def create(self, key: bytes, blob: bytes, expires_at: float) -> WriteResult:
+        rkey = self._key(key)
+        now = self.clock()
+        version = _new_version()
+        value = _HEADER.pack(_MAGIC, _LIVE, version, expires_at, now) + blob
+        if self._failing:
+            self._breaker.before_call(self._name)
+        try:
+            created = self._eval(self._connection(), _CREATE, 1, rkey, value, _ttl_ms(expires_at, now))
+        except _ERRORS as exc:
+            raise self._failed("create", exc, rkey) from None
+        if self._failing:
+            self._recovered()
+        return version if created else EXISTS
+
+    def cas(self, key: bytes, blob: bytes, expected_version: int, expires_at: float) -> WriteResult:
+        rkey = self._key(key)
+        now = self.clock()
+        version = _new_version()
+        value = _HEADER.pack(_MAGIC, _LIVE, version, expires_at, now) + blob
+        if self._failing:
+            self._breaker.before_call(self._name)
+        try:
+            outcome = self._eval(
+                self._connection(), _CAS, 1, rkey, _VERSION.pack(expected_version), value,
+                _ttl_ms(expires_at, now),
+            )
+        except _ERRORS as exc:
+            raise self._failed("compare-and-set", exc, rkey) from None
+        if self._failing:
+            self._recovered()
+        return _OUTCOME[outcome] or version
+
+    def touch(self, key: bytes, expires_at: float) -> None:
+        rkey = self._key(key)
+        now = self.clock()
+        if self._failing:
+            self._breaker.before_call(self._name)
+        try:
+            times = _TIMES.pack(expires_at, now)
+            self._eval(self._connection(), _TOUCH, 1, rkey, times, _ttl_ms(expires_at, now))
+        except _ERRORS as exc:
+            raise self._failed("touch", exc, rkey) from None
+        if self._failing:
+            self._recovered()
+
+    def delete(self, key: bytes) -> None:
+        rkey = self._key(key)
+        if self._failing:
+            self._breaker.before_call(self._name)
+        try:
+            self._connection().delete(rkey)
+        except _ERRORS as exc:
+            raise self._failed("delete", exc, rkey) from None
+        if self._failing:
+            self._recovered()
+
+    def rotate(self, old_key, new_key, blob, expires_at, tombstone_seconds, expected_version=None):
+        old, new = self._key(old_key), self._key(new_key)
+        now = self.clock()
+        version = _new_version()
+        value = _HEADER.pack(_MAGIC, _LIVE, version, expires_at, now) + blob
+        tombstone = _HEADER.pack(_MAGIC, _TOMBSTONE, _new_version(), now + tombstone_seconds, now)
+        expected = b"" if expected_version is None else _VERSION.pack(expected_version)
+        args = (expected, value, _ttl_ms(expires_at, now), tombstone, _ttl_ms(now + tombstone_seconds, now))
+        if self._failing:
+            self._breaker.before_call(self._name)
+        try:
+            client = self._connection()
+            if self._atomic_rotate:
+                outcome = self._eval(client, _ROTATE, 2, old, new, *args)
+            else:
+                outcome = self._rotate_in_two_steps(client, old, new, *args)
+        except _ERRORS as exc:
+            raise self._failed("rotate", exc, old, new) from None
+        if self._failing:
+            self._recovered()
+        return _OUTCOME[outcome] or version
+
+    def _rotate_in_two_steps(self, client, old, new, expected, value, ttl, tombstone, tombstone_ttl) -> int:
+        """Cluster rotation (see the module docstring): new key first, then the old one's tombstone."""
+        if not client.set(new, value, nx=True, px=ttl):
+            return 2
+        try:
+            outcome = self._eval(client, _RETIRE, 1, old, expected, tombstone, tombstone_ttl)
+        except _ERRORS:
+            try:
+                client.delete(new)
+            except _ERRORS:
+                pass  # an orphan whose id no client holds; its TTL removes it
+            raise
+        if outcome:
+            client.delete(new)
+        return outcome
+
+    def cleanup(self, now: float, budget: int) -> int:
+        return 0  # Redis TTLs remove expired records and tombstones

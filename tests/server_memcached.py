@@ -1,0 +1,177 @@
+"""Real memcached servers for tests, on free loopback ports, each in a temporary directory, stopped by pid.
+
+`shared_server()` starts one server on first use and keeps it for the whole
+test process (the contract suite builds stores without fixtures, so it uses
+this); the session-scoped fixtures below stop what they started. Servers run
+as `memcached -u nobody -l 127.0.0.1 -p PORT -U 0`. A missing binary skips
+the test with the reason; with FASTSESS_REQUIRE_SERVERS=1 it fails instead.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+START_TIMEOUT = 10.0
+
+
+def require_binary(name: str = "memcached") -> str:
+    """The path of the memcached binary; skips (or fails, with FASTSESS_REQUIRE_SERVERS=1) when it is missing."""
+    path = shutil.which(name)
+    if path is None:
+        reason = f"{name} is not installed (apt-get install memcached)"
+        if os.environ.get("FASTSESS_REQUIRE_SERVERS", "") not in ("", "0"):
+            pytest.fail(reason + "; FASTSESS_REQUIRE_SERVERS=1 requires it")
+        pytest.skip(reason)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def command(port: int, line: str, timeout: float = 2.0) -> bytes:
+    """Send one text-protocol command over a fresh socket; the reply up to END, or its single line."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(line.encode() + b"\r\n")
+        reply = b""
+        while True:
+            chunk = sock.recv(65536)
+            reply += chunk
+            if not chunk or reply.endswith(b"END\r\n") or (b"\r\n" in reply and not reply.startswith(b"STAT")):
+                return reply
+
+
+class MemcachedServer:
+    """One memcached process on 127.0.0.1; restart() brings it back, empty, on the same port."""
+
+    def __init__(self, directory: Path, port: int | None = None) -> None:
+        self.binary = require_binary()
+        self.directory = directory
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def argv(self) -> list[str]:
+        return [self.binary, "-u", "nobody", "-l", "127.0.0.1", "-p", str(self.port), "-U", "0"]
+
+    def start(self) -> MemcachedServer:
+        log = open(self.directory / "server.log", "ab")  # noqa: SIM115 - owned by the child
+        try:
+            self.process = subprocess.Popen(self.argv(), cwd=self.directory, stdout=log, stderr=subprocess.STDOUT)
+        finally:
+            log.close()
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            try:
+                if command(self.port, "version", timeout=0.5).startswith(b"VERSION"):
+                    return self
+            except OSError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"memcached did not start: {(self.directory / 'server.log').read_text()}")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        """Kill the process by its pid and reap it; the port is free afterwards."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGKILL)
+        self.process.wait(10)
+        self.process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def pause(self) -> None:
+        """SIGSTOP: the port still accepts connections but nothing answers (a hung server)."""
+        os.kill(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.kill(self.process.pid, signal.SIGCONT)
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stats(self) -> dict[str, int]:
+        """The numeric counters of `stats`."""
+        text = command(self.port, "stats").decode()
+        pairs = (line.split(" ", 2)[1:] for line in text.splitlines() if line.startswith("STAT "))
+        return {name: int(value) for name, value in pairs if value.isdigit()}
+
+    def has_key(self, key: bytes) -> bool:
+        """Whether this server holds `key` (a full memcached key), without bumping it."""
+        return command(self.port, f"mg {key.decode()} u").startswith(b"HD")
+
+    def flush(self) -> None:
+        command(self.port, "flush_all")
+
+
+# -- servers that live for the test process: started on first use, stopped at exit
+
+_base_dir: Path | None = None
+_shared: dict[str, MemcachedServer] = {}
+
+
+def temp_dir(name: str) -> Path:
+    global _base_dir
+    if _base_dir is None:
+        _base_dir = Path(tempfile.mkdtemp(prefix="memcached-tests-"))
+        atexit.register(shutil.rmtree, _base_dir, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=name + "-", dir=_base_dir))
+
+
+def start_server(name: str = "memcached") -> MemcachedServer:
+    """A new server that is also stopped at exit, should its test forget to."""
+    server = MemcachedServer(temp_dir(name)).start()
+    atexit.register(server.stop)
+    return server
+
+
+def shared_server() -> MemcachedServer:
+    """The one server shared by the contract suite and the fixtures (tests isolate by key prefix)."""
+    server = _shared.get("single")
+    if server is None or not server.running:
+        server = _shared["single"] = start_server("shared")
+    return server
+
+
+def stop_shared() -> None:
+    server = _shared.pop("single", None)
+    if server is not None:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def memcached_server():
+    """The shared memcached server; stopped when the test session ends."""
+    yield shared_server()
+    stop_shared()
+
+
+@pytest.fixture(scope="session")
+def memcached_servers():
+    """Two memcached servers of their own, for the multi-node tests."""
+    servers = [start_server("node-a"), start_server("node-b")]
+    yield servers
+    for server in servers:
+        server.stop()

@@ -1,0 +1,261 @@
+"""Real Redis servers for tests: a single server, a 3-node Cluster and a Sentinel, on free loopback ports.
+
+Each server runs in a temporary directory and is stopped by its pid. The
+shared ones start on first use and stop when the test process exits, so the
+contract suite (which builds stores without fixtures) and the Redis tests use
+the same servers. A missing binary skips the test with the reason; with
+FASTSESS_REQUIRE_SERVERS=1 it fails instead.
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+START_TIMEOUT = 10.0
+
+
+def require_binary(name: str) -> str:
+    """The path of a server binary; skips (or fails, with FASTSESS_REQUIRE_SERVERS=1) when it is missing."""
+    path = shutil.which(name)
+    if path is None:
+        reason = f"{name} is not installed (apt-get install redis-server redis-tools)"
+        if os.environ.get("FASTSESS_REQUIRE_SERVERS", "") not in ("", "0"):
+            pytest.fail(reason + "; FASTSESS_REQUIRE_SERVERS=1 requires it")
+        pytest.skip(reason)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the test process dies, so no server outlives a killed run."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def command(port: int, *args: str, timeout: float = 2.0) -> bytes:
+    """Send one command over a raw socket and return the raw reply; independent of the client under test."""
+    payload = f"*{len(args)}\r\n".encode() + b"".join(
+        f"${len(a.encode())}\r\n".encode() + a.encode() + b"\r\n" for a in args
+    )
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(payload)
+        reply = b""
+        while True:
+            chunk = sock.recv(65536)
+            reply += chunk
+            if not chunk or _complete(reply):
+                return reply
+
+
+def _complete(reply: bytes) -> bool:
+    if reply[:1] in (b"+", b"-", b":"):
+        return reply.endswith(b"\r\n")
+    if reply[:1] == b"$":
+        header, _, rest = reply.partition(b"\r\n")
+        size = int(header[1:])
+        return size < 0 or len(rest) >= size + 2
+    if reply[:1] == b"*":
+        return reply.endswith(b"\r\n") and reply.count(b"\r\n") >= 1 + 2 * int(reply.split(b"\r\n", 1)[0][1:])
+    return False
+
+
+class RedisServer:
+    """One redis-server process (plain, cluster node or sentinel) in its own directory."""
+
+    def __init__(
+        self, directory: Path, extra: tuple[str, ...] = (), sentinel_conf: str | None = None,
+    ) -> None:
+        self.binary = require_binary("redis-server")
+        self.port = free_port()
+        self.directory = directory
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.socket_path = str(directory / "redis.sock")
+        self.extra = extra
+        self.sentinel_conf = sentinel_conf
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def argv(self) -> list[str]:
+        if self.sentinel_conf is not None:
+            conf = self.directory / "sentinel.conf"
+            conf.write_text(f"port {self.port}\nbind 127.0.0.1\ndir {self.directory}\n{self.sentinel_conf}")
+            return [self.binary, str(conf), "--sentinel"]
+        return [
+            self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--dir", str(self.directory), "--unixsocket", self.socket_path, "--unixsocketperm", "700",
+            *self.extra,
+        ]
+
+    def start(self) -> RedisServer:
+        log = open(self.directory / "server.log", "ab")  # noqa: SIM115 - owned by the child
+        try:
+            self.process = subprocess.Popen(
+                self.argv(), cwd=self.directory, stdout=log, stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent,
+            )
+        finally:
+            log.close()
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            try:
+                if command(self.port, "PING", timeout=0.5).startswith((b"+PONG", b"-NOAUTH")):
+                    return self
+            except OSError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                log_text = (self.directory / "server.log").read_text()
+                raise RuntimeError(f"redis-server did not start: {log_text}")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGKILL)
+        self.process.wait(10)
+        self.process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def info(self, section: str) -> dict[str, str]:
+        text = command(self.port, "INFO", section).decode()
+        return dict(line.split(":", 1) for line in text.splitlines()[1:] if ":" in line)
+
+
+class RedisCluster:
+    """Three master nodes, no replicas, made with `redis-cli --cluster create`."""
+
+    def __init__(self, directory: Path) -> None:
+        self.cli = require_binary("redis-cli")
+        self.nodes = []
+        for i in range(3):
+            bus = free_port()
+            node_dir = directory / f"node{i}"
+            self.nodes.append(RedisServer(node_dir, (
+                "--cluster-enabled", "yes", "--cluster-config-file", str(node_dir / "nodes.conf"),
+                "--cluster-port", str(bus), "--cluster-node-timeout", "2000",
+            )))
+
+    @property
+    def urls(self) -> list[str]:
+        return [node.address for node in self.nodes]
+
+    def start(self) -> RedisCluster:
+        for node in self.nodes:
+            node.start()
+        subprocess.run(
+            [self.cli, "--cluster", "create", *self.urls, "--cluster-replicas", "0", "--cluster-yes"],
+            check=True, capture_output=True, timeout=30,
+        )
+        deadline = time.monotonic() + START_TIMEOUT * 2
+        while not all(b"cluster_state:ok" in command(node.port, "CLUSTER", "INFO") for node in self.nodes):
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("the Redis Cluster did not reach cluster_state:ok")
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
+class RedisSentinel:
+    """A master and one Sentinel (quorum 1) watching it as service `mymaster`."""
+
+    SERVICE = "mymaster"
+
+    def __init__(self, directory: Path) -> None:
+        self.master = RedisServer(directory / "master")
+        self.sentinel = RedisServer(
+            directory / "sentinel",
+            sentinel_conf=f"sentinel monitor {self.SERVICE} 127.0.0.1 {self.master.port} 1\n"
+            f"sentinel down-after-milliseconds {self.SERVICE} 5000\n",
+        )
+
+    @property
+    def url(self) -> str:
+        return f"redis+sentinel://127.0.0.1:{self.sentinel.port}/{self.SERVICE}/0"
+
+    def start(self) -> RedisSentinel:
+        self.master.start()
+        self.sentinel.start()
+        deadline = time.monotonic() + START_TIMEOUT
+        while str(self.master.port).encode() not in command(
+            self.sentinel.port, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.SERVICE
+        ):
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("the Sentinel did not learn its master")
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        self.sentinel.stop()
+        self.master.stop()
+
+
+# -- shared servers: started on first use, stopped at exit
+
+_base_dir: Path | None = None
+_shared: dict[str, object] = {}
+
+
+def temp_dir(name: str) -> Path:
+    global _base_dir
+    if _base_dir is None:
+        _base_dir = Path(tempfile.mkdtemp(prefix="redis-tests-"))
+        atexit.register(shutil.rmtree, _base_dir, ignore_errors=True)
+    path = Path(tempfile.mkdtemp(prefix=name + "-", dir=_base_dir))
+    return path
+
+
+def _shared_one(name: str, factory):
+    if name not in _shared:
+        server = factory(temp_dir(name)).start()
+        atexit.register(server.stop)
+        _shared[name] = server
+    return _shared[name]
+
+
+def shared_server() -> RedisServer:
+    return _shared_one("single", RedisServer)
+
+
+def shared_cluster() -> RedisCluster:
+    return _shared_one("cluster", RedisCluster)
+
+
+def shared_sentinel() -> RedisSentinel:
+    return _shared_one("sentinel", RedisSentinel)

@@ -1,0 +1,487 @@
+"""The memcached store against real servers: real-time TTLs, several nodes, failures, round trips.
+
+The contract suite (tests/contract_kinds_memcached.py) covers the interface;
+this file covers what only a real memcached shows. Failure tests start
+servers of their own, since they stop and restart them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import re
+import time
+
+import pytest
+import webtest
+
+from fastsess import SessionMiddleware
+from fastsess.errors import ConfigError, StoreError
+from fastsess.stores.base import CONFLICT, EXISTS, GONE, TOMBSTONE, StoredRecord
+from fastsess.stores.memcached import MemcachedStore, parse_servers
+from server_memcached import command, memcached_server, memcached_servers, start_server  # noqa: F401 - fixtures
+
+pytestmark = pytest.mark.servers
+
+SECRET = "memcached-test-secret-" + "z" * 20
+TIMEOUT = 0.5  # connect and socket timeouts of the failure tests
+BOUND = TIMEOUT * 3 + 1  # a safety bound on "did not hang", not a speed claim
+
+_prefixes = itertools.count()
+
+
+def skey(label: str) -> bytes:
+    return hashlib.sha256(label.encode()).digest()
+
+
+def prefix() -> str:
+    return f"t{next(_prefixes)}-{time.monotonic_ns()}:"
+
+
+class Clock:
+    """A clock that starts at the real time and moves only by hand: the store's (or session's) idea of now.
+
+    The server keeps counting TTLs in real time; a store only ever sends it
+    relative TTLs, so moving this clock forward looks to the store exactly
+    like time passing, without waiting.
+    """
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def store(memcached_server, clock):  # noqa: F811 - the fixture imported above
+    made = MemcachedStore(memcached_server.address, key_prefix=prefix(), clock=clock)
+    yield made
+    made.close()
+
+
+def mkey(store: MemcachedStore, key: bytes) -> bytes:
+    return f"{store.key_prefix}{key.hex()}".encode()
+
+
+def remaining_ttl(server, key: bytes) -> int:
+    reply = command(server.port, f"mg {key.decode()} t")
+    assert reply.startswith(b"HD"), reply
+    return int(re.search(rb" t(-?\d+)", reply).group(1))
+
+
+# ---------------------------------------------------------------- configuration
+
+
+def test_url_takes_beaker_syntax_commas_and_lists():
+    assert parse_servers("10.0.0.1:11211;10.0.0.2:11212") == ["10.0.0.1:11211", "10.0.0.2:11212"]
+    assert parse_servers(" a:1 , b:2 ;") == ["a:1", "b:2"]
+    assert parse_servers(["a:1", "b"]) == ["a:1", "b:11211"]
+    assert parse_servers("a:1;a:1") == ["a:1"]
+    assert parse_servers("[::1]:11300;[::1]") == ["[::1]:11300", "[::1]:11211"]
+    assert parse_servers("unix:/run/memcached.sock") == ["unix:/run/memcached.sock"]
+
+
+@pytest.mark.parametrize("url", ["", " ; ", "a:b", "a:0", "a:70000", "::1:11211", "[::1", "unix:"])
+def test_bad_url_is_a_config_error(url):
+    with pytest.raises(ConfigError):
+        MemcachedStore(url)
+
+
+@pytest.mark.parametrize("key_prefix", ["has space:", "tab\t", "é:", "x" * 187])
+def test_key_prefix_must_fit_a_memcached_key(key_prefix):
+    with pytest.raises(ConfigError):
+        MemcachedStore("127.0.0.1:11211", key_prefix=key_prefix)
+
+
+def test_records_live_under_prefix_plus_hex_store_key(store, memcached_server):  # noqa: F811
+    store.create(skey("a"), b"data", store.clock() + 60)
+    assert memcached_server.has_key(mkey(store, skey("a")))
+    assert len(mkey(store, skey("a"))) <= 250
+
+
+# ---------------------------------------------------------------- versions, touch, expiry
+
+
+def test_create_is_an_add(store, clock):
+    assert isinstance(store.create(skey("a"), b"one", clock() + 60), int)
+    assert store.create(skey("a"), b"two", clock() + 60) is EXISTS
+
+
+def test_touch_keeps_the_version_and_moves_expires_at_and_last_access(store, clock):
+    start = clock()
+    version = store.create(skey("a"), b"data", start + 1800)
+    clock.advance(300)  # the store thinks 5 minutes passed; the server's TTL still says 1800 s
+    store.touch(skey("a"), clock() + 1800)
+    record = store.load(skey("a"))
+    assert (record.blob, record.version) == (b"data", version)
+    assert record.expires_at == pytest.approx(clock() + 1800, abs=1.5)
+    assert record.last_access == pytest.approx(clock(), abs=1.5)
+    # A later write is exact again: the header holds the written values.
+    written_at = clock()
+    v2 = store.cas(skey("a"), b"new", version, written_at + 1800)
+    record = store.load(skey("a"))
+    assert record.version == v2 and record.last_access == written_at and record.expires_at == written_at + 1800
+
+
+def test_touch_to_a_capped_expiry_moves_expires_at_and_keeps_the_version(store, clock):
+    # The absolute timeout caps expiry: memcached's TTL moves, but the touch time is
+    # not recoverable from it; last_access stays the last write (documented).
+    start = clock()
+    version = store.create(skey("a"), b"data", start + 1800)
+    clock.advance(100)
+    cap = clock() + 50
+    store.touch(skey("a"), cap)
+    record = store.load(skey("a"))
+    assert record.version == version
+    assert record.expires_at == pytest.approx(cap, abs=1.5)
+    assert start <= record.last_access <= clock()
+
+
+def test_untouched_record_reports_the_written_values_exactly(store, clock):
+    now = clock()
+    store.create(skey("a"), b"data", now + 600)
+    record = store.load(skey("a"))
+    assert (record.expires_at, record.last_access) == (now + 600, now)
+
+
+def test_record_expires_in_real_time_and_can_be_created_again(store, clock):
+    store.create(skey("a"), b"short", clock() + 1)
+    assert store.load(skey("a")).blob == b"short"
+    time.sleep(2.1)
+    assert store.load(skey("a")) is None
+    assert store.cas(skey("a"), b"x", 1, clock() + 60) is GONE
+    assert isinstance(store.create(skey("a"), b"again", clock() + 60), int)
+
+
+def test_touch_extends_a_record_past_its_first_ttl(store, clock):
+    version = store.create(skey("a"), b"data", clock() + 1)
+    store.touch(skey("a"), clock() + 5)
+    time.sleep(2.1)
+    record = store.load(skey("a"))
+    assert isinstance(record, StoredRecord) and record.version == version
+
+
+def test_tombstone_expires_after_tombstone_seconds_even_when_touched(store, clock):
+    store.create(skey("old"), b"data", clock() + 60)
+    assert isinstance(store.rotate(skey("old"), skey("new"), b"data", clock() + 60, 1), int)
+    store.touch(skey("old"), clock() + 60)  # a late touch must not keep the tombstone for 60 s
+    assert store.load(skey("old")) is TOMBSTONE
+    time.sleep(2.1)
+    assert store.load(skey("old")) is None
+    assert store.load(skey("new")).blob == b"data"
+
+
+def test_ttl_over_30_days_is_sent_as_a_unix_time(store, clock, memcached_server):  # noqa: F811
+    forty_days = 40 * 24 * 3600
+    store.create(skey("a"), b"long", clock() + forty_days)
+    assert store.load(skey("a")).blob == b"long"
+    assert remaining_ttl(memcached_server, mkey(store, skey("a"))) == pytest.approx(forty_days, abs=5)
+    store.touch(skey("a"), clock() + forty_days + 3600)
+    assert remaining_ttl(memcached_server, mkey(store, skey("a"))) == pytest.approx(forty_days + 3600, abs=5)
+
+
+def test_cas_after_a_touch_still_matches(store, clock):
+    version = store.create(skey("a"), b"one", clock() + 60)
+    store.touch(skey("a"), clock() + 120)
+    assert isinstance(store.cas(skey("a"), b"two", version, clock() + 60), int)
+    assert store.cas(skey("a"), b"three", version, clock() + 60) is CONFLICT
+
+
+def test_a_record_too_large_for_memcached_is_a_store_error_and_the_node_stays_usable(store, clock):
+    with pytest.raises(StoreError, match="refused"):
+        store.create(skey("big"), b"x" * (2 * 1024 * 1024), clock() + 60)
+    assert isinstance(store.create(skey("small"), b"x", clock() + 60), int)
+    assert store.load(skey("small")).blob == b"x"
+
+
+# ---------------------------------------------------------------- several nodes
+
+
+def test_keys_spread_over_both_nodes_and_each_key_has_one_node(memcached_servers, clock):  # noqa: F811
+    a, b = memcached_servers
+    store = MemcachedStore(f"{a.address};{b.address}", key_prefix=prefix(), clock=clock)
+    keys = [skey(f"k{i}") for i in range(200)]
+    for key in keys:
+        store.create(key, b"v", clock() + 60)
+    placed = {key: store.node_for(key) for key in keys}
+    for key, node in placed.items():
+        holder, other = (a, b) if node == a.address else (b, a)
+        assert holder.has_key(mkey(store, key)) and not other.has_key(mkey(store, key))
+    counts = {a.address: 0, b.address: 0}
+    for node in placed.values():
+        counts[node] += 1
+    assert min(counts.values()) > 60, counts
+    # Placement depends on the node names only: the order in the url does not matter,
+    # so every process and every app server agrees.
+    reordered = MemcachedStore([b.address, a.address], key_prefix=store.key_prefix)
+    assert {key: reordered.node_for(key) for key in keys} == placed
+    assert all(reordered.load(key).blob == b"v" for key in keys)
+    store.close()
+    reordered.close()
+
+
+def test_rotate_across_two_nodes(memcached_servers, clock):  # noqa: F811
+    a, b = memcached_servers
+    store = MemcachedStore([a.address, b.address], key_prefix=prefix(), clock=clock)
+    old = skey("old")
+    new = next(skey(f"new{i}") for i in itertools.count() if store.node_for(skey(f"new{i}")) != store.node_for(old))
+    v1 = store.create(old, b"data", clock() + 60)
+    store.cas(old, b"changed", v1, clock() + 60)
+    assert store.rotate(old, new, b"x", clock() + 60, 60, expected_version=v1) is CONFLICT
+    assert store.load(new) is None  # the new record was taken back
+    assert isinstance(store.rotate(old, new, b"moved", clock() + 60, 60), int)
+    assert store.load(old) is TOMBSTONE and store.load(new).blob == b"moved"
+    store.close()
+
+
+# ---------------------------------------------------------------- failures
+
+
+@pytest.fixture
+def two_nodes():
+    """Two servers of this test's own, which it may stop, pause and restart."""
+    servers = [start_server("fail-a"), start_server("fail-b")]
+    yield servers
+    for server in servers:
+        if server.running:
+            server.resume()
+        server.stop()
+
+
+def failure_store(servers, clock=time.time, **options) -> MemcachedStore:
+    options = {"connect_timeout": TIMEOUT, "socket_timeout": TIMEOUT, "breaker_cooldown": 0.3, **options}
+    return MemcachedStore([s.address for s in servers], key_prefix=prefix(), clock=clock, **options)
+
+
+def key_on(store: MemcachedStore, server) -> bytes:
+    return next(skey(f"on{i}") for i in itertools.count() if store.node_for(skey(f"on{i}")) == server.address)
+
+
+def timed(fn, *args):
+    start = time.monotonic()
+    try:
+        return fn(*args), time.monotonic() - start
+    except StoreError as exc:
+        return exc, time.monotonic() - start
+
+
+def test_a_downed_node_fails_its_keys_with_store_error_and_the_other_node_keeps_working(two_nodes):
+    a, b = two_nodes
+    store = failure_store(two_nodes)
+    on_a, on_b = key_on(store, a), key_on(store, b)
+    version = store.create(on_a, b"a", time.time() + 60)
+    store.create(on_b, b"b", time.time() + 60)
+    a.stop()
+    for operation in (
+        lambda: store.load(on_a),
+        lambda: store.create(on_a, b"x", time.time() + 60),
+        lambda: store.cas(on_a, b"x", version, time.time() + 60),
+        lambda: store.touch(on_a, time.time() + 60),
+        lambda: store.delete(on_a),
+    ):
+        error, elapsed = timed(operation)
+        assert isinstance(error, StoreError), error  # never None: a down node is not a missing session
+        assert a.address in str(error) and on_a.hex() not in str(error)
+        assert elapsed < BOUND
+    assert store.load(on_b).blob == b"b"
+    assert isinstance(store.cas(on_b, b"b2", store.load(on_b).version, time.time() + 60), int)
+    # Nothing for a's key went to b.
+    assert not b.has_key(mkey(store, on_a))
+
+
+def test_a_hung_node_times_out_instead_of_hanging(two_nodes):
+    a, _ = two_nodes
+    store = failure_store(two_nodes)
+    on_a = key_on(store, a)
+    store.create(on_a, b"a", time.time() + 60)
+    a.pause()
+    error, elapsed = timed(store.load, on_a)
+    assert isinstance(error, StoreError) and "timed out" in str(error)
+    assert TIMEOUT * 0.8 < elapsed < BOUND
+    a.resume()
+
+
+def test_breaker_fails_fast_after_repeated_failures_then_recovers(two_nodes):
+    a, b = two_nodes
+    store = failure_store(two_nodes, breaker_threshold=2, breaker_cooldown=0.5)
+    on_a, on_b = key_on(store, a), key_on(store, b)
+    store.create(on_a, b"a", time.time() + 60)
+    a.pause()
+    for _ in range(2):
+        assert isinstance(timed(store.load, on_a)[0], StoreError)
+    error, elapsed = timed(store.load, on_a)
+    assert isinstance(error, StoreError) and "not retrying" in str(error)
+    assert elapsed < TIMEOUT / 2  # failed fast, without waiting out the socket timeout
+    assert store.load(on_b) is None  # the other node's breaker is its own
+    a.resume()
+    time.sleep(0.6)
+    assert store.load(on_a).blob == b"a"  # the record survived the pause: not stale, simply there
+
+
+def test_service_resumes_after_restart_and_serves_nothing_stale(two_nodes):
+    a, b = two_nodes
+    store = failure_store(two_nodes)
+    on_a = key_on(store, a)
+    version = store.create(on_a, b"before", time.time() + 60)
+    a.stop()
+    with pytest.raises(StoreError):
+        store.cas(on_a, b"during", version, time.time() + 60)
+    with pytest.raises(StoreError):
+        store.load(on_a)
+    writes_on_b = b.stats()["cmd_set"]
+    with pytest.raises(StoreError):
+        store.create(on_a, b"during", time.time() + 60)
+    assert b.stats()["cmd_set"] == writes_on_b  # never remapped to the other node
+    a.restart()  # same port, empty
+    time.sleep(0.4)  # past the breaker's cooldown
+    assert store.load(on_a) is None  # missing, as after any memcached restart; never "before" from elsewhere
+    assert store.cas(on_a, b"x", version, time.time() + 60) is GONE
+    assert isinstance(store.create(on_a, b"after", time.time() + 60), int)
+    assert store.load(on_a).blob == b"after"
+
+
+def test_store_error_in_rotate_takes_the_new_record_back(two_nodes):
+    a, b = two_nodes
+    store = failure_store(two_nodes)
+    old = key_on(store, a)
+    new = key_on(store, b)
+    version = store.create(old, b"data", time.time() + 60)
+    a.stop()
+    with pytest.raises(StoreError):
+        store.rotate(old, new, b"data", time.time() + 60, 60, expected_version=version)
+    assert store.load(new) is None
+    assert not b.has_key(mkey(store, new))
+
+
+# ---------------------------------------------------------------- end to end through SessionMiddleware
+
+
+def counter_app(environ, start_response):
+    session = environ["beaker.session"]
+    path = environ["PATH_INFO"]
+    if path == "/inc":
+        session["n"] = session.get("n", 0) + 1
+        session.save()
+        body = str(session["n"])
+    elif path == "/read":
+        body = str(session.get("n"))
+    else:
+        body = "untouched"
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [body.encode()]
+
+
+def middleware(url: str, **options) -> SessionMiddleware:
+    config = {
+        "session.type": "memcached", "session.url": url, "session.secret": SECRET,
+        "session.timeout": "600", "session.secure": "false", "session.key_prefix": prefix(),
+        "session.connect_timeout": str(TIMEOUT), "session.socket_timeout": str(TIMEOUT),
+    }
+    config.update({f"session.{name}": value for name, value in options.items()})
+    return SessionMiddleware(counter_app, config)
+
+
+COUNTERS = ("cmd_get", "cmd_set", "cmd_touch", "cas_hits", "cas_misses", "cas_badval", "delete_hits", "delete_misses")
+
+
+def commands_for(server, request) -> dict[str, int]:
+    """The server's command counters that one request moved."""
+    before = server.stats()
+    request()
+    after = server.stats()
+    return {name: after[name] - before[name] for name in COUNTERS if after[name] != before[name]}
+
+
+def test_round_trips_per_request_counted_by_the_server(memcached_server):  # noqa: F811
+    mw = middleware(memcached_server.address)
+    app = webtest.TestApp(mw)
+    assert commands_for(memcached_server, lambda: app.get("/inc")) == {"cmd_set": 1}  # new: one add
+    assert commands_for(memcached_server, lambda: app.get("/untouched")) == {}
+    assert commands_for(memcached_server, lambda: app.get("/read")) == {"cmd_get": 1}
+    assert commands_for(memcached_server, lambda: app.get("/inc")) == {"cmd_get": 1, "cmd_set": 1, "cas_hits": 1}
+    assert app.get("/read").text == "2"
+    mw.close()
+
+
+def test_a_touch_is_one_more_round_trip_counted_by_the_server(memcached_server):  # noqa: F811
+    mw = middleware(memcached_server.address, touch_interval="0")  # every request slides the expiry
+    app = webtest.TestApp(mw)
+    app.get("/inc")
+    assert commands_for(memcached_server, lambda: app.get("/read")) == {"cmd_get": 1, "cmd_touch": 1}
+    assert commands_for(memcached_server, lambda: app.get("/untouched")) == {}
+    mw.close()
+
+
+def test_round_trips_per_request_counted_by_the_client(memcached_server):  # noqa: F811
+    mw = middleware(memcached_server.address)
+    sent: list[bytes] = []
+    call = mw.store._call
+
+    def counting(node, command):
+        sent.append(command.split(b" ", 1)[0])
+        return call(node, command)
+
+    mw.store._call = counting
+    app = webtest.TestApp(mw)
+    for path, expected in [("/inc", [b"ms"]), ("/untouched", []), ("/read", [b"mg"]), ("/inc", [b"mg", b"ms"])]:
+        sent.clear()
+        app.get(path)
+        assert sent == expected, path
+    mw.close()
+
+
+def test_counter_with_beaker_type_name_and_string_config(memcached_server):  # noqa: F811
+    mw = SessionMiddleware(counter_app, {
+        "session.type": "ext:memcached", "session.url": f"{memcached_server.address};",
+        "session.secret": SECRET, "session.timeout": "600", "session.secure": "false",
+        "session.key_prefix": prefix(), "session.socket_timeout": "1.5", "session.connect_timeout": "0.5",
+    })
+    assert isinstance(mw.store, MemcachedStore) and mw.store.socket_timeout == 1.5
+    app = webtest.TestApp(mw)
+    assert [app.get("/inc").text for _ in range(3)] == ["1", "2", "3"]
+    assert app.get("/read").text == "3"
+    mw.close()
+
+
+def test_a_session_kept_alive_by_reads_outlives_its_timeout(memcached_server):  # noqa: F811
+    # Only touches keep it: memcached would drop it at 6 s, and the session layer
+    # would call it expired if last_access did not follow the touch.
+    mw = middleware(memcached_server.address, timeout="6", touch_interval="3.5")
+    app = webtest.TestApp(mw)
+    assert app.get("/inc").text == "1"
+    time.sleep(4)
+    assert app.get("/read").text == "1"  # touches: expiry now 10 s after the start
+    time.sleep(4)
+    assert app.get("/read").text == "1"  # 8 s after the last write
+    mw.close()
+
+
+def test_a_downed_node_fails_the_request_or_serves_anonymous_and_never_loses_the_session(two_nodes):
+    a, _ = two_nodes
+    shared = prefix()  # two middlewares, one for each policy, on the same records
+    raising = middleware(a.address, key_prefix=shared)
+    anonymous = middleware(a.address, key_prefix=shared, on_store_error="anonymous")
+    app = webtest.TestApp(raising)
+    assert app.get("/inc").text == "1"
+    a.pause()
+    with pytest.raises(StoreError):
+        app.get("/read")
+    fallback = webtest.TestApp(anonymous, cookiejar=app.cookiejar)
+    served = fallback.get("/inc")
+    assert served.text == "1" and "Set-Cookie" not in served.headers  # an unsaved anonymous session
+    a.resume()
+    time.sleep(0.4)
+    assert app.get("/read").text == "1"  # the session was never treated as missing
+    assert app.get("/inc").text == "2"
+    raising.close()
+    anonymous.close()
+

@@ -1,0 +1,660 @@
+"""RedisStore specifics beyond the contract: real TTLs, round trips, URLs, Sentinel, Cluster rotation,
+failures and the circuit breaker, and SessionMiddleware end to end on real servers."""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing
+import os
+import signal
+import struct
+import time
+
+import pytest
+import redis
+import webtest
+
+import server_redis
+from fastsess import SessionMiddleware, StoreError, core
+from fastsess.config import load_config
+from fastsess.errors import ConfigError
+from fastsess.stores import open_store
+from fastsess.stores.base import CONFLICT, EXISTS, GONE, TOMBSTONE, StoredRecord
+from fastsess.stores.breaker import CircuitBreaker
+from fastsess.stores.redis import RedisStore
+from test_store_contract import T0, TTL, FakeClock, join_or_kill, skey
+
+pytestmark = pytest.mark.servers
+
+SECRET = "redis-store-test-secret-" + "s" * 16
+HTTPS = {"wsgi.url_scheme": "https", "HTTP_HOST": "example.com"}
+#: a bound against hanging, not a speed assertion: far above the 0.3 s timeouts used below
+HANG_BOUND = 5.0
+
+_serial = itertools.count()
+
+
+def prefix() -> str:
+    return f"t{os.getpid()}-{next(_serial)}:"
+
+
+@pytest.fixture(scope="session")
+def server() -> server_redis.RedisServer:
+    return server_redis.shared_server()
+
+
+@pytest.fixture(scope="session")
+def cluster() -> server_redis.RedisCluster:
+    return server_redis.shared_cluster()
+
+
+@pytest.fixture(scope="session")
+def sentinel() -> server_redis.RedisSentinel:
+    return server_redis.shared_sentinel()
+
+
+@pytest.fixture
+def own_server(tmp_path):
+    """A server this test may stop, pause and restart."""
+    made = server_redis.RedisServer(tmp_path / "redis").start()
+    yield made
+    if made.process is not None and made.process.poll() is None:
+        os.kill(made.process.pid, signal.SIGCONT)
+    made.stop()
+
+
+@pytest.fixture
+def store(server):
+    made = RedisStore(url=server.url, key_prefix=prefix())
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def cluster_store(cluster):
+    made = RedisStore(urls=cluster.urls, key_prefix=prefix())
+    yield made
+    made.close()
+
+
+class CommandLog:
+    """Counts the commands a store's client sends: one per round trip (no pipelines are used)."""
+
+    def __init__(self, store: RedisStore) -> None:
+        self.names: list[str] = []
+        client = store._connection()
+        send = client.execute_command
+
+        def counting(*args, **options):
+            self.names.append(str(args[0]).upper())
+            return send(*args, **options)
+
+        client.execute_command = counting
+
+    def take(self) -> list[str]:
+        names, self.names = self.names, []
+        return names
+
+
+def command_calls(server: server_redis.RedisServer) -> dict[str, int]:
+    stats = server.info("commandstats")
+    return {name[len("cmdstat_"):]: int(value.split(",")[0].split("=")[1]) for name, value in stats.items()}
+
+
+#: commands a client sends; the server also counts the commands scripts run inside (getrange, set, ...)
+CLIENT_COMMANDS = ("get", "evalsha", "eval", "del")
+
+
+def round_trips(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    deltas = {name: after.get(name, 0) - before.get(name, 0) for name in CLIENT_COMMANDS}
+    return {name: delta for name, delta in deltas.items() if delta}
+
+
+# ---------------------------------------------------------------- layout and keys
+
+
+def test_records_live_under_prefix_plus_hex_store_key(store, server):
+    version = store.create(skey("a"), b"data", time.time() + 60)
+    raw = redis.Redis(port=server.port).get(store.key_prefix + skey("a").hex())
+    assert raw[:4] == b"FS1R" and raw.endswith(b"data")
+    assert struct.unpack_from("<Q", raw, 4)[0] == version
+
+
+def test_damaged_record_counts_as_missing_everywhere(store, server):
+    version = store.create(skey("a"), b"data", time.time() + 60)
+    raw = redis.Redis(port=server.port)
+    for garbage in (b"garbage", b"FS1R"):  # not a record; a header cut short
+        raw.set(store._key(skey("a")), garbage)
+        assert store.load(skey("a")) is None
+        store.touch(skey("a"), time.time() + 60)
+        assert raw.get(store._key(skey("a"))) == garbage
+        assert store.cas(skey("a"), b"x", version, time.time() + 60) is GONE
+        assert store.rotate(skey("a"), skey("b"), b"x", time.time() + 60, 60) is GONE
+        assert store.load(skey("b")) is None
+    raw.delete(store._key(skey("a")))
+    raw.hset(store._key(skey("a")), "field", "a hash, not a string")  # GET and GETRANGE say WRONGTYPE
+    assert store.load(skey("a")) is None
+    store.touch(skey("a"), time.time() + 60)
+    assert store.cas(skey("a"), b"x", version, time.time() + 60) is GONE
+    assert isinstance(store.create(skey("a"), b"fresh", time.time() + 60), int)
+    assert store.load(skey("a")).blob == b"fresh"
+
+
+# ---------------------------------------------------------------- real TTLs
+
+
+def test_redis_removes_a_record_at_its_expiry(store, server):
+    store.create(skey("a"), b"data", time.time() + 0.3)
+    raw = redis.Redis(port=server.port)
+    assert 0 < raw.pttl(store._key(skey("a"))) <= 300
+    assert store.load(skey("a")).blob == b"data"
+    time.sleep(0.4)
+    assert raw.exists(store._key(skey("a"))) == 0  # Redis dropped it, not just the client's clock check
+    assert store.load(skey("a")) is None
+    assert store.cas(skey("a"), b"x", 1, time.time() + 60) is GONE
+    assert isinstance(store.create(skey("a"), b"new", time.time() + 60), int)
+
+
+def test_touch_extends_the_ttl_keeping_data_and_version(store, server):
+    version = store.create(skey("a"), b"data", time.time() + 0.3)
+    time.sleep(0.2)
+    now = time.time()
+    store.touch(skey("a"), now + 0.6)
+    time.sleep(0.25)  # past the first expiry
+    record = store.load(skey("a"))
+    assert (record.blob, record.version) == (b"data", version)
+    assert record.expires_at == pytest.approx(now + 0.6, abs=0.01)
+    assert record.last_access == pytest.approx(now, abs=0.01)
+    assert 0 < redis.Redis(port=server.port).pttl(store._key(skey("a"))) <= 600
+
+
+def test_touch_rewrites_header_bytes_only_never_the_data(store, server):
+    store.create(skey("a"), b"x" * 4000, time.time() + 60)
+    before = command_calls(server)
+    store.touch(skey("a"), time.time() + 120)
+    after = command_calls(server)
+    assert after.get("set", 0) == before.get("set", 0)
+    assert after["setrange"] - before.get("setrange", 0) == 1
+    assert after["pexpire"] - before.get("pexpire", 0) == 1
+
+
+def test_touch_on_a_tombstone_or_missing_key_writes_nothing(store, server):
+    store.create(skey("old"), b"data", time.time() + 60)
+    store.rotate(skey("old"), skey("new"), b"data", time.time() + 60, 0.3)
+    store.touch(skey("old"), time.time() + 60)
+    store.touch(skey("never"), time.time() + 60)
+    raw = redis.Redis(port=server.port)
+    assert raw.exists(store._key(skey("never"))) == 0
+    assert raw.pttl(store._key(skey("old"))) <= 300
+
+
+def test_tombstone_expires_after_tombstone_seconds(store):
+    store.create(skey("old"), b"data", time.time() + 60)
+    store.rotate(skey("old"), skey("new"), b"moved", time.time() + 60, 0.3)
+    assert store.load(skey("old")) is TOMBSTONE
+    time.sleep(0.4)
+    assert store.load(skey("old")) is None
+    assert store.load(skey("new")).blob == b"moved"
+
+
+def test_ttl_follows_the_stores_clock_not_the_servers(server):
+    # expires_at comes from the application's clock: Redis gets the difference, so
+    # an application clock far from the server's still gives the intended TTL.
+    clock = FakeClock(T0)
+    made = RedisStore(url=server.url, key_prefix=prefix(), clock=clock)
+    made.create(skey("a"), b"data", T0 + TTL)
+    assert TTL * 1000 - 1000 < redis.Redis(port=server.port).pttl(made._key(skey("a"))) <= TTL * 1000
+    record = made.load(skey("a"))
+    assert (record.expires_at, record.last_access) == (T0 + TTL, T0)
+    made.close()
+
+
+def test_cleanup_has_nothing_to_do(store):
+    assert store.cleanup(time.time() + 10**6, 100) == 0
+
+
+# ---------------------------------------------------------------- round trips
+
+
+def test_every_operation_is_one_round_trip(store):
+    expires = time.time() + 60
+    store.touch(skey("warm"), expires)  # first use connects; scripts may need loading
+    store.create(skey("warm"), b"x", expires)
+    store.cas(skey("warm"), b"x", 0, expires)
+    store.rotate(skey("warm"), skey("warm2"), b"x", expires, 60, 0)
+    log = CommandLog(store)
+    v1 = store.create(skey("a"), b"one", expires)
+    assert log.take() == ["EVALSHA"]
+    assert store.create(skey("a"), b"again", expires) is EXISTS
+    assert log.take() == ["EVALSHA"]
+    assert isinstance(store.load(skey("a")), StoredRecord)
+    assert log.take() == ["GET"]
+    v2 = store.cas(skey("a"), b"two", v1, expires)
+    assert log.take() == ["EVALSHA"]
+    assert store.cas(skey("a"), b"lost", v1, expires) is CONFLICT
+    assert log.take() == ["EVALSHA"]
+    store.touch(skey("a"), expires + 60)
+    assert log.take() == ["EVALSHA"]
+    assert isinstance(store.rotate(skey("a"), skey("b"), b"moved", expires, 60, v2), int)
+    assert log.take() == ["EVALSHA"]
+    store.delete(skey("b"))
+    assert log.take() == ["DEL"]
+
+
+def test_round_trips_seen_by_the_server(store, server):
+    expires = time.time() + 60
+    v1 = store.create(skey("warm"), b"x", expires)
+    store.rotate(skey("warm"), skey("warm2"), b"x", expires, 60, v1)
+    store.touch(skey("warm2"), expires)
+    versions = {}
+
+    def create():
+        versions["a"] = store.create(skey("a"), b"one", expires)
+
+    def cas():
+        versions["a"] = store.cas(skey("a"), b"two", versions["a"], expires)
+        assert isinstance(versions["a"], int)
+
+    steps = [
+        (create, {"evalsha": 1}),
+        (lambda: store.load(skey("a")), {"get": 1}),
+        (cas, {"evalsha": 1}),
+        (lambda: store.touch(skey("a"), expires + 60), {"evalsha": 1}),
+        (lambda: store.rotate(skey("a"), skey("b"), b"moved", expires, 60, versions["a"]), {"evalsha": 1}),
+        (lambda: store.delete(skey("b")), {"del": 1}),
+    ]
+    for step, expected in steps:
+        before = command_calls(server)
+        step()
+        assert round_trips(before, command_calls(server)) == expected
+
+
+def test_a_script_the_server_lost_is_sent_again_with_eval(store, server):
+    expires = time.time() + 60
+    version = store.create(skey("a"), b"one", expires)
+    redis.Redis(port=server.port).script_flush()
+    log = CommandLog(store)
+    version = store.cas(skey("a"), b"two", version, expires)
+    assert isinstance(version, int)
+    assert log.take() == ["EVALSHA", "EVAL"]  # NOSCRIPT, then the script itself (which caches it)
+    assert isinstance(store.cas(skey("a"), b"three", version, expires), int)
+    assert log.take() == ["EVALSHA"]
+    assert store.load(skey("a")).blob == b"three"
+
+
+# ---------------------------------------------------------------- URLs, Sentinel, config
+
+
+def test_unix_socket_url(server):
+    made = RedisStore(url=f"unix://{server.socket_path}?db=0", key_prefix=prefix())
+    version = made.create(skey("a"), b"over a unix socket", time.time() + 60)
+    assert made.load(skey("a")).version == version
+    made.close()
+
+
+def test_url_without_a_scheme_means_redis(server):
+    made = RedisStore(url=server.address, key_prefix=prefix())
+    made.create(skey("a"), b"data", time.time() + 60)
+    assert made.load(skey("a")).blob == b"data"
+    made.close()
+
+
+def test_password_in_the_url(tmp_path):
+    secured = server_redis.RedisServer(tmp_path / "auth", ("--requirepass", "s3cret")).start()
+    try:
+        anonymous = RedisStore(url=f"redis://127.0.0.1:{secured.port}/0", key_prefix=prefix())
+        with pytest.raises(StoreError, match="(?i)auth"):
+            anonymous.load(skey("a"))
+        made = RedisStore(url=f"redis://:s3cret@127.0.0.1:{secured.port}/0", key_prefix=prefix())
+        made.create(skey("a"), b"data", time.time() + 60)
+        assert made.load(skey("a")).blob == b"data"
+        made.close()
+        anonymous.close()
+    finally:
+        secured.stop()
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:6379", "redis+sentinel://127.0.0.1:26379", "redis+sentinel:///x/0"])
+def test_bad_urls_are_config_errors(url):
+    with pytest.raises(ConfigError):
+        RedisStore(url=url)
+
+
+def test_no_url_is_a_config_error():
+    with pytest.raises(ConfigError):
+        RedisStore()
+
+
+def test_sentinel_url_reaches_the_master(sentinel):
+    made = RedisStore(url=sentinel.url, key_prefix=prefix())
+    v1 = made.create(skey("a"), b"one", time.time() + 60)
+    v2 = made.cas(skey("a"), b"two", v1, time.time() + 60)
+    assert isinstance(made.rotate(skey("a"), skey("b"), b"moved", time.time() + 60, 60, v2), int)
+    assert made.load(skey("a")) is TOMBSTONE
+    raw = redis.Redis(port=sentinel.master.port).get(made._key(skey("b")))
+    assert raw.endswith(b"moved")
+    made.close()
+
+
+def test_sentinel_url_with_an_unknown_service_is_a_store_error(sentinel):
+    made = RedisStore(url=f"redis+sentinel://127.0.0.1:{sentinel.sentinel.port}/nosuchservice/0")
+    with pytest.raises(StoreError, match="nosuchservice"):
+        made.load(skey("a"))
+    made.close()
+
+
+def test_open_store_builds_a_cluster_store_from_urls(cluster):
+    config = load_config({
+        "session.type": "ext:rediscluster", "session.urls": ",".join(cluster.urls), "session.secret": SECRET,
+        "session.key_prefix": prefix(),
+    })
+    made = open_store(config)
+    assert isinstance(made, RedisStore) and made._mode == "cluster"
+    made.create(skey("a"), b"data", time.time() + 60)
+    assert made.load(skey("a")).blob == b"data"
+    made.close()
+
+
+def test_used_after_close_is_a_store_error(server):
+    made = RedisStore(url=server.url, key_prefix=prefix())
+    made.load(skey("a"))
+    made.close()
+    with pytest.raises(StoreError, match="after close"):
+        made.load(skey("a"))
+
+
+def _report_client_id(store: RedisStore, queue) -> None:
+    queue.put(store._connection().client_id())
+    store.load(skey("a"))
+
+
+def test_a_forked_child_opens_its_own_connection(store):
+    store.create(skey("a"), b"data", time.time() + 60)
+    parent_id = store._connection().client_id()
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_report_client_id, args=(store, queue))
+    child.start()
+    child_id = queue.get(timeout=10)
+    join_or_kill(child)
+    assert child.exitcode == 0
+    assert child_id != parent_id
+    assert store._connection().client_id() == parent_id  # the parent's pooled connection, untouched
+    assert store.load(skey("a")).blob == b"data"
+
+
+# ---------------------------------------------------------------- cluster rotation
+
+
+def test_cluster_keys_of_a_rotation_are_in_different_slots(cluster_store):
+    client = cluster_store._connection()
+    assert client.keyslot(cluster_store._key(skey("old"))) != client.keyslot(cluster_store._key(skey("new")))
+    assert not cluster_store._atomic_rotate
+
+
+def test_cluster_rotation_writes_new_then_tombstones_old(cluster_store):
+    expires = time.time() + 60
+    version = cluster_store.create(skey("old"), b"data", expires)
+    log = CommandLog(cluster_store)
+    new_version = cluster_store.rotate(skey("old"), skey("new"), b"moved", expires, 60, version)
+    assert isinstance(new_version, int)
+    assert log.take() in (["SET", "EVALSHA"], ["SET", "EVALSHA", "EVAL"])  # two round trips
+    assert cluster_store.load(skey("old")) is TOMBSTONE
+    record = cluster_store.load(skey("new"))
+    assert (record.blob, record.version) == (b"moved", new_version)
+
+
+def test_cluster_rotation_that_loses_the_race_deletes_the_new_key(cluster_store):
+    expires = time.time() + 60
+    v1 = cluster_store.create(skey("old"), b"one", expires)
+    v2 = cluster_store.cas(skey("old"), b"two", v1, expires)
+    assert cluster_store.rotate(skey("old"), skey("new"), b"stale", expires, 60, v1) is CONFLICT
+    assert cluster_store.load(skey("new")) is None
+    assert cluster_store.load(skey("old")).version == v2
+    cluster_store.delete(skey("old"))
+    assert cluster_store.rotate(skey("old"), skey("new"), b"stale", expires, 60, v2) is GONE
+    assert cluster_store.load(skey("new")) is None
+
+
+def test_cluster_rotation_onto_a_taken_key_changes_nothing(cluster_store):
+    expires = time.time() + 60
+    cluster_store.create(skey("old"), b"one", expires)
+    cluster_store.create(skey("new"), b"taken", expires)
+    log = CommandLog(cluster_store)
+    assert cluster_store.rotate(skey("old"), skey("new"), b"x", expires, 60) is CONFLICT
+    assert log.take() == ["SET"]
+    assert cluster_store.load(skey("old")).blob == b"one"
+    assert cluster_store.load(skey("new")).blob == b"taken"
+
+
+@pytest.mark.parametrize("applied", [False, True], ids=["tombstone-not-written", "reply-lost"])
+def test_cluster_rotation_failing_midway_never_revives_the_old_id(cluster_store, applied):
+    expires = time.time() + 60
+    version = cluster_store.create(skey("old"), b"data", expires)
+    client = cluster_store._connection()
+    send = client.execute_command
+
+    def second_step_fails(*args, **options):
+        if args[0] in ("EVALSHA", "EVAL"):
+            if applied:
+                send(*args, **options)
+            raise redis.exceptions.TimeoutError("Timeout reading from socket")
+        return send(*args, **options)
+
+    client.execute_command = second_step_fails
+    with pytest.raises(StoreError, match="rotate"):
+        cluster_store.rotate(skey("old"), skey("new"), b"moved", expires, 60, version)
+    client.execute_command = send
+    assert cluster_store.load(skey("new")) is None  # the new key went again
+    old = cluster_store.load(skey("old"))
+    if applied:
+        assert old is TOMBSTONE  # the session is lost; the old id stays dead
+    else:
+        assert old.version == version  # nothing happened
+
+
+def test_hash_tagged_prefix_rotates_atomically_in_a_cluster(cluster):
+    made = RedisStore(urls=cluster.urls, key_prefix="{" + prefix() + "}")
+    assert made._atomic_rotate
+    version = made.create(skey("old"), b"data", time.time() + 60)
+    made.rotate(skey("old"), skey("warm"), b"x", time.time() + 60, 60, 0)  # loads the script
+    log = CommandLog(made)
+    assert isinstance(made.rotate(skey("old"), skey("new"), b"moved", time.time() + 60, 60, version), int)
+    assert log.take() == ["EVALSHA"]
+    assert made.load(skey("old")) is TOMBSTONE
+    made.close()
+
+
+# ---------------------------------------------------------------- failures
+
+
+def fast_failing_store(server: server_redis.RedisServer, threshold: int = 3) -> RedisStore:
+    return RedisStore(
+        url=server.url, key_prefix=prefix(), connect_timeout=0.3, socket_timeout=0.3,
+        breaker=CircuitBreaker(threshold=threshold, cooldown=0.5),
+    )
+
+
+def test_stopped_server_gives_store_errors_then_the_breaker_fails_fast_then_service_resumes(own_server):
+    made = fast_failing_store(own_server)
+    version = made.create(skey("a"), b"data", time.time() + 60)
+    own_server.stop()
+    key_hex = skey("a").hex()
+    operations = [
+        lambda: made.load(skey("a")),
+        lambda: made.cas(skey("a"), b"x", version, time.time() + 60),
+        lambda: made.touch(skey("a"), time.time() + 60),
+    ]
+    for operation in operations:
+        started = time.monotonic()
+        with pytest.raises(StoreError) as caught:
+            operation()
+        assert time.monotonic() - started < HANG_BOUND
+        assert key_hex not in str(caught.value) and made.key_prefix not in str(caught.value)
+    with pytest.raises(StoreError, match="not retrying"):  # open: no connection attempted
+        made.load(skey("a"))
+    own_server.start()  # same port, empty: the server keeps nothing
+    time.sleep(0.6)
+    assert made.load(skey("a")) is None
+    assert isinstance(made.create(skey("a"), b"back", time.time() + 60), int)
+    assert made.load(skey("a")).blob == b"back"
+    made.close()
+
+
+def test_a_hung_server_costs_at_most_the_socket_timeout(own_server):
+    made = fast_failing_store(own_server)
+    made.create(skey("a"), b"data", time.time() + 60)
+    os.kill(own_server.process.pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        with pytest.raises(StoreError, match="Timeout"):
+            made.load(skey("a"))
+        assert time.monotonic() - started < HANG_BOUND
+    finally:
+        os.kill(own_server.process.pid, signal.SIGCONT)
+    assert made.load(skey("a")).blob == b"data"  # the breaker counted one failure and stays closed
+    made.close()
+
+
+def test_restarted_server_is_used_again_without_errors(own_server):
+    made = fast_failing_store(own_server)
+    made.create(skey("a"), b"data", time.time() + 60)
+    own_server.restart()  # pooled connections are now dead
+    assert made.load(skey("a")) is None  # redis-py reconnects a closed pooled connection
+    assert isinstance(made.create(skey("a"), b"again", time.time() + 60), int)
+    made.close()
+
+
+def test_cluster_with_a_stopped_node_gives_store_errors_not_hangs(tmp_path):
+    cluster = server_redis.RedisCluster(tmp_path).start()
+    try:
+        made = RedisStore(
+            urls=cluster.urls, key_prefix=prefix(), connect_timeout=0.3, socket_timeout=0.3,
+            breaker=CircuitBreaker(threshold=100),
+        )
+        keys = [skey(f"k{i}") for i in range(12)]
+        for key in keys:
+            made.create(key, b"data", time.time() + 60)
+        cluster.nodes[0].stop()
+        failures = 0
+        started = time.monotonic()
+        for key in keys:
+            try:
+                assert made.load(key).blob == b"data"  # keys on the other nodes stay readable
+            except StoreError:
+                failures += 1
+        assert 0 < failures < len(keys)
+        assert time.monotonic() - started < HANG_BOUND * 2
+        made.close()
+    finally:
+        cluster.stop()
+
+
+# ---------------------------------------------------------------- through SessionMiddleware
+
+
+def counter_app(environ, start_response):
+    session = environ["beaker.session"]
+    path = environ["PATH_INFO"]
+    if path == "/inc":
+        session["n"] = session.get("n", 0) + 1
+        session.save()
+        body = str(session["n"])
+    elif path == "/read":
+        body = str(session.get("n"))
+    elif path == "/id":
+        body = session.id
+    elif path == "/login":
+        session.regenerate_id()
+        session["user"] = "alice"
+        body = "logged in"
+    else:
+        body = "untouched"
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [body.encode()]
+
+
+def middleware(**options) -> SessionMiddleware:
+    config = {"session.secret": SECRET, "session.timeout": "600", "session.key_prefix": prefix()}
+    config.update({"session." + name: value for name, value in options.items()})
+    return SessionMiddleware(counter_app, config)
+
+
+def test_middleware_counter_on_ext_redis_with_string_config(server):
+    mw = middleware(type="ext:redis", url=server.url, socket_timeout="0.5", connect_timeout="0.5")
+    app = webtest.TestApp(mw, extra_environ=HTTPS)
+    assert [app.get("/inc").text for _ in range(3)] == ["1", "2", "3"]
+    assert app.get("/read").text == "3"
+    mw.close()
+
+
+def test_middleware_round_trips_untouched_zero_read_one_modify_two(server):
+    mw = middleware(type="ext:redis", url=server.url)
+    app = webtest.TestApp(mw, extra_environ=HTTPS)
+    assert app.get("/inc").text == "1"
+    app.get("/inc")  # warm: connection made, scripts cached
+    expected = [("/", {}), ("/read", {"get": 1}), ("/inc", {"get": 1, "evalsha": 1})]
+    for path, trips in expected:
+        before = command_calls(server)
+        app.get(path)
+        assert round_trips(before, command_calls(server)) == trips, path
+    new_visitor = webtest.TestApp(mw, extra_environ=HTTPS)
+    before = command_calls(server)
+    assert new_visitor.get("/inc").text == "1"
+    assert round_trips(before, command_calls(server)) == {"evalsha": 1}  # create only, no read
+    mw.close()
+
+
+def test_middleware_on_ext_rediscluster_counts_and_rotates(cluster):
+    mw = middleware(type="ext:rediscluster", urls=",".join(f"redis://{u}" for u in cluster.urls))
+    app = webtest.TestApp(mw, extra_environ=HTTPS)
+    assert [app.get("/inc").text for _ in range(3)] == ["1", "2", "3"]
+    old_cookie = app.cookies["session"]
+    assert app.get("/login").text == "logged in"
+    assert app.cookies["session"] != old_cookie
+    assert app.get("/inc").text == "4"  # the data moved to the new id
+    stale = webtest.TestApp(mw, extra_environ=HTTPS)
+    stale.set_cookie("session", old_cookie)
+    response = stale.get("/read")
+    assert response.text == "None"  # the old id loads an empty read-only session
+    assert response.headers.getall("Set-Cookie") == []
+    mw.close()
+
+
+def test_middleware_with_the_server_down_serves_an_unsaved_empty_session(own_server):
+    mw = middleware(type="ext:redis", url=own_server.url, socket_timeout="0.3", connect_timeout="0.3",
+                    on_store_error="anonymous")
+    app = webtest.TestApp(mw, extra_environ=HTTPS)
+    assert [app.get("/inc").text for _ in range(2)] == ["1", "2"]
+    own_server.stop()
+    started = time.monotonic()
+    response = app.get("/inc")
+    assert time.monotonic() - started < HANG_BOUND
+    assert response.text == "1"  # an empty session: the stored count is unreachable
+    assert response.headers.getall("Set-Cookie") == []  # and nothing saved, no new cookie
+    strict = middleware(type="ext:redis", url=own_server.url, socket_timeout="0.3", connect_timeout="0.3")
+    strict_app = webtest.TestApp(strict, extra_environ=HTTPS)
+    strict_app.set_cookie("session", app.cookies["session"])
+    with pytest.raises(StoreError):
+        strict_app.get("/read")
+    mw.close()
+    strict.close()
+
+
+def test_middleware_touches_once_per_touch_interval_in_one_round_trip(server):
+    mw = middleware(type="ext:redis", url=server.url, touch_interval="0.2")
+    app = webtest.TestApp(mw, extra_environ=HTTPS)
+    app.get("/inc")
+    key = core.store_key(app.get("/id").text)
+    version = mw.store.load(key).version
+    mw.store.touch(skey("warm"), time.time() + 60)  # the server caches the touch script
+    before = command_calls(server)
+    app.get("/read")
+    assert round_trips(before, command_calls(server)) == {"get": 1}  # within the interval: no touch
+    time.sleep(0.25)
+    before = command_calls(server)
+    app.get("/read")
+    assert round_trips(before, command_calls(server)) == {"get": 1, "evalsha": 1}  # read, then touch
+    record = mw.store.load(key)
+    assert record.version == version and record.last_access > time.time() - 0.1
+    mw.close()
