@@ -1,4 +1,4 @@
-"""The `fastsess` command: demo, gen-secret, cleanup, inspect and bench.
+"""The `fastsess` command: demo, gen-secret, cleanup, inspect, create-table and bench.
 
 Commands that need the store or the secret read the `session.*` keys of an
 INI file (`--config FILE.ini [--section app:main]`, or FASTSESS_CONFIG) with
@@ -125,6 +125,32 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_create_table(args: argparse.Namespace) -> int:
+    """Create the sql store's table where the application itself has no DDL rights."""
+    config = _load(args)
+    if config.store_type != "sql":
+        raise ConfigError(f"create-table is for session.type = sql (or ext:database); this config uses "
+                          f"{config.store_type}")
+    store = open_store(config)  # building the sql store creates its table when missing
+    try:
+        table = store.table
+        report = {
+            "table": table.name,
+            "schema": table.schema,
+            "created": store.table_created,
+            "database": store.engine.url.render_as_string(hide_password=True),
+        }
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps(report))
+    else:
+        name = f"{table.schema}.{table.name}" if table.schema else table.name
+        state = "created" if report["created"] else "already exists, left as it is"
+        print(f"table {name} {state} ({report['database']})")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from .benchrun import run  # imported here: the runner is only for source checkouts
 
@@ -159,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, func, text in (
         ("cleanup", cmd_cleanup, "remove expired sessions from the configured store"),
         ("inspect", cmd_inspect, "verify and decode a session cookie"),
+        ("create-table", cmd_create_table, "create the sql store's table (for apps without DDL rights)"),
     ):
         p = sub.add_parser(name, help=text)
         p.add_argument("--config", help="INI file with session.* keys (or FASTSESS_CONFIG)")
@@ -167,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         if name == "cleanup":
             p.add_argument("--batch", type=int, default=1000)
-        else:
+        elif name == "inspect":
             p.add_argument("cookie", help="the cookie value (or name=value)")
     return parser
 

@@ -87,5 +87,6 @@ def _open(config) -> Store:
         return SqlStore(
             url=url, bind=config.bind, table_name=config.table_name, schema_name=config.schema_name,
             sa_opts=config.sa_opts, table=config.table,
+            connect_timeout=max(config.connect_timeout or 2.0, 2.0), socket_timeout=config.socket_timeout or 5.0,
         )
     raise ConfigError(f"no store for session.type {kind!r}")

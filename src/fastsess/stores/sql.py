@@ -1,0 +1,588 @@
+"""SQL store: one table in any database SQLAlchemy speaks (SQLite and PostgreSQL tested).
+
+The table (created when the store is built, or by `fastsess create-table`):
+
+    key          VARCHAR(64)  primary key: the store key in lower-case hex
+    version      BIGINT       random 62-bit start per create, +1 per write
+    kind         SMALLINT     0 record, 1 tombstone; anything else is damage
+    expires_at   DOUBLE       Unix time, indexed for cleanup
+    last_access  DOUBLE       Unix time of the last write or touch
+    data         BLOB/BYTEA   the record bytes (empty for a tombstone)
+
+The key is hex text rather than binary because VARCHAR primary keys index
+well everywhere, while MySQL cannot index a BLOB without a prefix length. A
+table passed in (`table=`) may use a binary key column instead.
+
+Expiry is decided against this store's clock (now <= expires_at is live);
+expired rows stay until cleanup() deletes them in batches through the
+expires_at index. Versions start at a random 62-bit number on every create,
+so a compare-and-set holding a version from a deleted record's earlier life
+fails against the recreated one.
+
+Round trips. On PostgreSQL and other server databases, single-statement
+operations (load, create, cas, touch, delete, cleanup) run in autocommit:
+one statement, no BEGIN or COMMIT. cas is one conditional UPDATE; only when
+it matches no row does a SELECT tell GONE from CONFLICT. rotate() and
+locked_update() are transactions that write or lock before they read (an
+UPDATE of the old row, SELECT ... FOR UPDATE), so they are race-free on
+every backend: SQLite has no row locks, but its first write takes the
+database's write lock and the reads that follow see the latest data.
+pool_pre_ping is off by default, so a read is one round trip (SPEC 9); after
+a database restart SQLAlchemy invalidates the pool on the first failed
+statement, so one request sees a StoreError. `sa.pool_pre_ping = true`
+trades a round trip per checkout for none.
+
+SQLite: a file database runs in WAL mode with a 5 s busy_timeout, so readers
+never wait for writers and writers queue instead of failing. An in-memory
+database (`sqlite://`) lives in one connection (StaticPool) that all threads
+share, one operation at a time; a forked child keeps its private copy.
+
+Forks (gunicorn --preload): pooled connections must not be used on both sides
+of a fork, so the first operation in a child process disposes of the
+inherited pool without closing its connections (`dispose(close=False)`),
+which belong to the parent, and opens its own.
+
+Errors: database failures raise StoreError, whose message names the operation
+and the database's error class, never a key or data; `hide_parameters=True`
+keeps parameters out of SQLAlchemy's own messages and logs, for an engine
+passed in (`bind=`) too. Connection failures feed a CircuitBreaker, so an
+outage fails fast instead of waiting out timeouts on every request.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects.mysql import MEDIUMBLOB
+from sqlalchemy.pool import StaticPool
+from sqlalchemy.util import asbool
+
+from ..errors import ConfigError, StoreError
+from .base import CONFLICT, EXISTS, GONE, TOMBSTONE, LoadResult, Store, StoredRecord, UpdateFn, WriteResult
+from .breaker import CircuitBreaker
+
+logger = logging.getLogger("fastsess")
+
+_RECORD, _TOMBSTONE = 0, 1
+_BUSY_TIMEOUT_MS = 5000
+_NAME = "the SQL session store"
+
+_COLUMNS = ("key", "version", "kind", "expires_at", "last_access", "data")
+#: What a column of a table passed in must be (isinstance of one of these types).
+_COLUMN_TYPES: dict[str, tuple] = {
+    "key": (sa.String, sa.LargeBinary, sa.BINARY, sa.VARBINARY),
+    "version": (sa.Integer,),
+    "kind": (sa.Integer,),
+    "expires_at": (sa.Float,),
+    "last_access": (sa.Float,),
+    "data": (sa.LargeBinary, sa.BINARY, sa.VARBINARY),
+}
+
+# Beaker's sa.* options arrive as strings from INI files.
+_SA_INT = ("pool_size", "max_overflow", "pool_recycle", "query_cache_size", "insertmanyvalues_page_size")
+_SA_FLOAT = ("pool_timeout",)
+_SA_BOOL = ("pool_pre_ping", "pool_use_lifo")
+_SA_BOOL_OR_DEBUG = ("echo", "echo_pool")
+
+#: Errors that mean the database could not be reached: they feed the breaker.
+_CONNECTION_ERRORS = (
+    sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.DisconnectionError, sa_exc.TimeoutError,
+)
+#: Errors whose first line is safe and useful to show: they describe the
+#: connection or the schema, never a parameter value.
+_DESCRIBED_ERRORS = (*_CONNECTION_ERRORS, sa_exc.ProgrammingError)
+
+
+def _new_version() -> int:
+    # 62 bits: far from BIGINT's 2^63 limit however many writes follow.
+    return int.from_bytes(os.urandom(8), "little") >> 2
+
+
+def sessions_table(table_name: str = "fastsess_sessions", schema_name: str | None = None) -> sa.Table:
+    """The Table this store creates and uses (in a MetaData of its own)."""
+    return sa.Table(
+        table_name,
+        sa.MetaData(),
+        sa.Column("key", sa.String(64), primary_key=True),
+        sa.Column("version", sa.BigInteger, nullable=False),
+        sa.Column("kind", sa.SmallInteger, nullable=False),
+        sa.Column("expires_at", sa.Double, nullable=False, index=True),
+        sa.Column("last_access", sa.Double, nullable=False),
+        # MySQL's BLOB stops at 64 KiB, exactly the default max_record_size.
+        sa.Column("data", sa.LargeBinary().with_variant(MEDIUMBLOB(), "mysql", "mariadb"), nullable=False),
+        schema=schema_name,
+    )
+
+
+def _check_table(table: Any) -> sa.Table:
+    """A table passed in must have our columns, a unique key, and nothing else required."""
+    if not isinstance(table, sa.Table):
+        raise ConfigError("session.table must be an sqlalchemy.Table")
+    wanted = ", ".join(_COLUMNS)
+    for name, types in _COLUMN_TYPES.items():
+        column = table.c.get(name)
+        if column is None or not isinstance(column.type, types):
+            raise ConfigError(
+                f"session.table {table.name!r} does not have the columns fastsess needs ({wanted}; "
+                "Beaker's table layout differs): drop session.table and let fastsess create its own "
+                "with session.table_name"
+            )
+    unique = {tuple(c.name for c in index.columns) for index in table.indexes if index.unique}
+    unique |= {
+        tuple(c.name for c in constraint.columns)
+        for constraint in table.constraints
+        if isinstance(constraint, (sa.PrimaryKeyConstraint, sa.UniqueConstraint))
+    }
+    if not (table.c["key"].unique or ("key",) in unique):
+        raise ConfigError(f"session.table {table.name!r}: column key must be its primary key or unique")
+    for column in table.columns:
+        if column.name in _COLUMNS or column.nullable or column.default is not None:
+            continue
+        if column.server_default is not None or (column.primary_key and isinstance(column.type, sa.Integer)):
+            continue
+        raise ConfigError(
+            f"session.table {table.name!r}: column {column.name} is required and fastsess cannot fill it"
+        )
+    return table
+
+
+def _engine_options(sa_opts: dict | None) -> dict[str, Any]:
+    """Beaker's sa.* options as create_engine() keywords, with INI strings coerced."""
+    options: dict[str, Any] = {}
+    for name, value in (sa_opts or {}).items():
+        name = name[3:] if name.startswith("sa.") else name
+        if isinstance(value, str):
+            text = value.strip()
+            try:
+                if name in _SA_INT:
+                    value = int(text)
+                elif name in _SA_FLOAT:
+                    value = float(text)
+                elif name in _SA_BOOL:
+                    value = asbool(text)
+                elif name in _SA_BOOL_OR_DEBUG:
+                    value = "debug" if text.lower() == "debug" else asbool(text)
+            except ValueError:
+                raise ConfigError(f"session.sa.{name} = {value!r} is not a valid value") from None
+        options[name] = value
+    return options
+
+
+def _sqlite_memory(url: sa.URL) -> bool:
+    return url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
+
+
+def _sqlite_pragmas(dbapi_connection, connection_record) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+        # WAL with synchronous=NORMAL survives a crash of the application; a
+        # power loss may lose the last commits, which for sessions is a logout.
+        cursor.execute("PRAGMA synchronous=NORMAL")
+    finally:
+        cursor.close()
+
+
+def _create_engine(url: str | None, sa_opts: dict | None, connect_timeout: float, socket_timeout: float):
+    options = _engine_options(sa_opts)
+    url = options.pop("url", None) if url is None else url
+    if not url:
+        raise ConfigError("the sql store needs session.url (an SQLAlchemy URL) or session.bind (an Engine)")
+    try:
+        parsed = sa.make_url(url)
+    except (sa_exc.ArgumentError, ValueError):
+        raise ConfigError(
+            "session.url is not an SQLAlchemy URL (dialect+driver://user:pass@host/db)"
+        ) from None
+    backend = parsed.get_backend_name()
+    if parsed.drivername == "postgresql":
+        # Beaker configs say postgresql://, which means psycopg2; the sql extra installs psycopg 3.
+        try:
+            import psycopg2  # noqa: F401 - only probing which driver is installed
+        except ImportError:
+            parsed = parsed.set(drivername="postgresql+psycopg")
+    connect_args = dict(options.pop("connect_args", None) or {})
+    events = []
+    if backend == "sqlite":
+        if _sqlite_memory(parsed):
+            options.setdefault("poolclass", StaticPool)
+            connect_args.setdefault("check_same_thread", False)
+        else:
+            connect_args.setdefault("timeout", _BUSY_TIMEOUT_MS / 1000)
+            events.append(("connect", _sqlite_pragmas))
+    else:
+        if backend == "postgresql" and parsed.get_driver_name() in ("psycopg", "psycopg2"):
+            # libpq waits forever by default (2 s is the least connect_timeout
+            # it accepts); keepalives notice a peer that vanished mid-query.
+            timeouts = {
+                "connect_timeout": max(2, math.ceil(connect_timeout)),
+                "options": f"-c statement_timeout={int(socket_timeout * 1000)}",
+                "keepalives": 1,
+                "keepalives_idle": max(1, math.ceil(socket_timeout)),
+                "keepalives_interval": 1,
+                "keepalives_count": 3,
+            }
+            for name, value in timeouts.items():
+                if name not in parsed.query:  # the URL's own settings win
+                    connect_args.setdefault(name, value)
+    options["hide_parameters"] = True  # session bytes never reach logs or messages
+    try:
+        engine = sa.create_engine(parsed, connect_args=connect_args, **options)
+    except (TypeError, sa_exc.ArgumentError) as exc:
+        raise ConfigError(f"session.sa_opts: {exc}") from None
+    for name, listener in events:
+        sa.event.listen(engine, name, listener)
+    return engine
+
+
+def _describe(what: str, exc: sa_exc.SQLAlchemyError) -> str:
+    """The StoreError message: the operation and the error class, never parameters."""
+    orig = getattr(exc, "orig", None)
+    cause = orig if orig is not None else exc
+    message = f"{_NAME}: {what} failed ({type(cause).__name__})"
+    if isinstance(exc, _DESCRIBED_ERRORS):
+        lines = str(cause).strip().splitlines()
+        if lines and "[SQL" not in lines[0]:
+            message += f": {lines[0][:200]}"
+    return message
+
+
+class SqlStore(Store):
+    """Records in one SQL table, through SQLAlchemy Core; safe across threads and processes.
+
+    Give `url` (any SQLAlchemy URL) or `bind` (an Engine the application
+    already has). `table` is an existing Table with this store's columns;
+    otherwise `table_name` in `schema_name` is created when missing
+    (create_table=True) or by create_table() later. `sa_opts` are
+    create_engine() keywords (Beaker's sa.* options), strings coerced.
+    """
+
+    has_locked_update = True
+    #: rows one cleanup statement deletes at most: short transactions, short locks
+    cleanup_batch = 500
+
+    def __init__(
+        self,
+        url: str | None = None,
+        bind: sa.Engine | None = None,
+        table_name: str = "fastsess_sessions",
+        schema_name: str | None = None,
+        sa_opts: dict | None = None,
+        table: sa.Table | None = None,
+        create_table: bool = True,
+        clock: Callable[[], float] = time.time,
+        connect_timeout: float = 5.0,
+        socket_timeout: float = 5.0,
+        breaker: CircuitBreaker | None = None,
+    ) -> None:
+        super().__init__(clock)
+        if bind is not None:
+            if not isinstance(bind, sa.Engine):
+                raise ConfigError("session.bind must be an SQLAlchemy Engine")
+            self.engine = bind
+            self._owns_engine = False
+        else:
+            self.engine = _create_engine(url, sa_opts, connect_timeout, socket_timeout)
+            self._owns_engine = True
+        if table is None:
+            table = sessions_table(table_name or "fastsess_sessions", schema_name)
+        self.table = _check_table(table)
+        key_type = self.table.c["key"].type
+        self._key: Callable[[bytes], Any] = bytes.hex if isinstance(key_type, sa.String) else bytes
+        dialect = self.engine.dialect.name
+        self._sqlite = dialect == "sqlite"
+        self._memory = self._sqlite and _sqlite_memory(self.engine.url)
+        # A view of the engine (same pool) that hides parameters, also for an engine passed in.
+        self._tx = self.engine.execution_options()
+        self._tx.hide_parameters = True
+        # pysqlite begins transactions only at the first write, so plain
+        # transactions already cost nothing extra for single statements there.
+        self._single = self._tx if self._sqlite else self._tx.execution_options(isolation_level="AUTOCOMMIT")
+        # One shared connection for :memory: (StaticPool): one operation at a time.
+        self._serial = threading.Lock() if self._memory else None
+        self._mysql = dialect in ("mysql", "mariadb")
+        self._pid = os.getpid()
+        self._fork_lock = threading.Lock()
+        self._breaker = breaker or CircuitBreaker()
+        self._closed = False
+        self._statements()
+        #: True when building this store created the table.
+        self.table_created = self.create_table() if create_table else False
+
+    # ------------------------------------------------------------- plumbing
+
+    def _statements(self) -> None:
+        t = self.table
+        c = t.c
+        k, now = sa.bindparam("k"), sa.bindparam("now")
+        live = sa.and_(c["key"] == k, c["kind"] == _RECORD, c["expires_at"] >= now)
+        columns = (c["version"], c["kind"], c["expires_at"], c["last_access"], c["data"])
+        values = dict(
+            version=sa.bindparam("v"), expires_at=sa.bindparam("e"), last_access=now, data=sa.bindparam("d")
+        )
+        self._load = sa.select(*columns).where(c["key"] == k)
+        self._load_for_update = self._load.with_for_update()
+        self._insert = sa.insert(t).values(key=k, kind=sa.bindparam("kind"), **values)
+        self._delete_dead = sa.delete(t).where(
+            c["key"] == k, sa.or_(c["expires_at"] < now, c["kind"].not_in([_RECORD, _TOMBSTONE]))
+        )
+        self._cas = sa.update(t).where(live, c["version"] == sa.bindparam("old")).values(**values)
+        self._write = sa.update(t).where(c["key"] == k).values(**values)
+        self._touch = sa.update(t).where(live).values(expires_at=sa.bindparam("e"), last_access=now)
+        self._delete = sa.delete(t).where(c["key"] == k)
+        tombstone = dict(kind=_TOMBSTONE, expires_at=sa.bindparam("e"), last_access=now, data=b"")
+        self._bury = sa.update(t).where(live).values(**tombstone)
+        self._bury_version = sa.update(t).where(live, c["version"] == sa.bindparam("old")).values(**tombstone)
+        # SQLite has no row locks: this no-op write takes the database's write
+        # lock before locked_update reads, so nobody writes in between.
+        self._lock_db = sa.update(t).where(c["key"] == k).values(kind=c["kind"])
+        if not self._mysql:
+            # The outer condition is checked again on rows a touch changed meanwhile.
+            expired = sa.select(c["key"]).where(c["expires_at"] < now).limit(sa.bindparam("limit"))
+            self._cleanup = sa.delete(t).where(c["key"].in_(expired), c["expires_at"] < now)
+
+    def _after_fork(self) -> None:
+        with self._fork_lock:
+            if self._pid == os.getpid():
+                return
+            if self._serial is not None:
+                # The in-memory database is process-private memory: the child
+                # keeps its copy; only the lock may have been held by another thread.
+                self._serial = threading.Lock()
+            else:
+                self.engine.dispose(close=False)
+            self._breaker = CircuitBreaker(self._breaker.threshold, self._breaker.cooldown)
+            self._pid = os.getpid()
+
+    def _run(self, what: str, operation: Callable, *args):
+        """Run one operation: fork check, breaker, SQLAlchemy errors as StoreError."""
+        if self._pid != os.getpid():
+            self._after_fork()
+        if self._closed:
+            raise StoreError(f"{_NAME} was used after close()")
+        breaker = self._breaker
+        breaker.before_call(_NAME)
+        try:
+            if self._serial is None:
+                result = operation(*args)
+            else:
+                with self._serial:
+                    result = operation(*args)
+        except sa_exc.SQLAlchemyError as exc:
+            if isinstance(exc, _CONNECTION_ERRORS) or getattr(exc, "connection_invalidated", False):
+                breaker.failed()
+            raise StoreError(_describe(what, exc)) from None
+        breaker.succeeded()
+        return result
+
+    def _record(self, row) -> LoadResult:
+        """A row as load() reports it; damaged rows count as missing."""
+        version, kind, expires_at, last_access, data = row
+        if kind == _RECORD and None not in (version, expires_at, last_access, data):
+            blob = data if type(data) is bytes else bytes(data)
+            return StoredRecord(blob, version, expires_at, last_access)
+        if kind == _TOMBSTONE:
+            return TOMBSTONE
+        logger.warning(
+            "sql store: a damaged session record was treated as missing",
+            extra={"fastsess_event": "store_error", "sid": None},
+        )
+        return None
+
+    # ------------------------------------------------------------- interface
+
+    def load(self, key: bytes) -> LoadResult:
+        return self._run("load", self._do_load, key)
+
+    def _do_load(self, key: bytes) -> LoadResult:
+        with self._single.connect() as conn:
+            row = conn.execute(self._load, {"k": self._key(key)}).first()
+        if row is None or (row[2] is not None and row[2] < self.clock()):
+            return None
+        return self._record(row)
+
+    def create(self, key: bytes, blob: bytes, expires_at: float) -> WriteResult:
+        return self._run("create", self._do_create, key, blob, expires_at)
+
+    def _do_create(self, key: bytes, blob: bytes, expires_at: float) -> WriteResult:
+        now = self.clock()
+        version = _new_version()
+        k = self._key(key)
+        params = {"k": k, "kind": _RECORD, "v": version, "e": expires_at, "now": now, "d": bytes(blob)}
+        try:
+            with self._single.begin() as conn:
+                conn.execute(self._insert, params)
+            return version
+        except sa_exc.IntegrityError:
+            pass
+        # The key is taken: replace the row only if it is expired or damaged,
+        # in one transaction; a concurrent create of the same key then waits
+        # for it and finds the new row.
+        try:
+            with self._tx.begin() as conn:
+                if conn.execute(self._delete_dead, {"k": k, "now": now}).rowcount == 0:
+                    return EXISTS
+                conn.execute(self._insert, params)
+        except sa_exc.IntegrityError:
+            return EXISTS
+        return version
+
+    def cas(self, key: bytes, blob: bytes, expected_version: int, expires_at: float) -> WriteResult:
+        return self._run("cas", self._do_cas, key, blob, expected_version, expires_at)
+
+    def _do_cas(self, key: bytes, blob: bytes, expected_version: int, expires_at: float) -> WriteResult:
+        now = self.clock()
+        k = self._key(key)
+        version = expected_version + 1
+        params = {
+            "k": k, "old": expected_version, "v": version, "e": expires_at, "now": now, "d": bytes(blob),
+        }
+        with self._single.begin() as conn:
+            if conn.execute(self._cas, params).rowcount == 1:
+                return version
+            row = conn.execute(self._load, {"k": k}).first()
+        return CONFLICT if self._is_live(row, now) else GONE
+
+    @staticmethod
+    def _is_live(row, now: float) -> bool:
+        return row is not None and row[1] == _RECORD and row[2] is not None and row[2] >= now
+
+    def touch(self, key: bytes, expires_at: float) -> None:
+        self._run("touch", self._do_touch, key, expires_at)
+
+    def _do_touch(self, key: bytes, expires_at: float) -> None:
+        with self._single.begin() as conn:
+            conn.execute(self._touch, {"k": self._key(key), "e": expires_at, "now": self.clock()})
+
+    def delete(self, key: bytes) -> None:
+        self._run("delete", self._do_delete, key)
+
+    def _do_delete(self, key: bytes) -> None:
+        with self._single.begin() as conn:
+            conn.execute(self._delete, {"k": self._key(key)})
+
+    def rotate(
+        self,
+        old_key: bytes,
+        new_key: bytes,
+        blob: bytes,
+        expires_at: float,
+        tombstone_seconds: float,
+        expected_version: int | None = None,
+    ) -> WriteResult:
+        return self._run("rotate", self._do_rotate, old_key, new_key, blob, expires_at, tombstone_seconds,
+                         expected_version)
+
+    def _do_rotate(
+        self, old_key, new_key, blob, expires_at, tombstone_seconds, expected_version
+    ) -> WriteResult:
+        now = self.clock()
+        old, new = self._key(old_key), self._key(new_key)
+        version = _new_version()
+        bury = {"k": old, "e": now + tombstone_seconds, "now": now}
+        statement = self._bury
+        if expected_version is not None:
+            bury["old"] = expected_version
+            statement = self._bury_version
+        try:
+            # Burying the old row first locks it (the database's write lock on
+            # SQLite), so nothing can change it before this commits.
+            with self._tx.begin() as conn:
+                if conn.execute(statement, bury).rowcount == 1:
+                    conn.execute(self._delete_dead, {"k": new, "now": now})
+                    conn.execute(self._insert, {"k": new, "kind": _RECORD, "v": version, "e": expires_at,
+                                                "now": now, "d": bytes(blob)})
+                    return version
+                row = conn.execute(self._load, {"k": old}).first()
+        except sa_exc.IntegrityError:  # new_key holds a live record: rolled back, old untouched
+            return CONFLICT
+        return CONFLICT if self._is_live(row, now) else GONE
+
+    def cleanup(self, now: float, budget: int) -> int:
+        return self._run("cleanup", self._do_cleanup, now, budget)
+
+    def _do_cleanup(self, now: float, budget: int) -> int:
+        removed = 0
+        while removed < budget:
+            batch = min(self.cleanup_batch, budget - removed)
+            with self._single.begin() as conn:
+                if self._mysql:  # MySQL refuses LIMIT in an IN subquery but has DELETE ... LIMIT
+                    statement = sa.delete(self.table).where(self.table.c["expires_at"] < now)
+                    count = conn.execute(statement.with_dialect_options(mysql_limit=batch)).rowcount
+                else:
+                    count = conn.execute(self._cleanup, {"now": now, "limit": batch}).rowcount
+            removed += count
+            if count < batch:
+                break
+        return removed
+
+    def locked_update(self, key: bytes, fn: UpdateFn) -> WriteResult:
+        return self._run("locked update", self._do_locked_update, key, fn)
+
+    def _do_locked_update(self, key: bytes, fn: UpdateFn) -> WriteResult:
+        k = self._key(key)
+        with self._tx.begin() as conn:
+            if self._sqlite:
+                conn.execute(self._lock_db, {"k": k})
+            row = conn.execute(self._load_for_update, {"k": k}).first()
+            now = self.clock()
+            if not self._is_live(row, now):
+                return GONE
+            record = self._record(row)
+            if not isinstance(record, StoredRecord):
+                return GONE
+            result = fn(record)  # an exception here rolls back: nothing written
+            if result is None:
+                return record.version
+            blob, expires_at = result
+            version = record.version + 1
+            conn.execute(self._write, {"k": k, "v": version, "e": expires_at, "now": now, "d": bytes(blob)})
+        return version
+
+    # ------------------------------------------------------------- setup
+
+    def create_table(self) -> bool:
+        """Create the table and its expiry index unless the table exists; True when this call created it.
+
+        Needs DDL rights; where the application has none, an administrator runs
+        `fastsess create-table` and the application finds the table in place.
+        """
+        try:
+            return self._run("create table", self._do_create_table)
+        except StoreError as exc:
+            raise StoreError(
+                f"{exc} (where the application has no DDL rights, "
+                "run `fastsess create-table` as a user who has)"
+            ) from None
+
+    def _exists(self) -> bool:
+        with self._tx.connect() as conn:
+            return sa.inspect(conn).has_table(self.table.name, schema=self.table.schema)
+
+    def _do_create_table(self) -> bool:
+        if self._exists():
+            return False
+        try:
+            with self._tx.begin() as conn:
+                self.table.create(conn)
+        except sa_exc.SQLAlchemyError:
+            if self._exists():  # another process created it meanwhile
+                return False
+            raise
+        return True
+
+    def close(self) -> None:
+        if self._pid != os.getpid():
+            self._after_fork()  # connections inherited from the parent are the parent's to close
+        self._closed = True
+        if self._owns_engine:
+            self.engine.dispose()

@@ -1,0 +1,502 @@
+"""SqlStore beyond the contract: the table, engine options, SQLite modes, forks, failure, end to end."""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import os
+import threading
+import time
+import uuid
+
+import pytest
+
+sa = pytest.importorskip("sqlalchemy")
+
+import webtest  # noqa: E402 - after the importorskip above
+
+import server_postgres  # noqa: E402
+from fastsess import SessionMiddleware  # noqa: E402
+from fastsess.cli import main  # noqa: E402
+from fastsess.errors import ConfigError, StoreError  # noqa: E402
+from fastsess.stores.base import CONFLICT, StoredRecord  # noqa: E402
+from fastsess.stores.breaker import CircuitBreaker  # noqa: E402
+from fastsess.stores.sql import SqlStore, sessions_table  # noqa: E402
+from test_store_contract import T0, TTL, FakeClock, join_or_kill, skey  # noqa: E402
+
+postgres_server = server_postgres.postgres_server  # the session's PostgreSQL server (a fixture)
+
+SECRET = "sql-store-test-secret-" + "z" * 20
+BLOB = b"secret session bytes \x00\x01 that must never be logged"
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path) -> str:
+    return f"sqlite:///{tmp_path / 'sessions.sqlite'}"
+
+
+@pytest.fixture
+def table_name() -> str:
+    return f"t_{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def pg_url(postgres_server) -> str:
+    return postgres_server.url()
+
+
+@pytest.fixture
+def pg_store(pg_url, table_name, clock):
+    store = SqlStore(url=pg_url, table_name=table_name, clock=clock)
+    yield store
+    store.close()
+
+
+def statements(engine) -> list[str]:
+    """The SQL statements the engine executes from now on (collected in a list)."""
+    seen: list[str] = []
+    sa.event.listen(engine, "before_cursor_execute", lambda conn, cursor, sql, *rest: seen.append(sql))
+    return seen
+
+
+# ---------------------------------------------------------------- the table
+
+
+def test_table_and_expiry_index_are_created_when_the_store_is_built(sqlite_url):
+    store = SqlStore(url=sqlite_url)
+    assert store.table_created is True
+    inspector = sa.inspect(store.engine)
+    assert {c["name"] for c in inspector.get_columns("fastsess_sessions")} == {
+        "key", "version", "kind", "expires_at", "last_access", "data",
+    }
+    assert inspector.get_pk_constraint("fastsess_sessions")["constrained_columns"] == ["key"]
+    assert [i["column_names"] for i in inspector.get_indexes("fastsess_sessions")] == [["expires_at"]]
+    again = SqlStore(url=sqlite_url)
+    assert again.table_created is False
+    store.close()
+    again.close()
+
+
+def test_create_table_false_does_not_touch_the_database(tmp_path):
+    path = tmp_path / "later.sqlite"
+    store = SqlStore(url=f"sqlite:///{path}", create_table=False)
+    assert not path.exists()
+    assert store.create_table() is True
+    assert store.create_table() is False
+    assert isinstance(store.create(skey("a"), b"x", time.time() + TTL), int)
+    store.close()
+
+
+def write_ini(path, **session) -> str:
+    lines = ["[app:main]", f"session.secret = {SECRET}"] + [f"session.{k} = {v}" for k, v in session.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def test_create_table_command_creates_the_table_once_and_reports_json(tmp_path, capsys):
+    ini = write_ini(tmp_path / "app.ini", type="ext:database", url="sqlite:///%(here)s/app.sqlite",
+                    table_name="app_sessions")
+    assert main(["create-table", "--config", ini, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report == {"table": "app_sessions", "schema": None, "created": True,
+                      "database": f"sqlite:///{tmp_path}/app.sqlite"}
+    assert main(["create-table", "--config", ini]) == 0
+    assert "app_sessions already exists" in capsys.readouterr().out
+    assert sa.inspect(sa.create_engine(f"sqlite:///{tmp_path}/app.sqlite")).has_table("app_sessions")
+
+
+def test_create_table_command_refuses_other_store_types(tmp_path, capsys):
+    ini = write_ini(tmp_path / "app.ini", type="lmdb", data_dir=str(tmp_path / "s"))
+    assert main(["create-table", "--config", ini]) == 2
+    assert "session.type = sql" in capsys.readouterr().err
+
+
+@pytest.mark.servers
+def test_app_without_ddl_rights_uses_a_table_created_by_the_command(
+    postgres_server, table_name, tmp_path, capsys
+):
+    role = f"app_{table_name}"
+    with postgres_server.connect() as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN")  # PostgreSQL 15+: no CREATE on schema public
+    app_url = postgres_server.url(user=role)
+    with pytest.raises(StoreError, match="fastsess create-table"):
+        SqlStore(url=app_url, table_name=table_name)
+    ini = write_ini(tmp_path / "admin.ini", type="sql", url=postgres_server.url(), table_name=table_name)
+    assert main(["create-table", "--config", ini, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["created"] is True
+    with postgres_server.connect() as conn:
+        conn.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON {table_name} TO {role}")
+    store = SqlStore(url=app_url, table_name=table_name)
+    assert store.table_created is False
+    version = store.create(skey("a"), b"data", time.time() + TTL)
+    assert store.load(skey("a")).version == version
+    store.close()
+
+
+def test_a_matching_table_object_is_accepted_and_used(sqlite_url):
+    engine = sa.create_engine(sqlite_url)
+    table = sessions_table("mine")
+    store = SqlStore(bind=engine, table=table)
+    assert store.table is table and store.table_created
+    store.create(skey("a"), b"data", time.time() + TTL)
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(table)).scalar() == 1
+    store.close()
+    engine.dispose()
+
+
+def test_a_table_with_a_binary_key_column_stores_raw_keys(sqlite_url):
+    table = sa.Table(
+        "binary_keys", sa.MetaData(),
+        sa.Column("key", sa.LargeBinary(32), primary_key=True),
+        sa.Column("version", sa.BigInteger, nullable=False),
+        sa.Column("kind", sa.SmallInteger, nullable=False),
+        sa.Column("expires_at", sa.Float, nullable=False),
+        sa.Column("last_access", sa.Float, nullable=False),
+        sa.Column("data", sa.LargeBinary, nullable=False),
+    )
+    store = SqlStore(url=sqlite_url, table=table)
+    store.create(skey("a"), b"data", time.time() + TTL)
+    assert store.load(skey("a")).blob == b"data"
+    with store.engine.connect() as conn:
+        assert conn.execute(sa.select(table.c["key"])).scalar() == skey("a")
+    store.close()
+
+
+def test_beakers_table_layout_is_a_config_error(sqlite_url):
+    beaker = sa.Table(
+        "beaker_cache", sa.MetaData(),
+        sa.Column("namespace", sa.String(255), primary_key=True),
+        sa.Column("accessed", sa.DateTime, nullable=False),
+        sa.Column("created", sa.DateTime, nullable=False),
+        sa.Column("data", sa.PickleType, nullable=False),
+    )
+    with pytest.raises(ConfigError, match="Beaker's table layout differs"):
+        SqlStore(url=sqlite_url, table=beaker)
+
+
+def test_bind_must_be_an_engine():
+    with pytest.raises(ConfigError, match="session.bind"):
+        SqlStore(bind="sqlite://")
+
+
+def test_a_url_that_is_not_an_sqlalchemy_url_is_a_config_error():
+    with pytest.raises(ConfigError, match="not an SQLAlchemy URL"):
+        SqlStore(url="not a url at all")
+
+
+# ---------------------------------------------------------------- engine options
+
+
+def test_sa_opts_strings_from_an_ini_file_are_coerced(sqlite_url):
+    store = SqlStore(url=sqlite_url, sa_opts={
+        "pool_recycle": "3600", "sa.pool_size": "3", "pool_pre_ping": "true", "echo": "false",
+        "hide_parameters": False,
+    })
+    pool = store.engine.pool
+    assert (pool._recycle, pool.size(), pool._pre_ping, store.engine.echo) == (3600, 3, True, False)
+    assert store.engine.hide_parameters is True  # never switched off
+    store.close()
+
+
+def test_unknown_or_malformed_sa_opts_are_config_errors(sqlite_url):
+    with pytest.raises(ConfigError, match="sa_opts"):
+        SqlStore(url=sqlite_url, sa_opts={"pool_sizes": 3})
+    with pytest.raises(ConfigError, match="session.sa.pool_recycle"):
+        SqlStore(url=sqlite_url, sa_opts={"pool_recycle": "hourly"})
+
+
+@pytest.mark.parametrize("bound", [False, True], ids=["own-engine", "bound-engine"])
+def test_a_failing_statement_never_shows_keys_or_data(sqlite_url, bound, caplog):
+    # A bound engine was built by the application without hide_parameters.
+    engine = sa.create_engine(sqlite_url) if bound else None
+    store = SqlStore(bind=engine) if bound else SqlStore(url=sqlite_url)
+    with store.engine.begin() as conn:
+        conn.execute(sa.text("DROP TABLE fastsess_sessions"))
+    caplog.set_level(logging.INFO, logger="sqlalchemy.engine")
+    caplog.clear()
+    with pytest.raises(StoreError) as raised:
+        store.create(skey("a"), BLOB, time.time() + TTL)
+    assert "INSERT INTO fastsess_sessions" in caplog.text  # the statement was logged, its parameters not
+    message = str(raised.value)
+    assert "create failed (OperationalError): no such table" in message
+    underlying = str(raised.value.__context__)
+    assert "SQL parameters hidden due to hide_parameters=True" in underlying
+    for text in (message, underlying, caplog.text):
+        assert skey("a").hex() not in text and "secret session bytes" not in text
+    store.close()
+
+
+@pytest.mark.servers
+def test_postgres_url_without_a_driver_uses_psycopg(pg_url, table_name):
+    store = SqlStore(url=pg_url.replace("postgresql+psycopg://", "postgresql://"), table_name=table_name)
+    assert store.engine.dialect.driver == "psycopg"
+    store.close()
+
+
+@pytest.mark.servers
+def test_single_statement_operations_are_one_autocommit_statement_on_postgres(pg_store, clock):
+    version = pg_store.create(skey("a"), b"one", T0 + TTL)
+    seen = []
+
+    def record(conn, cursor, sql, params, context, executemany):
+        seen.append((sql.split()[0], conn.connection.dbapi_connection.autocommit))
+
+    sa.event.listen(pg_store.engine, "before_cursor_execute", record)
+    pg_store.load(skey("a"))
+    version = pg_store.cas(skey("a"), b"two", version, T0 + TTL)
+    pg_store.touch(skey("a"), T0 + TTL)
+    pg_store.delete(skey("a"))
+    assert seen == [("SELECT", True), ("UPDATE", True), ("UPDATE", True), ("DELETE", True)]
+
+
+# ---------------------------------------------------------------- SQLite
+
+
+def test_sqlite_file_runs_in_wal_mode_with_a_busy_timeout(sqlite_url):
+    store = SqlStore(url=sqlite_url)
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 5000
+    store.close()
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:"])
+def test_sqlite_memory_database_is_one_database_for_every_thread(url):
+    store = SqlStore(url=url)
+    assert isinstance(store.engine.pool, sa.pool.StaticPool)
+    store.create(skey("main"), b"from main", time.time() + TTL)
+    seen, errors = [], []
+
+    def work(n: int) -> None:
+        try:
+            seen.append(store.load(skey("main")).blob)
+            for i in range(20):
+                store.create(skey(f"{n}-{i}"), b"x", time.time() + TTL)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(n,), daemon=True) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert not errors and seen == [b"from main"] * 8
+    assert all(store.load(skey(f"{n}-{i}")) is not None for n in range(8) for i in range(20))
+    store.close()
+
+
+# ---------------------------------------------------------------- cleanup
+
+
+def test_cleanup_deletes_in_batches_through_the_expiry_index(sqlite_url, clock):
+    store = SqlStore(url=sqlite_url, clock=clock)
+    store.cleanup_batch = 100
+    for i in range(260):
+        store.create(skey(f"old{i}"), b"x", T0 + 10)
+    for i in range(10):
+        store.create(skey(f"live{i}"), b"y", T0 + 1000)
+    clock.advance(100)
+    seen = statements(store.engine)
+    assert store.cleanup(clock.now, 150) == 150  # the budget holds across batches
+    assert len(seen) == 2
+    seen.clear()
+    assert store.cleanup(clock.now, 1000) == 110
+    assert len(seen) == 2  # a short batch means nothing is left
+    assert "expires_at <" in seen[0] and "LIMIT" in seen[0]
+    with store.engine.connect() as conn:
+        plan = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + seen[0], (clock.now, 100, 0, clock.now)).all()
+    assert any("ix_fastsess_sessions_expires_at" in str(row) for row in plan)
+    assert all(store.load(skey(f"live{i}")).blob == b"y" for i in range(10))
+    store.close()
+
+
+# ---------------------------------------------------------------- forks
+
+
+def _use_in_child(store: SqlStore, backend_pid: int) -> None:
+    calls = []
+    real_dispose = store.engine.dispose
+    store.engine.dispose = lambda close=True: (calls.append(close), real_dispose(close=close))
+    store.create(skey(f"child-{os.getpid()}"), b"child", time.time() + TTL)
+    store.load(skey("a"))
+    with store.engine.connect() as conn:
+        own = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+    assert calls == [False], calls  # disposed once, leaving the parent's connections open
+    assert own != backend_pid
+
+
+@pytest.mark.servers
+def test_forked_child_opens_its_own_connections_and_leaves_the_parents_alone(pg_store):
+    pg_store.create(skey("a"), b"parent", time.time() + TTL)
+    with pg_store.engine.connect() as conn:
+        backend_pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+    context = multiprocessing.get_context("fork")
+    child = context.Process(target=_use_in_child, args=(pg_store, backend_pid))
+    child.start()
+    join_or_kill(child)
+    assert child.exitcode == 0
+    assert pg_store.load(skey(f"child-{child.pid}")).blob == b"child"
+    closer = context.Process(target=pg_store.close)  # a worker that shuts down without using the store
+    closer.start()
+    join_or_kill(closer)
+    assert closer.exitcode == 0
+    with pg_store.engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT pg_backend_pid()").scalar() == backend_pid
+
+
+# ---------------------------------------------------------------- concurrency
+
+
+def _add_in_child(url: str, table_name: str, key: bytes, times: int, locked: bool) -> None:
+    store = SqlStore(url=url, table_name=table_name, create_table=False)
+    for _ in range(times):
+        if locked:
+            result = store.locked_update(key, lambda r: (str(int(r.blob) + 1).encode(), r.expires_at))
+            assert isinstance(result, int)
+            continue
+        while True:
+            record = store.load(key)
+            bumped = str(int(record.blob) + 1).encode()
+            if isinstance(store.cas(key, bumped, record.version, record.expires_at), int):
+                break
+    store.close()
+
+
+@pytest.mark.parametrize("where", [pytest.param("postgres", marks=pytest.mark.servers), "sqlite-file"])
+def test_processes_mixing_cas_and_locked_update_lose_no_increments(where, request, table_name, tmp_path):
+    url = request.getfixturevalue("pg_url") if where == "postgres" else f"sqlite:///{tmp_path / 's.sqlite'}"
+    store = SqlStore(url=url, table_name=table_name)
+    store.create(skey("counter"), b"0", time.time() + TTL)
+    context = multiprocessing.get_context("fork")
+    children = [
+        context.Process(target=_add_in_child, args=(url, table_name, skey("counter"), 40, n % 2 == 0))
+        for n in range(6)
+    ]
+    for child in children:
+        child.start()
+    for child in children:
+        join_or_kill(child, 60)
+    assert [child.exitcode for child in children] == [0] * 6
+    assert store.load(skey("counter")).blob == b"240"
+    store.close()
+
+
+@pytest.mark.servers
+def test_locked_update_holds_the_row_while_the_callback_runs(pg_url, table_name):
+    first = SqlStore(url=pg_url, table_name=table_name)
+    second = SqlStore(url=pg_url, table_name=table_name, create_table=False)
+    version = first.create(skey("a"), b"0", time.time() + TTL)
+    inside, release = threading.Event(), threading.Event()
+
+    def slow(record: StoredRecord):
+        inside.set()
+        release.wait(10)
+        return b"locked", record.expires_at
+
+    worker = threading.Thread(target=first.locked_update, args=(skey("a"), slow))
+    worker.start()
+    assert inside.wait(10)
+    results = []
+    writer = threading.Thread(
+        target=lambda: results.append(second.cas(skey("a"), b"cas", version, time.time() + TTL))
+    )
+    writer.start()
+    writer.join(0.3)
+    assert writer.is_alive()  # the compare-and-set waits for the row lock
+    release.set()
+    worker.join(10)
+    writer.join(10)
+    assert results == [CONFLICT]  # the version moved on while it waited
+    assert first.load(skey("a")).blob == b"locked"
+    first.close()
+    second.close()
+
+
+# ---------------------------------------------------------------- failure
+
+
+@pytest.mark.servers
+def test_postgres_outage_raises_store_error_quickly_and_service_resumes(postgres_server, pg_url, table_name):
+    store = SqlStore(url=pg_url, table_name=table_name, breaker=CircuitBreaker(threshold=2, cooldown=0.5))
+    version = store.create(skey("a"), b"before", time.time() + TTL)
+    postgres_server.stop()
+    try:
+        for _ in range(3):
+            started = time.monotonic()
+            with pytest.raises(StoreError, match="SQL session store") as raised:
+                store.load(skey("a"))
+            assert time.monotonic() - started < 3
+        assert "not retrying" in str(raised.value)  # the breaker opened: failing fast
+    finally:
+        postgres_server.start()
+    time.sleep(0.6)
+    record = store.load(skey("a"))
+    assert (record.blob, record.version) == (b"before", version)
+    assert isinstance(store.cas(skey("a"), b"after", version, time.time() + TTL), int)
+    store.close()
+
+
+def counter_app(environ, start_response):
+    session = environ["beaker.session"]
+    session["n"] = session.get("n", 0) + 1
+    session.save()
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [str(session["n"]).encode()]
+
+
+@pytest.mark.servers
+def test_middleware_with_anonymous_policy_serves_empty_sessions_while_postgres_is_down(
+    postgres_server, pg_url, table_name
+):
+    mw = SessionMiddleware(counter_app, {
+        "session.type": "ext:database", "session.url": pg_url, "session.table_name": table_name,
+        "session.secret": SECRET, "session.secure": "false", "session.on_store_error": "anonymous",
+    })
+    app = webtest.TestApp(mw)
+    assert [app.get("/").text for _ in range(2)] == ["1", "2"]
+    postgres_server.stop()
+    try:
+        started = time.monotonic()
+        assert app.get("/").text == "1"  # an empty, unsaved session
+        assert time.monotonic() - started < 3
+    finally:
+        postgres_server.start()
+    assert app.get("/").text == "3"
+    mw.close()
+
+
+# ---------------------------------------------------------------- end to end
+
+
+@pytest.mark.servers
+def test_ext_database_with_a_postgres_url_from_string_config_counts(pg_url, table_name):
+    mw = SessionMiddleware(counter_app, {
+        "session.type": "ext:database", "session.url": pg_url, "session.table_name": table_name,
+        "session.secret": SECRET, "session.secure": "false", "session.timeout": "600",
+        "session.sa.pool_recycle": "3600",
+    })
+    app = webtest.TestApp(mw)
+    assert [app.get("/").text for _ in range(3)] == ["1", "2", "3"]
+    assert mw.store.engine.pool._recycle == 3600
+    with mw.store.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(mw.store.table)).scalar() == 1
+    mw.close()
+
+
+def test_type_sql_with_only_data_dir_uses_a_sqlite_file(tmp_path):
+    mw = SessionMiddleware(counter_app, {
+        "session.type": "sql", "session.data_dir": str(tmp_path / "data"), "session.secret": SECRET,
+        "session.secure": "false",
+    })
+    app = webtest.TestApp(mw)
+    assert [app.get("/").text for _ in range(3)] == ["1", "2", "3"]
+    assert (tmp_path / "data" / "sessions.sqlite").exists()
+    assert mw.store.engine.dialect.name == "sqlite"
+    mw.close()
