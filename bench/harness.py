@@ -215,11 +215,13 @@ class Site:
 def build_fastsess(store: str) -> Callable[[Path], Site]:
     def build(workdir: Path) -> Site:
         options = {
-            "session.type": store,
+            "session.type": "cookie" if store == "cookie-aes" else store,
             "session.secret": SECRET,
             "session.timeout": TIMEOUT,
             "session.secure": False,
         }
+        if store == "cookie-aes":  # AES-256-GCM cookies, as Beaker's encrypt_key
+            options["session.encrypt_key"] = SECRET[::-1]
         if store in ("file", "lmdb"):
             options["session.data_dir"] = str(workdir / "data")
         middleware = SessionMiddleware(wsgi_app, options)
@@ -416,6 +418,8 @@ CONTENDERS = [
     Contender("fastsess", "memory", True, build_fastsess("memory")),
     Contender("fastsess", "file", True, build_fastsess("file")),
     Contender("fastsess", "lmdb", True, build_fastsess("lmdb")),
+    Contender("fastsess", "cookie", False, build_fastsess("cookie")),
+    Contender("fastsess", "cookie-aes", False, build_fastsess("cookie-aes")),
     Contender("beaker", "memory", True, build_beaker("memory")),
     Contender("beaker", "file", True, build_beaker("file")),
     Contender("beaker", "cookie", False, build_beaker("cookie")),

@@ -379,14 +379,6 @@ def test_beaker_type_names_map_to_fastsess_stores(name, store):
                   ).store_type == store
 
 
-def test_cookie_sessions_not_in_this_release_say_so_clearly():
-    with pytest.raises(ConfigError) as info:
-        config(type="cookie")
-    message = str(info.value)
-    assert "cookie store" in message
-    assert "not include" in message and "this release" in message
-
-
 @pytest.mark.parametrize(
     "name, alternative",
     [("dbm", "lmdb"), ("ext:mongodb", "redis"), ("ext:google", "redis"), ("ext:mongodb", "sql")],

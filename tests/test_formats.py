@@ -76,3 +76,41 @@ def test_tagged_data_matches_documented_encoding(core):
     documented = re.search(r'^(\{"user":"ada".*\})$', DOC, re.MULTILINE).group(1).encode()
     assert core.encode_data(data) == documented
     assert core.decode_data(documented) == data
+
+
+SEALED_TIMES = (1767225600.0, 1767225601.5, 1769817600.0)
+SEALED_PAYLOAD = b'{"n":1}'
+
+
+def test_signed_cookie_matches_documented_vector(core):
+    prk = core.secret_prk(SECRET)
+    kid = core.derive_key_id(prk)
+    key = core.derive_subkey(prk, "fastsess/v1/cookie-mac")
+    assert core.seal_signed("session", kid, key, *SEALED_TIMES, SEALED_PAYLOAD) == vector("signed cookie")
+    opened = core.open_signed(vector("signed cookie"), [(kid, key)], "session")
+    assert opened == (*SEALED_TIMES, SEALED_PAYLOAD, 0)
+
+
+def test_encrypted_cookie_matches_documented_vector(core, counting_random):
+    pytest.importorskip("cryptography")
+    prk = core.secret_prk(SECRET)
+    kid = core.derive_key_id(prk)
+    label = "fastsess/v1/cookie-enc/20454"
+    assert core.derive_subkey(prk, label).hex() == vector(label)
+    sealed = core.seal_encrypted("session", kid, prk, 20454, *SEALED_TIMES, SEALED_PAYLOAD)
+    assert sealed == vector("encrypted cookie")
+    opened = core.open_encrypted(vector("encrypted cookie"), [(kid, prk)], "session")
+    assert opened == (*SEALED_TIMES, SEALED_PAYLOAD, 0)
+
+
+def test_encrypted_record_matches_documented_vector(core, counting_random):
+    pytest.importorskip("cryptography")
+    prk = core.secret_prk(SECRET)
+    label = "fastsess/v1/record-enc/20454"
+    assert core.derive_subkey(prk, label).hex() == vector(label)
+    plain = bytes.fromhex(vector("plain"))
+    store_key = bytes.fromhex(vector("store key"))
+    wrapped = re.search(r"^encrypted record\s+(\S+)\s*\n\s+(\S+)\s*$", DOC, re.MULTILINE)
+    documented = bytes.fromhex(wrapped.group(1) + wrapped.group(2))
+    assert core.record_encrypt(prk, 20454, store_key, plain) == documented
+    assert core.record_decrypt([(core.derive_key_id(prk), prk)], store_key, documented) == plain

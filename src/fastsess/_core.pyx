@@ -1,11 +1,12 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-"""The C kernel: ids, key derivation, id-cookie tags, cookie parsing, the record codec.
+"""The C kernel: ids, keys, id-cookie tags, cookie parsing, the record codec, sealing.
 
 The Cython twin of `_core_py.py`: the same functions with the same signatures,
 exceptions and byte-identical output, so the two read side by side. The hot
 paths work on str and bytes buffers directly (base64url, the Cookie header
-scan, the codec walk); HMAC stays in OpenSSL through the standard library and
-JSON in orjson. Byte layouts are documented in docs/FORMATS.md.
+scan, the codec walk, the sealed envelopes); HMAC stays in OpenSSL through the
+standard library, AES-GCM in `cryptography` and JSON in orjson. Byte layouts
+are documented in docs/FORMATS.md.
 """
 
 import datetime as _dt
@@ -28,6 +29,7 @@ from cpython.long cimport (
     PyLong_AsUnsignedLongLong,
     PyLong_AsUnsignedLongLongMask,
 )
+from cpython.number cimport PyNumber_Index
 from cpython.object cimport PyObject
 from cpython.unicode cimport (
     Py_UCS1,
@@ -53,10 +55,13 @@ cdef extern from "Python.h":
     int __Pyx_PyUnicode_READY(object o) except -1
 
 try:
-    # What hmac.digest calls for a hash name, minus one Python frame per tag.
+    # What hmac.digest and hmac.new call for a hash name, minus the Python frames
+    # of the hmac module on every tag.
     from _hashlib import hmac_digest as _stdlib_hmac_digest
+    from _hashlib import hmac_new as _stdlib_hmac_new
 except ImportError:  # a CPython built without OpenSSL's _hashlib
     _stdlib_hmac_digest = hmac.digest
+    _stdlib_hmac_new = hmac.new
 
 FORMAT_VERSION = 1
 ID_BYTES = 32
@@ -261,7 +266,7 @@ def store_key(session_id) -> bytes:
 # key setup that a one-shot hmac.digest repeats on every call.
 cdef Py_ssize_t _KEYED_LIMIT = 64
 cdef dict _keyed = {}
-cdef object _hmac_new = hmac.new
+cdef object _hmac_new = _stdlib_hmac_new
 
 
 cdef object _mac(object key, object msg):
@@ -904,14 +909,14 @@ cdef inline uint64_t _load_be64(const uint8_t* p) noexcept nogil:
     return v
 
 
-cdef double _timestamp(object value) except? -1.0:
+cdef double _timestamp(object value, str error="record timestamps must be real numbers") except? -1.0:
     """value as a C double, with TypeError for anything that is not a real number."""
     if type(value) is float:
         return PyFloat_AS_DOUBLE(value)
     try:
         return PyFloat_AsDouble(value)
     except Exception:
-        raise TypeError("record timestamps must be real numbers") from None
+        raise TypeError(error) from None
 
 
 cdef const char* _short_field(str what, object text, Py_ssize_t* size) except NULL:
@@ -1053,3 +1058,391 @@ cdef str _short_text(const uint8_t* p, Py_ssize_t size, Py_ssize_t* pos):
     n = p[at]
     pos[0] = at + 1 + n
     return PyUnicode_DecodeUTF8(<char*>p + at + 1, min(n, size - at - 1), NULL)
+
+
+# ---------------------------------------------------------------- sealed cookies and encrypted records
+#
+# A cookie-only session travels whole in its cookie, sealed either with
+# HMAC-SHA256 and a 256-bit tag (signed mode) or with AES-256-GCM under a key
+# per day (encrypted mode). Records at rest on a server-side store use the same
+# AEAD with the store key bound. Layouts: docs/FORMATS.md, "Sealed cookie".
+
+MODE_SIGNED = 1
+MODE_ENCRYPTED = 2
+ENCRYPTED_RECORD_VERSION = 0x80 | FORMAT_VERSION  # a plain record starts with FORMAT_VERSION itself
+COOKIE_SESSION_PURPOSE = b"fastsess/v1/cookie-session"
+RECORD_PURPOSE = b"fastsess/v1/record"
+COOKIE_ENC_LABEL = "fastsess/v1/cookie-enc/"
+RECORD_ENC_LABEL = "fastsess/v1/record-enc/"
+EPOCH_SECONDS = 86400  # one encryption key per day: epoch = int(unix time // EPOCH_SECONDS)
+SEAL_TAG_BYTES = 32
+NONCE_BYTES = 12
+AEAD_TAG_BYTES = 16
+
+cdef enum:
+    C_MODE_SIGNED = 1
+    C_MODE_ENCRYPTED = 2
+    C_ENCRYPTED_RECORD_VERSION = 0x81
+    C_SEAL_TAG_BYTES = 32
+    C_NONCE_BYTES = 12
+    C_TIMES_SIZE = 24  # >ddd: issued at, last access, expires at
+    C_SIGNED_HEAD = 27  # version, mode, key id, the times
+    C_SIGNED_MIN = 59  # C_SIGNED_HEAD + C_SEAL_TAG_BYTES
+    C_ENCRYPTED_HEAD = 7  # version, mode, key id, epoch
+    C_ENCRYPTED_CIPHERTEXT = 19  # head, nonce
+    C_ENCRYPTED_MIN = 59  # head, nonce, the times, the 16-byte GCM tag
+    C_RECORD_HEAD = 6  # magic, key id, epoch
+    C_RECORD_CIPHERTEXT = 18  # head, nonce
+    C_RECORD_MIN = 34  # head, nonce, the GCM tag
+    C_SEALED_MIN_CHARS = 79  # base64url of 59 bytes, the shortest sealed cookie in either mode
+    C_MAX_SEALED_BYTES = 3072  # what C_MAX_COOKIE_CHARS base64url characters decode to
+
+cdef const char* C_SESSION_PURPOSE = b"fastsess/v1/cookie-session"  # COOKIE_SESSION_PURPOSE
+cdef Py_ssize_t C_SESSION_PURPOSE_LEN = 26
+cdef const char* C_RECORD_PURPOSE = b"fastsess/v1/record"  # RECORD_PURPOSE
+cdef Py_ssize_t C_RECORD_PURPOSE_LEN = 18
+cdef str _COOKIE_TIMES_ERROR = "cookie timestamps must be real numbers"
+
+
+cdef const char* _cookie_name(object name, Py_ssize_t* size) except NULL:
+    """The UTF-8 cookie name, which every MAC input and associated data binds."""
+    cdef const char* raw
+    if not isinstance(name, str):
+        raise TypeError("cookie name must be str")
+    raw = PyUnicode_AsUTF8AndSize(name, size)
+    if size[0] > 0xFFFF:
+        raise ValueError("cookie name too long")
+    return raw
+
+
+cdef const char* _record_store_key(object store_key, Py_ssize_t* size) except NULL:
+    if type(store_key) is not bytes:
+        raise TypeError("store key must be bytes")
+    size[0] = PyBytes_GET_SIZE(store_key)
+    if size[0] > 0xFFFF:
+        raise ValueError("store key too long")
+    return PyBytes_AS_STRING(store_key)
+
+
+cdef inline uint8_t* _put_bound(
+    uint8_t* p, const char* purpose, Py_ssize_t purpose_len, const char* raw, Py_ssize_t n
+) noexcept:
+    """Write purpose | 0x00 | len(raw) (2) | raw at p; returns the end."""
+    memcpy(p, purpose, purpose_len)
+    p += purpose_len
+    p[0] = 0
+    p[1] = <uint8_t>(n >> 8)
+    p[2] = <uint8_t>n
+    memcpy(p + 3, raw, n)
+    return p + 3 + n
+
+
+cdef inline void _put_double(uint8_t* p, double value) noexcept nogil:
+    cdef uint64_t bits
+    memcpy(&bits, &value, 8)
+    _store_be64(p, bits)
+
+
+cdef inline double _get_double(const uint8_t* p) noexcept nogil:
+    cdef uint64_t bits = _load_be64(p)
+    cdef double value
+    memcpy(&value, &bits, 8)
+    return value
+
+
+cdef inline void _put_be32(uint8_t* p, uint32_t v) noexcept nogil:
+    p[0] = <uint8_t>(v >> 24)
+    p[1] = <uint8_t>(v >> 16)
+    p[2] = <uint8_t>(v >> 8)
+    p[3] = <uint8_t>v
+
+
+cdef inline uint32_t _get_be32(const uint8_t* p) noexcept nogil:
+    return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]
+
+
+cdef bytes _sealed_plain(object issued_at, object last_access, object expires_at, object payload):
+    """The three timestamps, then the payload."""
+    cdef double issued_c = _timestamp(issued_at, _COOKIE_TIMES_ERROR)
+    cdef double last_c = _timestamp(last_access, _COOKIE_TIMES_ERROR)
+    cdef double expires_c = _timestamp(expires_at, _COOKIE_TIMES_ERROR)
+    if type(payload) is not bytes:
+        raise TypeError("payload must be bytes")
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(payload)
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, C_TIMES_SIZE + n)
+    cdef uint8_t* p = <uint8_t*>PyBytes_AS_STRING(out)
+    _put_double(p, issued_c)
+    _put_double(p + 8, last_c)
+    _put_double(p + 16, expires_c)
+    memcpy(p + C_TIMES_SIZE, PyBytes_AS_STRING(payload), n)
+    return out
+
+
+cdef object _epoch_value(object epoch):
+    epoch = int(PyNumber_Index(epoch))
+    if epoch < 0 or epoch > 0xFFFFFFFF:
+        raise ValueError("epoch out of range")
+    return epoch
+
+
+cdef object _opened_plain(const uint8_t* p, Py_ssize_t n, object index):
+    """(issued_at, last_access, expires_at, payload, index) from the n sealed bytes at p."""
+    return (
+        _get_double(p),
+        _get_double(p + 8),
+        _get_double(p + 16),
+        PyBytes_FromStringAndSize(<const char*>p + C_TIMES_SIZE, n - C_TIMES_SIZE),
+        index,
+    )
+
+
+cdef Py_ssize_t _decode_sealed(object value, uint8_t* raw) except -2:
+    """Decode a sealed-cookie value into raw (C_MAX_SEALED_BYTES); -1 when it cannot be one."""
+    cdef Py_ssize_t n
+    if type(value) is not str:
+        return -1
+    __Pyx_PyUnicode_READY(value)
+    n = PyUnicode_GET_LENGTH(value)
+    if n < C_SEALED_MIN_CHARS or n > C_MAX_COOKIE_CHARS or not PyUnicode_IS_ASCII(value):
+        return -1
+    return _b64_decode_into(PyUnicode_1BYTE_DATA(value), n, raw)
+
+
+def seal_signed(name, kid, key, issued_at, last_access, expires_at, payload) -> str:
+    """A signed cookie-session value: base64url(version | mode | key id | times | payload | tag).
+
+    tag = HMAC-SHA256(key, purpose | cookie name | everything before the tag), all 256 bits.
+    """
+    cdef Py_ssize_t name_len
+    cdef const char* name_utf8 = _cookie_name(name, &name_len)
+    cdef int key_id = _byte_value(kid)
+    cdef bytes plain = _sealed_plain(issued_at, last_access, expires_at, payload)
+    cdef Py_ssize_t body_len = 3 + PyBytes_GET_SIZE(plain)
+    cdef Py_ssize_t prefix_len = C_SESSION_PURPOSE_LEN + 3 + name_len
+    cdef bytes msg = PyBytes_FromStringAndSize(NULL, prefix_len + body_len)
+    cdef uint8_t* body = _put_bound(
+        <uint8_t*>PyBytes_AS_STRING(msg), C_SESSION_PURPOSE, C_SESSION_PURPOSE_LEN, name_utf8, name_len
+    )
+    body[0] = C_FORMAT_VERSION
+    body[1] = C_MODE_SIGNED
+    body[2] = <uint8_t>key_id
+    memcpy(body + 3, PyBytes_AS_STRING(plain), body_len - 3)
+    tag = _mac(key, msg)
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, body_len + C_SEAL_TAG_BYTES)
+    cdef uint8_t* p = <uint8_t*>PyBytes_AS_STRING(out)
+    memcpy(p, body, body_len)
+    memcpy(p + body_len, PyBytes_AS_STRING(tag), C_SEAL_TAG_BYTES)
+    return _b64_encode(p, body_len + C_SEAL_TAG_BYTES)
+
+
+def open_signed(value, keys, name):
+    """Verify a signed cookie-session value against (key id, key) pairs, first key first.
+
+    Returns (issued_at, last_access, expires_at, payload, index of the key that
+    verified), or None for anything malformed, oversized or forged. Never raises
+    on bad input; a cookie name that is not str is a TypeError.
+    """
+    cdef uint8_t raw[C_MAX_SEALED_BYTES]
+    cdef Py_ssize_t name_len, size, body_len
+    cdef const char* name_utf8 = _cookie_name(name, &name_len)
+    cdef uint8_t* p
+    size = _decode_sealed(value, raw)
+    if size < C_SIGNED_MIN or raw[0] != C_FORMAT_VERSION or raw[1] != C_MODE_SIGNED:
+        return None
+    cdef int kid = raw[2]
+    body_len = size - C_SEAL_TAG_BYTES
+    cdef bytes tag = PyBytes_FromStringAndSize(<char*>raw + body_len, C_SEAL_TAG_BYTES)
+    msg = None
+    for index, (key_kid, key) in enumerate(keys):
+        if key_kid != kid:
+            continue
+        if msg is None:
+            msg = PyBytes_FromStringAndSize(NULL, C_SESSION_PURPOSE_LEN + 3 + name_len + body_len)
+            p = <uint8_t*>PyBytes_AS_STRING(msg)
+            p = _put_bound(p, C_SESSION_PURPOSE, C_SESSION_PURPOSE_LEN, name_utf8, name_len)
+            memcpy(p, raw, body_len)
+        if _compare_digest(_mac(key, msg), tag):
+            return _opened_plain(raw + 3, body_len - 3, index)
+    return None
+
+
+# (AESGCM, key id) per (label, PRK, epoch): the key derivation and the cipher
+# setup happen once a day per key, not per request. Opening caches only after a
+# successful decryption, so a forged epoch cannot evict the keys in use.
+cdef Py_ssize_t _AEAD_LIMIT = 64
+cdef dict _aeads = {}
+cdef object _InvalidTag = ()  # cryptography's InvalidTag, once the package has been loaded
+
+
+cdef tuple _new_aead(str label, object prk, object epoch):
+    """(AESGCM under HKDF-Expand(prk, label + epoch), key id of prk); ImportError without cryptography."""
+    global _InvalidTag
+    try:
+        from cryptography.exceptions import InvalidTag
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    except ImportError as exc:
+        raise ImportError(
+            "encrypted sessions and records need the cryptography package: pip install 'fastsess[crypto]'"
+        ) from exc
+    _InvalidTag = InvalidTag
+    key = hkdf_expand(prk, (label + str(epoch)).encode("ascii"), 32)
+    return AESGCM(key), derive_key_id(prk)
+
+
+cdef tuple _sealing_aead(str label, object prk, object epoch):
+    cache_key = (label, prk, epoch)
+    entry = _aeads.get(cache_key)
+    if entry is None:
+        entry = _new_aead(label, prk, epoch)
+        if len(_aeads) >= _AEAD_LIMIT:
+            _aeads.clear()
+        _aeads[cache_key] = entry
+    return <tuple>entry
+
+
+cdef bytes _aead_seal(object aead, const uint8_t* head, Py_ssize_t head_len, bytes aad, bytes plain):
+    """head | fresh nonce | AES-256-GCM(plain) with associated data aad."""
+    cdef bytes nonce = _random_bytes(C_NONCE_BYTES)
+    cdef bytes sealed = aead.encrypt(nonce, plain, aad)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(sealed)
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, head_len + C_NONCE_BYTES + n)
+    cdef uint8_t* p = <uint8_t*>PyBytes_AS_STRING(out)
+    memcpy(p, head, head_len)
+    memcpy(p + head_len, PyBytes_AS_STRING(nonce), C_NONCE_BYTES)
+    memcpy(p + head_len + C_NONCE_BYTES, PyBytes_AS_STRING(sealed), n)
+    return out
+
+
+cdef object _aead_open(
+    str label, object prks, int kid, object epoch, bytes nonce, bytes ciphertext, bytes aad
+):
+    """(plaintext, index of the PRK that opened it) or None, trying every PRK with this key id in order."""
+    for index, (key_kid, prk) in enumerate(prks):
+        if key_kid != kid:
+            continue
+        cache_key = (label, prk, epoch)
+        entry = _aeads.get(cache_key)
+        fresh = entry is None
+        if fresh:
+            entry = _new_aead(label, prk, epoch)
+        try:
+            plain = entry[0].decrypt(nonce, ciphertext, aad)
+        except _InvalidTag:
+            continue
+        if fresh:
+            if len(_aeads) >= _AEAD_LIMIT:
+                _aeads.clear()
+            _aeads[cache_key] = entry
+        return plain, index
+    return None
+
+
+cdef bytes _bound_head(
+    const char* purpose,
+    Py_ssize_t purpose_len,
+    const char* raw,
+    Py_ssize_t n,
+    const uint8_t* head,
+    Py_ssize_t head_len,
+):
+    """purpose | 0x00 | len(raw) (2) | raw | head: the associated data."""
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, purpose_len + 3 + n + head_len)
+    cdef uint8_t* p = _put_bound(<uint8_t*>PyBytes_AS_STRING(out), purpose, purpose_len, raw, n)
+    memcpy(p, head, head_len)
+    return out
+
+
+def seal_encrypted(name, kid, prk, epoch, issued_at, last_access, expires_at, payload) -> str:
+    """An encrypted cookie-session value: base64url(version | mode | key id | epoch | nonce | AES-GCM).
+
+    The key is HKDF-Expand(prk, "fastsess/v1/cookie-enc/<epoch>"), the nonce is
+    fresh, and the associated data binds the purpose, the cookie name and the header.
+    """
+    cdef uint8_t head[C_ENCRYPTED_HEAD]
+    cdef Py_ssize_t name_len
+    cdef const char* name_utf8 = _cookie_name(name, &name_len)
+    head[0] = C_FORMAT_VERSION
+    head[1] = C_MODE_ENCRYPTED
+    head[2] = <uint8_t>_byte_value(kid)
+    epoch = _epoch_value(epoch)
+    cdef bytes plain = _sealed_plain(issued_at, last_access, expires_at, payload)
+    aead = _sealing_aead(COOKIE_ENC_LABEL, prk, epoch)[0]
+    _put_be32(head + 3, <uint32_t>PyLong_AsUnsignedLongLongMask(epoch))
+    cdef bytes aad = _bound_head(
+        C_SESSION_PURPOSE, C_SESSION_PURPOSE_LEN, name_utf8, name_len, head, C_ENCRYPTED_HEAD
+    )
+    cdef bytes sealed = _aead_seal(aead, head, C_ENCRYPTED_HEAD, aad, plain)
+    return _b64_encode(<const uint8_t*>PyBytes_AS_STRING(sealed), PyBytes_GET_SIZE(sealed))
+
+
+def open_encrypted(value, prks, name):
+    """Decrypt an encrypted cookie-session value with (key id, PRK) pairs, first key first.
+
+    Returns (issued_at, last_access, expires_at, payload, index of the PRK that
+    opened it), or None for anything malformed, oversized or forged. Never raises
+    on bad input; ImportError when it must decrypt and cryptography is missing.
+    """
+    cdef uint8_t raw[C_MAX_SEALED_BYTES]
+    cdef Py_ssize_t name_len, size
+    cdef const char* name_utf8 = _cookie_name(name, &name_len)
+    size = _decode_sealed(value, raw)
+    if size < C_ENCRYPTED_MIN or raw[0] != C_FORMAT_VERSION or raw[1] != C_MODE_ENCRYPTED:
+        return None
+    opened = _aead_open(
+        COOKIE_ENC_LABEL,
+        prks,
+        raw[2],
+        _get_be32(raw + 3),
+        PyBytes_FromStringAndSize(<char*>raw + C_ENCRYPTED_HEAD, C_NONCE_BYTES),
+        PyBytes_FromStringAndSize(<char*>raw + C_ENCRYPTED_CIPHERTEXT, size - C_ENCRYPTED_CIPHERTEXT),
+        _bound_head(C_SESSION_PURPOSE, C_SESSION_PURPOSE_LEN, name_utf8, name_len, raw, C_ENCRYPTED_HEAD),
+    )
+    if opened is None:
+        return None
+    cdef bytes plain = (<tuple>opened)[0]
+    cdef const uint8_t* p = <const uint8_t*>PyBytes_AS_STRING(plain)
+    return _opened_plain(p, PyBytes_GET_SIZE(plain), (<tuple>opened)[1])
+
+
+def record_encrypt(prk, epoch, store_key, blob) -> bytes:
+    """A record encrypted at rest: magic | key id | epoch | nonce | AES-GCM(blob).
+
+    The key is HKDF-Expand(prk, "fastsess/v1/record-enc/<epoch>") and the key id
+    derive_key_id(prk); the associated data binds the store key and the header.
+    """
+    cdef uint8_t head[C_RECORD_HEAD]
+    cdef Py_ssize_t key_len
+    epoch = _epoch_value(epoch)
+    cdef const char* key_raw = _record_store_key(store_key, &key_len)
+    if type(blob) is not bytes:
+        raise TypeError("record must be bytes")
+    aead, kid = _sealing_aead(RECORD_ENC_LABEL, prk, epoch)
+    head[0] = C_ENCRYPTED_RECORD_VERSION
+    head[1] = <uint8_t>_byte_value(kid)
+    _put_be32(head + 2, <uint32_t>PyLong_AsUnsignedLongLongMask(epoch))
+    cdef bytes aad = _bound_head(
+        C_RECORD_PURPOSE, C_RECORD_PURPOSE_LEN, key_raw, key_len, head, C_RECORD_HEAD
+    )
+    return _aead_seal(aead, head, C_RECORD_HEAD, aad, <bytes>blob)
+
+
+def record_decrypt(prks, store_key, sealed):
+    """The record that record_encrypt sealed under this store key, or None: wrong key, moved or tampered."""
+    cdef Py_ssize_t key_len, size
+    cdef const char* key_raw = _record_store_key(store_key, &key_len)
+    if type(sealed) is not bytes:
+        raise TypeError("record must be bytes")
+    size = PyBytes_GET_SIZE(sealed)
+    cdef const uint8_t* p = <const uint8_t*>PyBytes_AS_STRING(sealed)
+    if size < C_RECORD_MIN or p[0] != C_ENCRYPTED_RECORD_VERSION:
+        return None
+    opened = _aead_open(
+        RECORD_ENC_LABEL,
+        prks,
+        p[1],
+        _get_be32(p + 2),
+        PyBytes_FromStringAndSize(<const char*>p + C_RECORD_HEAD, C_NONCE_BYTES),
+        PyBytes_FromStringAndSize(<const char*>p + C_RECORD_CIPHERTEXT, size - C_RECORD_CIPHERTEXT),
+        _bound_head(C_RECORD_PURPOSE, C_RECORD_PURPOSE_LEN, key_raw, key_len, p, C_RECORD_HEAD),
+    )
+    return None if opened is None else (<tuple>opened)[0]

@@ -1,4 +1,4 @@
-"""The pure-Python kernel: ids, key derivation, id-cookie tags, cookie parsing, the record codec.
+"""The pure-Python kernel: ids, keys, id-cookie tags, cookie parsing, the record codec, sealing.
 
 `_core.pyx` implements the same functions with the same signatures and gives
 byte-identical output; `core.py` picks one. This one also runs where C cannot
@@ -41,7 +41,8 @@ ID_COOKIE_PURPOSE = b"fastsess/v1/id-cookie"
 MAX_DEPTH = 64  # nesting limit for session values, below every JSON library's own
 _INT_MIN = -(1 << 63)
 _INT_MAX = (1 << 64) - 1
-_B64_ALPHABET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+_B64_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+_B64_ALPHABET = frozenset(_B64_CHARS)
 _RECORD_HEADER = struct.Struct(">BBIdd")  # version, flags, csrf generation, created, last write
 FLAG_DOMAIN = 1
 FLAG_PATH = 2
@@ -78,17 +79,26 @@ def b64url_decode(text: str) -> bytes:
     """Strict unpadded base64url: any other character, a bad length or stray bits is ValueError."""
     if type(text) is not str:
         raise TypeError("expected str")
-    n = len(text)
-    if n % 4 == 1 or not _B64_ALPHABET.issuperset(text):
+    rem = len(text) % 4
+    if rem == 1:
         raise ValueError("invalid base64url")
-    padded = text.replace("-", "+").replace("_", "/") + "=" * (-n % 4)
+    if _STRICT_B64:
+        # Strict a2b_base64 refuses every character outside the standard alphabet,
+        # which leaves the three it has and base64url has not.
+        if "+" in text or "/" in text or "=" in text:
+            raise ValueError("invalid base64url")
+    elif not _B64_ALPHABET.issuperset(text):
+        raise ValueError("invalid base64url")
+    padded = text.replace("-", "+").replace("_", "/")
+    if rem:
+        # Canonical text only: the bits of the last character past the data are zero.
+        if _B64_CHARS.find(text[-1]) & (15 if rem == 2 else 3):
+            raise ValueError("invalid base64url")
+        padded += "==" if rem == 2 else "="
     try:
-        data = binascii.a2b_base64(padded, strict_mode=True) if _STRICT_B64 else binascii.a2b_base64(padded)
-    except binascii.Error as exc:
+        return binascii.a2b_base64(padded, strict_mode=True) if _STRICT_B64 else binascii.a2b_base64(padded)
+    except ValueError as exc:  # binascii.Error, or a non-ASCII character
         raise ValueError("invalid base64url") from exc
-    if b64url_encode(data) != text:  # non-canonical: unused bits set
-        raise ValueError("invalid base64url")
-    return data
 
 
 try:
@@ -114,9 +124,14 @@ def store_key(session_id: str) -> bytes:
 
 
 # OpenSSL HMAC contexts keyed once per key and copied per tag: a copy skips the
-# key setup that a one-shot hmac.digest repeats on every call.
+# key setup that a one-shot hmac.digest repeats on every call. _hashlib's own
+# context is what hmac.new wraps, without the wrapper's Python frames per call.
 _KEYED_LIMIT = 64
 _keyed: dict = {}
+try:
+    from _hashlib import hmac_new as _hmac_new
+except ImportError:  # pragma: no cover - a Python without OpenSSL's _hashlib
+    _hmac_new = hmac.new
 
 
 def hmac_sha256(key: bytes, msg: bytes) -> bytes:
@@ -127,7 +142,7 @@ def hmac_sha256(key: bytes, msg: bytes) -> bytes:
     if keyed is None:
         if len(_keyed) >= _KEYED_LIMIT:
             _keyed.clear()
-        keyed = _keyed[key] = hmac.new(key, digestmod="sha256")
+        keyed = _keyed[key] = _hmac_new(key, digestmod="sha256")
     mac = keyed.copy()
     mac.update(msg)
     return mac.digest()
@@ -621,3 +636,258 @@ def unpack_record(blob):
     if pos > size:
         raise ValueError("record is truncated")
     return created, last_write, csrf_gen, domain, path, flash, blob[pos:]
+
+
+# ---------------------------------------------------------------- sealed cookies and encrypted records
+#
+# A cookie-only session travels whole in its cookie, sealed either with
+# HMAC-SHA256 and a 256-bit tag (signed mode) or with AES-256-GCM under a key
+# per day (encrypted mode). Records at rest on a server-side store use the same
+# AEAD with the store key bound. Layouts: docs/FORMATS.md, "Sealed cookie".
+
+MODE_SIGNED = 1
+MODE_ENCRYPTED = 2
+ENCRYPTED_RECORD_VERSION = 0x80 | FORMAT_VERSION  # a plain record starts with FORMAT_VERSION itself
+COOKIE_SESSION_PURPOSE = b"fastsess/v1/cookie-session"
+RECORD_PURPOSE = b"fastsess/v1/record"
+COOKIE_ENC_LABEL = "fastsess/v1/cookie-enc/"
+RECORD_ENC_LABEL = "fastsess/v1/record-enc/"
+EPOCH_SECONDS = 86400  # one encryption key per day: epoch = int(unix time // EPOCH_SECONDS)
+SEAL_TAG_BYTES = 32
+NONCE_BYTES = 12
+AEAD_TAG_BYTES = 16
+
+_SEALED_TIMES = struct.Struct(">ddd")  # issued at, last access, expires at
+_EPOCH = struct.Struct(">I")
+_SIGNED_HEAD = 3 + 24  # version, mode, key id, the times
+_SIGNED_MIN = _SIGNED_HEAD + SEAL_TAG_BYTES
+_ENCRYPTED_HEAD = 3 + 4  # version, mode, key id, epoch
+_ENCRYPTED_CIPHERTEXT = _ENCRYPTED_HEAD + NONCE_BYTES
+_ENCRYPTED_MIN = _ENCRYPTED_CIPHERTEXT + 24 + AEAD_TAG_BYTES
+_RECORD_HEAD = 2 + 4  # magic, key id, epoch
+_RECORD_CIPHERTEXT = _RECORD_HEAD + NONCE_BYTES
+_RECORD_MIN = _RECORD_CIPHERTEXT + AEAD_TAG_BYTES
+_SEALED_MIN_CHARS = 79  # base64url of 59 bytes, the shortest sealed cookie in either mode
+
+
+def _bound(purpose: bytes, what: str, raw: bytes) -> bytes:
+    """purpose | 0x00 | len(raw) (2) | raw: how every MAC input and associated data starts."""
+    if len(raw) > 0xFFFF:
+        raise ValueError(f"{what} too long")
+    return b"".join((purpose, b"\x00", struct.pack(">H", len(raw)), raw))
+
+
+def _cookie_bound(name) -> bytes:
+    if not isinstance(name, str):
+        raise TypeError("cookie name must be str")
+    return _bound(COOKIE_SESSION_PURPOSE, "cookie name", name.encode("utf-8"))
+
+
+def _record_bound(store_key) -> bytes:
+    if type(store_key) is not bytes:
+        raise TypeError("store key must be bytes")
+    return _bound(RECORD_PURPOSE, "store key", store_key)
+
+
+def _sealed_plain(issued_at, last_access, expires_at, payload) -> bytes:
+    """The three timestamps, then the payload."""
+    try:
+        times = _SEALED_TIMES.pack(issued_at, last_access, expires_at)
+    except struct.error as exc:
+        raise TypeError("cookie timestamps must be real numbers") from exc
+    if type(payload) is not bytes:
+        raise TypeError("payload must be bytes")
+    return times + payload
+
+
+def _epoch_value(epoch) -> int:
+    epoch = int(operator.index(epoch))
+    if epoch < 0 or epoch > 0xFFFFFFFF:
+        raise ValueError("epoch out of range")
+    return epoch
+
+
+def seal_signed(
+    name: str, kid: int, key: bytes, issued_at: float, last_access: float, expires_at: float, payload: bytes
+) -> str:
+    """A signed cookie-session value: base64url(version | mode | key id | times | payload | tag).
+
+    tag = HMAC-SHA256(key, purpose | cookie name | everything before the tag), all 256 bits.
+    """
+    prefix = _cookie_bound(name)
+    head = bytes((FORMAT_VERSION, MODE_SIGNED, kid))
+    body = head + _sealed_plain(issued_at, last_access, expires_at, payload)
+    return b64url_encode(body + hmac_sha256(key, prefix + body))
+
+
+def open_signed(value: str, keys, name: str):
+    """Verify a signed cookie-session value against (key id, key) pairs, first key first.
+
+    Returns (issued_at, last_access, expires_at, payload, index of the key that
+    verified), or None for anything malformed, oversized or forged. Never raises
+    on bad input; a cookie name that is not str is a TypeError.
+    """
+    prefix = _cookie_bound(name)
+    if type(value) is not str or not _SEALED_MIN_CHARS <= len(value) <= MAX_COOKIE_CHARS:
+        return None
+    try:
+        raw = b64url_decode(value)
+    except ValueError:
+        return None
+    if len(raw) < _SIGNED_MIN or raw[0] != FORMAT_VERSION or raw[1] != MODE_SIGNED:
+        return None
+    kid = raw[2]
+    body = raw[:-SEAL_TAG_BYTES]
+    tag = raw[-SEAL_TAG_BYTES:]
+    msg = None
+    for index, (key_kid, key) in enumerate(keys):
+        if key_kid != kid:
+            continue
+        if msg is None:
+            msg = prefix + body
+        if hmac.compare_digest(hmac_sha256(key, msg), tag):
+            return (*_SEALED_TIMES.unpack_from(raw, 3), body[_SIGNED_HEAD:], index)
+    return None
+
+
+# (AESGCM, key id) per (label, PRK, epoch): the key derivation and the cipher
+# setup happen once a day per key, not per request. Opening caches only after a
+# successful decryption, so a forged epoch cannot evict the keys in use.
+_AEAD_LIMIT = 64
+_aeads: dict = {}
+_InvalidTag: tuple | type = ()  # cryptography's InvalidTag, once the package has been loaded
+
+
+def _new_aead(label: str, prk: bytes, epoch: int) -> tuple:
+    """(AESGCM under HKDF-Expand(prk, label + epoch), key id of prk); ImportError without cryptography."""
+    global _InvalidTag
+    try:
+        from cryptography.exceptions import InvalidTag
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    except ImportError as exc:
+        raise ImportError(
+            "encrypted sessions and records need the cryptography package: pip install 'fastsess[crypto]'"
+        ) from exc
+    _InvalidTag = InvalidTag
+    key = hkdf_expand(prk, (label + str(epoch)).encode("ascii"), 32)
+    return AESGCM(key), derive_key_id(prk)
+
+
+def _sealing_aead(label: str, prk: bytes, epoch: int) -> tuple:
+    cache_key = (label, prk, epoch)
+    entry = _aeads.get(cache_key)
+    if entry is None:
+        entry = _new_aead(label, prk, epoch)
+        if len(_aeads) >= _AEAD_LIMIT:
+            _aeads.clear()
+        _aeads[cache_key] = entry
+    return entry
+
+
+def _aead_seal(aead, head: bytes, aad: bytes, plain: bytes) -> bytes:
+    """head | fresh nonce | AES-256-GCM(plain) with associated data aad."""
+    nonce = random_bytes(NONCE_BYTES)
+    return b"".join((head, nonce, aead.encrypt(nonce, plain, aad)))
+
+
+def _aead_open(label: str, prks, kid: int, epoch: int, nonce: bytes, ciphertext: bytes, aad: bytes):
+    """(plaintext, index of the PRK that opened it) or None, trying every PRK with this key id in order."""
+    for index, (key_kid, prk) in enumerate(prks):
+        if key_kid != kid:
+            continue
+        cache_key = (label, prk, epoch)
+        entry = _aeads.get(cache_key)
+        fresh = entry is None
+        if fresh:
+            entry = _new_aead(label, prk, epoch)
+        try:
+            plain = entry[0].decrypt(nonce, ciphertext, aad)
+        except _InvalidTag:
+            continue
+        if fresh:
+            if len(_aeads) >= _AEAD_LIMIT:
+                _aeads.clear()
+            _aeads[cache_key] = entry
+        return plain, index
+    return None
+
+
+def seal_encrypted(
+    name: str,
+    kid: int,
+    prk: bytes,
+    epoch: int,
+    issued_at: float,
+    last_access: float,
+    expires_at: float,
+    payload: bytes,
+) -> str:
+    """An encrypted cookie-session value: base64url(version | mode | key id | epoch | nonce | AES-GCM).
+
+    The key is HKDF-Expand(prk, "fastsess/v1/cookie-enc/<epoch>"), the nonce is
+    fresh, and the associated data binds the purpose, the cookie name and the header.
+    """
+    prefix = _cookie_bound(name)
+    head = bytes((FORMAT_VERSION, MODE_ENCRYPTED, kid))
+    epoch = _epoch_value(epoch)
+    plain = _sealed_plain(issued_at, last_access, expires_at, payload)
+    aead = _sealing_aead(COOKIE_ENC_LABEL, prk, epoch)[0]
+    head += _EPOCH.pack(epoch)
+    return b64url_encode(_aead_seal(aead, head, prefix + head, plain))
+
+
+def open_encrypted(value: str, prks, name: str):
+    """Decrypt an encrypted cookie-session value with (key id, PRK) pairs, first key first.
+
+    Returns (issued_at, last_access, expires_at, payload, index of the PRK that
+    opened it), or None for anything malformed, oversized or forged. Never raises
+    on bad input; ImportError when it must decrypt and cryptography is missing.
+    """
+    prefix = _cookie_bound(name)
+    if type(value) is not str or not _SEALED_MIN_CHARS <= len(value) <= MAX_COOKIE_CHARS:
+        return None
+    try:
+        raw = b64url_decode(value)
+    except ValueError:
+        return None
+    if len(raw) < _ENCRYPTED_MIN or raw[0] != FORMAT_VERSION or raw[1] != MODE_ENCRYPTED:
+        return None
+    (epoch,) = _EPOCH.unpack_from(raw, 3)
+    nonce = raw[_ENCRYPTED_HEAD:_ENCRYPTED_CIPHERTEXT]
+    ciphertext = raw[_ENCRYPTED_CIPHERTEXT:]
+    aad = prefix + raw[:_ENCRYPTED_HEAD]
+    opened = _aead_open(COOKIE_ENC_LABEL, prks, raw[2], epoch, nonce, ciphertext, aad)
+    if opened is None:
+        return None
+    plain, index = opened
+    return (*_SEALED_TIMES.unpack_from(plain), plain[24:], index)
+
+
+def record_encrypt(prk: bytes, epoch: int, store_key: bytes, blob: bytes) -> bytes:
+    """A record encrypted at rest: magic | key id | epoch | nonce | AES-GCM(blob).
+
+    The key is HKDF-Expand(prk, "fastsess/v1/record-enc/<epoch>") and the key id
+    derive_key_id(prk); the associated data binds the store key and the header.
+    """
+    epoch = _epoch_value(epoch)
+    prefix = _record_bound(store_key)
+    if type(blob) is not bytes:
+        raise TypeError("record must be bytes")
+    aead, kid = _sealing_aead(RECORD_ENC_LABEL, prk, epoch)
+    head = bytes((ENCRYPTED_RECORD_VERSION, kid)) + _EPOCH.pack(epoch)
+    return _aead_seal(aead, head, prefix + head, blob)
+
+
+def record_decrypt(prks, store_key: bytes, sealed: bytes):
+    """The record that record_encrypt sealed under this store key, or None: wrong key, moved or tampered."""
+    prefix = _record_bound(store_key)
+    if type(sealed) is not bytes:
+        raise TypeError("record must be bytes")
+    if len(sealed) < _RECORD_MIN or sealed[0] != ENCRYPTED_RECORD_VERSION:
+        return None
+    (epoch,) = _EPOCH.unpack_from(sealed, 2)
+    nonce = sealed[_RECORD_HEAD:_RECORD_CIPHERTEXT]
+    ciphertext = sealed[_RECORD_CIPHERTEXT:]
+    aad = prefix + sealed[:_RECORD_HEAD]
+    opened = _aead_open(RECORD_ENC_LABEL, prks, sealed[1], epoch, nonce, ciphertext, aad)
+    return None if opened is None else opened[0]

@@ -104,15 +104,42 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         value = value[len(config.cookie_name) + 1 :]
     value = value.strip().strip('"')
     service = SessionService(config, open_store(config))
+    try:
+        report = _inspect(service, value)
+    finally:
+        if service.store is not None:
+            service.store.close()
+    if report is None:
+        print("cookie does not verify with the configured keys (forged, truncated or another secret)")
+        return 1
+    print(json.dumps(report, indent=None if args.json else 2, default=str))
+    return 0
+
+
+def _inspect(service: SessionService, value: str) -> dict | None:
+    config = service.config
+    if service.cookie_only:
+        sealed = service.open_sealed(value)
+        if sealed is None:
+            return None
+        issued_at, last_access, expires_at, payload, key_index = sealed
+        created, last_write, csrf_gen, domain, path, flash, data = core.unpack_record(payload[core.ID_BYTES :])
+        return {
+            "verified": True, "key_index": key_index, "sid": service.sid(core.b64url_encode(payload[: core.ID_BYTES])),
+            "state": "cookie", "created": created, "last_access": last_access, "expires_at": expires_at,
+            "domain": domain, "path": path, "data": json.loads(data),
+        }
     opened = core.open_id_cookie(value, service.keys.id_keys, config.cookie_name)
     if opened is None:
-        print("cookie does not verify with the configured secret (forged, truncated or another secret)")
-        return 1
+        return None
     session_id, key_index = opened
-    record = service.store.load(core.store_key(session_id))
+    key = core.store_key(session_id)
+    record = service.store.load(key)
     report: dict = {"verified": True, "key_index": key_index, "sid": service.sid(session_id)}
     if isinstance(record, StoredRecord):
-        created, last_write, csrf_gen, domain, path, flash, data = core.unpack_record(record.blob)
+        created, last_write, csrf_gen, domain, path, flash, data = core.unpack_record(
+            service.open_record(key, record.blob)
+        )
         report.update(
             state="live", version=record.version, created=created, last_write=last_write,
             last_access=record.last_access, expires_at=record.expires_at, domain=domain, path=path,
@@ -120,9 +147,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         )
     else:
         report["state"] = "tombstone" if record is not None else "missing or expired"
-    service.store.close()
-    print(json.dumps(report, indent=None if args.json else 2, default=str))
-    return 0
+    return report
 
 
 def cmd_create_table(args: argparse.Namespace) -> int:

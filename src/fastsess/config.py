@@ -112,7 +112,7 @@ STORE_TYPES = {
 }
 
 #: Stores this release ships; the other names are recognised and refused clearly.
-AVAILABLE_STORES = ("memory", "file", "lmdb", "memcached", "redis", "sql")
+AVAILABLE_STORES = ("memory", "file", "lmdb", "memcached", "redis", "sql", "cookie")
 
 REFUSED_TYPES = {
     "dbm": "dbm files corrupt under concurrent writers and cannot expire entries; use type = lmdb",
@@ -386,18 +386,23 @@ class Config:
                         f"session.{option} (key {position}) is {len(key)} characters; at least "
                         f"{MIN_SECRET_CHARS} are required"
                     )
-        if self.encrypt_keys:
-            raise ConfigError(
-                "session.encrypt_key (records encrypted at rest) is not in this release of fastsess yet; "
-                "remove it to run unencrypted"
-            )
+        if self.encrypt_keys or (store_type == "cookie" and get("cookie_mode", "") == "encrypted"):
+            try:
+                import cryptography  # noqa: F401 - AES-GCM comes from it
+            except ImportError:
+                raise ConfigError(
+                    "encryption (session.encrypt_key or cookie_mode = encrypted) needs the cryptography "
+                    "package: pip install 'fastsess[crypto]'"
+                ) from None
         self.beaker_compat = as_bool("beaker_compat", get("beaker_compat", False))
         self.beaker_compat_until = _as_date(get("beaker_compat_until"))
         if self.beaker_compat:
             raise ConfigError("session.beaker_compat is not in this release of fastsess yet")
-        self.cookie_mode = str(get("cookie_mode", "signed")).strip().lower()
+        self.cookie_mode = str(get("cookie_mode", "encrypted" if self.encrypt_keys else "signed")).strip().lower()
         if self.cookie_mode not in ("signed", "encrypted"):
             raise ConfigError("session.cookie_mode must be signed or encrypted")
+        if self.encrypt_keys and self.cookie_mode == "signed" and store_type == "cookie":
+            raise ConfigError("session.encrypt_key is set, so cookie sessions are encrypted: drop cookie_mode = signed")
 
         # Timeouts
         self.timeout = _as_number("timeout", get("timeout"))
@@ -405,6 +410,11 @@ class Config:
             self.timeout = None
         absolute = _as_number("absolute_timeout", get("absolute_timeout", DEFAULT_ABSOLUTE_TIMEOUT))
         self.absolute_timeout = absolute or None
+        if store_type == "cookie" and not self.absolute_timeout:
+            raise ConfigError(
+                "session.absolute_timeout cannot be switched off for type = cookie: a cookie session has no "
+                "server record to delete, so only its own expiry ends it"
+            )
         self.save_accessed_time = as_bool("save_accessed_time", get("save_accessed_time", True))
         interval = _as_number("touch_interval", get("touch_interval"))
         if interval is None:

@@ -27,6 +27,8 @@ FORMAT_VERSION = _kernel.FORMAT_VERSION
 ID_BYTES = _kernel.ID_BYTES
 MAX_COOKIE_CHARS = _kernel.MAX_COOKIE_CHARS
 MAX_CANDIDATES = _kernel.MAX_CANDIDATES
+EPOCH_SECONDS = _kernel.EPOCH_SECONDS
+ENCRYPTED_RECORD_VERSION = _kernel.ENCRYPTED_RECORD_VERSION
 
 random_bytes = _kernel.random_bytes
 b64url_encode = _kernel.b64url_encode
@@ -51,5 +53,11 @@ decode_data = _kernel.decode_data
 fingerprint = _kernel.fingerprint
 pack_record = _kernel.pack_record
 unpack_record = _kernel.unpack_record
+seal_signed = _kernel.seal_signed
+open_signed = _kernel.open_signed
+seal_encrypted = _kernel.seal_encrypted
+open_encrypted = _kernel.open_encrypted
+record_encrypt = _kernel.record_encrypt
+record_decrypt = _kernel.record_decrypt
 
 __all__ = [name for name in dir() if not name.startswith("_") and name not in ("annotations", "os")]

@@ -35,6 +35,11 @@ VERIFIED_COOKIES_LIMIT = 4096
 _FOREVER = 10 * 365 * 24 * 3600.0
 _EMPTY_DATA = core.encode_data({})
 
+#: a cookie (name + value) larger than this cannot be set: browsers drop it
+MAX_COOKIE_BYTES = 4093
+#: a cookie session larger than this logs a warning once
+COOKIE_WARN_BYTES = 2048
+
 # What persist decided for the response's cookie.
 SET_COOKIE = "set"
 EXPIRE_COOKIE = "expire"
@@ -104,7 +109,10 @@ class SessionService:
     def __init__(self, config: Config, store: Store, events: EventLog | None = None, clock=time.time) -> None:
         self.config = config
         self.store = store
-        self.keys = KeyRing(config.secrets, config.validate_keys)
+        self.keys = KeyRing(config.secrets, config.validate_keys, config.encrypt_keys, config.cookie_mode)
+        #: cookie-only sessions: the state travels sealed in the cookie, there is no store
+        self.cookie_only = config.store_type == "cookie"
+        self._cookie_too_large_warned = False
         self.events = events or EventLog(config.on_event)
         self.clock = clock
         self._writes = 0
@@ -146,6 +154,41 @@ class SessionService:
             self._verified.clear()
         self._verified[value] = entry
         return entry
+
+    # -------------------------------------------------- records at rest and sealed cookies
+
+    def seal_record(self, key: bytes, blob: bytes) -> bytes:
+        """The blob as the store keeps it: AES-GCM bound to the store key when encrypt_key is set."""
+        prks = self.keys.record_enc_prks
+        if not prks:
+            return blob
+        return core.record_encrypt(prks[0][1], int(self.clock() // core.EPOCH_SECONDS), key, blob)
+
+    def open_record(self, key: bytes, stored: bytes) -> bytes:
+        """The blob a store returned, decrypted; ValueError when it does not open under this key."""
+        prks = self.keys.record_enc_prks
+        if not prks:
+            return stored
+        blob = core.record_decrypt(prks, key, stored)
+        if blob is None:
+            raise ValueError("record does not decrypt under the configured encrypt_key")
+        return blob
+
+    def seal_cookie(self, issued_at: float, last_access: float, expires_at: float, payload: bytes) -> str:
+        name = self.config.cookie_name
+        prks = self.keys.cookie_enc_prks
+        if prks:
+            epoch = int(self.clock() // core.EPOCH_SECONDS)
+            kid, prk = prks[0]
+            return core.seal_encrypted(name, kid, prk, epoch, issued_at, last_access, expires_at, payload)
+        kid, key = self.keys.cookie_mac_keys[0]
+        return core.seal_signed(name, kid, key, issued_at, last_access, expires_at, payload)
+
+    def open_sealed(self, value: str) -> tuple | None:
+        """(issued_at, last_access, expires_at, payload, key index) of a valid cookie session, else None."""
+        if self.keys.cookie_enc_prks:
+            return core.open_encrypted(value, self.keys.cookie_enc_prks, self.config.cookie_name)
+        return core.open_signed(value, self.keys.cookie_mac_keys, self.config.cookie_name)
 
     def sign(self, session_id: str) -> str:
         kid, key = self.keys.id_keys[0]
@@ -201,6 +244,7 @@ class _State:
     had_cookie = False
     retag = False
     cookie_action: str | None = None
+    sealed: str | None = None  # cookie-only sessions: the value to send
     dropped = False
 
     def __init__(self, now: float, data: dict | None = None, flash: dict | None = None) -> None:
@@ -265,6 +309,10 @@ class Session:
         key = core.store_key(session_id) if session_id is not None else None
         had_cookie = False
         retag = False
+        if service.cookie_only:
+            s = self._load_sealed(service, now)
+            self._sess = s
+            return s
         if session_id is None and self._cookie_header and service.config.use_cookies:
             candidates = core.parse_cookie(self._cookie_header, service.config.cookie_name)
             had_cookie = bool(candidates)
@@ -285,6 +333,58 @@ class Session:
         self._sess = s
         return s
 
+    def _load_sealed(self, service: SessionService, now: float) -> _State:
+        """A cookie-only session: open the first candidate cookie that verifies."""
+        candidates = []
+        if self._cookie_header and service.config.use_cookies:
+            candidates = core.parse_cookie(self._cookie_header, service.config.cookie_name)
+        for value in candidates:
+            opened = service.open_sealed(value)
+            if opened is not None:
+                break
+        else:
+            s = self._fresh(now)
+            s.had_cookie = bool(candidates)
+            if candidates:
+                service.events.emit("invalid_cookie", message="no candidate cookie verified")
+            return s
+        issued_at, last_access, expires_at, payload, key_index = opened
+        try:
+            raw_id = payload[: core.ID_BYTES]
+            created, _, csrf_gen, domain, path, flash, data_bytes = core.unpack_record(payload[core.ID_BYTES :])
+            data = core.decode_data(data_bytes)
+            flash_data = core.decode_data(flash) if flash is not None else None
+            if len(raw_id) != core.ID_BYTES:
+                raise ValueError("short id")
+        except (ValueError, TypeError):
+            service.events.emit("invalid_cookie", message="sealed cookie holds a malformed record")
+            s = self._fresh(now)
+            s.had_cookie = True
+            return s
+        session_id = core.b64url_encode(raw_id)
+        if now > expires_at or service.is_expired(issued_at, last_access, now):
+            service.events.emit("expired", sid=service.sid(session_id), message="cookie session timed out")
+            s = self._fresh(now)
+            s.had_cookie = True
+            return s
+        s = self._fresh(now, data, flash_data)
+        s.had_cookie = True
+        s.id = session_id
+        s.is_new = False
+        s.loaded_data = data_bytes
+        s.created = issued_at
+        s.last_accessed = s.last_access = last_access
+        if domain is not None:
+            s.domain = s.loaded_domain = domain
+        if path is not None:
+            s.path = s.loaded_path = path
+        if csrf_gen:
+            s.csrf_gen = s.loaded_csrf_gen = csrf_gen
+        if key_index > 0:
+            s.retag = True
+            service.events.emit("old_key_used", sid=service.sid(session_id), message="cookie sealed with an old key")
+        return s
+
     def _load_record(self, service: SessionService, session_id: str, key: bytes, now: float) -> _State:
         try:
             record = service.store.load(key)
@@ -300,7 +400,8 @@ class Session:
             s.is_new = False
             return s
         try:
-            created, last_write, csrf_gen, domain, path, flash, data_bytes = core.unpack_record(record.blob)
+            blob = service.open_record(key, record.blob)
+            created, last_write, csrf_gen, domain, path, flash, data_bytes = core.unpack_record(blob)
             data = core.decode_data(data_bytes)
             flash_data = core.decode_data(flash) if flash is not None else None
         except (ValueError, TypeError):
@@ -647,6 +748,9 @@ class Session:
                     service.events.emit("write_dropped", sid=service.sid(s.id), message="session is read-only")
                 s.dropped = True
             return
+        if service.cookie_only:
+            self._persist_sealed(s, service)
+            return
         if not (
             s.save_requested or s.modified or s.mutable_out or s.doomed or s.dead or s.deleted
             or s.invalidated or s.retag or s.flash_modified
@@ -680,6 +784,54 @@ class Session:
             if service.config.on_store_error != "anonymous":
                 raise
             s.anonymous = True
+
+    def _persist_sealed(self, s: _State, service: SessionService) -> None:
+        """Cookie-only sessions: reseal when the data changed, the key rotated or the expiry must slide.
+
+        There is no record to delete: delete() and invalidate() expire the cookie,
+        and the old value stays valid until its own expiry (absolute_timeout).
+        """
+        s.doomed = []
+        if s.dead:
+            s.cookie_action = EXPIRE_COOKIE
+            return
+        now = service.clock()
+        write = self._wants_write(s, service)
+        touch_due = (
+            not s.is_new and service.touch_interval is not None and now - s.last_access > service.touch_interval
+        )
+        if not (write or touch_due or s.retag):
+            if (s.deleted or (s.invalidated and s.had_cookie)) and s.cookie_action != SET_COOKIE:
+                s.cookie_action = EXPIRE_COOKIE
+            return
+        if s.id is None:
+            s.id = core.new_session_id()
+        data_bytes = core.encode_data(s.data) if (s.modified or s.mutable_out) else s.loaded_data
+        flash_bytes = core.encode_data(s.flash) if s.flash else None
+        record = core.pack_record(s.created, now, s.csrf_gen, s.domain, s.path, flash_bytes, data_bytes)
+        payload = core.b64url_decode(s.id) + record
+        sealed = service.seal_cookie(s.created, now, service.expires_at(s.created, now), payload)
+        size = len(service.config.cookie_name) + 1 + len(sealed)
+        if size > MAX_COOKIE_BYTES:
+            raise SessionTooLarge(f"cookie session would be {size} bytes; browsers drop cookies over {MAX_COOKIE_BYTES}")
+        if size > COOKIE_WARN_BYTES and not service._cookie_too_large_warned:
+            service._cookie_too_large_warned = True
+            service.events.emit(
+                "cookie_too_large",
+                message=f"a cookie session is {size} bytes: servers cap the whole Cookie header (8 KB); "
+                "consider a server-side store",
+            )
+        if s.is_new:
+            service.events.emit("created", sid=service.sid(s.id))
+        s.sealed = sealed
+        s.cookie_action = SET_COOKIE
+        s.loaded_data = data_bytes
+        s.is_new = s.invalidated = s.deleted = s.retag = False
+        s.rotate_from = None
+        s.loaded_domain, s.loaded_path, s.loaded_csrf_gen = s.domain, s.path, s.csrf_gen
+        s.loaded_flash = {q: list(m) for q, m in s.flash.items()}
+        s.modified = s.mutable_out = s.flash_modified = s.save_requested = False
+        s.last_access = now
 
     def persist_late(self) -> None:
         """Best-effort write at the end of a streamed body, when the headers are already out.
@@ -746,15 +898,18 @@ class Session:
             s.domain != s.loaded_domain or s.path != s.loaded_path
         )
         if s.is_new:
-            result = store.create(core.store_key(s.id), blob, expires_at)
+            key = core.store_key(s.id)
+            result = store.create(key, service.seal_record(key, blob), expires_at)
             while result is EXISTS:  # a 256-bit collision: take another id
                 s.id = core.new_session_id()
-                result = store.create(core.store_key(s.id), blob, expires_at)
+                key = core.store_key(s.id)
+                result = store.create(key, service.seal_record(key, blob), expires_at)
             service.events.emit("created", sid=service.sid(s.id))
         elif s.rotate_from is not None:
             result = self._rotate(s, service, blob, expires_at, now)
         else:
-            result = store.cas(core.store_key(s.id), blob, s.version, expires_at)
+            key = core.store_key(s.id)
+            result = store.cas(key, service.seal_record(key, blob), s.version, expires_at)
             if result is CONFLICT:
                 result = self._merge_write(s, service, core.store_key(s.id), expires_at, now)
         if result is GONE:
@@ -792,7 +947,9 @@ class Session:
         old_key, version = s.rotate_from
         new_key = core.store_key(s.id)
         for attempt in range(MAX_CAS_ATTEMPTS):
-            result = service.store.rotate(old_key, new_key, blob, expires_at, TOMBSTONE_SECONDS, version)
+            result = service.store.rotate(
+                old_key, new_key, service.seal_record(new_key, blob), expires_at, TOMBSTONE_SECONDS, version
+            )
             if result is not CONFLICT:
                 if result is not GONE:
                     service.events.emit("regenerated", sid=service.sid(s.id))
@@ -800,7 +957,7 @@ class Session:
             current = service.store.load(old_key)
             if not isinstance(current, StoredRecord):
                 return GONE
-            blob = self._merged_blob(s, service, current, now)
+            blob = self._merged_blob(s, service, old_key, current, now)
             version = current.version
             _backoff(attempt)
         return self._give_up(s, service)
@@ -809,13 +966,16 @@ class Session:
         """On CONFLICT: merge with the stored record, under the store's lock if it has one."""
         store = service.store
         if store.has_locked_update:
-            return store.locked_update(key, lambda current: (self._merged_blob(s, service, current, now), expires_at))
+            return store.locked_update(
+                key,
+                lambda current: (service.seal_record(key, self._merged_blob(s, service, key, current, now)), expires_at),
+            )
         for attempt in range(MAX_CAS_ATTEMPTS):
             current = store.load(key)
             if not isinstance(current, StoredRecord):
                 return GONE
-            blob = self._merged_blob(s, service, current, now)
-            result = store.cas(key, blob, current.version, expires_at)
+            blob = self._merged_blob(s, service, key, current, now)
+            result = store.cas(key, service.seal_record(key, blob), current.version, expires_at)
             if result is not CONFLICT:
                 return result
             _backoff(attempt)
@@ -825,10 +985,14 @@ class Session:
         service.events.emit("conflict_raised", sid=service.sid(s.id), message="compare-and-set kept failing")
         raise ConflictError(f"session write lost {MAX_CAS_ATTEMPTS} compare-and-set races")
 
-    def _merged_blob(self, s: _State, service: SessionService, current: StoredRecord, now: float) -> bytes:
+    def _merged_blob(
+        self, s: _State, service: SessionService, key: bytes, current: StoredRecord, now: float
+    ) -> bytes:
         """Three-way merge of this request's changes into `current`; updates s to the merged state."""
         try:
-            _, _, csrf_gen, domain, path, flash, data_bytes = core.unpack_record(current.blob)
+            _, _, csrf_gen, domain, path, flash, data_bytes = core.unpack_record(
+                service.open_record(key, current.blob)
+            )
             theirs = core.decode_data(data_bytes)
             their_flash = core.decode_data(flash) if flash is not None else {}
         except (ValueError, TypeError):

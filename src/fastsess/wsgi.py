@@ -19,12 +19,11 @@ from typing import Any
 from . import core
 from .config import FAR_FUTURE, Config, load_config
 from .errors import SessionTooLarge
-from .session import EXPIRE_COOKIE, SET_COOKIE, Session, SessionService
+from .session import EXPIRE_COOKIE, MAX_COOKIE_BYTES, SET_COOKIE, Session, SessionService
 from .stores import open_store
 
 log = logging.getLogger("fastsess")
 
-MAX_COOKIE_BYTES = 4093
 _LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 _insecure_warned = False  # the plain-HTTP warning is logged once per process
 
@@ -79,7 +78,8 @@ class SessionMiddleware:
         return Session(self.service, session_id=session_id, detached=True)
 
     def close(self) -> None:
-        self.store.close()
+        if self.store is not None:
+            self.store.close()
 
     # -------------------------------------------------- headers
 
@@ -105,7 +105,7 @@ class SessionMiddleware:
         if s.cookie_action == EXPIRE_COOKIE:
             value, expires, max_age = "", 0, 0
         else:
-            value = self.service.sign(s.id)
+            value = s.sealed if self.service.cookie_only else self.service.sign(s.id)
             expires, max_age = self._expiry(session)
         header = core.build_set_cookie(
             cfg.cookie_name, value, path=path, domain=domain, expires=expires, max_age=max_age,

@@ -32,8 +32,8 @@ def prepare_data_dir(path: str) -> str:
 _EXTRAS = {"memcached": "memcached", "redis": "redis", "sql": "sql"}
 
 
-def open_store(config) -> Store:
-    """The store config.store_type names, opened and checked at startup."""
+def open_store(config) -> Store | None:
+    """The store config.store_type names, opened and checked at startup; None for cookie sessions."""
     try:
         return _open(config)
     except ImportError as exc:
@@ -44,8 +44,10 @@ def open_store(config) -> Store:
         ) from None
 
 
-def _open(config) -> Store:
+def _open(config) -> Store | None:
     kind = config.store_type
+    if kind == "cookie":
+        return None  # the session travels in the cookie
     if kind == "memory":
         from .memory import MemoryStore
 
