@@ -102,8 +102,15 @@ class MemcachedServer:
         self.start()
 
     def pause(self) -> None:
-        """SIGSTOP: the port still accepts connections but nothing answers (a hung server)."""
+        """SIGSTOP: the port still accepts connections but nothing answers (a hung server).
+
+        The signal is delivered asynchronously: wait until every thread of the
+        server is stopped, or a request sent right after could still be served.
+        """
         os.kill(self.process.pid, signal.SIGSTOP)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not _all_threads_stopped(self.process.pid):
+            time.sleep(0.005)
 
     def resume(self) -> None:
         os.kill(self.process.pid, signal.SIGCONT)
@@ -175,3 +182,16 @@ def memcached_servers():
     yield servers
     for server in servers:
         server.stop()
+
+
+def _all_threads_stopped(pid: int) -> bool:
+    """True when every thread of pid is in state T (stopped), per /proc."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+        states = []
+        for task in tasks:
+            with open(f"/proc/{pid}/task/{task}/stat") as f:
+                states.append(f.read().rsplit(")", 1)[1].split()[0])
+    except OSError:
+        return True  # no /proc here: nothing better to wait for
+    return all(state in ("T", "t") for state in states)
