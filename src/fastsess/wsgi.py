@@ -60,8 +60,6 @@ class SessionMiddleware:
         self._bound_get_session = self.get_session  # one bound method, not one per request
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
-        if not self.config.enabled:
-            return self.app(environ, start_response)
         session = Session(self.service, environ.get("HTTP_COOKIE"))
         if environ.get("fastsess.no_touch"):
             session.read_only()
