@@ -5,15 +5,18 @@
 #   make demo         the demo site (fastsess demo)
 #   make lint         ruff, and the workflow files against GitHub's schema
 #   make bench        per-request benchmarks against Beaker, Flask and Django
+#   make bench-http   requests/s under gunicorn: no sessions, fastsess lmdb, Beaker file (wrk if installed)
 #   make clean        build products and caches; `make distclean` also removes .venv
 #
-# Variables: PYTHON (interpreter for the venv), VENV, PYTEST_ARGS (e.g. "-x -k lmdb").
+# Variables: PYTHON (interpreter for the venv), VENV, PYTEST_ARGS (e.g. "-x -k lmdb"),
+# BENCH_ARGS (e.g. "--quick"), BENCH_HTTP_ARGS (e.g. "--quick" or "--client python").
 # FASTSESS_NO_EXTENSIONS=1 builds and tests the pure-Python kernel only.
 
 PYTHON ?= python3
 VENV ?= .venv
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+BENCH_HTTP_ARGS ?=
 
 BIN := $(VENV)/bin
 PY := $(BIN)/python
@@ -26,10 +29,10 @@ VENV_STAMP := $(VENV)/.made-with-$(subst /,_,$(PYTHON))
 INSTALL_STAMP := $(VENV)/.installed-$(KERNEL)-kernel
 
 .DEFAULT_GOAL := help
-.PHONY: help venv install test demo lint bench clean distclean
+.PHONY: help venv install test demo lint bench bench-http clean distclean
 
 help:
-	@sed -n '1,13s/^# \{0,1\}//p' $(firstword $(MAKEFILE_LIST))
+	@sed -n '/^$$/q; s/^# \{0,1\}//p' $(firstword $(MAKEFILE_LIST))
 
 venv: $(VENV_STAMP)
 
@@ -79,6 +82,10 @@ lint: install
 
 bench: install
 	$(BIN)/fastsess bench $(BENCH_ARGS)
+
+# Exits 1 when the gate fails (lmdb below 90% of the requests/s without sessions).
+bench-http: install
+	$(PY) bench/http_load.py $(BENCH_HTTP_ARGS)
 
 clean:
 	rm -rf build dist src/*.egg-info .pytest_cache .ruff_cache .hypothesis .benchmarks

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 import platform
+import re
+import shutil
+import subprocess
 import sys
-from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -85,35 +87,39 @@ def lab():
 
 
 #: Distributions whose versions go into the results, next to fastsess's own.
-_VERSIONED = ("beaker", "flask", "werkzeug", "django", "orjson", "xxhash", "lmdb", "cryptography", "pytest-benchmark")
+_VERSIONED = (
+    "beaker", "flask", "werkzeug", "django", "orjson", "xxhash", "lmdb", "cryptography", "pymemcache",
+    "python-memcached", "redis", "sqlalchemy", "pytest-benchmark",
+)
+#: Servers of the network stores, and how each names its version.
+_SERVERS = {"memcached": ("memcached", "-V"), "redis-server": ("redis-server", "--version")}
 
 
-def _version(dist: str) -> str | None:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
+def server_version(name: str) -> str | None:
+    """The version a server binary reports ("memcached 1.6.21" -> "1.6.21"), or None if it is not there."""
+    binary = shutil.which(_SERVERS[name][0])
+    if binary is None:
         return None
-
-
-def cpu_model() -> str:
     try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        text = subprocess.run([binary, _SERVERS[name][1]], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = re.search(r"\b[vV]?=?(\d+\.\d+\.\d+)", text)
+    return match.group(1) if match else text.strip()[:40] or None
 
 
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
     """What a reader needs to judge the numbers: CPU, cores, kernel and library versions."""
     machine_info["fastsess"] = {
-        "cpu_model": cpu_model(),
+        "cpu_model": harness.cpu_model(),
         "nproc": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "kernel": harness.KERNEL,
-        "versions": {"fastsess": fastsess.__version__, **{dist: _version(dist) for dist in _VERSIONED}},
+        "versions": {
+            "fastsess": fastsess.__version__,
+            **{dist: harness.dist_version(dist) for dist in _VERSIONED},
+            **{f"{name} (server)": server_version(name) for name in _SERVERS},
+        },
         "payload_bytes": {name: harness.payload_bytes(name) for name in harness.PAYLOADS},
     }

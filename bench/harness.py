@@ -15,6 +15,13 @@ app never touches the session), `new` (no cookie; one key set, saved), `read`
 Existing sessions hold the ~300-byte payload, and for server-side stores also the
 4 KB one; `new` and `untouched` do not depend on it and run once.
 
+Network stores (fastsess memcached and redis, Beaker's ext:memcached and ext:redis)
+run on a memcached and a redis-server started for the run on free loopback ports.
+Next to them, the client library's bare GET (`pymemcache GET`, `redis-py GET`)
+reads a value of the payload's size from the same server in a bare WSGI app: the
+floor for a network store's read, which SPEC 9 allows fastsess to exceed by 5 us.
+fastsess sql runs on an SQLite file.
+
 Before anything is timed, each contender is checked once: read sees the stored
 value, modify persists, new creates a session that a later request can read, and
 untouched sets no cookie. A broken path is an error, never a fast number.
@@ -26,15 +33,21 @@ Profile one contender (the kernel follows FASTSESS_NO_EXTENSIONS, as in the app)
 from __future__ import annotations
 
 import argparse
+import atexit
+import importlib
 import io
 import json
+import platform
 import shutil
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 from fastsess import SessionMiddleware, core
 
@@ -71,6 +84,28 @@ PAYLOADS = {"300B": PAYLOAD_300, "4KB": PAYLOAD_4K}
 def payload_bytes(name: str) -> int:
     """The payload's size as compact JSON."""
     return len(json.dumps(PAYLOADS[name], separators=(",", ":")))
+
+
+# ---------------------------------------------------------------- the machine
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def dist_version(dist: str) -> str | None:
+    """The installed version of a distribution, or None."""
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 # ---------------------------------------------------------------- calling an app
@@ -212,8 +247,93 @@ class Site:
     close: Callable[[], None] = lambda: None
 
 
-def build_fastsess(store: str) -> Callable[[Path], Site]:
+# ---------------------------------------------------------------- network servers
+# memcached and redis-server for the network stores: one of each per process, started on
+# first use on a free loopback port by the starters the store tests use (tests/server_*.py;
+# a missing binary skips the contenders that need it), stopped by pid in Lab.close or at exit.
+
+_TESTS_DIR = Path(__file__).resolve().parent.parent / "tests"
+_servers: dict[str, Any] = {}
+
+
+def _server_starters(module: str) -> ModuleType:
+    if str(_TESTS_DIR) not in sys.path:
+        sys.path.append(str(_TESTS_DIR))  # after bench/, so nothing here is shadowed
+    return importlib.import_module(module)
+
+
+def network_server(kind: str) -> str:
+    """`host:port` of this run's `kind` server ("memcached" or "redis"), started on first use."""
+    server = _servers.get(kind)
+    if server is None or not server.running:
+        if kind == "memcached":
+            server = _server_starters("server_memcached").start_server("bench")
+        elif kind == "redis":
+            starters = _server_starters("server_redis")
+            server = starters.RedisServer(starters.temp_dir("bench")).start()
+            atexit.register(server.stop)
+        else:
+            raise ValueError(f"no server for {kind!r}")
+        _servers[kind] = server
+    return server.address
+
+
+def stop_network_servers() -> None:
+    while _servers:
+        _servers.popitem()[1].stop()
+
+
+def build_bare_get(client: str) -> Callable[[Path], Site]:
+    """A bare WSGI app whose /read is one GET with the client library alone (pymemcache or redis-py).
+
+    It is the floor under a network store's read (SPEC 9: fastsess's read costs at
+    most the same library's bare GET plus 5 us). The value is the payload as compact
+    JSON, about the size of a session record; the key is the request's Cookie header,
+    as /seed/<payload> set it, so that no parsing is timed. A missing value is a 404.
+    """
+
     def build(workdir: Path) -> Site:
+        import pytest
+
+        if client == "pymemcache":
+            Client = pytest.importorskip("pymemcache.client.base").Client
+            host, _, port = network_server("memcached").rpartition(":")
+            connection = Client((host, int(port)), no_delay=True)
+        elif client == "redis-py":
+            redis = pytest.importorskip("redis")
+            connection = redis.Redis.from_url(f"redis://{network_server('redis')}/0")
+        else:
+            raise ValueError(f"no bare GET for client {client!r}")
+        get, found = connection.get, str(USER_ID).encode()
+
+        def app(environ: dict, start_response: Callable) -> list:
+            path = environ["PATH_INFO"]
+            if path == "/read":
+                if get(environ["HTTP_COOKIE"]) is None:
+                    start_response("404 Not Found", [*_HEADERS, ("Content-Length", "0")])
+                    return [b""]
+                return _answer(start_response, found)
+            name = path.removeprefix("/seed/")
+            cookie = f"bare-get={name}"
+            connection.set(cookie, json.dumps(PAYLOADS[name], separators=(",", ":")).encode())
+            body = b"seeded"
+            start_response("200 OK", [*_HEADERS, ("Content-Length", str(len(body))), ("Set-Cookie", cookie)])
+            return [body]
+
+        return Site(app, connection.close)
+
+    return build
+
+
+def build_fastsess(store: str, app: Callable = wsgi_app) -> Callable[[Path], Site]:
+    """fastsess on `store`; memcached and redis on this run's server, sql on an SQLite file."""
+
+    def build(workdir: Path) -> Site:
+        client = {"sql": "sqlalchemy", "memcached": "pymemcache", "redis": "redis"}.get(store)
+        if client is not None:
+            import pytest
+
+            pytest.importorskip(client)
         options = {
             "session.type": "cookie" if store == "cookie-aes" else store,
             "session.secret": SECRET,
@@ -222,15 +342,19 @@ def build_fastsess(store: str) -> Callable[[Path], Site]:
         }
         if store == "cookie-aes":  # AES-256-GCM cookies, as Beaker's encrypt_key
             options["session.encrypt_key"] = SECRET[::-1]
-        if store in ("file", "lmdb"):
+        if store in ("file", "lmdb", "sql"):  # sql: sessions.sqlite in data_dir
             options["session.data_dir"] = str(workdir / "data")
-        middleware = SessionMiddleware(wsgi_app, options)
+        if store == "memcached":
+            options["session.url"] = network_server("memcached")
+        if store == "redis":
+            options["session.url"] = f"redis://{network_server('redis')}/0"
+        middleware = SessionMiddleware(app, options)
         return Site(middleware, middleware.close)
 
     return build
 
 
-def build_beaker(store: str) -> Callable[[Path], Site]:
+def build_beaker(store: str, app: Callable = wsgi_app) -> Callable[[Path], Site]:
     """Beaker 1.14 as its users run it: server-side stores with its default serializer."""
 
     def build(workdir: Path) -> Site:
@@ -238,7 +362,23 @@ def build_beaker(store: str) -> Callable[[Path], Site]:
 
         BeakerMiddleware = pytest.importorskip("beaker.middleware").SessionMiddleware
         options: dict = {"session.timeout": TIMEOUT, "session.key": "beaker.session.id"}
-        if store == "memory":
+        if store == "ext:memcached":
+            pytest.importorskip("memcache")  # python-memcached, the client Beaker's docs name
+            options.update({
+                "session.type": "ext:memcached",
+                "session.secret": SECRET,
+                "session.url": network_server("memcached"),
+                "session.memcache_module": "memcache",
+                "session.lock_dir": str(workdir / "lock"),
+            })
+        elif store == "ext:redis":
+            pytest.importorskip("redis")
+            options.update({
+                "session.type": "ext:redis",
+                "session.secret": SECRET,
+                "session.url": f"redis://{network_server('redis')}/0",
+            })
+        elif store == "memory":
             options.update({"session.type": "memory", "session.secret": SECRET})
         elif store == "file":
             options.update({
@@ -258,7 +398,7 @@ def build_beaker(store: str) -> Callable[[Path], Site]:
                 options.update({"session.encrypt_key": ENCRYPT_KEY, "session.crypto_type": "cryptography"})
         else:
             raise ValueError(f"no Beaker contender for store {store!r}")
-        return Site(BeakerMiddleware(wsgi_app, options))
+        return Site(BeakerMiddleware(app, options))
 
     return build
 
@@ -396,16 +536,22 @@ KERNEL = core.IMPLEMENTATION  # "c" or "python", chosen at import by FASTSESS_NO
 _KERNEL_TAG = {"c": "c", "python": "py"}[KERNEL]
 
 
+SCENARIOS = ("untouched", "new", "read", "modify")
+
+
 @dataclass(frozen=True)
 class Contender:
-    family: str  # fastsess | beaker | flask | django
+    family: str  # fastsess | beaker | flask | django | client (a client library's bare GET)
     store: str
     server_side: bool
     build: Callable[[Path], Site] = field(compare=False)
     baseline: str = "wsgi"  # whose bare route is subtracted: wsgi | flask | django
+    scenarios: tuple[str, ...] = SCENARIOS
 
     @property
     def name(self) -> str:
+        if self.family == "client":
+            return self.store
         family = f"fastsess-{_KERNEL_TAG}" if self.family == "fastsess" else self.family
         return f"{family} {self.store}"
 
@@ -420,21 +566,24 @@ CONTENDERS = [
     Contender("fastsess", "lmdb", True, build_fastsess("lmdb")),
     Contender("fastsess", "cookie", False, build_fastsess("cookie")),
     Contender("fastsess", "cookie-aes", False, build_fastsess("cookie-aes")),
+    Contender("fastsess", "memcached", True, build_fastsess("memcached")),
+    Contender("fastsess", "redis", True, build_fastsess("redis")),
+    Contender("fastsess", "sql", True, build_fastsess("sql")),
     Contender("beaker", "memory", True, build_beaker("memory")),
     Contender("beaker", "file", True, build_beaker("file")),
     Contender("beaker", "cookie", False, build_beaker("cookie")),
     Contender("beaker", "cookie-aes", False, build_beaker("cookie-aes")),
-    # Network stores join as pairs once fastsess has them: fastsess memcached and
-    # redis next to Beaker's ext:memcached and ext:redis, each building a site on
-    # a server started for the run on a free loopback port (as tests/ does), plus
-    # the client library's bare GET as a third row (SPEC 9, "Network stores").
-    # report.COUNTERPARTS already pairs them.
+    Contender("beaker", "ext:memcached", True, build_beaker("ext:memcached")),
+    Contender("beaker", "ext:redis", True, build_beaker("ext:redis")),
     Contender("flask", "cookie", False, build_flask, baseline="flask"),
     Contender("django", "signed-cookies", False, build_django("signed_cookies"), baseline="django"),
     Contender("django", "file", True, build_django("file"), baseline="django"),
     Contender("django", "cache-locmem", True, build_django("cache"), baseline="django"),
+    # The floor under the network stores' reads, on the same servers (SPEC 9, "Network stores").
+    Contender("client", "pymemcache GET", True, build_bare_get("pymemcache"), scenarios=("read",)),
+    Contender("client", "redis-py GET", True, build_bare_get("redis-py"), scenarios=("read",)),
 ]
-FAMILIES = ("fastsess", "beaker", "flask", "django")
+FAMILIES = ("fastsess", "beaker", "flask", "django", "client")
 
 BASELINES: dict[str, Callable[[Path], Site]] = {
     "wsgi": lambda workdir: Site(wsgi_app),
@@ -442,8 +591,6 @@ BASELINES: dict[str, Callable[[Path], Site]] = {
     "django": lambda workdir: Site(make_django_handler(workdir, None)),
 }
 _BASELINE_LABELS = {"wsgi": "bare WSGI app", "flask": "Flask bare route", "django": "Django bare route"}
-
-SCENARIOS = ("untouched", "new", "read", "modify")
 
 
 @dataclass(frozen=True)
@@ -480,7 +627,8 @@ def cases(families: Iterable[str] = FAMILIES, quick: bool = False) -> list[Case]
         payloads: tuple = (None,) if scenario in ("untouched", "new") else ("300B",) if quick else ("300B", "4KB")
         for payload in payloads:
             out.extend(
-                Case(c, scenario, payload) for c in chosen if payload in (None, "300B") or c.server_side
+                Case(c, scenario, payload) for c in chosen
+                if scenario in c.scenarios and (payload in (None, "300B") or c.server_side)
             )
     return out
 
@@ -540,7 +688,7 @@ class Lab:
     def contender_site(self, contender: Contender) -> Site:
         fresh = contender.name not in self._sites
         site = self.site(contender.name, contender.build)
-        if fresh:
+        if fresh and "new" in contender.scenarios:
             check_new_and_untouched(site.app, contender.name, self.cookie(contender, "300B"))
         return site
 
@@ -556,7 +704,7 @@ class Lab:
         cookie = self._cookies.get(key)
         if cookie is not None and reads_back(app, cookie):
             return cookie
-        self._cookies[key] = seed_and_check(app, contender.name, payload)
+        self._cookies[key] = seed_and_check(app, contender.name, payload, "modify" in contender.scenarios)
         return self._cookies[key]
 
     def prepare(self, case: Case) -> tuple[Callable[[], bytes], list]:
@@ -576,6 +724,7 @@ class Lab:
         for site in self._sites.values():
             site.close()
         self._sites.clear()
+        stop_network_servers()
         if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
@@ -609,8 +758,9 @@ def reads_back(app: Callable, cookie: str) -> bool:
     return read.status == "200 OK" and read.body == str(USER_ID).encode()
 
 
-def seed_and_check(app: Callable, name: str, payload: str) -> str:
-    """Store `payload` in a new session; check read sees it and modify persists. Returns its cookie."""
+def seed_and_check(app: Callable, name: str, payload: str, modify: bool = True) -> str:
+    """Store `payload` in a new session; check read sees it and (with `modify`) that modify persists.
+    Returns its cookie."""
     seeded = request(app, f"/seed/{payload}")
     check_status(seeded, f"{name}: seed {payload}")
     cookie = seeded.set_cookie()
@@ -620,6 +770,8 @@ def seed_and_check(app: Callable, name: str, payload: str) -> str:
     check_status(read, f"{name}: read")
     if read.body != str(USER_ID).encode():
         raise BrokenContender(f"{name}: read saw {read.body!r}, expected {USER_ID}")
+    if not modify:
+        return cookie
     first = request(app, "/modify", cookie)
     check_status(first, f"{name}: modify")
     # A cookie session's new state travels in the new cookie; a server-side one keeps its cookie.

@@ -27,7 +27,7 @@ DEFAULT_STAT = "min"
 #: Below this (µs), an overhead is measurement noise: ratios against it are shown as lower bounds.
 NOISE_FLOOR_US = 0.1
 
-FAMILY_ORDER = ("fastsess", "beaker", "flask", "django")
+FAMILY_ORDER = ("fastsess", "beaker", "flask", "django", "client")
 KERNEL_ORDER = ("c", "python")
 BASELINE_ORDER = ("wsgi", "flask", "django")
 GROUP_ORDER = ("untouched", "new", "read 300B", "modify 300B", "read 4KB", "modify 4KB")
@@ -41,6 +41,8 @@ COUNTERPARTS: dict[tuple[str, str], tuple[str, ...]] = {
     ("beaker", "cookie-aes"): ("cookie-aes", "cookie", "lmdb"),
     ("beaker", "ext:memcached"): ("memcached",),
     ("beaker", "ext:redis"): ("redis",),
+    ("client", "pymemcache GET"): ("memcached",),
+    ("client", "redis-py GET"): ("redis",),
     ("flask", "cookie"): ("cookie", "lmdb"),
     ("django", "signed-cookies"): ("cookie", "lmdb"),
     ("django", "file"): ("file",),
@@ -205,6 +207,17 @@ def check_targets(rows: list[Row]) -> list[Target]:
         ratio = a.overhead_us / max(b.overhead_us, NOISE_FLOOR_US)
         out.append(Target(what, f"<= {factor:g}x the time", f"{ratio:.1f}x", "ok" if ratio <= factor else "MISS"))
 
+    def within_get(contender: str, bare_get: str, group: str, allowance: float) -> None:
+        """A network store's read against the same client library's bare GET, timed in the same run."""
+        a, b = by.get((contender, group)), by.get((bare_get, group))
+        what, goal = f"{contender}, {group}: overhead", f"<= {bare_get} + {allowance:g} us"
+        if a is None or b is None or a.overhead_us is None or b.overhead_us is None:
+            out.append(Target(what, goal, "-", "not measured"))
+            return
+        ok = a.overhead_us <= b.overhead_us + allowance
+        measured = f"{a.overhead_us:.2f} us = GET + {a.overhead_us - b.overhead_us:.2f} us"
+        out.append(Target(what, goal, measured, "ok" if ok else "MISS"))
+
     overhead("fastsess-c cookie", "read 300B", 3)
     overhead("fastsess-c cookie", "modify 300B", 4)
     overhead("fastsess-c lmdb", "read 300B", 4)
@@ -223,6 +236,8 @@ def check_targets(rows: list[Row]) -> list[Target]:
         for group in ("read 300B", "modify 300B"):
             at_most(f"fastsess-py {store}", f"fastsess-c {store}", group, 3)
             faster(beaker, f"fastsess-py {store}", group, 8)
+    for store, bare_get in (("memcached", "pymemcache GET"), ("redis", "redis-py GET")):
+        within_get(f"fastsess-c {store}", bare_get, "read 300B", 5)
     return out
 
 
@@ -285,13 +300,14 @@ def render_table(
         "",
         f"us/req: one request through the app ({stat} over rounds; median alongside). overhead: us/req minus",
         "that framework's bare route in the same pass. ratio: this row's overhead / the `vs` row's;",
-        "above 1 means slower than fastsess.",
+        "above 1 means slower than fastsess. A `GET` row is the client library's bare GET of a value",
+        "the payload's size from the same server: the floor under a network store's read.",
     ]
     if targets:
         out += ["", "SPEC 9 targets (one run, this machine):"]
-        w = max(len(t.what) for t in targets)
+        w, g, m = (max(len(getattr(t, a)) for t in targets) for a in ("what", "goal", "measured"))
         for t in targets:
-            out.append(f"  {t.what:<{w}}  {t.goal:<20} {t.measured:>10}  {t.status}")
+            out.append(f"  {t.what:<{w}}  {t.goal:<{g}}  {t.measured:>{m}}  {t.status}")
     return "\n".join(out) + "\n"
 
 
@@ -301,12 +317,14 @@ def rows_as_json(rows: list[Row]) -> list[dict]:
 
 # ---------------------------------------------------------------- chart
 
+_FASTSESS_COLORS = ["#08306b", "#08519c", "#2171b5", "#4292c6", "#6baed6", "#9ecae1", "#0b7285", "#3bc9db"]
 _PALETTES = {
-    ("fastsess", "c"): ["#08306b", "#2171b5", "#6baed6", "#9ecae1"],
-    ("fastsess", "python"): ["#08306b", "#2171b5", "#6baed6", "#9ecae1"],  # same hues, hatched
-    ("beaker", ""): ["#7f2704", "#d94801", "#fd8d3c", "#fdd0a2"],
+    ("fastsess", "c"): _FASTSESS_COLORS,
+    ("fastsess", "python"): _FASTSESS_COLORS,  # same hues, hatched
+    ("beaker", ""): ["#7f2704", "#a63603", "#d94801", "#f16913", "#fd8d3c", "#fdbe85"],
     ("flask", ""): ["#525252", "#969696"],
     ("django", ""): ["#3f007d", "#6a51a3", "#9e9ac8", "#dadaeb"],
+    ("client", ""): ["#00441b", "#41ab5d"],
 }
 
 
@@ -340,8 +358,9 @@ def plot(data: dict, rows: list[Row], path: str | Path, stat: str = DEFAULT_STAT
     # payload), centred; bar width and colours stay the same across groups.
     present = {g: [c for c in contenders if (c.contender, g) in by and by[(c.contender, g)].overhead_us is not None]
                for g in groups}
-    width = 0.84 / max([len(cs) for cs in present.values()] + [1])
-    fig, ax = plt.subplots(figsize=(max(12, 1.9 * len(groups) + 4), 7.5), dpi=120)
+    most = max([len(cs) for cs in present.values()] + [1])
+    width = 0.84 / most
+    fig, ax = plt.subplots(figsize=(max(12, len(groups) * max(1.9, 0.11 * most) + 4), 7.5), dpi=120)
     heights = []
     labelled: set[str] = set()
     for g_index, g in enumerate(groups):

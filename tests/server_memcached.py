@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from loopback import free_port
+
 START_TIMEOUT = 10.0
 
 
@@ -33,12 +35,6 @@ def require_binary(name: str = "memcached") -> str:
             pytest.fail(reason + "; FASTSESS_REQUIRE_SERVERS=1 requires it")
         pytest.skip(reason)
     return path
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def command(port: int, line: str, timeout: float = 2.0) -> bytes:

@@ -19,12 +19,13 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 
 import pytest
+
+from loopback import free_port
 
 try:
     import psycopg
@@ -58,12 +59,6 @@ def _bindir() -> str | None:
         if all(os.access(os.path.join(path, name), os.X_OK) for name in ("initdb", "postgres")):
             return path
     return None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class PostgresServer:

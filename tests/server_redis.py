@@ -10,18 +10,18 @@ FASTSESS_REQUIRE_SERVERS=1 it fails instead.
 from __future__ import annotations
 
 import atexit
-import ctypes
 import os
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import pytest
+
+from loopback import die_with_parent, free_port
 
 START_TIMEOUT = 10.0
 
@@ -35,18 +35,6 @@ def require_binary(name: str) -> str:
             pytest.fail(reason + "; FASTSESS_REQUIRE_SERVERS=1 requires it")
         pytest.skip(reason)
     return path
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM when the test process dies, so no server outlives a killed run."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def command(port: int, *args: str, timeout: float = 2.0) -> bytes:
@@ -115,7 +103,7 @@ class RedisServer:
         try:
             self.process = subprocess.Popen(
                 self.argv(), cwd=self.directory, stdout=log, stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
         finally:
             log.close()

@@ -36,6 +36,10 @@ QUICK_OPTIONS = (
     "--benchmark-disable-gc", "--bench-quick",
 )
 
+#: The contender families of the first pass (bench/harness.py FAMILIES); "client" is the network
+#: client libraries' bare GET, which does not depend on the kernel and so runs once.
+EVERY_FAMILY = "fastsess,beaker,flask,django,client"
+
 EXIT_OK, EXIT_FAILED, EXIT_SETUP = 0, 1, 2
 _PYTEST_NO_TESTS = 5
 _RESULT_LINE = re.compile(r"::(test_\w+\[[^\]]*\])\s+(PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)\b.*?\[\s*(\d+)/(\d+)\]")
@@ -188,10 +192,10 @@ def run(
 
     no_c = c_kernel_status()
     if no_c is None:
-        plan = [("c", "fastsess,beaker,flask,django"), ("python", "fastsess")]
+        plan = [("c", EVERY_FAMILY), ("python", "fastsess")]
     else:
         progress.write(f"fastsess bench: {no_c}; timing the pure-Python kernel only\n")
-        plan = [("python", "fastsess,beaker,flask,django")]
+        plan = [("python", EVERY_FAMILY)]
 
     passes: list[tuple[str, dict]] = []
     with tempfile.TemporaryDirectory(prefix="fastsess-bench-") as tmp:
