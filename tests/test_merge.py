@@ -2,6 +2,9 @@
 
 base is the data as this request loaded it, ours is this request's data, theirs
 is what the store holds now. Both functions are pure; these tables pin them.
+The last table drives a save through concurrent writes, deletes and rotations
+(a record that vanished is GONE), both under a store lock and with the
+compare-and-set retries of stores that have none.
 """
 
 from __future__ import annotations
@@ -13,8 +16,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fastsess import core
+from fastsess.config import load_config
 from fastsess.errors import ConflictError
-from fastsess.session import merge, merge_flash
+from fastsess.session import EXPIRE_COOKIE, Session, SessionService, merge, merge_flash
+from fastsess.stores.base import StoredRecord
+from fastsess.stores.memory import MemoryStore
 
 
 def typed(value):
@@ -204,3 +211,124 @@ def test_merge_flash_loses_nothing_and_shows_nothing_twice(case):
     assert not set(ids) & popped, "a popped message came back"
     assert set(added) <= set(ids), "a new message was lost"
     assert {i for i in base if i not in popped} <= set(ids), "an unread message was lost"
+
+
+# ---------------------------------------------------------------- merging at save time
+
+
+class InterleavingStore(MemoryStore):
+    """A memory store that lets scripted concurrent requests write just before each write of the request
+    under test reaches it; locked=False makes it retry like memcached and redis, without locked_update."""
+
+    def __init__(self, locked: bool) -> None:
+        super().__init__()
+        self.has_locked_update = locked
+        self.interleaved: list = []  # one callable per write of the request under test
+        self._running = False
+
+    def _interleave(self) -> None:
+        if self.interleaved and not self._running:
+            self._running = True  # the scripted requests' own writes pass straight through
+            try:
+                self.interleaved.pop(0)()
+            finally:
+                self._running = False
+
+    def cas(self, key, blob, expected_version, expires_at):
+        self._interleave()
+        return super().cas(key, blob, expected_version, expires_at)
+
+    def locked_update(self, key, fn):
+        self._interleave()
+        return super().locked_update(key, fn)
+
+
+def _other_request(service: SessionService, session_id: str, action) -> None:
+    session = Session(service, session_id=session_id)
+    action(session)
+    session.persist()
+
+
+def _setting(key):
+    def action(session):
+        session[key] = "theirs"
+        session.save()
+
+    return action
+
+
+def _flashing(session):
+    session.flash("theirs")
+
+
+def _popping_flash(session):
+    session.pop_flash()
+
+
+def _deleting(session):
+    session.delete()
+
+
+def _rotating(session):
+    session.regenerate_id()
+
+
+# (what concurrent requests do before each of our writes; the data and flash messages the record holds
+#  afterwards, or None when it is gone; whether our cookie is expired)
+SAVE_CASES = [
+    pytest.param([_setting("x")], {"base": 0, "x": "theirs", "mine": 1}, [], False, id="their-write-merges"),
+    pytest.param(
+        [_setting("x"), _setting("y")], {"base": 0, "x": "theirs", "y": "theirs", "mine": 1}, [], False,
+        id="a-second-conflict-merges-from-our-own-changes-again",
+    ),
+    pytest.param(
+        [_flashing], {"base": 0, "mine": 1}, ["theirs"], False, id="their-flash-message-is-kept",
+    ),
+    pytest.param(
+        [_flashing, _popping_flash], {"base": 0, "mine": 1}, [], False,
+        id="a-message-they-flashed-and-then-popped-is-not-shown-again",
+    ),
+    pytest.param([_deleting], None, None, True, id="gone-before-our-write-is-not-recreated"),
+    pytest.param(
+        [_setting("x"), _deleting], None, None, True, id="gone-between-conflict-and-merge-is-not-recreated"
+    ),
+    pytest.param([_rotating], None, None, False, id="rotated-away-is-gone-and-the-new-cookie-is-left-alone"),
+]
+
+
+@pytest.mark.parametrize("locked", [True, False], ids=["under-the-store-lock", "compare-and-set-retries"])
+@pytest.mark.parametrize("interleaved, expected, expected_flash, cookie_expired", SAVE_CASES)
+def test_save_merges_concurrent_writes_and_never_recreates_a_vanished_record(
+    locked, interleaved, expected, expected_flash, cookie_expired
+):
+    store = InterleavingStore(locked)
+    events: list = []
+    config = load_config(None, type="memory", secret="merge-test-secret-" + "x" * 20, timeout=600,
+                         on_event=lambda name, **fields: events.append(name))
+    service = SessionService(config, store)
+    creator = Session(service)
+    creator["base"] = 0
+    creator.save()
+    creator.persist()
+    session_id = creator.id
+    ours = Session(service, session_id=session_id)
+    len(ours)  # loaded before any concurrent write
+    ours["mine"] = 1
+    ours.save()
+    store.interleaved = [
+        (lambda action=action: _other_request(service, session_id, action)) for action in interleaved
+    ]
+
+    ours.persist()  # never raises: a merge keeps both sides, a vanished record wins
+
+    record = store.load(core.store_key(session_id))
+    if expected is None:
+        assert not isinstance(record, StoredRecord), "a vanished record was brought back"
+        assert "save_gone" in events
+        assert (ours.__dict__["_sess"].cookie_action == EXPIRE_COOKIE) is cookie_expired
+    else:
+        *_, flash, data = core.unpack_record(record.blob)
+        assert core.decode_data(data) == expected
+        messages = core.decode_data(flash).get("", []) if flash is not None else []
+        assert [text for _, text in messages] == expected_flash
+        assert "conflict_merged" in events

@@ -71,6 +71,10 @@ MAX_COOKIE_CHARS = 4096
 MAX_CANDIDATES = 3
 HKDF_SALT = b"fastsess"
 ID_COOKIE_PURPOSE = b"fastsess/v1/id-cookie"
+#: The first byte of an id cookie carrying a Beaker id (32 lowercase hex
+#: characters) kept through migration: 0x40 | FORMAT_VERSION, never a format version.
+LEGACY_ID_VERSION = 0x40 | FORMAT_VERSION
+LEGACY_ID_CHARS = 32
 
 MAX_DEPTH = 64  # nesting limit for session values, below every JSON library's own
 _INT_MAX = (1 << 64) - 1  # and the minimum, -2**63, is where long long overflows
@@ -82,6 +86,8 @@ _KNOWN_FLAGS = FLAG_DOMAIN | FLAG_PATH | FLAG_FLASH
 # The same numbers as C constants, for the typed code below.
 cdef enum:
     C_FORMAT_VERSION = 1
+    C_LEGACY_ID_VERSION = 0x41  # LEGACY_ID_VERSION
+    C_LEGACY_ID_CHARS = 32
     C_ID_BYTES = 32
     C_ID_TAG_BYTES = 16
     C_ID_COOKIE_BYTES = 50
@@ -360,19 +366,44 @@ cdef bytes _id_mac_input(int version, int kid, object name, const uint8_t* raw_i
     return out
 
 
+cdef bint _is_legacy_id(const uint8_t* raw_id, Py_ssize_t n) noexcept nogil:
+    """32 lowercase hex digits: the shape of a Beaker 1.14 session id (uuid4().hex)."""
+    cdef Py_ssize_t i
+    if n != C_LEGACY_ID_CHARS:
+        return False
+    for i in range(n):
+        if not ((raw_id[i] >= 48 and raw_id[i] <= 57) or (raw_id[i] >= 97 and raw_id[i] <= 102)):
+            return False
+    return True
+
+
 def sign_id(session_id, key, kid, name) -> str:
-    """The id-cookie value: base64url(version | key id | raw id | 128-bit tag)."""
+    """The id-cookie value: base64url(version | key id | raw id | 128-bit tag).
+
+    A Beaker id kept through migration (32 lowercase hex characters) travels as
+    its ASCII bytes under LEGACY_ID_VERSION, in a value of the same length.
+    """
     cdef uint8_t raw[C_ID_COOKIE_BYTES]
+    cdef int version = C_FORMAT_VERSION
+    cdef bytes raw_id
     if type(session_id) is not str:
         raise TypeError("expected str")
-    cdef bytes raw_id = _b64url_decode(<str>session_id)
-    if PyBytes_GET_SIZE(raw_id) != C_ID_BYTES:
-        raise ValueError("session id must be 32 bytes")
+    __Pyx_PyUnicode_READY(session_id)
+    if (
+        PyUnicode_GET_LENGTH(session_id) == C_LEGACY_ID_CHARS and PyUnicode_IS_ASCII(session_id)
+        and _is_legacy_id(PyUnicode_1BYTE_DATA(session_id), C_LEGACY_ID_CHARS)
+    ):
+        version = C_LEGACY_ID_VERSION
+        raw_id = PyBytes_FromStringAndSize(<char*>PyUnicode_1BYTE_DATA(session_id), C_LEGACY_ID_CHARS)
+    else:
+        raw_id = _b64url_decode(<str>session_id)
+        if PyBytes_GET_SIZE(raw_id) != C_ID_BYTES:
+            raise ValueError("session id must be 32 bytes")
     cdef int key_id = _byte_value(kid)
-    raw[0] = C_FORMAT_VERSION
+    raw[0] = <uint8_t>version
     raw[1] = <uint8_t>key_id
     memcpy(&raw[2], PyBytes_AS_STRING(raw_id), C_ID_BYTES)
-    tag = _mac(key, _id_mac_input(C_FORMAT_VERSION, key_id, name, &raw[2]))
+    tag = _mac(key, _id_mac_input(version, key_id, name, &raw[2]))
     memcpy(&raw[2 + C_ID_BYTES], PyBytes_AS_STRING(tag), C_ID_TAG_BYTES)
     return _b64_encode(raw, C_ID_COOKIE_BYTES)
 
@@ -381,7 +412,8 @@ def open_id_cookie(value, keys, name):
     """Verify an id-cookie value against (key id, key) pairs, first key first.
 
     Returns (session_id, index of the key that verified), or None for anything
-    malformed, oversized or forged. Never raises on bad input.
+    malformed, oversized or forged. Never raises on bad input. The session id
+    is base64url, or a kept Beaker id under LEGACY_ID_VERSION.
     """
     cdef uint8_t raw[C_ID_COOKIE_BYTES + 2]  # room for what 67 characters could decode to
     cdef Py_ssize_t n
@@ -393,7 +425,10 @@ def open_id_cookie(value, keys, name):
         return None
     if _b64_decode_into(PyUnicode_1BYTE_DATA(value), n, raw) != C_ID_COOKIE_BYTES:
         return None
-    if raw[0] != C_FORMAT_VERSION:
+    cdef int version = raw[0]
+    if version != C_FORMAT_VERSION and (
+        version != C_LEGACY_ID_VERSION or not _is_legacy_id(&raw[2], C_ID_BYTES)
+    ):
         return None
     cdef int kid = raw[1]
     cdef bytes tag = PyBytes_FromStringAndSize(<char*>&raw[2 + C_ID_BYTES], C_ID_TAG_BYTES)
@@ -402,10 +437,12 @@ def open_id_cookie(value, keys, name):
         if key_kid != kid:
             continue
         if msg is None:
-            msg = _id_mac_input(C_FORMAT_VERSION, kid, name, &raw[2])
+            msg = _id_mac_input(version, kid, name, &raw[2])
         mac = _mac(key, msg)
         if _compare_digest(PyBytes_FromStringAndSize(PyBytes_AS_STRING(mac), C_ID_TAG_BYTES), tag):
-            return _b64_encode(&raw[2], C_ID_BYTES), index
+            if version == C_FORMAT_VERSION:
+                return _b64_encode(&raw[2], C_ID_BYTES), index
+            return PyBytes_FromStringAndSize(<char*>&raw[2], C_ID_BYTES).decode("ascii"), index
     return None
 
 

@@ -37,6 +37,11 @@ MAX_COOKIE_CHARS = 4096
 MAX_CANDIDATES = 3
 HKDF_SALT = b"fastsess"
 ID_COOKIE_PURPOSE = b"fastsess/v1/id-cookie"
+#: The first byte of an id cookie carrying a Beaker id (32 lowercase hex
+#: characters) kept through migration: 0x40 | FORMAT_VERSION, never a format version.
+LEGACY_ID_VERSION = 0x40 | FORMAT_VERSION
+LEGACY_ID_CHARS = 32
+_HEX_DIGITS = frozenset(b"0123456789abcdef")
 
 MAX_DEPTH = 64  # nesting limit for session values, below every JSON library's own
 _INT_MIN = -(1 << 63)
@@ -201,13 +206,26 @@ def _id_mac_input(version: int, kid: int, name: str, raw_id: bytes) -> bytes:
     )
 
 
+def _is_legacy_id(raw_id: bytes) -> bool:
+    """32 lowercase hex digits: the shape of a Beaker 1.14 session id (uuid4().hex)."""
+    return len(raw_id) == LEGACY_ID_CHARS and _HEX_DIGITS.issuperset(raw_id)
+
+
 def sign_id(session_id: str, key: bytes, kid: int, name: str) -> str:
-    """The id-cookie value: base64url(version | key id | raw id | 128-bit tag)."""
-    raw_id = b64url_decode(session_id)
-    if len(raw_id) != ID_BYTES:
-        raise ValueError("session id must be 32 bytes")
-    head = bytes((FORMAT_VERSION, kid))
-    tag = hmac_sha256(key, _id_mac_input(FORMAT_VERSION, kid, name, raw_id))[:ID_TAG_BYTES]
+    """The id-cookie value: base64url(version | key id | raw id | 128-bit tag).
+
+    A Beaker id kept through migration (32 lowercase hex characters) travels as
+    its ASCII bytes under LEGACY_ID_VERSION, in a value of the same length.
+    """
+    if type(session_id) is str and len(session_id) == LEGACY_ID_CHARS and session_id.isascii() \
+            and _is_legacy_id(session_id.encode("ascii")):
+        version, raw_id = LEGACY_ID_VERSION, session_id.encode("ascii")
+    else:
+        version, raw_id = FORMAT_VERSION, b64url_decode(session_id)
+        if len(raw_id) != ID_BYTES:
+            raise ValueError("session id must be 32 bytes")
+    head = bytes((version, kid))
+    tag = hmac_sha256(key, _id_mac_input(version, kid, name, raw_id))[:ID_TAG_BYTES]
     return b64url_encode(head + raw_id + tag)
 
 
@@ -215,7 +233,8 @@ def open_id_cookie(value: str, keys, name: str):
     """Verify an id-cookie value against (key id, key) pairs, first key first.
 
     Returns (session_id, index of the key that verified), or None for anything
-    malformed, oversized or forged. Never raises on bad input.
+    malformed, oversized or forged. Never raises on bad input. The session id
+    is base64url, or a kept Beaker id under LEGACY_ID_VERSION.
     """
     if type(value) is not str or len(value) > MAX_COOKIE_CHARS or len(value) != 67:
         return None
@@ -223,19 +242,22 @@ def open_id_cookie(value: str, keys, name: str):
         raw = b64url_decode(value)
     except ValueError:
         return None
-    if len(raw) != ID_COOKIE_BYTES or raw[0] != FORMAT_VERSION:
+    if len(raw) != ID_COOKIE_BYTES:
         return None
+    version = raw[0]
     kid = raw[1]
     raw_id = raw[2 : 2 + ID_BYTES]
     tag = raw[2 + ID_BYTES :]
+    if version != FORMAT_VERSION and (version != LEGACY_ID_VERSION or not _is_legacy_id(raw_id)):
+        return None
     msg = None
     for index, (key_kid, key) in enumerate(keys):
         if key_kid != kid:
             continue
         if msg is None:
-            msg = _id_mac_input(FORMAT_VERSION, kid, name, raw_id)
+            msg = _id_mac_input(version, kid, name, raw_id)
         if hmac.compare_digest(hmac_sha256(key, msg)[:ID_TAG_BYTES], tag):
-            return b64url_encode(raw_id), index
+            return (b64url_encode(raw_id) if version == FORMAT_VERSION else raw_id.decode("ascii")), index
     return None
 
 

@@ -1,4 +1,4 @@
-"""The `fastsess` command: demo, gen-secret, cleanup, inspect, create-table and bench.
+"""The `fastsess` command: demo, gen-secret, cleanup, inspect, create-table, migrate-beaker and bench.
 
 Commands that need the store or the secret read the `session.*` keys of an
 INI file (`--config FILE.ini [--section app:main]`, or FASTSESS_CONFIG) with
@@ -176,6 +176,77 @@ def cmd_create_table(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_migrate_beaker(args: argparse.Namespace) -> int:
+    """Copy Beaker's stored sessions into the configured store: a bulk pass, then delta passes."""
+    from .migrate import STATE_FILE, Migration, open_source, parse_since, read_state, write_state
+
+    config = _load(args)
+    source = open_source(args.from_type, args.from_data_dir, args.from_url, args.from_table)
+    config_path = args.config or os.environ.get("FASTSESS_CONFIG", "")
+    state_path = args.state or os.path.join(os.path.dirname(os.path.abspath(config_path)), STATE_FILE)
+    if args.full:
+        since = None
+    elif args.since is not None:
+        since = parse_since(args.since)
+    else:
+        since = read_state(state_path, source.describe())
+    store = open_store(config)
+    progress = _progress_printer(args.json)
+    try:
+        migration = Migration(config, SessionService(config, store), source)
+        report = migration.run(since, dry_run=args.dry_run, progress=progress)
+    finally:
+        source.close()
+        if store is not None:
+            store.close()
+        if progress is not None and sys.stderr.isatty():
+            sys.stderr.write("\n")
+    if not args.dry_run:
+        write_state(state_path, report)
+    if args.json:
+        print(json.dumps(report.as_dict()))
+        return 0
+    summary = report.as_dict()
+    when = ""
+    if since is not None:
+        when = f" of sessions changed since {time.strftime('%Y-%m-%d %H:%M:%S %z', time.localtime(since))}"
+    print(f"{'dry run: ' if args.dry_run else ''}{report.mode} pass{when} from {report.source} "
+          f"into the {config.store_type} store, {summary['seconds']} s")
+    print("  " + ", ".join(f"{summary[k]} {k}" for k in (
+        "seen", "migrated", "updated", "unchanged", "expired", "skipped", "refused")))
+    for reason, count in sorted(report.skipped.items()):
+        print(f"  skipped {count}: {reason}")
+    for refusal in report.refused:
+        print(f"  refused {refusal['ref']}: {refusal['reason']}")
+    if report.refused_count > len(report.refused):
+        print(f"  ... and {report.refused_count - len(report.refused)} more refused")
+    if not args.dry_run:
+        print(f"state saved in {state_path}: the next run is a delta pass (--full forces a bulk pass)")
+    if not config.beaker_compat:
+        print("note: set session.beaker_compat = true, so that Beaker's cookies find these sessions")
+    return 0
+
+
+def _progress_printer(quiet: bool):
+    """Progress on stderr: a rewritten line on a terminal, else a line every 10 s (none with --json)."""
+    tty = sys.stderr.isatty()
+    if quiet and not tty:
+        return None
+    last = [time.monotonic()]
+
+    def show(report) -> None:
+        text = (f"migrate-beaker: {report.seen} seen, {report.migrated + report.updated} written, "
+                f"{report.refused_count} refused")
+        if tty:
+            sys.stderr.write(f"\r{text}")
+            sys.stderr.flush()
+        elif time.monotonic() - last[0] >= 10:
+            last[0] = time.monotonic()
+            sys.stderr.write(text + "\n")
+
+    return show
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from .benchrun import run  # imported here: the runner is only for source checkouts
 
@@ -211,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("cleanup", cmd_cleanup, "remove expired sessions from the configured store"),
         ("inspect", cmd_inspect, "verify and decode a session cookie"),
         ("create-table", cmd_create_table, "create the sql store's table (for apps without DDL rights)"),
+        ("migrate-beaker", cmd_migrate_beaker, "copy Beaker's stored sessions into the configured store"),
     ):
         p = sub.add_parser(name, help=text)
         p.add_argument("--config", help="INI file with session.* keys (or FASTSESS_CONFIG)")
@@ -221,7 +293,24 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--batch", type=int, default=1000)
         elif name == "inspect":
             p.add_argument("cookie", help="the cookie value (or name=value)")
+        elif name == "migrate-beaker":
+            _migrate_arguments(p)
     return parser
+
+
+def _migrate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--from-type", required=True, choices=("file", "ext:redis", "ext:database"),
+                   help="Beaker's session.type")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--from-data-dir", metavar="DIR", help="Beaker's session.data_dir (file)")
+    source.add_argument("--from-url", metavar="URL", help="Beaker's session.url (ext:redis, ext:database)")
+    p.add_argument("--from-table", default="beaker_cache", help="Beaker's table_name (ext:database)")
+    p.add_argument("--since", metavar="TIME", help="delta pass: sessions changed since a Unix time or an "
+                   "ISO 8601 date-time (default: the start of the last pass, from the state file)")
+    p.add_argument("--full", action="store_true", help="a bulk pass, whatever the state file says")
+    p.add_argument("--state", metavar="FILE", help="where passes are remembered (default: "
+                   ".fastsess-migrate-beaker.json next to the config file)")
+    p.add_argument("--dry-run", action="store_true", help="read and check everything, write nothing")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

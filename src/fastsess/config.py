@@ -22,6 +22,8 @@ MIN_SECRET_CHARS = 32
 DEFAULT_ABSOLUTE_TIMEOUT = 30 * 24 * 3600
 DEFAULT_MAX_RECORD_SIZE = 64 * 1024
 TOMBSTONE_SECONDS = 60.0
+#: The cookie name Beaker uses, and fastsess's default with beaker_compat = true.
+BEAKER_COOKIE_NAME = "beaker.session.id"
 #: Beaker's "far future" for cookie_expires = false: 2038-01-19.
 FAR_FUTURE = 0x7FFFFFFF
 
@@ -371,7 +373,6 @@ class Config:
         self.secrets = _as_keys("secret", get("secret"))
         self.validate_keys = _as_keys("validate_key", get("validate_key"))
         self.encrypt_keys = _as_keys("encrypt_key", get("encrypt_key"))
-        self.beaker_compat_secrets = _as_keys("beaker_compat_secrets", get("beaker_compat_secrets"))
         if not self.secrets:
             raise ConfigError(
                 "session.secret is required: at least 32 characters of random text "
@@ -394,10 +395,7 @@ class Config:
                     "encryption (session.encrypt_key or cookie_mode = encrypted) needs the cryptography "
                     "package: pip install 'fastsess[crypto]'"
                 ) from None
-        self.beaker_compat = as_bool("beaker_compat", get("beaker_compat", False))
-        self.beaker_compat_until = _as_date(get("beaker_compat_until"))
-        if self.beaker_compat:
-            raise ConfigError("session.beaker_compat is not in this release of fastsess yet")
+        self._beaker_options(get)
         self.cookie_mode = str(get("cookie_mode", "encrypted" if self.encrypt_keys else "signed")).strip().lower()
         if self.cookie_mode not in ("signed", "encrypted"):
             raise ConfigError("session.cookie_mode must be signed or encrypted")
@@ -430,7 +428,7 @@ class Config:
 
         # Cookie
         self.use_cookies = as_bool("use_cookies", get("use_cookies", True))
-        self.cookie_name = get("key") or "session"
+        self.cookie_name = get("key") or (BEAKER_COOKIE_NAME if self.beaker_compat else "session")
         if not isinstance(self.cookie_name, str) or not _is_token(self.cookie_name):
             raise ConfigError(f"session.key {self.cookie_name!r} is not a valid cookie name")
         self.cookie_domain = get("cookie_domain") or None
@@ -482,6 +480,42 @@ class Config:
         if on_event is not None and not callable(on_event):
             raise ConfigError("session.on_event must be a callable on_event(name, **fields)")
         self.on_event: Callable[..., Any] | None = on_event
+
+    def _beaker_options(self, get: Callable[..., Any]) -> None:
+        """beaker_compat, beaker_compat_secrets and beaker_compat_until (SPEC 3, "Beaker migration").
+
+        The keys that verify Beaker's HMAC-SHA1 tags are beaker_compat_secrets, of
+        any length since Beaker never required one; without them, the configured
+        secret and validate_key, which is what Beaker itself signed with. The
+        until date is inclusive: Beaker cookies are accepted through the end of
+        that day (UTC).
+        """
+        self.beaker_compat = as_bool("beaker_compat", get("beaker_compat", False))
+        self.beaker_compat_until = _as_date(get("beaker_compat_until"))
+        self.beaker_compat_secrets = _as_keys("beaker_compat_secrets", get("beaker_compat_secrets"))
+        #: HMAC-SHA1 keys for Beaker's tags, as bytes; empty unless beaker_compat is on.
+        self.beaker_keys: list[bytes] = []
+        #: Unix time after which Beaker cookies are refused; None for no end.
+        self.beaker_compat_deadline: float | None = None
+        if not self.beaker_compat:
+            if self.beaker_compat_secrets or self.beaker_compat_until is not None:
+                log.warning(
+                    "session.beaker_compat_secrets and beaker_compat_until are ignored: beaker_compat is off",
+                    extra={"fastsess_event": "config_warning", "sid": None},
+                )
+            return
+        keys = self.beaker_compat_secrets or self.secrets + self.validate_keys
+        for key in dict.fromkeys(keys):  # once each, in order
+            self.beaker_keys.append(key.encode("utf-8"))
+        if self.beaker_compat_until is not None:
+            end = _dt.datetime.combine(self.beaker_compat_until, _dt.time(), _dt.timezone.utc)
+            self.beaker_compat_deadline = (end + _dt.timedelta(days=1)).timestamp()
+            if self.beaker_compat_deadline <= _dt.datetime.now(_dt.timezone.utc).timestamp():
+                log.warning(
+                    "session.beaker_compat_until (%s) has passed: Beaker cookies are no longer accepted",
+                    self.beaker_compat_until.isoformat(),
+                    extra={"fastsess_event": "config_warning", "sid": None},
+                )
 
     def _check_names(self, opts: dict) -> None:
         for name in list(opts):

@@ -29,6 +29,7 @@ _LEVELS = {
     "save_gone": logging.INFO,
     "conflict_merged": logging.INFO,
     "old_key_used": logging.INFO,
+    "beaker_cookie_accepted": logging.INFO,
     "cleanup": logging.INFO,
     "invalid_cookie": logging.INFO,
     "expired": logging.DEBUG,

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator, MutableMapping
 from typing import Any
 
-from . import core
+from . import beaker_compat, core
 from .config import TOMBSTONE_SECONDS, Config
 from .errors import ConflictError, SessionTooLarge, StoreError
 from .events import EventLog
@@ -39,6 +39,9 @@ _EMPTY_DATA = core.encode_data({})
 MAX_COOKIE_BYTES = 4093
 #: a cookie session larger than this logs a warning once
 COOKIE_WARN_BYTES = 2048
+
+#: the key index _load reports for an id verified by Beaker's tag (beaker_compat)
+_BEAKER_KEY_INDEX = -1
 
 # What persist decided for the response's cookie.
 SET_COOKIE = "set"
@@ -246,6 +249,7 @@ class _State:
     cookie_action: str | None = None
     sealed: str | None = None  # cookie-only sessions: the value to send
     dropped = False
+    merge_from = None  # (base, ours) as this request first merged them: every retry merges from these
 
     def __init__(self, now: float, data: dict | None = None, flash: dict | None = None) -> None:
         self.created = now
@@ -316,21 +320,89 @@ class Session:
         if session_id is None and self._cookie_header and service.config.use_cookies:
             candidates = core.parse_cookie(self._cookie_header, service.config.cookie_name)
             had_cookie = bool(candidates)
+            beaker = service.config.beaker_compat
+            refused = False  # a Beaker value was refused, and its reason logged
             for value in candidates:
-                opened = service.open_cookie(value)
+                if beaker and beaker_compat.is_beaker_value(value):
+                    opened = self._open_beaker_id(service, value, now)
+                    refused |= opened is None
+                else:
+                    opened = service.open_cookie(value)
                 if opened is not None:
                     session_id, key, key_index = opened
-                    retag = key_index > 0
+                    retag = key_index != 0
                     break
             else:
-                if candidates:
+                if candidates and not refused:
                     service.events.emit("invalid_cookie", message="no candidate cookie verified")
         s = self._load_record(service, session_id, key, now) if key is not None else self._fresh(now)
         s.had_cookie = had_cookie
         if retag and not s.is_new:
             s.retag = True
-            service.events.emit("old_key_used", sid=service.sid(s.id), message="id cookie tagged with an old secret")
+            if key_index == _BEAKER_KEY_INDEX:
+                service.events.emit(
+                    "beaker_cookie_accepted", sid=service.sid(s.id),
+                    message="Beaker id cookie verified; re-tagged in fastsess format", beaker_format="id",
+                )
+            else:
+                service.events.emit(
+                    "old_key_used", sid=service.sid(s.id), message="id cookie tagged with an old secret"
+                )
         self._sess = s
+        return s
+
+    def _open_beaker_id(self, service: SessionService, value: str, now: float) -> tuple | None:
+        """(Beaker id, store key, _BEAKER_KEY_INDEX) for a Beaker id cookie whose tag verifies, else None.
+
+        The tag is checked before any store lookup. migrate-beaker wrote the
+        session under store_key(Beaker id); the id is kept, and re-tagged in
+        fastsess format on this response, until the next regenerate_id().
+        """
+        try:
+            beaker_id = beaker_compat.open_id_cookie(value, service.config, now)
+        except beaker_compat.BeakerCookieRefused as exc:
+            service.events.emit("invalid_cookie", message=str(exc))
+            return None
+        return beaker_id, core.store_key(beaker_id), _BEAKER_KEY_INDEX
+
+    def _load_beaker_cookie(self, service: SessionService, value: str, now: float) -> _State | None:
+        """A Beaker cookie session, verified and decoded, to be resealed in fastsess format on this response.
+
+        None when it is refused, expired, or too large to travel uncompressed.
+        """
+        try:
+            opened = beaker_compat.open_cookie_session(value, service.config, now)
+        except beaker_compat.BeakerCookieRefused as exc:
+            service.events.emit("invalid_cookie", message=str(exc))
+            return None
+        session_id = beaker_compat.cookie_session_id(opened.beaker_id)
+        if service.is_expired(opened.created, opened.accessed, now):
+            service.events.emit(
+                "expired", sid=service.sid(session_id), message="Beaker cookie session timed out"
+            )
+            return None
+        record = core.pack_record(opened.created, now, 0, opened.domain, opened.path, None, opened.data_bytes)
+        payload = core.b64url_decode(session_id) + record
+        sealed = service.seal_cookie(opened.created, now, service.expires_at(opened.created, now), payload)
+        if len(service.config.cookie_name) + 1 + len(sealed) > MAX_COOKIE_BYTES:
+            service.events.emit(
+                "invalid_cookie", message="Beaker cookie session too large to reseal uncompressed"
+            )
+            return None
+        s = self._fresh(now, opened.data)
+        s.had_cookie = True
+        s.id = session_id
+        s.is_new = False
+        s.loaded_data = opened.data_bytes
+        s.created = opened.created
+        s.last_accessed = s.last_access = opened.accessed
+        s.domain = s.loaded_domain = opened.domain
+        s.path = s.loaded_path = opened.path
+        s.retag = True  # reseal on this response
+        service.events.emit(
+            "beaker_cookie_accepted", sid=service.sid(session_id),
+            message="Beaker cookie session verified; resealed in fastsess format", beaker_format="cookie",
+        )
         return s
 
     def _load_sealed(self, service: SessionService, now: float) -> _State:
@@ -338,14 +410,22 @@ class Session:
         candidates = []
         if self._cookie_header and service.config.use_cookies:
             candidates = core.parse_cookie(self._cookie_header, service.config.cookie_name)
+        beaker = service.config.beaker_compat
+        refused = False  # a Beaker value was refused, and its reason logged
         for value in candidates:
+            if beaker and beaker_compat.is_beaker_value(value):
+                s = self._load_beaker_cookie(service, value, now)
+                if s is not None:
+                    return s
+                refused = True
+                continue
             opened = service.open_sealed(value)
             if opened is not None:
                 break
         else:
             s = self._fresh(now)
             s.had_cookie = bool(candidates)
-            if candidates:
+            if candidates and not refused:
                 service.events.emit("invalid_cookie", message="no candidate cookie verified")
             return s
         issued_at, last_access, expires_at, payload, key_index = opened
@@ -912,6 +992,7 @@ class Session:
             result = store.cas(key, service.seal_record(key, blob), s.version, expires_at)
             if result is CONFLICT:
                 result = self._merge_write(s, service, core.store_key(s.id), expires_at, now)
+        s.merge_from = None  # written, or gone: a later save starts from what it loads
         if result is GONE:
             service.events.emit("save_gone", sid=service.sid(s.id), message="record vanished; not recreated")
             # A concurrent logout wins: expire the cookie. But when the id was rotated
@@ -997,21 +1078,23 @@ class Session:
             their_flash = core.decode_data(flash) if flash is not None else {}
         except (ValueError, TypeError):
             theirs, their_flash, csrf_gen, domain, path = {}, {}, 0, None, None
-        base = core.decode_data(s.loaded_data)
+        if s.merge_from is None:
+            s.merge_from = (
+                core.decode_data(s.loaded_data), s.data, s.loaded_flash, s.flash,
+                (s.loaded_domain, s.domain), (s.loaded_path, s.path), (s.loaded_csrf_gen, s.csrf_gen),
+            )
+        base, ours, base_flash, our_flash, domains, paths, csrf_gens = s.merge_from
         try:
-            merged, clashes = merge(base, s.data, theirs, service.config.on_conflict)
+            merged, clashes = merge(base, ours, theirs, service.config.on_conflict)
         except ConflictError:
             service.events.emit("conflict_raised", sid=service.sid(s.id), message="same key changed concurrently")
             raise
         service.events.emit("conflict_merged", sid=service.sid(s.id), clashes=len(clashes))
         s.data = merged
-        s.flash = merge_flash(s.loaded_flash, s.flash, their_flash)
-        if s.domain == s.loaded_domain:
-            s.domain = domain
-        if s.path == s.loaded_path:
-            s.path = path
-        if s.csrf_gen == s.loaded_csrf_gen:
-            s.csrf_gen = csrf_gen
+        s.flash = merge_flash(base_flash, our_flash, their_flash)
+        s.domain = domains[1] if domains[1] != domains[0] else domain
+        s.path = paths[1] if paths[1] != paths[0] else path
+        s.csrf_gen = csrf_gens[1] if csrf_gens[1] != csrf_gens[0] else csrf_gen
         s.loaded_data = core.encode_data(merged)
         return self._pack(s, s.loaded_data, s.flash, now)
 

@@ -569,16 +569,27 @@ class SqlStore(Store):
             return sa.inspect(conn).has_table(self.table.name, schema=self.table.schema)
 
     def _do_create_table(self) -> bool:
-        if self._exists():
-            return False
-        try:
-            with self._tx.begin() as conn:
-                self.table.create(conn)
-        except sa_exc.SQLAlchemyError:
-            if self._exists():  # another process created it meanwhile
+        # Several workers may start at once. SQLite answers "database is locked"
+        # at once (no busy wait) to a writer that raced another one's DDL, so a
+        # locked database is retried, briefly.
+        for attempt in range(20):
+            if self._exists():
                 return False
-            raise
-        return True
+            try:
+                with self._tx.begin() as conn:
+                    self.table.create(conn)
+                return True
+            except sa_exc.OperationalError as exc:
+                if self._exists():  # another process created it meanwhile
+                    return False
+                if "locked" not in str(exc.orig) or attempt == 19:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+            except sa_exc.SQLAlchemyError:
+                if self._exists():
+                    return False
+                raise
+        return False
 
     def close(self) -> None:
         if self._pid != os.getpid():

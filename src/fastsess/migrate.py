@@ -1,0 +1,633 @@
+"""`fastsess migrate-beaker`: copies Beaker's server-side sessions into the configured fastsess store.
+
+Beaker keeps each session as a pickle (a dict holding base64 of a protocol-2
+pickle of the session, or of zlib-compressed JSON) in a file store
+(`container_file/**/*.cache`), in Redis (`beaker_cache:<id>:session`) or in a
+database table (`beaker_cache`). Every pickle is read by RestrictedUnpickler,
+which builds plain data only and refuses anything else before it can run:
+a hostile pickle is reported, never executed.
+
+A session is written under `core.store_key(Beaker id)`, where the Beaker id
+cookie (SPEC 3, "Beaker migration") finds it. A bulk pass copies everything;
+a delta pass at cutover copies what changed since (`--since`, or the state
+file the last pass left). A session already in the fastsess store is replaced
+only when Beaker's copy is newer than its last write, so a delta pass never
+overwrites a change fastsess made after cutover.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as _dt
+import io
+import json
+import os
+import pickle
+import pickletools
+import time
+import uuid
+import zlib
+from abc import ABC, abstractmethod
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from . import beaker_compat, core
+from .config import Config
+from .errors import ConfigError
+from .session import SessionService
+from .stores.base import CONFLICT, EXISTS, GONE, TOMBSTONE, StoredRecord
+
+#: Budgets for one pickle: its size in bytes, and the nodes (opcodes, and
+#: values once references are expanded) it may produce.
+MAX_PICKLE_BYTES = 4 * 1024 * 1024
+MAX_PICKLE_NODES = 200_000
+#: Nesting limit for session values (SPEC 4), checked before encoding.
+MAX_DEPTH = 64
+#: A delta pass also re-reads sessions this much older than its start: Beaker
+#: stamps `_accessed_time` when a request starts and writes when it ends.
+DELTA_SLACK_SECONDS = 120.0
+SOURCE_TYPES = ("file", "ext:redis", "ext:database")
+STATE_FILE = ".fastsess-migrate-beaker.json"
+_WRITE_ATTEMPTS = 4
+# What writing one session did.
+_CREATED, _REPLACED, _CURRENT, _REGENERATED, _CONTENDED = (
+    "created", "replaced", "current", "regenerated", "contended"
+)
+_REFUSALS_LISTED = 100
+
+
+# ---------------------------------------------------------------- the restricted unpickler
+
+
+class PickleRefused(pickle.UnpicklingError):
+    """A pickle that holds more than plain data, or exceeds its budget; nothing in it was run."""
+
+
+def _latin1_encode(text: Any, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+    """`_codecs.encode`, as protocol 2 uses it to store bytes: latin1 from str, nothing else."""
+    if type(text) is not str or encoding not in ("latin1", "latin-1") or errors != "strict":
+        raise PickleRefused("_codecs.encode is allowed only as encode(str, 'latin1')")
+    return text.encode("latin-1")
+
+
+#: Every global a pickle may name. Protocol 2 writes builtins as __builtin__.
+_ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
+    ("_codecs", "encode"): _latin1_encode,
+    ("__builtin__", "set"): set,
+    ("builtins", "set"): set,
+    ("__builtin__", "frozenset"): frozenset,
+    ("builtins", "frozenset"): frozenset,
+    ("datetime", "datetime"): _dt.datetime,
+    ("datetime", "date"): _dt.date,
+    ("datetime", "time"): _dt.time,
+    ("datetime", "timedelta"): _dt.timedelta,
+    ("datetime", "timezone"): _dt.timezone,
+    ("decimal", "Decimal"): Decimal,
+    ("uuid", "UUID"): uuid.UUID,
+}
+#: Opcodes that reach outside the pickle (persistent ids, the extension
+#: registry, out-of-band buffers) or build arbitrary instances.
+_REFUSED_OPCODES = frozenset(
+    {"PERSID", "BINPERSID", "EXT1", "EXT2", "EXT4", "INST", "OBJ", "NEXT_BUFFER", "READONLY_BUFFER"}
+)
+_PLAIN = (str, bytes, int, float, bool, type(None), Decimal, _dt.datetime, _dt.date, _dt.time, _dt.timedelta)
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """Unpickles plain data only: the types of SPEC 4 and what protocol 2 needs to build them.
+
+    find_class hands out only the constructors in _ALLOWED_GLOBALS (and
+    `_codecs.encode` only for latin1); any other global, a persistent id or an
+    extension code raises PickleRefused. Use `loads`, which also checks every
+    GLOBAL before anything is built and enforces the size and node budgets.
+    """
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return _ALLOWED_GLOBALS[(module, name)]
+        except (KeyError, TypeError):
+            raise PickleRefused(f"refused global {_printable(module)}.{_printable(name)}") from None
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise PickleRefused("refused a persistent id")
+
+    @classmethod
+    def loads(cls, blob: bytes, max_bytes: int = MAX_PICKLE_BYTES, max_nodes: int = MAX_PICKLE_NODES) -> Any:
+        """The plain data in `blob`, or PickleRefused; nothing but the allowed constructors ever runs."""
+        if len(blob) > max_bytes:
+            raise PickleRefused(f"pickle is {len(blob)} bytes, over the budget of {max_bytes}")
+        _scan(blob, max_nodes)
+        try:
+            value = cls(io.BytesIO(blob)).load()
+        except PickleRefused:
+            raise
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, KeyError,
+                IndexError, OverflowError, UnicodeError, RecursionError, MemoryError) as exc:
+            raise PickleRefused(f"malformed pickle ({type(exc).__name__})") from None
+        _check_plain(value, max_nodes, max_bytes)
+        return value
+
+
+def _printable(text: Any) -> str:
+    text = str(text)
+    return text if len(text) <= 60 and text.isprintable() else repr(text[:60])
+
+
+def _scan(blob: bytes, max_nodes: int) -> None:
+    """Walk the opcodes without building anything: refuse bad opcodes and globals, count nodes."""
+    count = 0
+    try:
+        for opcode, arg, _pos in pickletools.genops(blob):
+            count += 1
+            if count > 4 * max_nodes:
+                raise PickleRefused(f"pickle has more than {4 * max_nodes} opcodes")
+            if opcode.name in _REFUSED_OPCODES:
+                raise PickleRefused(f"refused opcode {opcode.name}")
+            if opcode.name == "GLOBAL":
+                module, _, name = str(arg).partition(" ")
+                if (module, name) not in _ALLOWED_GLOBALS:
+                    raise PickleRefused(f"refused global {_printable(module)}.{_printable(name)}")
+    except PickleRefused:
+        raise
+    except (ValueError, UnicodeError, OverflowError) as exc:
+        raise PickleRefused(f"malformed pickle ({type(exc).__name__})") from None
+
+
+def _check_plain(value: Any, max_nodes: int, max_bytes: int) -> None:
+    """Plain types only, with references expanded: a small pickle cannot stand for a huge session."""
+    nodes = 0
+    size = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        nodes += 1
+        if nodes > max_nodes:
+            raise PickleRefused(f"pickle expands to more than {max_nodes} values")
+        if depth > MAX_DEPTH:
+            raise PickleRefused("pickle nests too deeply")
+        kind = type(item)
+        if kind is dict:
+            stack.extend((k, depth + 1) for k in item)
+            stack.extend((v, depth + 1) for v in item.values())
+        elif kind in (list, tuple, set, frozenset):
+            stack.extend((v, depth + 1) for v in item)
+        elif kind in (str, bytes):
+            size += len(item)
+            if size > max_bytes:
+                raise PickleRefused(f"pickle expands to more than {max_bytes} bytes of text")
+        elif kind is uuid.UUID:
+            number = getattr(item, "int", None)  # set by UUID.__setstate__, from the pickle
+            if type(number) is not int or not 0 <= number < 1 << 128:
+                raise PickleRefused("malformed UUID")
+        elif kind not in _PLAIN:
+            raise PickleRefused(f"refused value of type {_printable(kind.__name__)}")
+
+
+# ---------------------------------------------------------------- Beaker's stored values
+
+
+class SessionRefused(ValueError):
+    """A Beaker session that cannot be migrated; the message says why, without ids or data."""
+
+
+def decode_container(blob: bytes) -> Any:
+    """A Beaker container value (file, database row or Redis value), through the restricted unpickler."""
+    try:
+        return RestrictedUnpickler.loads(blob)
+    except PickleRefused as exc:
+        raise SessionRefused(f"container pickle: {exc}") from None
+
+
+def decode_session(stored: Any) -> Any:
+    """Beaker's stored `session` value: base64 of a protocol-2 pickle, or of zlib-compressed JSON."""
+    if isinstance(stored, bytes):
+        try:
+            stored = stored.decode("ascii")
+        except UnicodeDecodeError:
+            raise SessionRefused("stored session is not base64") from None
+    if not isinstance(stored, str):
+        raise SessionRefused(f"stored session is a {type(stored).__name__}, not base64 text")
+    try:
+        raw = base64.b64decode(stored, validate=True)
+    except (binascii.Error, ValueError):
+        raise SessionRefused("stored session is not base64 (encrypted with encrypt_key?)") from None
+    if raw[:1] == b"\x80":
+        try:
+            return RestrictedUnpickler.loads(raw)
+        except PickleRefused as exc:
+            raise SessionRefused(str(exc)) from None
+    try:
+        return beaker_compat.inflate_json(raw, MAX_PICKLE_BYTES)
+    except (zlib.error, UnicodeDecodeError, ValueError, RecursionError):
+        raise SessionRefused("stored session is neither a pickle nor zlib-compressed JSON (encrypted?)") \
+            from None
+
+
+# ---------------------------------------------------------------- sources
+
+
+@dataclass
+class BeakerItem:
+    """One stored Beaker session: its id, when Beaker last wrote it, and how to read it."""
+
+    beaker_id: str
+    modified: float | None  # None when only the session's own _accessed_time can tell
+    read: Callable[[], Any]  # the session dict; raises SessionRefused
+    ref: str = ""
+
+
+class BeakerSource(ABC):
+    """Where Beaker kept its sessions.
+
+    items() yields a BeakerItem per session (those changed since a time, when
+    given), or an (outcome, reason) pair for an entry it passed over.
+    """
+
+    kind = ""
+
+    @abstractmethod
+    def describe(self) -> str:
+        """The source as reports and the state file name it (no passwords)."""
+
+    @abstractmethod
+    def items(self, since: float | None) -> Iterator[BeakerItem | tuple[str, str]]:
+        """Every stored session, or those changed at or after `since`."""
+
+    def close(self) -> None:  # noqa: B027 - optional: only network sources hold connections
+        """Release connections."""
+
+
+class FileSource(BeakerSource):
+    """Beaker's file store: `<data_dir>/container_file/<a>/<ab>/<id>.cache`, one pickled dict per session."""
+
+    kind = "file"
+
+    def __init__(self, data_dir: str) -> None:
+        root = os.path.join(data_dir, "container_file")
+        self.root = os.path.abspath(root if os.path.isdir(root) else data_dir)
+        if not os.path.isdir(self.root):
+            raise ConfigError(f"--from-data-dir {data_dir!r} is not a directory")
+
+    def describe(self) -> str:
+        return f"file:{self.root}"
+
+    def items(self, since: float | None) -> Iterator[BeakerItem | tuple[str, str]]:
+        for directory, _dirs, files in os.walk(self.root):
+            for name in sorted(files):
+                if not name.endswith(".cache"):
+                    continue
+                beaker_id = name[: -len(".cache")]
+                if not beaker_compat.is_beaker_id(beaker_id):
+                    yield ("skipped", "not a Beaker 1.14 session file (cache entries are left alone)")
+                    continue
+                path = os.path.join(directory, name)
+                try:
+                    stat = os.stat(path)
+                except FileNotFoundError:
+                    continue  # Beaker deleted it meanwhile
+                if since is not None and stat.st_mtime < since:
+                    yield ("unchanged", "")
+                    continue
+                yield BeakerItem(
+                    beaker_id, stat.st_mtime, lambda path=path, size=stat.st_size: self._read(path, size)
+                )
+
+    @staticmethod
+    def _read(path: str, size: int) -> Any:
+        if size > MAX_PICKLE_BYTES:
+            raise SessionRefused(f"file is {size} bytes, over the budget of {MAX_PICKLE_BYTES}")
+        try:
+            with open(path, "rb") as f:
+                blob = f.read(MAX_PICKLE_BYTES + 1)
+        except FileNotFoundError:
+            raise SessionRefused("file vanished while reading") from None
+        container = decode_container(blob)
+        if not isinstance(container, dict) or "session" not in container:
+            raise SessionRefused("file holds no Beaker session")
+        return decode_session(container["session"])
+
+
+class RedisSource(BeakerSource):
+    """Beaker's ext:redis store: `beaker_cache:<id>:session` holds a pickled base64 string."""
+
+    kind = "ext:redis"
+    PREFIX = "beaker_cache:"
+    SUFFIX = ":session"
+
+    def __init__(self, url: str) -> None:
+        try:
+            import redis
+        except ImportError:
+            raise ConfigError(
+                "--from-type ext:redis needs the redis package: pip install 'fastsess[redis]'"
+            ) from None
+        self.url = url
+        self.client = redis.Redis.from_url(url)
+
+    def describe(self) -> str:
+        return f"ext:redis:{_without_password(self.url)}"
+
+    def items(self, since: float | None) -> Iterator[BeakerItem | tuple[str, str]]:
+        batch: list[bytes] = []
+        for key in self.client.scan_iter(match=f"{self.PREFIX}*{self.SUFFIX}", count=1000):
+            batch.append(key)
+            if len(batch) >= 500:
+                yield from self._batch(batch, since)
+                batch = []
+        if batch:
+            yield from self._batch(batch, since)
+
+    def _batch(self, keys: list[bytes], since: float | None) -> Iterator[BeakerItem | tuple[str, str]]:
+        values = self.client.mget(keys)
+        for key, value in zip(keys, values, strict=True):
+            beaker_id = key.decode("latin-1")[len(self.PREFIX) : -len(self.SUFFIX)]
+            if not beaker_compat.is_beaker_id(beaker_id):
+                yield ("skipped", "not a Beaker 1.14 session key (cache entries are left alone)")
+                continue
+            if value is None:
+                continue  # expired meanwhile
+            yield BeakerItem(beaker_id, None, lambda value=value: self._read(value))
+
+    @staticmethod
+    def _read(value: bytes) -> Any:
+        return decode_session(decode_container(value))
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class DatabaseSource(BeakerSource):
+    """Beaker's ext:database store: a `beaker_cache` table of (namespace, accessed, created, data).
+
+    The data column is read as plain bytes, never through SQLAlchemy's
+    PickleType: it goes to the restricted unpickler like everything else.
+    `accessed` is Beaker's naive local time of the last write.
+    """
+
+    kind = "ext:database"
+
+    def __init__(self, url: str, table_name: str = "beaker_cache") -> None:
+        try:
+            import sqlalchemy as sa
+        except ImportError:
+            raise ConfigError(
+                "--from-type ext:database needs SQLAlchemy: pip install 'fastsess[sql]'"
+            ) from None
+        self.sa = sa
+        self.url = url
+        self.engine = sa.create_engine(url, hide_parameters=True)
+        self.table = sa.table(
+            table_name,
+            sa.column("namespace", sa.String),
+            sa.column("accessed", sa.DateTime),
+            sa.column("data", sa.LargeBinary),
+        )
+
+    def describe(self) -> str:
+        return f"ext:database:{_without_password(self.url)}:{self.table.name}"
+
+    def items(self, since: float | None) -> Iterator[BeakerItem | tuple[str, str]]:
+        sa = self.sa
+        query = sa.select(self.table.c.namespace, self.table.c.accessed, self.table.c.data)
+        if since is not None:
+            query = query.where(self.table.c.accessed >= _dt.datetime.fromtimestamp(since))
+        with self.engine.connect() as conn:
+            for namespace, accessed, data in conn.execution_options(stream_results=True).execute(query):
+                if not isinstance(namespace, str) or not beaker_compat.is_beaker_id(namespace):
+                    yield ("skipped", "not a Beaker 1.14 session row (cache entries are left alone)")
+                    continue
+                modified = accessed.timestamp() if isinstance(accessed, _dt.datetime) else None
+                yield BeakerItem(namespace, modified, lambda data=data: self._read(data))
+
+    @staticmethod
+    def _read(data: Any) -> Any:
+        if data is None:
+            raise SessionRefused("row holds no data")
+        container = decode_container(bytes(data))
+        if not isinstance(container, dict) or "session" not in container:
+            raise SessionRefused("row holds no Beaker session")
+        return decode_session(container["session"])
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def _without_password(url: str) -> str:
+    """The URL as it may be shown: any password replaced."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest.split("/", 1)[0]:
+        return url
+    credentials, _, host = rest.partition("@")
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in credentials else url
+
+
+def open_source(
+    kind: str, data_dir: str | None, url: str | None, table_name: str = "beaker_cache"
+) -> BeakerSource:
+    """The Beaker store named on the command line (`--from-type` and its location)."""
+    if kind == "file":
+        if not data_dir:
+            raise ConfigError("--from-type file needs --from-data-dir (Beaker's session.data_dir)")
+        return FileSource(data_dir)
+    if kind == "ext:redis":
+        if not url:
+            raise ConfigError("--from-type ext:redis needs --from-url (Beaker's session.url)")
+        return RedisSource(url)
+    if kind == "ext:database":
+        if not url:
+            raise ConfigError("--from-type ext:database needs --from-url (Beaker's session.url)")
+        return DatabaseSource(url, table_name)
+    raise ConfigError(f"--from-type must be one of {', '.join(SOURCE_TYPES)}, not {kind!r}")
+
+
+# ---------------------------------------------------------------- one pass
+
+
+@dataclass
+class MigrationReport:
+    """What one pass did; `as_dict` is the --json summary."""
+
+    source: str
+    mode: str  # "bulk" or "delta"
+    since: float | None
+    started_at: float
+    dry_run: bool = False
+    seen: int = 0
+    migrated: int = 0  # new in the fastsess store
+    updated: int = 0  # replaced an older copy from an earlier pass
+    unchanged: int = 0  # not changed since the last pass, or already current
+    expired: int = 0
+    skipped: Counter = field(default_factory=Counter)  # reason -> count
+    refused: list = field(default_factory=list)  # [{"ref": ..., "reason": ...}], the first _REFUSALS_LISTED
+    refused_count: int = 0
+    seconds: float = 0.0
+
+    def refuse(self, ref: str, reason: str) -> None:
+        self.refused_count += 1
+        if len(self.refused) < _REFUSALS_LISTED:
+            self.refused.append({"ref": ref, "reason": reason})
+
+    def as_dict(self) -> dict:
+        return {
+            "source": self.source, "mode": self.mode, "since": self.since, "started_at": self.started_at,
+            "dry_run": self.dry_run,
+            "seen": self.seen, "migrated": self.migrated, "updated": self.updated,
+            "unchanged": self.unchanged, "expired": self.expired,
+            "skipped": sum(self.skipped.values()), "skipped_reasons": dict(self.skipped),
+            "refused": self.refused_count, "refusals": self.refused, "seconds": round(self.seconds, 3),
+        }
+
+
+class Migration:
+    """Copies the sessions of one Beaker source into the configured fastsess store."""
+
+    def __init__(self, config: Config, service: SessionService, source: BeakerSource,
+                 clock: Callable[[], float] = time.time) -> None:
+        if config.store_type == "cookie":
+            raise ConfigError("migrate-beaker needs a server-side fastsess store; cookie sessions have none "
+                              "(Beaker cookie sessions are read directly with beaker_compat = true)")
+        self.config = config
+        self.service = service
+        self.source = source
+        self.clock = clock
+
+    def run(self, since: float | None, dry_run: bool = False,
+            progress: Callable[[MigrationReport], None] | None = None) -> MigrationReport:
+        started = self.clock()
+        mode = "bulk" if since is None else "delta"
+        report = MigrationReport(self.source.describe(), mode, since, started, dry_run)
+        cutoff = None if since is None else since - DELTA_SLACK_SECONDS
+        last_progress = time.monotonic()
+        for item in self.source.items(cutoff):
+            report.seen += 1
+            if isinstance(item, tuple):
+                outcome, reason = item
+                if outcome == "unchanged":
+                    report.unchanged += 1
+                else:
+                    report.skipped[reason] += 1
+            else:
+                self._migrate(item, cutoff, report)
+            if progress is not None and time.monotonic() - last_progress >= 0.5:
+                last_progress = time.monotonic()
+                progress(report)
+        report.seconds = self.clock() - started
+        if progress is not None:
+            progress(report)
+        return report
+
+    def _migrate(self, item: BeakerItem, cutoff: float | None, report: MigrationReport) -> None:
+        key = core.store_key(item.beaker_id)
+        ref = key.hex()[:16]  # what reports show: never the Beaker id itself
+        now = self.clock()
+        try:
+            session = beaker_compat.split_session(item.read(), self.config, now)
+        except (SessionRefused, beaker_compat.BeakerCookieRefused) as exc:
+            report.refuse(ref, str(exc))
+            return
+        modified = min(item.modified if item.modified is not None else session.accessed, now)
+        if cutoff is not None and max(modified, session.accessed) < cutoff:
+            report.unchanged += 1
+            return
+        last_activity = max(session.accessed, modified)
+        expires_at = self.service.expires_at(session.created, last_activity)
+        if expires_at <= now:
+            report.expired += 1
+            return
+        blob = core.pack_record(
+            session.created, modified, 0, session.domain, session.path, None, session.data_bytes
+        )
+        if len(blob) > self.config.max_record_size:
+            report.refuse(ref, f"record of {len(blob)} bytes is over max_record_size")
+            return
+        if report.dry_run:
+            report.migrated += 1
+            return
+        outcome = self._write(key, blob, modified, expires_at)
+        if outcome == _CREATED:
+            report.migrated += 1
+        elif outcome == _REPLACED:
+            report.updated += 1
+        elif outcome == _CURRENT:
+            report.unchanged += 1
+        elif outcome == _REGENERATED:
+            report.skipped["id already regenerated in fastsess"] += 1
+        else:
+            report.refuse(ref, "the fastsess record kept changing while it was written")
+
+    def _write(self, key: bytes, blob: bytes, modified: float, expires_at: float) -> str:
+        """Create the record, or replace one that only Beaker changed since it was written."""
+        store = self.service.store
+        sealed = self.service.seal_record(key, blob)
+        for _ in range(_WRITE_ATTEMPTS):
+            result = store.create(key, sealed, expires_at)
+            if result is not EXISTS:
+                return _CREATED
+            current = store.load(key)
+            if current is TOMBSTONE:
+                return _REGENERATED
+            if not isinstance(current, StoredRecord):
+                continue  # expired or deleted meanwhile: create again
+            try:
+                last_write = core.unpack_record(self.service.open_record(key, current.blob))[1]
+            except (ValueError, TypeError):
+                last_write = float("-inf")  # damaged: Beaker's copy wins
+            if last_write >= modified:
+                return _CURRENT  # already this copy, or changed by fastsess since
+            result = store.cas(key, sealed, current.version, expires_at)
+            if result is not CONFLICT and result is not GONE:
+                return _REPLACED
+        return _CONTENDED
+
+
+# ---------------------------------------------------------------- the state file
+
+
+def read_state(path: str, source: str) -> float | None:
+    """When the last pass over `source` started, from the state file; None before the first pass."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            state = json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read the migrate-beaker state file {path!r}: {exc}") from None
+    entry = state.get(source) if isinstance(state, dict) else None
+    started = entry.get("started_at") if isinstance(entry, dict) else None
+    return float(started) if isinstance(started, (int, float)) else None
+
+
+def write_state(path: str, report: MigrationReport) -> None:
+    """Remember this pass, per source, so the next run is a delta pass from its start."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            state = json.load(f)
+        if not isinstance(state, dict):
+            state = {}
+    except (OSError, ValueError):
+        state = {}
+    state[report.source] = {
+        "started_at": report.started_at, "finished_at": report.started_at + report.seconds,
+        "mode": report.mode,
+    }
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(state, f, indent=2)
+    os.replace(tmp, path)
+
+
+def parse_since(text: str) -> float:
+    """A Unix time, or an ISO 8601 date-time (local time when it has no offset)."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        return _dt.datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise ConfigError(f"--since must be a Unix time or an ISO 8601 date-time, not {text!r}") from None
