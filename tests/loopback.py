@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
+import subprocess
 import sys
+import time
+from pathlib import Path
 
 
 def free_port() -> int:
@@ -20,3 +24,65 @@ def die_with_parent() -> None:
         import ctypes
 
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class LoopbackServer:
+    """A server process of the tests' own: started, probed until it answers, stopped by pid.
+
+    Subclasses give `name`, `argv()` and `ready()` (one probe of the running server);
+    `port` and `directory` are set by their constructors.
+    """
+
+    name = "server"
+    start_timeout = 10.0
+    port: int
+    directory: Path
+    process: subprocess.Popen | None = None
+    preexec = None  # a callable run in the child before exec, e.g. die_with_parent
+
+    def argv(self) -> list[str]:
+        raise TypeError(f"{type(self).__name__} must define argv()")
+
+    def ready(self) -> bool:
+        raise TypeError(f"{type(self).__name__} must define ready()")
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self):
+        log = open(self.directory / "server.log", "ab")  # noqa: SIM115 - owned by the child
+        try:
+            self.process = subprocess.Popen(
+                self.argv(), cwd=self.directory, stdout=log, stderr=subprocess.STDOUT, preexec_fn=self.preexec,
+            )
+        finally:
+            log.close()
+        deadline = time.monotonic() + self.start_timeout
+        while True:
+            try:
+                if self.ready():
+                    return self
+            except OSError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"{self.name} did not start: {(self.directory / 'server.log').read_text()}")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        """Kill the process by its pid and reap it; the port is free afterwards."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGKILL)
+        self.process.wait(10)
+        self.process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None

@@ -14,14 +14,13 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from loopback import free_port
+from loopback import LoopbackServer, free_port
 
 START_TIMEOUT = 10.0
 
@@ -49,53 +48,22 @@ def command(port: int, line: str, timeout: float = 2.0) -> bytes:
                 return reply
 
 
-class MemcachedServer:
+class MemcachedServer(LoopbackServer):
     """One memcached process on 127.0.0.1; restart() brings it back, empty, on the same port."""
+
+    name = "memcached"
 
     def __init__(self, directory: Path, port: int | None = None) -> None:
         self.binary = require_binary()
         self.directory = directory
         self.directory.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
-        self.process: subprocess.Popen | None = None
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
 
     def argv(self) -> list[str]:
         return [self.binary, "-u", "nobody", "-l", "127.0.0.1", "-p", str(self.port), "-U", "0"]
 
-    def start(self) -> MemcachedServer:
-        log = open(self.directory / "server.log", "ab")  # noqa: SIM115 - owned by the child
-        try:
-            self.process = subprocess.Popen(self.argv(), cwd=self.directory, stdout=log, stderr=subprocess.STDOUT)
-        finally:
-            log.close()
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            try:
-                if command(self.port, "version", timeout=0.5).startswith(b"VERSION"):
-                    return self
-            except OSError:
-                pass
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"memcached did not start: {(self.directory / 'server.log').read_text()}")
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        """Kill the process by its pid and reap it; the port is free afterwards."""
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGKILL)
-        self.process.wait(10)
-        self.process = None
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
+    def ready(self) -> bool:
+        return command(self.port, "version", timeout=0.5).startswith(b"VERSION")
 
     def pause(self) -> None:
         """SIGSTOP: the port still accepts connections but nothing answers (a hung server).
@@ -110,10 +78,6 @@ class MemcachedServer:
 
     def resume(self) -> None:
         os.kill(self.process.pid, signal.SIGCONT)
-
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
 
     def stats(self) -> dict[str, int]:
         """The numeric counters of `stats`."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from loopback import die_with_parent, free_port
+from loopback import LoopbackServer, die_with_parent, free_port
 
 START_TIMEOUT = 10.0
 
@@ -64,8 +63,11 @@ def _complete(reply: bytes) -> bool:
     return False
 
 
-class RedisServer:
+class RedisServer(LoopbackServer):
     """One redis-server process (plain, cluster node or sentinel) in its own directory."""
+
+    name = "redis-server"
+    preexec = staticmethod(die_with_parent)
 
     def __init__(
         self, directory: Path, extra: tuple[str, ...] = (), sentinel_conf: str | None = None,
@@ -77,15 +79,10 @@ class RedisServer:
         self.socket_path = str(directory / "redis.sock")
         self.extra = extra
         self.sentinel_conf = sentinel_conf
-        self.process: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
 
     def argv(self) -> list[str]:
         if self.sentinel_conf is not None:
@@ -98,43 +95,8 @@ class RedisServer:
             *self.extra,
         ]
 
-    def start(self) -> RedisServer:
-        log = open(self.directory / "server.log", "ab")  # noqa: SIM115 - owned by the child
-        try:
-            self.process = subprocess.Popen(
-                self.argv(), cwd=self.directory, stdout=log, stderr=subprocess.STDOUT,
-                preexec_fn=die_with_parent,
-            )
-        finally:
-            log.close()
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            try:
-                if command(self.port, "PING", timeout=0.5).startswith((b"+PONG", b"-NOAUTH")):
-                    return self
-            except OSError:
-                pass
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                log_text = (self.directory / "server.log").read_text()
-                raise RuntimeError(f"redis-server did not start: {log_text}")
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGKILL)
-        self.process.wait(10)
-        self.process = None
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+    def ready(self) -> bool:
+        return command(self.port, "PING", timeout=0.5).startswith((b"+PONG", b"-NOAUTH"))
 
     def info(self, section: str) -> dict[str, str]:
         text = command(self.port, "INFO", section).decode()
