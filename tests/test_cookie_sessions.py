@@ -195,3 +195,18 @@ def test_records_are_encrypted_at_rest_with_encrypt_key_and_bound_to_their_key()
     with pytest.raises(ValueError):
         mw.service.open_record(other, entry[0])  # a ciphertext cannot move to another session
     assert mw.service.open_record(key, entry[0]).startswith(b"\x01")
+
+
+def test_a_remembered_cookie_still_expires_and_a_forged_one_is_not_remembered():
+    clock = Clock()
+    mw = make(clock)
+    app = TestApp(mw)
+    value = cookie_value(app.get("/inc"))
+    assert app.get("/").text == "1"
+    assert app.get("/").text == "1"  # the second read opens the remembered value
+    assert mw.service.open_sealed(value) is not None
+    forged = value[:-2] + ("AA" if value[-2:] != "AA" else "BB")
+    assert mw.service.open_sealed(forged) is None
+    assert forged not in mw.service._opened_sealed
+    clock.now += 601
+    assert app.get("/").text == "0"

@@ -309,9 +309,11 @@ def http_date(timestamp: float) -> str:
 def _check_attribute(what: str, text: str) -> None:
     if not isinstance(text, str):
         raise TypeError(f"cookie {what} must be str")
-    for ch in text:
-        if ch == ";" or ch < " " or ch > "~":
-            raise ValueError(f"invalid character in cookie {what}")
+    # Allowed: " " to "~" except ";". For ASCII text, isprintable() is exactly
+    # " " to "~"; str methods scan in C, where a loop here costs a step per
+    # character of a sealed cookie of several hundred.
+    if not (text.isascii() and text.isprintable()) or ";" in text:
+        raise ValueError(f"invalid character in cookie {what}")
 
 
 def build_set_cookie(
@@ -422,11 +424,18 @@ def _to_plain(value, depth: int = 0):
         if value != value or value in (float("inf"), float("-inf")):
             _refuse(value, " (NaN and infinities are refused)")
         return value
+    # Children at this depth may be checked inline: most session values are
+    # flat scalars, and a call per scalar is most of the pure kernel's encode
+    # cost. Past MAX_DEPTH the call must still happen, to refuse the nesting.
+    inline = depth <= MAX_DEPTH
     if t is dict:
         out = None
         for k, v in value.items():
             if type(k) is not str:
                 raise TypeError(f"dict keys must be str, not {type(k).__name__}")
+            tv = type(v)
+            if inline and (tv is str or tv is bool or v is None or (tv is int and _INT_MIN <= v <= _INT_MAX)):
+                continue  # what _to_plain(v) would return as is; out, if copied, already holds it
             pv = _to_plain(v, depth)
             if pv is not v and out is None:
                 out = dict(value)
@@ -439,6 +448,9 @@ def _to_plain(value, depth: int = 0):
     if t is list:
         out = None
         for i, v in enumerate(value):
+            tv = type(v)
+            if inline and (tv is str or tv is bool or v is None or (tv is int and _INT_MIN <= v <= _INT_MAX)):
+                continue  # as in the dict loop above
             pv = _to_plain(v, depth)
             if pv is not v and out is None:
                 out = list(value)

@@ -31,6 +31,9 @@ CLEANUP_EVERY = 500
 CLEANUP_BUDGET = 200
 #: id cookies remembered as verified, per process (see SessionService.open_cookie)
 VERIFIED_COOKIES_LIMIT = 4096
+#: cookie sessions remembered as opened, per process (see SessionService.open_sealed);
+#: fewer than id cookies, as each entry holds a whole cookie (up to 4 KB) and its payload
+OPENED_SEALED_LIMIT = 1024
 #: ten years: the store expiry of a session with neither timeout set.
 _FOREVER = 10 * 365 * 24 * 3600.0
 _EMPTY_DATA = core.encode_data({})
@@ -120,6 +123,7 @@ class SessionService:
         self.clock = clock
         self._writes = 0
         self._verified: dict[str, tuple] = {}
+        self._opened_sealed: dict[str, tuple] = {}
         # Read on every request: kept as plain attributes.
         self._timeout = config.timeout or 0.0
         self._absolute_timeout = config.absolute_timeout or 0.0
@@ -188,10 +192,26 @@ class SessionService:
         return core.seal_signed(name, kid, key, issued_at, last_access, expires_at, payload)
 
     def open_sealed(self, value: str) -> tuple | None:
-        """(issued_at, last_access, expires_at, payload, key index) of a valid cookie session, else None."""
+        """(issued_at, last_access, expires_at, payload, key index) of a valid cookie session, else None.
+
+        Opened values are remembered (per process, bounded), as open_cookie does:
+        the answer depends only on the value and this service's keys, and a
+        client sends the same cookie until its session changes. Expiry is
+        checked by the caller on every request; failures are never remembered.
+        """
+        hit = self._opened_sealed.get(value)
+        if hit is not None:
+            return hit
         if self.keys.cookie_enc_prks:
-            return core.open_encrypted(value, self.keys.cookie_enc_prks, self.config.cookie_name)
-        return core.open_signed(value, self.keys.cookie_mac_keys, self.config.cookie_name)
+            opened = core.open_encrypted(value, self.keys.cookie_enc_prks, self.config.cookie_name)
+        else:
+            opened = core.open_signed(value, self.keys.cookie_mac_keys, self.config.cookie_name)
+        if opened is None:
+            return None
+        if len(self._opened_sealed) >= OPENED_SEALED_LIMIT:
+            self._opened_sealed.clear()
+        self._opened_sealed[value] = opened
+        return opened
 
     def sign(self, session_id: str) -> str:
         kid, key = self.keys.id_keys[0]
