@@ -1299,3 +1299,22 @@ def test_counter_regenerate_and_delete_work_on_every_store(kind, tmp_path):
         assert t.get("/").text == ""
     finally:
         mw.close()
+
+
+def test_a_session_read_then_reset_like_turbogears_still_varies_on_cookie():
+    # TurboGears' i18n.no_session_touch reads the language from the session, then
+    # sets __dict__["_sess"] = None so nothing is written: the page still depends
+    # on the cookie, so caches must still key on it.
+    def app(environ, start_response):
+        session = environ["beaker.session"]
+        session.get("lang")
+        session.__dict__["_sess"] = None
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    mw = SessionMiddleware(app, {"session.type": "memory", "session.secret": "s" * 40, "session.timeout": 60})
+    headers = {}
+    mw({"REQUEST_METHOD": "GET", "wsgi.url_scheme": "https"}, lambda s, h, e=None: headers.update(h))
+    assert headers["Vary"] == "Cookie"
+    assert headers["Cache-Control"] == "private"
+    assert "Set-Cookie" not in headers

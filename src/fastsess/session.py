@@ -290,6 +290,7 @@ class Session:
     _read_only = False
     _dirty = False
     _suppressed = False  # a 5xx response: nothing is saved
+    _was_loaded = False  # loaded at some point, even if TurboGears later reset _sess
 
     def __init__(
         self,
@@ -327,6 +328,7 @@ class Session:
         return s
 
     def _load(self) -> _State:
+        self._was_loaded = True  # the response depends on the cookie: see the cache headers
         service: SessionService = self._service
         now = service.clock()
         session_id = self._requested_id

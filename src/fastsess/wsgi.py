@@ -173,7 +173,7 @@ class _Response:
             session.persist()
             cookie = self.mw.cookie_header(session, self.environ)
         headers = list(self.headers)  # never grow a list the application may reuse
-        if accessed:
+        if accessed or session._was_loaded:  # TurboGears' no_session_touch resets _sess after reading
             _cache_headers(headers, cookie is not None, self.mw)
         if cookie is not None:
             headers.append(("Set-Cookie", cookie))
@@ -181,7 +181,8 @@ class _Response:
         self.server_write = self.server_start_response(self.status, headers, self.exc_info)
 
     def finish(self, result: Iterable[bytes]) -> Iterable[bytes]:
-        if self.session._sess is None and type(result) is list and self.started and not self.sent:
+        session = self.session
+        if session._sess is None and not session._was_loaded and type(result) is list and self.started and not self.sent:
             # The common untouched case: no session, no more application code to run.
             self.sent = True
             self.server_write = self.server_start_response(self.status, self.headers, self.exc_info)
