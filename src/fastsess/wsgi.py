@@ -182,7 +182,8 @@ class _Response:
 
     def finish(self, result: Iterable[bytes]) -> Iterable[bytes]:
         session = self.session
-        if session._sess is None and not session._was_loaded and type(result) is list and self.started and not self.sent:
+        untouched = session._sess is None and not session._was_loaded
+        if untouched and type(result) is list and self.started and not self.sent:
             # The common untouched case: no session, no more application code to run.
             self.sent = True
             self.server_write = self.server_start_response(self.status, self.headers, self.exc_info)
