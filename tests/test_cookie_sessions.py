@@ -210,3 +210,12 @@ def test_a_remembered_cookie_still_expires_and_a_forged_one_is_not_remembered():
     assert forged not in mw.service._opened_sealed
     clock.now += 601
     assert app.get("/").text == "0"
+
+
+@pytest.mark.parametrize("mode", [{}, {"encrypt_key": ENC_KEY}])
+def test_a_cookie_this_process_sealed_is_remembered_exactly_as_opening_it_would_give(mode):
+    mw = make(**mode)
+    value = cookie_value(TestApp(mw).get("/inc"))
+    remembered = mw.service._opened_sealed[value]
+    mw.service._opened_sealed.clear()
+    assert mw.service.open_sealed(value) == remembered

@@ -182,14 +182,24 @@ class SessionService:
         return blob
 
     def seal_cookie(self, issued_at: float, last_access: float, expires_at: float, payload: bytes) -> str:
+        """Seal a cookie session with the first key; the client's next request need not be opened again."""
         name = self.config.cookie_name
         prks = self.keys.cookie_enc_prks
         if prks:
             epoch = int(self.clock() // core.EPOCH_SECONDS)
             kid, prk = prks[0]
-            return core.seal_encrypted(name, kid, prk, epoch, issued_at, last_access, expires_at, payload)
-        kid, key = self.keys.cookie_mac_keys[0]
-        return core.seal_signed(name, kid, key, issued_at, last_access, expires_at, payload)
+            sealed = core.seal_encrypted(name, kid, prk, epoch, issued_at, last_access, expires_at, payload)
+        else:
+            kid, key = self.keys.cookie_mac_keys[0]
+            sealed = core.seal_signed(name, kid, key, issued_at, last_access, expires_at, payload)
+        # Exactly what open_sealed would return for it: the timestamps travel as float64.
+        self._remember_sealed(sealed, (float(issued_at), float(last_access), float(expires_at), payload, 0))
+        return sealed
+
+    def _remember_sealed(self, value: str, opened: tuple) -> None:
+        if len(self._opened_sealed) >= OPENED_SEALED_LIMIT:
+            self._opened_sealed.clear()
+        self._opened_sealed[value] = opened
 
     def open_sealed(self, value: str) -> tuple | None:
         """(issued_at, last_access, expires_at, payload, key index) of a valid cookie session, else None.
@@ -208,9 +218,7 @@ class SessionService:
             opened = core.open_signed(value, self.keys.cookie_mac_keys, self.config.cookie_name)
         if opened is None:
             return None
-        if len(self._opened_sealed) >= OPENED_SEALED_LIMIT:
-            self._opened_sealed.clear()
-        self._opened_sealed[value] = opened
+        self._remember_sealed(value, opened)
         return opened
 
     def sign(self, session_id: str) -> str:
