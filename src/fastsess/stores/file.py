@@ -45,6 +45,7 @@ compare-and-set against a deleted and recreated record fails.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import logging
@@ -197,6 +198,15 @@ class FileStore(Store):
             self._release(tuple(taken))
             raise
 
+    @contextlib.contextmanager
+    def _holding(self, stripes: tuple):
+        """Hold these stripe locks (sorted, so two keys never deadlock) for the with-block."""
+        self._acquire(stripes)
+        try:
+            yield
+        finally:
+            self._release(stripes)
+
     def _release(self, stripes: tuple) -> None:
         for stripe in reversed(stripes):
             try:
@@ -316,23 +326,17 @@ class FileStore(Store):
 
     def create(self, key: bytes, blob: bytes, expires_at: float) -> WriteResult:
         path = self._path(key)
-        stripes = (key[0],)
-        self._acquire(stripes)
-        try:
+        with self._holding((key[0],)):
             now = self.clock()
             if self._live(path, now) is not None:
                 return EXISTS
             version = _new_version()
             self._write(path, _RECORD, version, blob, expires_at, now)
             return version
-        finally:
-            self._release(stripes)
 
     def cas(self, key: bytes, blob: bytes, expected_version: int, expires_at: float) -> WriteResult:
         path = self._path(key)
-        stripes = (key[0],)
-        self._acquire(stripes)
-        try:
+        with self._holding((key[0],)):
             now = self.clock()
             stored = self._live(path, now)
             if stored is None or stored.kind == _TOMBSTONE:
@@ -342,14 +346,10 @@ class FileStore(Store):
             version = (stored.version + 1) & _U64
             self._write(path, _RECORD, version, blob, expires_at, now)
             return version
-        finally:
-            self._release(stripes)
 
     def touch(self, key: bytes, expires_at: float) -> None:
         path = self._path(key)
-        stripes = (key[0],)
-        self._acquire(stripes)
-        try:
+        with self._holding((key[0],)):
             now = self.clock()
             stored = self._live(path, now)
             if stored is None or stored.kind == _TOMBSTONE:
@@ -365,17 +365,11 @@ class FileStore(Store):
                     raise self._error("touch a session file", exc) from None
             else:
                 self._write(path, _RECORD, stored.version, stored.blob, expires_at, now)
-        finally:
-            self._release(stripes)
 
     def delete(self, key: bytes) -> None:
         path = self._path(key)
-        stripes = (key[0],)
-        self._acquire(stripes)
-        try:
+        with self._holding((key[0],)):
             self._unlink(path)
-        finally:
-            self._release(stripes)
 
     def rotate(
         self,
@@ -387,9 +381,7 @@ class FileStore(Store):
         expected_version: int | None = None,
     ) -> WriteResult:
         old_path, new_path = self._path(old_key), self._path(new_key)
-        stripes = tuple(sorted({old_key[0], new_key[0]}))
-        self._acquire(stripes)
-        try:
+        with self._holding(tuple(sorted({old_key[0], new_key[0]}))):
             now = self.clock()
             old = self._live(old_path, now)
             if old is None or old.kind == _TOMBSTONE:
@@ -404,15 +396,11 @@ class FileStore(Store):
             self._write(new_path, _RECORD, version, blob, expires_at, now)
             self._write(old_path, _TOMBSTONE, (old.version + 1) & _U64, b"", now + tombstone_seconds, now)
             return version
-        finally:
-            self._release(stripes)
 
     def locked_update(self, key: bytes, fn: UpdateFn) -> WriteResult:
         """Run fn under the key's stripe lock; fn must not use this store."""
         path = self._path(key)
-        stripes = (key[0],)
-        self._acquire(stripes)
-        try:
+        with self._holding((key[0],)):
             now = self.clock()
             stored = self._live(path, now)
             if stored is None or stored.kind == _TOMBSTONE:
@@ -424,8 +412,6 @@ class FileStore(Store):
             version = (stored.version + 1) & _U64
             self._write(path, _RECORD, version, blob, expires_at, now)
             return version
-        finally:
-            self._release(stripes)
 
     def cleanup(self, now: float, budget: int) -> int:
         """Remove expired records and tombstones by mtime, sweeping shards from a cursor.
@@ -478,9 +464,7 @@ class FileStore(Store):
         if not expired:
             return 0
         removed = 0
-        stripes = (stripe,)
-        self._acquire(stripes)
-        try:
+        with self._holding((stripe,)):
             for path in expired:
                 if removed >= budget:
                     break
@@ -494,8 +478,6 @@ class FileStore(Store):
                     raise self._error("inspect a session file", exc) from None
                 self._unlink(path)
                 removed += 1
-        finally:
-            self._release(stripes)
         return removed
 
     def close(self) -> None:
