@@ -35,13 +35,13 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from importlib import metadata
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import fastsess  # noqa: E402
 from concurrency_app import GunicornServer, fire, new_session, request  # noqa: E402
+from harness import cpu_model, dist_version  # noqa: E402
 
 CONTENDERS = ("beaker-file", "file", "lmdb")  # beaker-file: Beaker 1.14, type = file
 REQUESTS = 200
@@ -97,24 +97,6 @@ def run_contender(kind: str, runs: int, hold: float) -> dict:
     return results
 
 
-def _version(dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def _cpu() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
-
-
 def _spread(values: list[int]) -> str:
     return f"{min(values)}-{max(values)} (median {statistics.median(values):g})"
 
@@ -126,8 +108,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--contenders", default=",".join(CONTENDERS), help="comma-separated, from: "
                         + ", ".join(CONTENDERS))
     args = parser.parse_args(argv)
-    print(f"{_cpu()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-          f"fastsess {fastsess.__version__}, Beaker {_version('beaker')}, gunicorn {_version('gunicorn')}")
+    print(f"{cpu_model()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+          f"fastsess {fastsess.__version__}, Beaker {dist_version('beaker')}, gunicorn {dist_version('gunicorn')}")
     print(f"gunicorn -w 4 (sync), 32 client threads, {REQUESTS} requests per round, "
           f"{args.runs} runs, hold {args.hold} s\n")
     header = (f"{'store':<12} {'own keys lost (of 200)':<26} {'mixed: new keys lost (of 100)':<31} "

@@ -45,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import fastsess  # noqa: E402
 from fastsess.stores.base import StoredRecord  # noqa: E402
+from harness import cpu_model  # noqa: E402
 
 STORES = ("memory", "file", "lmdb", "memcached", "redis", "sql-sqlite", "sql-postgresql")
 KEY = bytes(range(32))
@@ -209,17 +210,6 @@ def measure(kind: str, rounds: int, writes: int, size: int) -> tuple[float, floa
     return statistics.median(cas_times), statistics.median(blind_times)
 
 
-def _cpu() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--stores", default=",".join(STORES), help="comma-separated: " + ", ".join(STORES))
@@ -227,7 +217,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--writes", type=int, default=500, help="writes per batch (default 500)")
     parser.add_argument("--size", type=int, default=400, help="record bytes (default 400)")
     args = parser.parse_args(argv)
-    print(f"{_cpu()}, {os.cpu_count()} CPUs, {platform.platform()}, Python {platform.python_version()}, "
+    print(f"{cpu_model()}, {os.cpu_count()} CPUs, {platform.platform()}, Python {platform.python_version()}, "
           f"fastsess {fastsess.__version__}")
     print(f"one key, {args.size}-byte record, {args.rounds} rounds of {args.writes} writes each, "
           "medians; one thread, no contention\n")
