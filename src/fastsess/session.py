@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Iterator, MutableMapping
+from types import MappingProxyType
 from typing import Any
 
 from . import beaker_compat, core
@@ -37,6 +38,8 @@ OPENED_SEALED_LIMIT = 1024
 #: ten years: the store expiry of a session with neither timeout set.
 _FOREVER = 10 * 365 * 24 * 3600.0
 _EMPTY_DATA = core.encode_data({})
+#: the flash queues of a state that has none: read-only, replaced by a dict on first write
+_NO_FLASH: Any = MappingProxyType({})
 
 #: a cookie (name + value) larger than this cannot be set: browsers drop it
 MAX_COOKIE_BYTES = 4093
@@ -129,6 +132,10 @@ class SessionService:
         self._absolute_timeout = config.absolute_timeout or 0.0
         self.touch_interval = config.touch_interval if config.save_accessed_time else None
         self.persistent_cookie = config.cookie_expires is not True or config.max_age is not None
+        self.use_cookies = config.use_cookies
+        self.cookie_name = config.cookie_name
+        self.beaker_compat = config.beaker_compat
+        self.records_encrypted = bool(self.keys.record_enc_prks)
 
     def expires_at(self, created: float, now: float) -> float:
         """min(idle expiry, absolute expiry): the store TTL."""
@@ -278,14 +285,17 @@ class _State:
     sealed: str | None = None  # cookie-only sessions: the value to send
     dropped = False
     merge_from = None  # (base, ours) as this request first merged them: every retry merges from these
+    flash: Any = _NO_FLASH  # queue -> [[message id, message], ...]
+    loaded_flash: Any = _NO_FLASH
+    doomed: tuple | list = ()  # store keys to delete at persist
 
     def __init__(self, now: float, data: dict | None = None, flash: dict | None = None) -> None:
         self.created = now
         self.last_access = now  # the stored access time, for touch decisions
         self.data = {} if data is None else data
-        self.flash = {} if flash is None else flash
-        self.loaded_flash = {} if flash is None else {q: list(m) for q, m in flash.items()}
-        self.doomed: list = []  # store keys to delete at persist
+        if flash:
+            self.flash = flash
+            self.loaded_flash = {q: list(m) for q, m in flash.items()}
 
 
 class Session:
@@ -347,17 +357,18 @@ class Session:
             s = self._load_sealed(service, now)
             self._sess = s
             return s
-        if session_id is None and self._cookie_header and service.config.use_cookies:
-            candidates = core.parse_cookie(self._cookie_header, service.config.cookie_name)
+        if session_id is None and self._cookie_header and service.use_cookies:
+            candidates = core.parse_cookie(self._cookie_header, service.cookie_name)
             had_cookie = bool(candidates)
-            beaker = service.config.beaker_compat
+            beaker = service.beaker_compat
             refused = False  # a Beaker value was refused, and its reason logged
+            verified = service._verified
             for value in candidates:
                 if beaker and beaker_compat.is_beaker_value(value):
                     opened = self._open_beaker_id(service, value, now)
                     refused |= opened is None
-                else:
-                    opened = service.open_cookie(value)
+                else:  # a returning client's cookie is in the verified cache: skip the call
+                    opened = verified.get(value) or service.open_cookie(value)
                 if opened is not None:
                     session_id, key, key_index = opened
                     retag = key_index != 0
@@ -509,9 +520,11 @@ class Session:
             s.read_only = True
             s.is_new = False
             return s
+        blob, version, _, last_access = record
         try:
-            blob = service.open_record(key, record.blob)
-            created, last_write, csrf_gen, domain, path, flash, data_bytes = core.unpack_record(blob)
+            if service.records_encrypted:
+                blob = service.open_record(key, blob)
+            created, _, csrf_gen, domain, path, flash, data_bytes = core.unpack_record(blob)
             data = core.decode_data(data_bytes)
             flash_data = core.decode_data(flash) if flash is not None else None
         except (ValueError, TypeError):
@@ -519,16 +532,18 @@ class Session:
             if not service.config.invalidate_corrupt:
                 raise StoreError("a stored session record is corrupt (invalidate_corrupt is off)") from None
             return self._fresh(now)
-        if service.is_expired(created, record.last_access, now):
+        if service.is_expired(created, last_access, now):
             service.events.emit("expired", sid=service.sid(session_id), message="session timed out")
             return self._fresh(now)
-        s = self._fresh(now, data, flash_data)
+        s = _State(now, data, flash_data)
+        if self._read_only:
+            s.read_only = True
         s.id = session_id
         s.is_new = False
-        s.version = record.version
+        s.version = version
         s.loaded_data = data_bytes
         s.created = created
-        s.last_accessed = s.last_access = record.last_access
+        s.last_accessed = s.last_access = last_access
         if domain is not None:
             s.domain = s.loaded_domain = domain
         if path is not None:
@@ -654,15 +669,17 @@ class Session:
 
     def _forget(self, s: _State) -> None:
         """Drop the data and id; the current record (and any rotated one) goes at persist."""
+        doomed = list(s.doomed)
         if not s.is_new and s.id is not None:
-            s.doomed.append(core.store_key(s.id))
+            doomed.append(core.store_key(s.id))
         if s.rotate_from is not None:
-            s.doomed.append(s.rotate_from[0])
+            doomed.append(s.rotate_from[0])
             s.rotate_from = None
+        s.doomed = doomed
         s.data = {}
-        s.flash = {}
+        s.flash = _NO_FLASH
         s.loaded_data = _EMPTY_DATA
-        s.loaded_flash = {}
+        s.loaded_flash = _NO_FLASH
         s.is_new = True
         s.version = None
         s.id = None
@@ -779,6 +796,8 @@ class Session:
         """Queue a message for a later request; marks the session for saving."""
         core.check_value("flash", msg)
         s = self._writable()
+        if s.flash is _NO_FLASH:
+            s.flash = {}
         s.flash.setdefault(queue, []).append([core.b64url_encode(core.random_bytes(9)), msg])
         s.flash_modified = True
         s.save_requested = True
@@ -873,7 +892,7 @@ class Session:
         try:
             for key in s.doomed:
                 store.delete(key)
-            s.doomed = []
+            s.doomed = ()
             if s.dead:
                 s.cookie_action = EXPIRE_COOKIE
                 return
@@ -901,7 +920,7 @@ class Session:
         There is no record to delete: delete() and invalidate() expire the cookie,
         and the old value stays valid until its own expiry (absolute_timeout).
         """
-        s.doomed = []
+        s.doomed = ()
         if s.dead:
             s.cookie_action = EXPIRE_COOKIE
             return

@@ -58,18 +58,23 @@ class SessionMiddleware:
         self.store = open_store(self.config)
         self.service = SessionService(self.config, self.store)
         self._bound_get_session = self.get_session  # one bound method, not one per request
+        self._webtest_varname = self.config.webtest_varname or None
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         session = Session(self.service, environ.get("HTTP_COOKIE"))
-        if environ.get("fastsess.no_touch"):
-            session.read_only()
         environ["fastsess.session"] = environ[self.environ_key] = session
         environ["beaker.get_session"] = self._bound_get_session
-        if self.config.webtest_varname and "paste.testing_variables" in environ:
-            environ["paste.testing_variables"][self.config.webtest_varname] = session
+        if self._webtest_varname is not None or "fastsess.no_touch" in environ:
+            self._request_options(environ, session)
         response = _Response(self, environ, session, start_response)
-        result = self.app(environ, response.start_response)
-        return response.finish(result)
+        return response.finish(self.app(environ, response.start_response))
+
+    def _request_options(self, environ: dict, session: Session) -> None:
+        """What a request may ask beyond the default: no touch, or WebTest's view of the session."""
+        if environ.get("fastsess.no_touch"):
+            session.read_only()
+        if self._webtest_varname is not None and "paste.testing_variables" in environ:
+            environ["paste.testing_variables"][self._webtest_varname] = session
 
     def get_session(self, session_id: str | None = None) -> Session:
         """The session stored under session_id, or a new unsaved one; its save() writes at once."""
@@ -134,9 +139,8 @@ class SessionMiddleware:
 class _Response:
     """One request's response: holds start_response until the session is written."""
 
-    status: str | None = None
+    status: str | None = None  # set by the application's start_response
     exc_info = None
-    started = False
     sent = False
     server_write: Callable | None = None
 
@@ -153,7 +157,6 @@ class _Response:
             # headers are out: let the server decide (it re-raises if bytes were sent)
             return self.server_start_response(status, headers, exc_info)
         self.status, self.headers, self.exc_info = status, headers, exc_info
-        self.started = True
         return self.write
 
     def write(self, data: bytes) -> None:
@@ -182,11 +185,13 @@ class _Response:
 
     def finish(self, result: Iterable[bytes]) -> Iterable[bytes]:
         session = self.session
-        untouched = session._sess is None and not session._was_loaded
-        if untouched and type(result) is list and self.started and not self.sent:
-            # The common untouched case: no session, no more application code to run.
-            self.sent = True
-            self.server_write = self.server_start_response(self.status, self.headers, self.exc_info)
+        if (
+            type(result) is list and session._sess is None and not session._was_loaded
+            and self.status is not None and not self.sent
+        ):
+            # The common untouched case: no session, and no application code left to
+            # run, so nothing can call start_response or write() after this.
+            self.server_start_response(self.status, self.headers, self.exc_info)
             return result
         first = None
         no_app_code_left = _no_app_code_left(result, self.environ)
@@ -197,7 +202,7 @@ class _Response:
                 for chunk in result:
                     first = (chunk,)
                     break
-            if not self.started:
+            if self.status is None:
                 raise RuntimeError("the application returned without calling start_response")
             if not self.sent:
                 self.send_headers()
@@ -252,11 +257,11 @@ class _StreamingBody:
 def _cache_headers(headers: list, setting_cookie: bool, mw: SessionMiddleware) -> None:
     """Vary: Cookie on responses that read the session; private, no-store when setting a cookie."""
     vary_index = cache_index = None
-    for i, (name, _value) in enumerate(headers):
-        lower = name.lower()
-        if lower == "vary":
+    for i, header in enumerate(headers):
+        size = len(header[0])  # compare lengths first: most names are neither
+        if size == 4 and header[0].lower() == "vary":
             vary_index = i
-        elif lower == "cache-control":
+        elif size == 13 and header[0].lower() == "cache-control":
             cache_index = i
     if vary_index is None:
         headers.append(("Vary", "Cookie"))
