@@ -38,6 +38,8 @@ _BEAKER_ID = re.compile(r"[0-9a-f]{32}")
 BEAKER_FIELDS = ("_id", "_creation_time", "_accessed_time", "_domain", "_path")
 #: Label of the fastsess id derived from a Beaker cookie session's `_id`.
 COOKIE_ID_LABEL = b"fastsess/v1/beaker-cookie-id\x00"
+#: Label of the store key that records a Beaker cookie session's move into a server-side store.
+CONVERTED_LABEL = b"fastsess/v1/beaker-cookie-converted\x00"
 
 
 class BeakerCookieRefused(ValueError):
@@ -192,7 +194,7 @@ def _kind(exc: Exception) -> str:
 
 
 def cookie_session_id(beaker_id: str | None) -> str:
-    """The fastsess id for a resealed Beaker cookie session.
+    """The fastsess id for a Beaker cookie session, resealed or moved into a server-side store.
 
     Derived from Beaker's `_id`, so parallel requests that carry the same
     Beaker cookie during cutover get the same id (and the same CSRF token);
@@ -201,3 +203,12 @@ def cookie_session_id(beaker_id: str | None) -> str:
     if beaker_id is None:
         return core.new_session_id()
     return core.b64url_encode(hashlib.sha256(COOKIE_ID_LABEL + beaker_id.encode("utf-8")).digest())
+
+
+def converted_key(beaker_id: str) -> bytes:
+    """The store key that says the Beaker cookie session with this `_id` was moved into the store.
+
+    A digest of its own label, so it is never the store key of an id that
+    fastsess issues or keeps (those are SHA-256 of the id's ASCII text).
+    """
+    return hashlib.sha256(CONVERTED_LABEL + beaker_id.encode("utf-8")).digest()

@@ -365,6 +365,14 @@ class Session:
             verified = service._verified
             for value in candidates:
                 if beaker and beaker_compat.is_beaker_value(value):
+                    if not beaker_compat.is_beaker_id(value[beaker_compat.TAG_CHARS :]):  # a cookie session
+                        s = self._convert_beaker_cookie(service, value, now)
+                        if s is not None:
+                            s.had_cookie = True
+                            self._sess = s
+                            return s
+                        refused = True
+                        continue
                     opened = self._open_beaker_id(service, value, now)
                     refused |= opened is None
                 else:  # a returning client's cookie is in the verified cache: skip the call
@@ -443,6 +451,72 @@ class Session:
         service.events.emit(
             "beaker_cookie_accepted", sid=service.sid(session_id),
             message="Beaker cookie session verified; resealed in fastsess format", beaker_format="cookie",
+        )
+        return s
+
+    def _convert_beaker_cookie(self, service: SessionService, value: str, now: float) -> _State | None:
+        """A Beaker cookie session, verified and decoded, moved into the server-side store.
+
+        None when it is refused or expired, before any store lookup. The record
+        goes under the id derived from Beaker's `_id` (cookie_session_id), not a
+        random one, so the old cookie cannot fork the session: parallel requests
+        at cutover and later replays all land on one record (`create` never
+        overwrites) and see its current data, as a kept Beaker id does. A marker
+        under converted_key(`_id`), kept until every Beaker cookie of that `_id`
+        has expired, remembers the move: once the session is deleted or its id
+        regenerated, the old cookie loads nothing rather than bringing back the
+        data it carried. A read-only request sees the data and writes nothing.
+        """
+        try:
+            opened = beaker_compat.open_cookie_session(value, service.config, now)
+            if opened.beaker_id is None:  # Beaker always writes one; without it replays could not be told apart
+                raise beaker_compat.BeakerCookieRefused("Beaker cookie session has no _id")
+        except beaker_compat.BeakerCookieRefused as exc:
+            service.events.emit("invalid_cookie", message=str(exc))
+            return None
+        session_id = beaker_compat.cookie_session_id(opened.beaker_id)
+        if service.is_expired(opened.created, opened.accessed, now):
+            service.events.emit("expired", sid=service.sid(session_id), message="Beaker cookie session timed out")
+            return None
+        blob = core.pack_record(opened.created, now, 0, opened.domain, opened.path, None, opened.data_bytes)
+        if len(blob) > service.config.max_record_size:
+            service.events.emit("invalid_cookie", message="Beaker cookie session is larger than max_record_size")
+            return None
+        key = core.store_key(session_id)
+        marker = beaker_compat.converted_key(opened.beaker_id)
+        # Every Beaker cookie of this _id was accessed by now at the latest: it expires by this.
+        expires_at = service.expires_at(opened.created, now)
+        store = service.store
+        try:
+            moved = store.load(marker) is not None
+            if not moved and not self._read_only:
+                version = store.create(key, service.seal_record(key, blob), expires_at)
+                empty = core.pack_record(opened.created, now, 0, None, None, None, _EMPTY_DATA)
+                store.create(marker, service.seal_record(marker, empty), expires_at)
+                moved = version is EXISTS  # a parallel request moved it first
+        except StoreError as exc:
+            return self._store_failed(service, exc, now)
+        if moved:
+            s = self._load_record(service, session_id, key, now)
+            if s.version is None:  # deleted, regenerated away or expired since: the old cookie loads nothing
+                return s
+        else:
+            s = self._fresh(now, opened.data)
+            s.id = session_id
+            s.is_new = False
+            s.loaded_data = opened.data_bytes
+            s.created = opened.created
+            s.last_accessed = s.last_access = opened.accessed
+            s.domain = s.loaded_domain = opened.domain
+            s.path = s.loaded_path = opened.path
+            if not self._read_only:
+                service.wrote()
+                s.version = version
+                s.last_access = now
+        s.retag = True  # reissue the cookie in fastsess format on this response
+        service.events.emit(
+            "beaker_cookie_accepted", sid=service.sid(session_id),
+            message="Beaker cookie session verified; kept in the server-side store", beaker_format="cookie",
         )
         return s
 
