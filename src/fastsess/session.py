@@ -970,8 +970,9 @@ class Session:
             if s.dead:
                 s.cookie_action = EXPIRE_COOKIE
                 return
-            if self._wants_write(s, service):
-                self._write(s, service, now)
+            data_bytes = self._to_write(s, service)
+            if data_bytes is not None:
+                self._write(s, service, now, data_bytes)
             elif s.deleted and s.cookie_action != SET_COOKIE:
                 s.cookie_action = EXPIRE_COOKIE
             elif not s.is_new and s.id is not None and s.rotate_from is None and service.touch_interval is not None:
@@ -999,7 +1000,8 @@ class Session:
             s.cookie_action = EXPIRE_COOKIE
             return
         now = service.clock()
-        write = self._wants_write(s, service)
+        data_bytes = self._to_write(s, service)
+        write = data_bytes is not None
         touch_due = (
             not s.is_new and service.touch_interval is not None and now - s.last_access > service.touch_interval
         )
@@ -1009,7 +1011,8 @@ class Session:
             return
         if s.id is None:
             s.id = core.new_session_id()
-        data_bytes = core.encode_data(s.data) if (s.modified or s.mutable_out) else s.loaded_data
+        if data_bytes is None:  # a touch or a reseal: the data as loaded
+            data_bytes = s.loaded_data
         flash_bytes = core.encode_data(s.flash) if s.flash else None
         record = core.pack_record(s.created, now, s.csrf_gen, s.domain, s.path, flash_bytes, data_bytes)
         payload = core.b64url_decode(s.id) + record
@@ -1059,27 +1062,21 @@ class Session:
         except Exception as exc:  # the response is already out: log, never raise into the server
             service.events.emit("store_error", sid=service.sid(s.id), message=f"late write failed: {type(exc).__name__}")
 
-    def _data_changed(self, s: _State) -> bytes | None:
-        """The new data bytes if the data changed, else None; re-encodes only when needed."""
-        if not (s.modified or s.mutable_out):
-            return None
-        encoded = core.encode_data(s.data)
-        return None if encoded == s.loaded_data else encoded
+    def _to_write(self, s: _State, service: SessionService) -> bytes | None:
+        """The data bytes to write, or None when nothing needs writing.
 
-    def _wants_write(self, s: _State, service: SessionService) -> bool:
+        The data is encoded at most once per persist, and only when a value was
+        set or handed out mutable: the write then stores those same bytes.
+        """
         if not (s.save_requested or service.config.auto):
-            return False
-        if s.save_requested and (s.is_new or s.rotate_from is not None):
-            return True
-        return (
-            self._data_changed(s) is not None
-            or (s.save_requested and (
-                s.flash_modified
-                or s.domain != s.loaded_domain
-                or s.path != s.loaded_path
-                or s.csrf_gen != s.loaded_csrf_gen
-            ))
-        )
+            return None
+        data_bytes = core.encode_data(s.data) if (s.modified or s.mutable_out) else s.loaded_data
+        if s.save_requested and (
+            s.is_new or s.rotate_from is not None or s.flash_modified
+            or s.domain != s.loaded_domain or s.path != s.loaded_path or s.csrf_gen != s.loaded_csrf_gen
+        ):
+            return data_bytes
+        return None if data_bytes == s.loaded_data else data_bytes
 
     def _pack(self, s: _State, data_bytes: bytes, flash: dict, now: float) -> bytes:
         flash_bytes = core.encode_data(flash) if flash else None
@@ -1089,10 +1086,9 @@ class Session:
             raise SessionTooLarge(f"session record is {len(blob)} bytes; max_record_size is {limit}")
         return blob
 
-    def _write(self, s: _State, service: SessionService, now: float) -> None:
+    def _write(self, s: _State, service: SessionService, now: float, data_bytes: bytes) -> None:
         store = service.store
         base = s.loaded_data
-        data_bytes = core.encode_data(s.data) if (s.modified or s.mutable_out) else base
         blob = self._pack(s, data_bytes, s.flash, now)
         expires_at = service.expires_at(s.created, now)
         if s.id is None:
