@@ -1,4 +1,4 @@
-"""Beaker sessions encrypted with `encrypt_key`: AES cookie sessions.
+"""Beaker sessions encrypted with `encrypt_key`: AES cookie sessions and encrypted stored records.
 
 Everything Beaker-side is made by Beaker 1.14 itself: its middleware writes the
 cookies and the file and database records, and the few hand-made variants
@@ -32,7 +32,9 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes  # 
 from webtest import TestApp  # noqa: E402
 
 from fastsess import ConfigError, SessionMiddleware, beaker_compat, core  # noqa: E402
+from fastsess.cli import main, read_ini  # noqa: E402
 from fastsess.config import load_config  # noqa: E402
+from fastsess.migrate import SessionRefused, decode_session  # noqa: E402
 
 SECRET = "a-fastsess-secret-of-at-least-32-characters"
 VALIDATE_KEY = "tg-validate"  # Beaker never required a length
@@ -426,3 +428,180 @@ def test_a_value_that_decrypts_to_something_fastsess_cannot_store_is_refused(cap
     refused(make(), signed(body), caplog)
     body = beaker_encrypt(zlib_json(["not", "a", "dict"]))
     refused(make(), signed(body), caplog)
+
+
+# ---------------------------------------------------------------- migrate-beaker of encrypted records
+
+
+def beaker_write(settings: dict, data: dict) -> str:
+    """One request through Beaker 1.14's middleware; the Beaker id cookie it set."""
+
+    def beaker_app(environ, start_response):
+        environ["beaker.session"].update(data)
+        environ["beaker.session"].save()
+        start_response("200 OK", [])
+        return [b""]
+
+    return TestApp(BeakerMiddleware(beaker_app, settings)).get("/").headers["Set-Cookie"].split(";")[0].split("=", 1)[1]
+
+
+def beaker_settings(kind: str, where: str, **options) -> dict:
+    """A Beaker server-side store with encrypt_key: Beaker needs a validate_key for it too."""
+    settings = {"session.type": kind, "session.secret": BEAKER_SECRET,
+                "session.validate_key": VALIDATE_KEY, "session.encrypt_key": ENCRYPT_KEY}
+    settings["session.data_dir" if kind == "file" else "session.url"] = where
+    settings.update({f"session.{k}": v for k, v in options.items() if v is not None})
+    for k, v in options.items():
+        if v is None:
+            settings.pop(f"session.{k}")
+    return settings
+
+
+def write_ini(tmp_path, store: str = "lmdb", **extra) -> str:
+    """The fastsess INI; an option given as None is left out."""
+    options = {
+        "type": store,
+        "secret": SECRET,
+        "timeout": "3600",
+        "beaker_compat": "true",
+        # Beaker's secret signs its id cookies; its validate_key salts its encryption.
+        "beaker_compat_secrets": f"\n    {BEAKER_SECRET}\n    {VALIDATE_KEY}",
+        "beaker_compat_encrypt_key": ENCRYPT_KEY,
+    }
+    if store in ("lmdb", "file"):
+        options["data_dir"] = "%(here)s/fastsess"
+    options.update(extra)
+    lines = ["[app:main]"] + [f"session.{k} = {v}" for k, v in options.items() if v is not None]
+    path = tmp_path / "app.ini"
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def migrate(capsys, ini: str, *args: str) -> dict:
+    assert main(["migrate-beaker", "--config", ini, *args, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def fastsess_read(ini: str, cookie: str) -> dict:
+    seen: dict = {}
+
+    def read_app(environ, start_response):
+        seen.update(environ["beaker.session"].items())
+        start_response("200 OK", [])
+        return [b""]
+
+    mw = SessionMiddleware(read_app, read_ini(ini))
+    try:
+        TestApp(mw, extra_environ=HTTPS).get("/", headers={"Cookie": f"{NAME}={cookie}"})
+    finally:
+        mw.close()
+    return seen
+
+
+def beaker_file(data_dir, beaker_id: str):
+    return data_dir / "container_file" / beaker_id[0] / beaker_id[:2] / f"{beaker_id}.cache"
+
+
+def test_beakers_encrypted_records_are_what_this_migration_decrypts(tmp_path):
+    beaker_dir = tmp_path / "beaker"
+    cookie = beaker_write(beaker_settings("file", str(beaker_dir)), {"user": "ada"})
+    with open(beaker_file(beaker_dir, cookie[40:]), "rb") as f:
+        stored = pickle.load(f)["session"]
+    with pytest.raises(SessionRefused, match="beaker_compat_encrypt_key"):
+        decode_session(stored)
+    config = read_ini(write_ini(tmp_path))
+    opened = decode_session(stored, load_config(config))
+    assert opened["user"] == "ada" and "_creation_time" in opened
+
+
+def test_a_plain_hostile_pickle_is_reported_as_such_with_or_without_beaker_keys(tmp_path):
+    marker = tmp_path / "pwned"
+    stored = base64.b64encode(pickle.dumps({"user": Hostile(marker)}, 2)).decode()
+    for config in (None, load_config(read_ini(write_ini(tmp_path)))):
+        with pytest.raises(SessionRefused, match="refused global") as refusal:
+            decode_session(stored, config)
+        assert "beaker_compat_encrypt_key" not in str(refusal.value)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("serializer", ["pickle", "json"])
+def test_encrypted_beaker_file_sessions_migrate_and_load_with_the_beaker_cookie(serializer, tmp_path, capsys):
+    beaker_dir = tmp_path / "beaker"
+    settings = beaker_settings("file", str(beaker_dir), data_serializer=serializer)
+    data = RICH if serializer == "pickle" else {"user": "ada", "cart": [1, 2]}
+    cookie = beaker_write(settings, data)
+    plain = beaker_write(beaker_settings("file", str(beaker_dir), encrypt_key=None), {"user": "grace"})
+    ini = write_ini(tmp_path)
+    report = migrate(capsys, ini, "--from-type", "file", "--from-data-dir", str(beaker_dir))
+    assert (report["seen"], report["migrated"], report["refused"]) == (2, 2, 0), report
+    assert fastsess_read(ini, cookie) == data
+    assert fastsess_read(ini, plain) == {"user": "grace"}  # records from before encrypt_key was set
+
+
+def test_encrypted_records_of_beakers_ctr_backend_migrate(tmp_path, capsys):
+    beaker_dir = tmp_path / "beaker"
+    cookie = beaker_write(beaker_settings("file", str(beaker_dir), crypto_type="test-ctr"), RICH)
+    ini = write_ini(tmp_path)
+    report = migrate(capsys, ini, "--from-type", "file", "--from-data-dir", str(beaker_dir))
+    assert (report["migrated"], report["refused"]) == (1, 0), report
+    assert fastsess_read(ini, cookie) == RICH
+
+
+@pytest.mark.parametrize(
+    ("extra", "reason"),
+    [
+        pytest.param({"beaker_compat_encrypt_key": None}, "beaker_compat_encrypt_key", id="no-key"),
+        pytest.param({"beaker_compat_encrypt_key": "wrong"}, "does not decrypt", id="wrong-key"),
+        pytest.param({"beaker_compat_secrets": BEAKER_SECRET}, "does not decrypt", id="no-validate-key"),
+    ],
+)
+def test_encrypted_records_without_the_right_keys_are_refused_with_the_reason(extra, reason, tmp_path, capsys):
+    beaker_dir = tmp_path / "beaker"
+    beaker_write(beaker_settings("file", str(beaker_dir)), {"user": "ada"})
+    report = migrate(capsys, write_ini(tmp_path, **extra), "--from-type", "file", "--from-data-dir", str(beaker_dir))
+    assert (report["migrated"], report["refused"]) == (0, 1)
+    assert reason in report["refusals"][0]["reason"]
+
+
+def test_a_hostile_pickle_inside_an_encrypted_record_is_refused_and_never_run(tmp_path, capsys):
+    beaker_dir = tmp_path / "beaker"
+    cookie = beaker_write(beaker_settings("file", str(beaker_dir)), {"user": "ada"})
+    marker = tmp_path / "pwned"
+    path = beaker_file(beaker_dir, cookie[40:])
+    with open(path, "rb") as f:
+        container = pickle.load(f)
+    container["session"] = beaker_encrypt(pickle.dumps({"user": Hostile(marker)}, 2))
+    with open(path, "wb") as f:
+        pickle.dump(container, f, 2)
+    report = migrate(capsys, write_ini(tmp_path), "--from-type", "file", "--from-data-dir", str(beaker_dir))
+    assert (report["migrated"], report["refused"]) == (0, 1)
+    assert "refused global" in report["refusals"][0]["reason"] and not marker.exists()
+
+
+def test_encrypted_beaker_database_sessions_migrate_into_the_sql_store(tmp_path, capsys):
+    pytest.importorskip("sqlalchemy")
+    url = f"sqlite:///{tmp_path / 'beaker.sqlite'}"
+    cookie = beaker_write(beaker_settings("ext:database", url), RICH)
+    ini = write_ini(tmp_path, store="sql", url=f"sqlite:///{tmp_path / 'fastsess.sqlite'}")
+    report = migrate(capsys, ini, "--from-type", "ext:database", "--from-url", url)
+    assert (report["seen"], report["migrated"], report["refused"]) == (1, 1, 0), report
+    assert fastsess_read(ini, cookie) == RICH
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    pytest.importorskip("redis")
+    import server_redis
+
+    server = server_redis.RedisServer(tmp_path / "redis").start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.servers
+def test_encrypted_beaker_redis_sessions_migrate(tmp_path, capsys, redis_server):
+    cookie = beaker_write(beaker_settings("ext:redis", redis_server.url), RICH)
+    ini = write_ini(tmp_path)
+    report = migrate(capsys, ini, "--from-type", "ext:redis", "--from-url", redis_server.url)
+    assert (report["seen"], report["migrated"], report["refused"]) == (1, 1, 0), report
+    assert fastsess_read(ini, cookie) == RICH
