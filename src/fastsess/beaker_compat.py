@@ -10,8 +10,10 @@ characters of HMAC-SHA1 over the rest of the value, then the rest.
   base64(zlib(JSON)) of the whole session.
 
 The tag is verified with `beaker_compat_secrets`, in constant time, before
-anything else is looked at; unsigned values are never accepted. Nothing here
-unpickles: Beaker's pickled cookie sessions and its encrypted ones are refused.
+anything else is looked at; unsigned values are never accepted. A cookie
+session Beaker encrypted with `encrypt_key` is decrypted once its tag has
+verified (`open_encrypted`, which migrate-beaker uses for stored records too).
+Nothing here unpickles: Beaker's pickled cookie sessions are refused.
 Beaker's bookkeeping keys (`_creation_time`, `_accessed_time`, `_domain`,
 `_path`, `_id`) move out of the user data into fastsess's record header.
 """
@@ -26,7 +28,8 @@ import json
 import math
 import re
 import zlib
-from typing import Any, NamedTuple
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple, TypeVar
 
 from . import core
 
@@ -40,6 +43,16 @@ BEAKER_FIELDS = ("_id", "_creation_time", "_accessed_time", "_domain", "_path")
 COOKIE_ID_LABEL = b"fastsess/v1/beaker-cookie-id\x00"
 #: Label of the store key that records a Beaker cookie session's move into a server-side store.
 CONVERTED_LABEL = b"fastsess/v1/beaker-cookie-converted\x00"
+#: Beaker's AES: a 256-bit key; with its cryptography backend, AES-GCM laid
+#: out as IV, tag, ciphertext.
+AES_KEY_BYTES = 32
+GCM_IV_BYTES = 12
+GCM_TAG_BYTES = 16
+AES_BLOCK_BYTES = 16
+#: How a protocol 2 pickle starts, as Beaker's pickle serializer writes them.
+PICKLE_PREFIX = b"\x80\x02"
+
+T = TypeVar("T")
 
 
 class BeakerCookieRefused(ValueError):
@@ -80,7 +93,12 @@ def check_deadline(config: Any, now: float) -> None:
 
 
 def verify(value: str, keys: list[bytes]) -> str:
-    """The part after Beaker's tag, when the tag verifies with one of `keys`.
+    """The part after Beaker's tag, when the tag verifies with one of `keys`."""
+    return verify_with_key(value, keys)[0]
+
+
+def verify_with_key(value: str, keys: list[bytes]) -> tuple[str, bytes]:
+    """The part after Beaker's tag, and the key among `keys` it verifies with.
 
     Every key is tried, each with a constant-time comparison. Beaker signs the
     rest of the value exactly as it appears in the cookie; only ASCII values
@@ -91,12 +109,13 @@ def verify(value: str, keys: list[bytes]) -> str:
     tag = value[:TAG_CHARS].encode("ascii")
     body = value[TAG_CHARS:]
     message = body.encode("ascii")
-    verified = False
+    verifying = None
     for key in keys:
-        verified |= hmac.compare_digest(hmac.new(key, message, hashlib.sha1).hexdigest().encode("ascii"), tag)
-    if not verified:
+        if hmac.compare_digest(hmac.new(key, message, hashlib.sha1).hexdigest().encode("ascii"), tag):
+            verifying = key if verifying is None else verifying
+    if verifying is None:
         raise BeakerCookieRefused("Beaker cookie tag does not verify with beaker_compat_secrets")
-    return body
+    return body, verifying
 
 
 def open_id_cookie(value: str, config: Any, now: float) -> str:
@@ -113,23 +132,121 @@ def open_id_cookie(value: str, config: Any, now: float) -> str:
 
 
 def open_cookie_session(value: str, config: Any, now: float) -> BeakerSession:
-    """A Beaker cookie session (signed, zlib-compressed JSON), verified and split.
+    """A Beaker cookie session (signed zlib-compressed JSON, encrypted or not), verified and split.
 
-    BeakerCookieRefused for anything else, including pickled and encrypted ones.
+    The tag is verified first. A body that is not plain base64 of zlib-compressed
+    JSON is then decrypted, when Beaker encrypt keys are configured, salted with
+    the validate_key that verified the tag. BeakerCookieRefused for anything
+    else, pickled sessions included.
     """
     check_deadline(config, now)
-    body = verify(value, config.beaker_keys)
+    body, validate_key = verify_with_key(value, config.beaker_keys)
+    limit = config.max_record_size
     try:
-        compressed = base64.b64decode(body, validate=True)
+        serialized = base64.b64decode(body, validate=True)
     except (binascii.Error, ValueError):
-        raise BeakerCookieRefused("Beaker cookie session is not base64") from None
+        serialized = None
     try:
-        session = inflate_json(compressed, config.max_record_size)
-    except (zlib.error, UnicodeDecodeError, ValueError, RecursionError):
-        raise BeakerCookieRefused(
-            "Beaker cookie session is not zlib-compressed JSON (pickled or encrypted ones are refused)"
-        ) from None
+        if serialized is None:
+            raise BeakerCookieRefused("Beaker cookie session is not base64")
+        session = load_json_session(serialized, limit)
+    except BeakerCookieRefused as refusal:
+        if not config.beaker_encrypt_keys:
+            if serialized is not None and serialized.startswith(PICKLE_PREFIX):
+                raise
+            raise BeakerCookieRefused(
+                f"{refusal} (to read Beaker's encrypted cookie sessions, set beaker_compat_encrypt_key)"
+            ) from None
+        try:
+            session = open_encrypted(
+                body, config.beaker_encrypt_keys, [validate_key], config.encrypt_nonce_bits,
+                lambda plain: load_json_session(plain, limit), "Beaker cookie session",
+            )
+        except BeakerCookieRefused:
+            if serialized is not None and serialized.startswith(PICKLE_PREFIX):
+                raise refusal from None  # a plain pickled session: say so
+            raise
     return split_session(session, config, now)
+
+
+def load_json_session(serialized: bytes, limit: int) -> Any:
+    """What Beaker's json serializer wrote (zlib-compressed JSON); a pickle is refused, never unpickled."""
+    if serialized.startswith(PICKLE_PREFIX):
+        raise BeakerCookieRefused(
+            "Beaker cookie session is pickled (data_serializer = pickle): refused, never unpickled"
+        )
+    try:
+        return inflate_json(serialized, limit)
+    except (zlib.error, UnicodeDecodeError, ValueError, RecursionError):
+        raise BeakerCookieRefused("Beaker cookie session is not zlib-compressed JSON") from None
+
+
+def nonce_chars(nonce_bits: int) -> int:
+    """How many characters of base64 the nonce that starts Beaker's encrypted values takes."""
+    return 4 * math.ceil(nonce_bits // 8 / 3)
+
+
+def aes_key(encrypt_key: bytes, validate_key: bytes, nonce: bytes) -> bytes:
+    """Beaker's AES key for one value: one round of PBKDF2-HMAC-SHA1, salted with validate_key and the nonce."""
+    return hashlib.pbkdf2_hmac("sha1", encrypt_key, validate_key + nonce, 1, AES_KEY_BYTES)
+
+
+def open_encrypted(
+    text: str,
+    encrypt_keys: Sequence[bytes],
+    validate_keys: Sequence[bytes],
+    nonce_bits: int,
+    load: Callable[[bytes], T],
+    what: str = "Beaker value",
+) -> T:
+    """`load` of what Beaker encrypted with encrypt_key: `nonce + base64(AES(serialized))`.
+
+    Each encrypt key is tried with each candidate validate_key. Beaker 1.14
+    encrypts with AES-256-GCM when cryptography is installed; its tag is
+    checked before anything is decrypted, and once it verifies, `load` decides.
+    Beaker's pycryptodome backend (and older Beaker) used AES-256-CTR, which
+    has no tag: such a value is accepted only when `load` accepts the
+    plaintext, which zlib's checksum makes a reliable test for a wrong key.
+    BeakerCookieRefused, with the reason, when no key opens the value.
+    """
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    size = nonce_chars(nonce_bits)
+    if len(text) <= size or not text.isascii():
+        raise BeakerCookieRefused(f"{what} is too short to be encrypted")
+    nonce = text[:size].encode("ascii")
+    try:
+        sealed = base64.b64decode(text[size:], validate=True)
+    except (binascii.Error, ValueError):
+        raise BeakerCookieRefused(
+            f"{what} is not base64 after its nonce (is encrypt_nonce_bits what Beaker used?)"
+        ) from None
+    keys = [aes_key(e, v, nonce) for v in validate_keys for e in encrypt_keys]
+    if len(sealed) > GCM_IV_BYTES + GCM_TAG_BYTES:
+        iv = sealed[:GCM_IV_BYTES]
+        # cryptography takes the tag after the ciphertext; Beaker puts it before.
+        ciphertext = sealed[GCM_IV_BYTES + GCM_TAG_BYTES :] + sealed[GCM_IV_BYTES : GCM_IV_BYTES + GCM_TAG_BYTES]
+        for key in keys:
+            try:
+                plain = AESGCM(key).decrypt(iv, ciphertext, None)
+            except InvalidTag:
+                continue
+            return load(plain)
+    refusal = BeakerCookieRefused(
+        f"{what} does not decrypt with the configured Beaker keys (the AES-GCM tag fails: not "
+        "Beaker's encrypt_key, validate_key or encrypt_nonce_bits, or the value is damaged)"
+    )
+    for key in keys:
+        decryptor = Cipher(algorithms.AES(key), modes.CTR(bytes(AES_BLOCK_BYTES))).decryptor()
+        plain = decryptor.update(sealed) + decryptor.finalize()
+        try:
+            return load(plain)
+        except ValueError as exc:  # BeakerCookieRefused and migrate's SessionRefused are ValueErrors
+            if plain.startswith(PICKLE_PREFIX):
+                refusal = BeakerCookieRefused(str(exc))  # decrypted, most likely: why it was refused
+    raise refusal
 
 
 def inflate_json(compressed: bytes, limit: int) -> Any:

@@ -24,6 +24,8 @@ DEFAULT_MAX_RECORD_SIZE = 64 * 1024
 TOMBSTONE_SECONDS = 60.0
 #: The cookie name Beaker uses, and fastsess's default with beaker_compat = true.
 BEAKER_COOKIE_NAME = "beaker.session.id"
+#: Beaker's default encrypt_nonce_bits.
+BEAKER_NONCE_BITS = 128
 #: Beaker's "far future" for cookie_expires = false: 2038-01-19.
 FAR_FUTURE = 0x7FFFFFFF
 
@@ -83,6 +85,7 @@ OPTIONS: dict[str, str] = {
     "max_record_size": INT,
     "beaker_compat": BOOL,
     "beaker_compat_secrets": KEYS,
+    "beaker_compat_encrypt_key": KEYS,
     "beaker_compat_until": DATE,
     "strict_config": BOOL,
     "max_age": INT,
@@ -120,6 +123,14 @@ REFUSED_TYPES = {
     "dbm": "dbm files corrupt under concurrent writers and cannot expire entries; use type = lmdb",
     "ext:mongodb": "MongoDB is not supported; use type = redis, or type = sql with your database",
     "ext:google": "the Google App Engine datastore is not supported; use type = redis or type = sql",
+}
+
+#: Where a short key that Beaker used belongs, when it is kept only to read what Beaker wrote.
+_SHORT_BEAKER_KEY_HINTS = {
+    "validate_key": " (a Beaker validate_key kept only to read Beaker's sessions goes in "
+                    "session.beaker_compat_secrets, of any length)",
+    "encrypt_key": " (a Beaker encrypt_key kept only to read Beaker's sessions goes in "
+                   "session.beaker_compat_encrypt_key, of any length)",
 }
 
 _TRUE = ("true", "yes", "on", "1")
@@ -366,8 +377,9 @@ class Config:
         crypto_type = str(get("crypto_type", "default")).strip().lower()
         if crypto_type not in ("default", "cryptography"):
             raise ConfigError("session.crypto_type must be default or cryptography (AES-GCM comes from cryptography)")
-        if get("encrypt_nonce_bits") is not None:
-            _as_int("encrypt_nonce_bits", get("encrypt_nonce_bits"))
+        #: Beaker's encrypt_nonce_bits: how long a nonce starts its encrypted values (fastsess's own
+        #: AES-GCM always uses a random 96-bit nonce).
+        self.encrypt_nonce_bits = _as_int("encrypt_nonce_bits", get("encrypt_nonce_bits", BEAKER_NONCE_BITS))
 
         # Keys
         self.secrets = _as_keys("secret", get("secret"))
@@ -385,7 +397,7 @@ class Config:
                 if len(key) < MIN_SECRET_CHARS:
                     raise ConfigError(
                         f"session.{option} (key {position}) is {len(key)} characters; at least "
-                        f"{MIN_SECRET_CHARS} are required"
+                        f"{MIN_SECRET_CHARS} are required{_SHORT_BEAKER_KEY_HINTS.get(option, '')}"
                     )
         if self.encrypt_keys or (store_type == "cookie" and get("cookie_mode", "") == "encrypted"):
             try:
@@ -482,7 +494,7 @@ class Config:
         self.on_event: Callable[..., Any] | None = on_event
 
     def _beaker_options(self, get: Callable[..., Any]) -> None:
-        """beaker_compat, beaker_compat_secrets and beaker_compat_until (SPEC 3, "Beaker migration").
+        """beaker_compat and its beaker_compat_* options (SPEC 3, "Beaker migration").
 
         The keys that verify Beaker's HMAC-SHA1 tags are beaker_compat_secrets, of
         any length since Beaker never required one; without them, the configured
@@ -493,6 +505,7 @@ class Config:
         self.beaker_compat = as_bool("beaker_compat", get("beaker_compat", False))
         self.beaker_compat_until = _as_date(get("beaker_compat_until"))
         self.beaker_compat_secrets = _as_keys("beaker_compat_secrets", get("beaker_compat_secrets"))
+        self._beaker_encryption(get)
         #: HMAC-SHA1 keys for Beaker's tags, as bytes; empty unless beaker_compat is on.
         self.beaker_keys: list[bytes] = []
         #: Unix time after which Beaker cookies are refused; None for no end.
@@ -516,6 +529,37 @@ class Config:
                     self.beaker_compat_until.isoformat(),
                     extra={"fastsess_event": "config_warning", "sid": None},
                 )
+
+    def _beaker_encryption(self, get: Callable[..., Any]) -> None:
+        """The keys that open what Beaker encrypted with its encrypt_key.
+
+        Beaker derives each AES key from its encrypt_key, salted with its
+        validate_key and a per-value nonce. The encrypt keys are
+        beaker_compat_encrypt_key, of any length, or else the configured
+        encrypt_key. The salt is Beaker's validate_key: the key that verified a
+        cookie's tag, or, for the records migrate-beaker reads, each of
+        beaker_compat_secrets, validate_key and secret in turn. They are kept
+        whether or not beaker_compat is on, since migrate-beaker needs them too.
+        """
+        self.beaker_compat_encrypt_keys = _as_keys("beaker_compat_encrypt_key", get("beaker_compat_encrypt_key"))
+        keys = self.beaker_compat_encrypt_keys or self.encrypt_keys
+        #: AES key material for Beaker's encrypted values, as bytes; empty when none is configured.
+        self.beaker_encrypt_keys: list[bytes] = [key.encode("utf-8") for key in dict.fromkeys(keys)]
+        salts = self.beaker_compat_secrets + self.validate_keys + self.secrets
+        #: Candidates for Beaker's validate_key, which salts its key derivation.
+        self.beaker_validate_keys: list[bytes] = [key.encode("utf-8") for key in dict.fromkeys(salts)]
+        if not self.beaker_encrypt_keys:
+            return
+        bits = self.encrypt_nonce_bits
+        if bits <= 0 or bits % 8:
+            raise ConfigError(f"session.encrypt_nonce_bits must be a positive multiple of 8, as in Beaker, got {bits}")
+        try:
+            import cryptography  # noqa: F401 - Beaker's AES comes from it here too
+        except ImportError:
+            raise ConfigError(
+                "reading Beaker's encrypted sessions (session.beaker_compat_encrypt_key) needs the "
+                "cryptography package: pip install 'fastsess[crypto]'"
+            ) from None
 
     def _check_names(self, opts: dict) -> None:
         for name in list(opts):

@@ -5,7 +5,9 @@ pickle of the session, or of zlib-compressed JSON) in a file store
 (`container_file/**/*.cache`), in Redis (`beaker_cache:<id>:session`) or in a
 database table (`beaker_cache`). Every pickle is read by RestrictedUnpickler,
 which builds plain data only and refuses anything else before it can run:
-a hostile pickle is reported, never executed.
+a hostile pickle is reported, never executed. Sessions Beaker encrypted with
+its encrypt_key are decrypted first, with the keys the config gives
+(`beaker_compat_encrypt_key`, else `encrypt_key`).
 
 A session is written under `core.store_key(Beaker id)`, where the Beaker id
 cookie (SPEC 3, "Beaker migration") finds it. A bulk pass copies everything;
@@ -202,8 +204,13 @@ def decode_container(blob: bytes) -> Any:
         raise SessionRefused(f"container pickle: {exc}") from None
 
 
-def decode_session(stored: Any) -> Any:
-    """Beaker's stored `session` value: base64 of a protocol-2 pickle, or of zlib-compressed JSON."""
+def decode_session(stored: Any, config: Config | None = None) -> Any:
+    """Beaker's stored `session` value, as the session dict.
+
+    Base64 of a protocol-2 pickle or of zlib-compressed JSON; or, when Beaker
+    had an encrypt_key, `nonce + base64(AES(either))`, decrypted with the Beaker
+    keys in `config` (beaker_compat.open_encrypted) and then read the same way.
+    """
     if isinstance(stored, bytes):
         try:
             stored = stored.decode("ascii")
@@ -214,7 +221,32 @@ def decode_session(stored: Any) -> Any:
     try:
         raw = base64.b64decode(stored, validate=True)
     except (binascii.Error, ValueError):
-        raise SessionRefused("stored session is not base64 (encrypted with encrypt_key?)") from None
+        raw = None
+    try:
+        if raw is None:
+            raise SessionRefused("stored session is not base64")
+        return decode_serialized(raw)
+    except SessionRefused as refusal:
+        plain_pickle = raw is not None and raw.startswith(beaker_compat.PICKLE_PREFIX)
+        if config is None or not config.beaker_encrypt_keys:
+            if plain_pickle:
+                raise
+            raise SessionRefused(
+                f"{refusal} (if Beaker encrypted it, set beaker_compat_encrypt_key to Beaker's encrypt_key)"
+            ) from None
+        try:
+            return beaker_compat.open_encrypted(
+                stored, config.beaker_encrypt_keys, config.beaker_validate_keys, config.encrypt_nonce_bits,
+                decode_serialized, "stored session",
+            )
+        except beaker_compat.BeakerCookieRefused as exc:
+            if plain_pickle:
+                raise refusal from None  # a plain pickle, refused: say why
+            raise SessionRefused(str(exc)) from None
+
+
+def decode_serialized(raw: bytes) -> Any:
+    """What Beaker's serializer wrote: a protocol-2 pickle (restricted unpickler) or zlib-compressed JSON."""
     if raw[:1] == b"\x80":
         try:
             return RestrictedUnpickler.loads(raw)
@@ -223,8 +255,7 @@ def decode_session(stored: Any) -> Any:
     try:
         return beaker_compat.inflate_json(raw, MAX_PICKLE_BYTES)
     except (zlib.error, UnicodeDecodeError, ValueError, RecursionError):
-        raise SessionRefused("stored session is neither a pickle nor zlib-compressed JSON (encrypted?)") \
-            from None
+        raise SessionRefused("stored session is neither a pickle nor zlib-compressed JSON") from None
 
 
 # ---------------------------------------------------------------- sources
@@ -236,7 +267,7 @@ class BeakerItem:
 
     beaker_id: str
     modified: float | None  # None when only the session's own _accessed_time can tell
-    read: Callable[[], Any]  # the session dict; raises SessionRefused
+    read: Callable[[], Any]  # Beaker's stored `session` value, for decode_session; raises SessionRefused
     ref: str = ""
 
 
@@ -308,7 +339,7 @@ class FileSource(BeakerSource):
         container = decode_container(blob)
         if not isinstance(container, dict) or "session" not in container:
             raise SessionRefused("file holds no Beaker session")
-        return decode_session(container["session"])
+        return container["session"]
 
 
 class RedisSource(BeakerSource):
@@ -354,7 +385,7 @@ class RedisSource(BeakerSource):
 
     @staticmethod
     def _read(value: bytes) -> Any:
-        return decode_session(decode_container(value))
+        return decode_container(value)
 
     def close(self) -> None:
         self.client.close()
@@ -410,7 +441,7 @@ class DatabaseSource(BeakerSource):
         container = decode_container(bytes(data))
         if not isinstance(container, dict) or "session" not in container:
             raise SessionRefused("row holds no Beaker session")
-        return decode_session(container["session"])
+        return container["session"]
 
     def close(self) -> None:
         self.engine.dispose()
@@ -526,7 +557,7 @@ class Migration:
         ref = key.hex()[:16]  # what reports show: never the Beaker id itself
         now = self.clock()
         try:
-            session = beaker_compat.split_session(item.read(), self.config, now)
+            session = beaker_compat.split_session(decode_session(item.read(), self.config), self.config, now)
         except (SessionRefused, beaker_compat.BeakerCookieRefused) as exc:
             report.refuse(ref, str(exc))
             return
