@@ -413,3 +413,13 @@ def test_metadump_lines_give_the_decoded_key_and_last_access():
     line = b"key=abc%20def_session exp=-1 la=1795684242 cas=1 fetch=no cls=6 size=255"
     assert _metadump_entry(line) == ("abc def_session", 1795684242)
     assert _metadump_entry(b"key=k exp=-1 cas=1") == ("k", None)
+
+
+def test_an_unreachable_memcached_is_a_clear_error(tmp_path, capsys):
+    pytest.importorskip("pymemcache")
+    from loopback import free_port
+
+    ini = write_ini(tmp_path)
+    address = f"127.0.0.1:{free_port()}"
+    assert main(["migrate-beaker", "--config", ini, "--from-type", "ext:memcached", "--from-url", address]) == 2
+    assert f"cannot reach memcached at {address}" in capsys.readouterr().err

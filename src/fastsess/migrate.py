@@ -517,6 +517,7 @@ class MemcachedSource(BeakerSource):
     def __init__(self, url: str, timeout: float = 5.0) -> None:
         try:
             from pymemcache.client.base import Client, normalize_server_spec
+            from pymemcache.exceptions import MemcacheError
         except ImportError:
             raise ConfigError(
                 "--from-type ext:memcached needs pymemcache: pip install 'fastsess[memcached]'"
@@ -525,6 +526,7 @@ class MemcachedSource(BeakerSource):
 
         self.servers = parse_servers(url)
         self.timeout = timeout
+        self.errors = (MemcacheError, OSError)
         self.clients = {
             name: Client(normalize_server_spec(name), connect_timeout=timeout, timeout=timeout,
                          deserializer=_raw_value)
@@ -543,7 +545,7 @@ class MemcachedSource(BeakerSource):
     def _check_version(self, name: str) -> None:
         try:
             version = self.clients[name].version()
-        except Exception as exc:  # pymemcache raises its own errors and OSError
+        except self.errors as exc:
             raise StoreError(f"cannot reach memcached at {name}: {exc}") from None
         text = version.decode("ascii", "replace")
         numbers = tuple(int(part) for part in re.findall(r"\d+", text)[:3])
@@ -578,7 +580,7 @@ class MemcachedSource(BeakerSource):
     def _batch(self, name: str, keys: list[str]) -> Iterator[BeakerItem]:
         try:
             values = self.clients[name].get_many(keys)
-        except Exception as exc:  # pymemcache raises its own errors and OSError
+        except self.errors as exc:
             raise StoreError(f"memcached at {name} failed while reading sessions: {exc}") from None
         for key in keys:
             found = values.get(key)
