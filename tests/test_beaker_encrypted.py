@@ -622,3 +622,20 @@ def test_a_beaker_aes_cookie_session_moves_into_a_server_side_store(tmp_path, st
     # The new id cookie reads the record from the store, not from the old cookie.
     assert get(mw, "/inc", value).text == repr([("n", 3), ("user", "ada")])
     mw.close()
+
+
+@pytest.mark.servers
+def test_encrypted_beaker_memcached_sessions_migrate(tmp_path, capsys):
+    pytest.importorskip("pymemcache")
+    import server_memcached
+
+    server = server_memcached.MemcachedServer(tmp_path / "mc").start()
+    try:
+        url = server.address
+        cookie = beaker_write(beaker_settings("ext:memcached", url), RICH)
+        ini = write_ini(tmp_path)
+        report = migrate(capsys, ini, "--from-type", "ext:memcached", "--from-url", url)
+        assert (report["seen"], report["migrated"], report["refused"]) == (1, 1, 0), report
+        assert fastsess_read(ini, cookie) == RICH
+    finally:
+        server.stop()

@@ -251,11 +251,16 @@ def open_encrypted(
 
 def inflate_json(compressed: bytes, limit: int) -> Any:
     """zlib-compressed UTF-8 JSON as Beaker's json serializer writes it, inflated to at most `limit` bytes."""
+    return json.loads(inflate(compressed, limit).decode("utf-8"), parse_constant=_refuse_constant)
+
+
+def inflate(compressed: bytes, limit: int) -> bytes:
+    """zlib data inflated to at most `limit` bytes; ValueError past that or when truncated (zlib.error if corrupt)."""
     inflater = zlib.decompressobj()
-    text = inflater.decompress(compressed, limit + 1)
-    if len(text) > limit or inflater.unconsumed_tail or not inflater.eof:
+    raw = inflater.decompress(compressed, limit + 1)
+    if len(raw) > limit or inflater.unconsumed_tail or not inflater.eof:
         raise ValueError("inflates past max_record_size, or is truncated")
-    return json.loads(text.decode("utf-8"), parse_constant=_refuse_constant)
+    return raw
 
 
 def _refuse_constant(name: str) -> Any:

@@ -181,7 +181,7 @@ def cmd_migrate_beaker(args: argparse.Namespace) -> int:
     from .migrate import STATE_FILE, Migration, open_source, parse_since, read_state, write_state
 
     config = _load(args)
-    source = open_source(args.from_type, args.from_data_dir, args.from_url, args.from_table)
+    source = open_source(args.from_type, args.from_data_dir, args.from_url, args.from_table, args.from_schema)
     config_path = args.config or os.environ.get("FASTSESS_CONFIG", "")
     state_path = args.state or os.path.join(os.path.dirname(os.path.abspath(config_path)), STATE_FILE)
     if args.full:
@@ -294,17 +294,46 @@ def build_parser() -> argparse.ArgumentParser:
         elif name == "inspect":
             p.add_argument("cookie", help="the cookie value (or name=value)")
         elif name == "migrate-beaker":
+            p.description = "Copy Beaker's stored sessions into the configured fastsess store."
+            p.epilog = MIGRATE_EPILOG
+            p.formatter_class = argparse.RawDescriptionHelpFormatter
             _migrate_arguments(p)
     return parser
 
 
+MIGRATE_EPILOG = """\
+Beaker stores (--from-type, and where it is):
+  file              --from-data-dir DIR: Beaker's session.data_dir
+  ext:redis         --from-url redis://host:6379/0: Beaker's session.url
+  ext:rediscluster  --from-url redis://h1:7000,redis://h2:7001: Beaker's session.urls;
+                    every primary node is scanned
+  ext:database      --from-url SQLALCHEMY_URL [--from-table beaker_cache] [--from-schema S]
+  ext:sqla          --from-url: the URL of the engine given as session.bind, and
+                    --from-table/--from-schema: the table given as session.table
+  ext:memcached     --from-url "h1:11211;h2:11211": Beaker's session.url. Keys are listed
+                    with `lru_crawler metadump all` (memcached 1.4.31 or later, crawler
+                    on); sessions memcached evicted or lost in a restart are gone.
+
+Run a bulk pass before the switch, then the same command again at cutover: it
+is a delta pass over what changed since (file, ext:database and ext:sqla by
+their modification time, ext:memcached by last access; the Redis stores are
+read again whole and filtered by Beaker's _accessed_time). Pickles are read by a
+restricted unpickler: anything but plain data is refused and reported, never run.
+"""
+
+
 def _migrate_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--from-type", required=True, choices=("file", "ext:redis", "ext:database"),
-                   help="Beaker's session.type")
+    from .migrate import SOURCE_TYPES
+
+    p.add_argument("--from-type", required=True, choices=SOURCE_TYPES, help="Beaker's session.type")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--from-data-dir", metavar="DIR", help="Beaker's session.data_dir (file)")
-    source.add_argument("--from-url", metavar="URL", help="Beaker's session.url (ext:redis, ext:database)")
-    p.add_argument("--from-table", default="beaker_cache", help="Beaker's table_name (ext:database)")
+    source.add_argument("--from-url", "--from-urls", metavar="URL", dest="from_url",
+                        help="Beaker's session.url, or session.urls for ext:rediscluster")
+    p.add_argument("--from-table", default="beaker_cache", metavar="TABLE", help="Beaker's table_name, or the name of the "
+                   "table given as session.table (ext:database, ext:sqla)")
+    p.add_argument("--from-schema", metavar="SCHEMA", help="Beaker's schema_name, or the table's schema "
+                   "(ext:database, ext:sqla)")
     p.add_argument("--since", metavar="TIME", help="delta pass: sessions changed since a Unix time or an "
                    "ISO 8601 date-time (default: the start of the last pass, from the state file)")
     p.add_argument("--full", action="store_true", help="a bulk pass, whatever the state file says")

@@ -1,13 +1,16 @@
 """`fastsess migrate-beaker`: copies Beaker's server-side sessions into the configured fastsess store.
 
-Beaker keeps each session as a pickle (a dict holding base64 of a protocol-2
-pickle of the session, or of zlib-compressed JSON) in a file store
-(`container_file/**/*.cache`), in Redis (`beaker_cache:<id>:session`) or in a
-database table (`beaker_cache`). Every pickle is read by RestrictedUnpickler,
-which builds plain data only and refuses anything else before it can run:
-a hostile pickle is reported, never executed. Sessions Beaker encrypted with
-its encrypt_key are decrypted first, with the keys the config gives
-(`beaker_compat_encrypt_key`, else `encrypt_key`).
+Beaker keeps each session as base64 of a protocol-2 pickle of the session (or
+of zlib-compressed JSON), mostly inside a pickled container:
+- file: `container_file/**/<id>.cache`, a pickled dict;
+- ext:redis and ext:rediscluster: `beaker_cache:<id>:session`, a pickled string;
+- ext:database and ext:sqla: a `beaker_cache` table, the dict in a PickleType column;
+- ext:memcached: `<id>_session`, the string as the memcache client stored it.
+Every pickle is read by RestrictedUnpickler, which builds plain data only and
+refuses anything else before it can run: a hostile pickle is reported, never
+executed.
+Sessions Beaker encrypted with its encrypt_key are decrypted first, with the
+keys the config gives (`beaker_compat_encrypt_key`, else `encrypt_key`).
 
 A session is written under `core.store_key(Beaker id)`, where the Beaker id
 cookie (SPEC 3, "Beaker migration") finds it. A bulk pass copies everything;
@@ -27,6 +30,8 @@ import json
 import os
 import pickle
 import pickletools
+import re
+import socket
 import time
 import uuid
 import zlib
@@ -36,10 +41,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from . import beaker_compat, core
 from .config import Config
-from .errors import ConfigError
+from .errors import ConfigError, FastsessError, StoreError
 from .session import SessionService
 from .stores.base import CONFLICT, EXISTS, GONE, TOMBSTONE, StoredRecord
 
@@ -52,7 +58,7 @@ MAX_DEPTH = 64
 #: A delta pass also re-reads sessions this much older than its start: Beaker
 #: stamps `_accessed_time` when a request starts and writes when it ends.
 DELTA_SLACK_SECONDS = 120.0
-SOURCE_TYPES = ("file", "ext:redis", "ext:database")
+SOURCE_TYPES = ("file", "ext:redis", "ext:rediscluster", "ext:database", "ext:sqla", "ext:memcached")
 STATE_FILE = ".fastsess-migrate-beaker.json"
 _WRITE_ATTEMPTS = 4
 # What writing one session did.
@@ -348,6 +354,7 @@ class RedisSource(BeakerSource):
     kind = "ext:redis"
     PREFIX = "beaker_cache:"
     SUFFIX = ":session"
+    MATCH = f"{PREFIX}*{SUFFIX}"
 
     def __init__(self, url: str) -> None:
         try:
@@ -364,7 +371,7 @@ class RedisSource(BeakerSource):
 
     def items(self, since: float | None) -> Iterator[BeakerItem | tuple[str, str]]:
         batch: list[bytes] = []
-        for key in self.client.scan_iter(match=f"{self.PREFIX}*{self.SUFFIX}", count=1000):
+        for key in self._keys():
             batch.append(key)
             if len(batch) >= 500:
                 yield from self._batch(batch, since)
@@ -372,8 +379,15 @@ class RedisSource(BeakerSource):
         if batch:
             yield from self._batch(batch, since)
 
+    def _keys(self) -> Iterator[bytes]:
+        """Every key that may hold a Beaker session."""
+        return self.client.scan_iter(match=self.MATCH, count=1000)
+
+    def _values(self, keys: list[bytes]) -> list[bytes | None]:
+        return self.client.mget(keys)
+
     def _batch(self, keys: list[bytes], since: float | None) -> Iterator[BeakerItem | tuple[str, str]]:
-        values = self.client.mget(keys)
+        values = self._values(keys)
         for key, value in zip(keys, values, strict=True):
             beaker_id = key.decode("latin-1")[len(self.PREFIX) : -len(self.SUFFIX)]
             if not beaker_compat.is_beaker_id(beaker_id):
@@ -391,6 +405,45 @@ class RedisSource(BeakerSource):
         self.client.close()
 
 
+class RedisClusterSource(RedisSource):
+    """Beaker's ext:rediscluster store: the keys of ext:redis, spread over the cluster's slots.
+
+    SCAN covers one node only, so every primary is scanned; values are read
+    through the cluster client, which follows a key that moved meanwhile.
+    """
+
+    kind = "ext:rediscluster"
+
+    def __init__(self, urls: str) -> None:
+        try:
+            from redis.cluster import ClusterNode, RedisCluster
+            from redis.exceptions import RedisClusterException, RedisError
+
+            from .stores.redis import parse_cluster_urls
+        except ImportError:
+            raise ConfigError(
+                "--from-type ext:rediscluster needs the redis package: pip install 'fastsess[redis]'"
+            ) from None
+        self.urls = [u for u in re.split(r"[,\s]+", urls) if u]
+        nodes, auth = parse_cluster_urls(self.urls)
+        if not nodes:
+            raise ConfigError("--from-url names no Redis Cluster node (Beaker's session.urls)")
+        try:
+            self.client = RedisCluster(startup_nodes=[ClusterNode(host, port) for host, port in nodes], **auth)
+        except (RedisError, RedisClusterException, OSError) as exc:
+            raise StoreError(f"cannot reach the Redis Cluster at {self.describe()}: {exc}") from None
+
+    def describe(self) -> str:
+        return f"ext:rediscluster:{','.join(_without_password(u) for u in self.urls)}"
+
+    def _keys(self) -> Iterator[bytes]:
+        for node in self.client.get_primaries():
+            yield from self.client.get_redis_connection(node).scan_iter(match=self.MATCH, count=1000)
+
+    def _values(self, keys: list[bytes]) -> list[bytes | None]:
+        return self.client.mget_nonatomic(keys)
+
+
 class DatabaseSource(BeakerSource):
     """Beaker's ext:database store: a `beaker_cache` table of (namespace, accessed, created, data).
 
@@ -401,25 +454,30 @@ class DatabaseSource(BeakerSource):
 
     kind = "ext:database"
 
-    def __init__(self, url: str, table_name: str = "beaker_cache") -> None:
+    def __init__(self, url: str, table_name: str = "beaker_cache", schema: str | None = None) -> None:
         try:
             import sqlalchemy as sa
         except ImportError:
             raise ConfigError(
-                "--from-type ext:database needs SQLAlchemy: pip install 'fastsess[sql]'"
+                f"--from-type {self.kind} needs SQLAlchemy: pip install 'fastsess[sql]'"
             ) from None
         self.sa = sa
         self.url = url
-        self.engine = sa.create_engine(url, hide_parameters=True)
+        try:
+            self.engine = sa.create_engine(url, hide_parameters=True)
+        except (sa.exc.ArgumentError, ImportError) as exc:
+            raise ConfigError(f"--from-url is not a usable SQLAlchemy URL: {exc}") from None
         self.table = sa.table(
             table_name,
             sa.column("namespace", sa.String),
             sa.column("accessed", sa.DateTime),
             sa.column("data", sa.LargeBinary),
+            schema=schema or None,
         )
 
     def describe(self) -> str:
-        return f"ext:database:{_without_password(self.url)}:{self.table.name}"
+        name = f"{self.table.schema}.{self.table.name}" if self.table.schema else self.table.name
+        return f"{self.kind}:{_without_password(self.url)}:{name}"
 
     def items(self, since: float | None) -> Iterator[BeakerItem | tuple[str, str]]:
         sa = self.sa
@@ -447,6 +505,190 @@ class DatabaseSource(BeakerSource):
         self.engine.dispose()
 
 
+class SqlaSource(DatabaseSource):
+    """Beaker's ext:sqla store: the table the application handed Beaker, in `make_cache_table`'s layout.
+
+    Beaker was given an engine and a Table object; here the database is named
+    by its URL and the table by its name (and schema). Beaker's code reads the
+    columns namespace, accessed and data by name, so any table it could use
+    has them; rows are read exactly as ext:database rows are.
+    """
+
+    kind = "ext:sqla"
+
+
+# memcache clients' flags: python-memcached and python-binary-memcached agree on these.
+_MC_PICKLE, _MC_INTEGER, _MC_LONG, _MC_COMPRESSED, _MC_TEXT = 1, 2, 4, 8, 16
+_MC_DUMP_TIMEOUT = 30.0
+
+
+def _raw_value(key: bytes, value: bytes, flags: int) -> tuple[bytes, int]:
+    """A pymemcache deserializer that decodes nothing: the stored bytes and the client's flags."""
+    return value, flags
+
+
+class MemcachedSource(BeakerSource):
+    """Beaker's ext:memcached store: `<id>_session`, on the server the memcache client hashed it to.
+
+    memcached has no general way to list keys. From 1.4.31 on, `lru_crawler
+    metadump all` lists the keys held in memory, which is how each server named
+    in the url is searched (so the client's hashing need not be reproduced).
+    What it cannot list is gone: a session evicted, or lost in a restart, was
+    lost to Beaker too, and its user logs in again. The dump is not a snapshot,
+    so a session created during a pass is found by the next one; the delta
+    pass at cutover, once Beaker has stopped writing, finds everything left.
+    Each key's `la` (last access, never earlier than its last write, in the
+    server's clock) lets a delta pass skip sessions untouched since.
+    """
+
+    kind = "ext:memcached"
+    SUFFIX = "_session"
+    MIN_VERSION = (1, 4, 31)
+
+    def __init__(self, url: str, timeout: float = 5.0) -> None:
+        try:
+            from pymemcache.client.base import Client, normalize_server_spec
+            from pymemcache.exceptions import MemcacheError
+        except ImportError:
+            raise ConfigError(
+                "--from-type ext:memcached needs pymemcache: pip install 'fastsess[memcached]'"
+            ) from None
+        from .stores.memcached import parse_servers
+
+        self.servers = parse_servers(url)
+        self.timeout = timeout
+        self.errors = (MemcacheError, OSError)
+        self.clients = {
+            name: Client(normalize_server_spec(name), connect_timeout=timeout, timeout=timeout,
+                         deserializer=_raw_value)
+            for name in self.servers
+        }
+        try:
+            for name in self.servers:
+                self._check_version(name)
+        except FastsessError:
+            self.close()
+            raise
+
+    def describe(self) -> str:
+        return f"ext:memcached:{';'.join(self.servers)}"
+
+    def _check_version(self, name: str) -> None:
+        try:
+            version = self.clients[name].version()
+        except self.errors as exc:
+            raise StoreError(f"cannot reach memcached at {name}: {exc}") from None
+        text = version.decode("ascii", "replace")
+        numbers = tuple(int(part) for part in re.findall(r"\d+", text)[:3])
+        if numbers < self.MIN_VERSION:
+            raise ConfigError(
+                f"memcached at {name} is version {text}: listing its keys (lru_crawler metadump) needs "
+                "1.4.31 or later, so its Beaker sessions cannot be migrated. Upgrading restarts memcached, "
+                "which loses them as well: with beaker_compat = true, Beaker cookies still verify, and "
+                "their users get a fresh session (log in once more)"
+            )
+
+    def items(self, since: float | None) -> Iterator[BeakerItem | tuple[str, str]]:
+        # Every server's dump first: one that cannot list its keys stops the pass before anything is written.
+        found: list[tuple[str, list[str]]] = []
+        for name in self.servers:
+            keys: list[str] = []
+            found.append((name, keys))
+            for key, last_access in self._dump(name):
+                if not key.endswith(self.SUFFIX):
+                    continue  # the application's own cache entries
+                if not beaker_compat.is_beaker_id(key[: -len(self.SUFFIX)]):
+                    yield ("skipped", "not a Beaker 1.14 session key (cache entries are left alone)")
+                    continue
+                if since is not None and last_access is not None and last_access < since:
+                    yield ("unchanged", "")
+                    continue
+                keys.append(key)
+        for name, keys in found:
+            for start in range(0, len(keys), 100):
+                yield from self._batch(name, keys[start : start + 100])
+
+    def _batch(self, name: str, keys: list[str]) -> Iterator[BeakerItem]:
+        try:
+            values = self.clients[name].get_many(keys)
+        except self.errors as exc:
+            raise StoreError(f"memcached at {name} failed while reading sessions: {exc}") from None
+        for key in keys:
+            found = values.get(key)
+            if found is None:
+                continue  # evicted since the dump
+            value, flags = found
+            yield BeakerItem(key[: -len(self.SUFFIX)], None, lambda v=value, f=flags: self._read(v, f))
+
+    def _dump(self, name: str) -> Iterator[tuple[str, int | None]]:
+        """(key, last access) for every key server `name` holds in memory."""
+        from pymemcache.client.base import normalize_server_spec
+
+        spec = normalize_server_spec(name)
+        try:
+            if isinstance(spec, str):
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.settimeout(self.timeout)
+                sock.connect(spec)
+            else:
+                sock = socket.create_connection(spec, timeout=self.timeout)
+            with sock:
+                sock.settimeout(_MC_DUMP_TIMEOUT)
+                sock.sendall(b"lru_crawler metadump all\r\n")
+                pending = b""
+                while True:
+                    chunk = sock.recv(1 << 16)
+                    if not chunk:
+                        raise StoreError(f"memcached at {name} closed the connection during the key dump")
+                    lines = (pending + chunk).split(b"\n")
+                    pending = lines.pop()
+                    for line in lines:
+                        line = line.rstrip(b"\r")
+                        if line == b"END":
+                            return
+                        if line.startswith(b"key="):
+                            yield _metadump_entry(line)
+                        elif line:
+                            raise self._dump_refused(name, line)
+        except OSError as exc:
+            raise StoreError(f"memcached at {name} failed during the key dump: {exc}") from None
+
+    @staticmethod
+    def _dump_refused(name: str, line: bytes) -> FastsessError:
+        reply = line.decode("ascii", "replace")[:200]
+        if "disabled" in reply:
+            return ConfigError(
+                f"memcached at {name} has its LRU crawler off ({reply}), so it cannot list its keys: "
+                "send it `lru_crawler enable` (no restart needed), then run migrate-beaker again"
+            )
+        if reply.startswith("BUSY"):
+            return StoreError(f"memcached at {name} is busy with another crawl ({reply}); try again shortly")
+        return StoreError(f"memcached at {name} refused to list its keys: {reply}")
+
+    @staticmethod
+    def _read(value: bytes, flags: int) -> Any:
+        if flags & (_MC_INTEGER | _MC_LONG) or flags >= 32:
+            raise SessionRefused(f"memcached value has client flags {flags}, not a Beaker session string")
+        if flags & _MC_COMPRESSED:
+            try:
+                value = beaker_compat.inflate(value, MAX_PICKLE_BYTES)
+            except (zlib.error, ValueError):
+                raise SessionRefused("compressed memcached value is corrupt or too large") from None
+        return decode_container(value) if flags & _MC_PICKLE else value
+
+    def close(self) -> None:
+        for client in self.clients.values():
+            client.close()
+
+
+def _metadump_entry(line: bytes) -> tuple[str, int | None]:
+    """The key and last access of one `lru_crawler metadump` line: `key=<uri-encoded> exp=.. la=.. ...`."""
+    fields = dict(part.split(b"=", 1) for part in line.split(b" ") if b"=" in part)
+    key = unquote_to_bytes(fields.get(b"key", b"")).decode("latin-1")
+    la = fields.get(b"la", b"")
+    return key, int(la) if la.isdigit() else None
+
+
 def _without_password(url: str) -> str:
     """The URL as it may be shown: any password replaced."""
     scheme, sep, rest = url.partition("://")
@@ -458,21 +700,30 @@ def _without_password(url: str) -> str:
 
 
 def open_source(
-    kind: str, data_dir: str | None, url: str | None, table_name: str = "beaker_cache"
+    kind: str, data_dir: str | None, url: str | None, table_name: str = "beaker_cache",
+    schema: str | None = None,
 ) -> BeakerSource:
     """The Beaker store named on the command line (`--from-type` and its location)."""
     if kind == "file":
         if not data_dir:
             raise ConfigError("--from-type file needs --from-data-dir (Beaker's session.data_dir)")
         return FileSource(data_dir)
+    if kind in SOURCE_TYPES and not url:
+        where = {
+            "ext:rediscluster": "Beaker's session.urls, comma-separated",
+            "ext:sqla": "the SQLAlchemy URL of the engine Beaker's session.bind was",
+        }.get(kind, "Beaker's session.url")
+        raise ConfigError(f"--from-type {kind} needs --from-url ({where})")
     if kind == "ext:redis":
-        if not url:
-            raise ConfigError("--from-type ext:redis needs --from-url (Beaker's session.url)")
         return RedisSource(url)
+    if kind == "ext:rediscluster":
+        return RedisClusterSource(url)
     if kind == "ext:database":
-        if not url:
-            raise ConfigError("--from-type ext:database needs --from-url (Beaker's session.url)")
-        return DatabaseSource(url, table_name)
+        return DatabaseSource(url, table_name, schema)
+    if kind == "ext:sqla":
+        return SqlaSource(url, table_name, schema)
+    if kind == "ext:memcached":
+        return MemcachedSource(url)
     raise ConfigError(f"--from-type must be one of {', '.join(SOURCE_TYPES)}, not {kind!r}")
 
 

@@ -173,6 +173,27 @@ def _split_host(text: str, default_port: int) -> tuple[str, int]:
         raise ConfigError(f"session.url: bad port in {text!r}") from None
 
 
+def parse_cluster_urls(urls: list[str]) -> tuple[list[tuple[str, int]], dict]:
+    """Redis Cluster node URLs (`redis://[user:password@]host:port`, or bare `host:port`): the nodes, and
+    the credentials and TLS setting they carry."""
+    nodes, auth = [], {}
+    for item in urls:
+        parts = urlsplit(item if "://" in item else "redis://" + item)
+        if parts.scheme not in ("redis", "rediss"):
+            raise ConfigError(f"session.urls: {parts.scheme}:// is not a Redis Cluster node URL")
+        if parts.scheme == "rediss":
+            auth["ssl"] = True
+        if parts.username:
+            auth["username"] = unquote(parts.username)
+        if parts.password:
+            auth["password"] = unquote(parts.password)
+        try:
+            nodes.append((parts.hostname or "localhost", parts.port or 6379))
+        except ValueError:
+            raise ConfigError("session.urls: a node URL has a bad port") from None
+    return nodes, auth
+
+
 _open_stores: weakref.WeakSet = weakref.WeakSet()
 
 
@@ -214,7 +235,7 @@ class RedisStore(Store):
         self._failing = False
         if urls:
             self._mode = "cluster"
-            self._nodes, auth = self._parse_cluster(urls)
+            self._nodes, auth = parse_cluster_urls(urls)
             self._options.update(auth)
             self._name = "redis cluster"
         elif url and url.startswith("redis+sentinel://"):
@@ -243,30 +264,6 @@ class RedisStore(Store):
         _open_stores.add(self)
 
     # -------------------------------------------------- configuration
-
-    @staticmethod
-    def _auth(parts) -> dict:
-        auth = {}
-        if parts.username:
-            auth["username"] = unquote(parts.username)
-        if parts.password:
-            auth["password"] = unquote(parts.password)
-        return auth
-
-    def _parse_cluster(self, urls: list[str]) -> tuple[list, dict]:
-        nodes, auth = [], {}
-        for item in urls:
-            parts = urlsplit(item if "://" in item else "redis://" + item)
-            if parts.scheme not in ("redis", "rediss"):
-                raise ConfigError(f"session.urls: {parts.scheme}:// is not a Redis Cluster node URL")
-            if parts.scheme == "rediss":
-                auth["ssl"] = True
-            auth.update(self._auth(parts))
-            try:
-                nodes.append((parts.hostname or "localhost", parts.port or 6379))
-            except ValueError:
-                raise ConfigError("session.urls: a node URL has a bad port") from None
-        return nodes, auth
 
     def _parse_sentinel(self, url: str) -> tuple[list, str, int, dict]:
         """redis+sentinel://[user:password@]h1:26379,h2:26379/<service>/<db>; the password is the master's."""
