@@ -49,14 +49,16 @@ $(VENV_STAMP): pyproject.toml setup.py
 
 install: $(INSTALL_STAMP)
 
-# Editable: Python files are used from src/, and the C kernel is compiled into
-# src/fastsess/. A change to the .pyx needs a new install, hence the dependency.
-$(INSTALL_STAMP): $(VENV_STAMP) pyproject.toml setup.py $(wildcard src/fastsess/_core.pyx)
+# Editable: Python files are used from src/, and the compiled modules are built
+# into src/fastsess/. A change to their sources needs a new install, hence the
+# dependency: _request_py.py runs compiled as fastsess._request with the C kernel.
+$(INSTALL_STAMP): $(VENV_STAMP) pyproject.toml setup.py \
+		$(wildcard src/fastsess/_core.pyx src/fastsess/_request_py.py src/fastsess/_request.pxd)
 	rm -f $(VENV)/.installed-*
 	$(PY) -m pip install -e '.[test,all]'
 	@if [ "$(KERNEL)" = python ]; then \
 		echo "fastsess: C kernel skipped (FASTSESS_NO_EXTENSIONS=1)"; \
-	elif $(PY) -c 'import fastsess._core' 2>/dev/null; then \
+	elif $(PY) -c 'import fastsess._core, fastsess._request' 2>/dev/null; then \
 		echo "fastsess: C kernel built"; \
 	else \
 		echo "WARNING: fastsess: the C kernel did not build; only the pure-Python kernel is there"; \

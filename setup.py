@@ -1,4 +1,5 @@
-"""Build the optional C kernel, fastsess._core, from src/fastsess/_core.pyx.
+"""Build the optional C kernel: fastsess._core from src/fastsess/_core.pyx, and
+fastsess._request, the request cycle compiled from src/fastsess/_request_py.py.
 
 Everything else about the package is declared in pyproject.toml. The kernel also
 exists in pure Python (fastsess._core_py), so a machine that cannot compile it
@@ -122,15 +123,20 @@ class OptionalBuildExt(build_ext):
 
 
 def c_kernel() -> list[Extension]:
+    """The kernel, and the request cycle compiled from its pure-Python source (declared in _request.pxd)."""
     if NO_EXTENSIONS:
         return []
     return [
         Extension(
-            "fastsess._core",
-            ["src/fastsess/_core.pyx"],
+            name,
+            [source],
             extra_compile_args=["-O2"],  # MSVC accepts -O2 as well as /O2
             # Lets setuptools skip the in-place copy of a module that was not built.
             optional=not REQUIRE_EXTENSIONS,
+        )
+        for name, source in (
+            ("fastsess._core", "src/fastsess/_core.pyx"),
+            ("fastsess._request", "src/fastsess/_request_py.py"),
         )
     ]
 

@@ -1318,3 +1318,27 @@ def test_a_session_read_then_reset_like_turbogears_still_varies_on_cookie():
     assert headers["Vary"] == "Cookie"
     assert headers["Cache-Control"] == "private"
     assert "Set-Cookie" not in headers
+
+
+# ---------------------------------------------------------------- the compiled request cycle
+
+
+def test_the_request_cycle_is_compiled_exactly_when_the_c_kernel_is_selected():
+    """fastsess._request is _request_py.py compiled; wsgi takes it with the C kernel, else the source."""
+    from fastsess import _request_py, core, wsgi
+
+    if core.IMPLEMENTATION == "python":
+        assert wsgi._request is _request_py
+        return
+    try:
+        from fastsess import _request
+    except ImportError:
+        assert not core.REQUIRE_EXTENSIONS, "FASTSESS_REQUIRE_EXTENSIONS=1 but fastsess._request is not built"
+        assert wsgi._request is _request_py
+        return
+    assert wsgi._request is _request
+    assert _request.__file__ != _request_py.__file__
+    assert wsgi.SessionMiddleware.__call__ is _request.handle
+    # The compiled Response keeps its state in C fields: no per-instance dict.
+    response = _request.Response(None, {}, None, None)
+    assert not hasattr(response, "__dict__")

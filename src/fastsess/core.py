@@ -22,6 +22,8 @@ else:
         from . import _core_py as _kernel  # type: ignore[no-redef]
 
 IMPLEMENTATION = "python" if _kernel.__name__.endswith("_core_py") else "c"
+#: FASTSESS_REQUIRE_EXTENSIONS=1: the other compiled modules must import too
+REQUIRE_EXTENSIONS = _REQUIRE_EXTENSIONS and not _NO_EXTENSIONS
 
 FORMAT_VERSION = _kernel.FORMAT_VERSION
 ID_BYTES = _kernel.ID_BYTES
