@@ -334,6 +334,29 @@ def test_response_setting_a_cookie_overrides_shared_caching_and_logs_it(cache_co
     assert record.levelno >= logging.WARNING
 
 
+def test_every_cache_control_the_application_sent_goes_when_a_cookie_is_set(caplog):
+    caplog.set_level(logging.DEBUG, logger="fastsess")
+    headers = [("Cache-Control", "public"), ("X-Other", "1"), ("cache-control", "max-age=600")]
+    served = call(make_mw(App(inc, headers=headers)))
+    assert served.header("Cache-Control") == ["private, no-store"]
+    assert served.header("X-Other") == ["1"]
+    [record] = events(caplog, "cache_control_overridden")
+
+
+def test_a_second_vary_header_that_names_cookie_is_respected():
+    app = App(headers=[("Vary", "Accept-Encoding"), ("Vary", "Cookie")])
+    mw = make_mw(app)
+    served = call(mw, cookie=_existing(mw, app))
+    assert served.header("Vary") == ["Accept-Encoding", "Cookie"]
+
+
+def test_cookie_joins_the_last_of_several_vary_headers():
+    app = App(headers=[("Vary", "Accept-Encoding"), ("Vary", "Accept-Language")])
+    mw = make_mw(app)
+    served = call(mw, cookie=_existing(mw, app))
+    assert served.header("Vary") == ["Accept-Encoding", "Accept-Language, Cookie"]
+
+
 # ---------------------------------------------------------------- cookie attributes
 
 
@@ -941,6 +964,43 @@ def test_legacy_write_callable_persists_the_session_before_the_first_write():
     [record] = records_at_write
     assert isinstance(record, StoredRecord)
     assert [v for k, v in headers_at_write[0] if k == "Set-Cookie"]
+
+
+def test_a_change_made_after_the_first_write_is_saved_for_an_existing_session():
+    app = App(inc)
+    mw = make_mw(app)
+    cookie = f"session={call(mw).cookie_value()}"
+
+    def writer(environ, start_response):
+        session = environ["beaker.session"]
+        write = start_response("200 OK", [("Content-Type", "text/plain")])
+        write(b"hello ")
+        inc(session)  # after the headers went out: written best effort, as for a stream
+        return [b"world"]
+
+    writing = make_mw(writer)
+    use_store(writing, mw.store)
+    served = call(writing, cookie=cookie)
+    assert served.body == b"hello world"
+    assert served.set_cookies() == []
+    app.action = read
+    assert call(mw, cookie=cookie).body == b"2"
+
+
+def test_a_new_session_made_after_the_first_write_is_dropped_and_logged(caplog):
+    caplog.set_level(logging.DEBUG, logger="fastsess")
+
+    def writer(environ, start_response):
+        write = start_response("200 OK", [("Content-Type", "text/plain")])
+        write(b"hello")
+        inc(environ["beaker.session"])  # needs a cookie, and the headers are out
+        return []
+
+    mw = make_mw(writer)
+    served = call(mw)
+    assert served.set_cookies() == []
+    assert len(mw.store) == 0
+    [record] = events(caplog, "write_dropped")
 
 
 # ---------------------------------------------------------------- error responses and failures

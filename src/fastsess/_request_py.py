@@ -88,6 +88,7 @@ class Response:
             self.server_start_response(self.status, self.headers, self.exc_info)
             return result
         first = None
+        wrote_early = self.sent  # the application used write(): the headers are out
         fixed_body = no_app_code_left(result, self.environ)
         try:
             if not fixed_body and not self.sent:
@@ -106,6 +107,8 @@ class Response:
                 close()
             raise
         if fixed_body:
+            if wrote_early:  # changes made after the first write(): best effort, as for a stream
+                self.session.persist_late()
             return result
         return StreamingBody(result, first, self.session)
 
@@ -149,31 +152,44 @@ class StreamingBody:
 
 
 def cache_headers(headers: list, setting_cookie: bool, mw: Any) -> None:
-    """Vary: Cookie on responses that read the session; private, no-store when setting a cookie."""
-    vary_index = cache_index = None
+    """Vary: Cookie on responses that read the session; private, no-store when setting a cookie.
+
+    An application may send a header more than once: Cookie joins the last
+    Vary unless one already names it (or `*`), and a cookie-setting response
+    loses every Cache-Control the application set.
+    """
+    vary_index = -1
+    vary_done = False
+    cache_indexes = None
     for i, header in enumerate(headers):
         size = len(header[0])  # compare lengths first: most names are neither
         if size == 4 and header[0].lower() == "vary":
             vary_index = i
+            if not vary_done:
+                fields = [f.strip().lower() for f in header[1].split(",")]
+                vary_done = "*" in fields or "cookie" in fields
         elif size == 13 and header[0].lower() == "cache-control":
-            cache_index = i
-    if vary_index is None:
+            if cache_indexes is None:
+                cache_indexes = [i]
+            else:
+                cache_indexes.append(i)
+    if vary_index < 0:
         headers.append(("Vary", "Cookie"))
-    else:
+    elif not vary_done:
         name, value = headers[vary_index]
-        fields = [f.strip().lower() for f in value.split(",")]
-        if "*" not in fields and "cookie" not in fields:
-            headers[vary_index] = (name, value + ", Cookie" if value.strip() else "Cookie")
+        headers[vary_index] = (name, value + ", Cookie" if value.strip() else "Cookie")
     if setting_cookie:
-        if cache_index is not None:
-            name, value = headers[cache_index]
-            directives = [d.strip().lower().split("=")[0] for d in value.split(",")]
-            if "public" in directives or "s-maxage" in directives:
+        if cache_indexes is not None:
+            shared = False
+            for i in reversed(cache_indexes):
+                directives = [d.strip().lower().split("=")[0] for d in headers[i][1].split(",")]
+                shared = shared or "public" in directives or "s-maxage" in directives
+                del headers[i]
+            if shared:
                 mw.service.events.emit(
                     "cache_control_overridden",
                     message="response sets a session cookie: shared caching removed",
                 )
-            del headers[cache_index]
         headers.append(("Cache-Control", "private, no-store"))
-    elif cache_index is None:
+    elif cache_indexes is None:
         headers.append(("Cache-Control", "private"))
