@@ -472,6 +472,34 @@ def test_middleware_with_anonymous_policy_serves_empty_sessions_while_postgres_i
     mw.close()
 
 
+@pytest.mark.servers
+def test_with_anonymous_policy_workers_boot_while_postgres_is_down_and_recover(
+    postgres_server, pg_url, table_name, caplog
+):
+    options = {
+        "session.type": "ext:database", "session.url": pg_url, "session.table_name": table_name,
+        "session.secret": SECRET, "session.secure": "false",
+    }
+    postgres_server.stop()
+    try:
+        with pytest.raises(StoreError):  # the default policy: a database down at startup is an error
+            SessionMiddleware(counter_app, options)
+        with caplog.at_level(logging.ERROR, logger="fastsess"):
+            mw = SessionMiddleware(counter_app, {**options, "session.on_store_error": "anonymous"})
+        assert [r for r in caplog.records if getattr(r, "fastsess_event", None) == "store_error"]
+        app = webtest.TestApp(mw)
+        assert app.get("/").text == "1"  # an empty, unsaved session
+    finally:
+        postgres_server.start()
+    mw.close()
+    # Once the database answers, a worker built with the table in place serves sessions.
+    SessionMiddleware(counter_app, options).close()
+    mw = SessionMiddleware(counter_app, {**options, "session.on_store_error": "anonymous"})
+    app = webtest.TestApp(mw)
+    assert [app.get("/").text for _ in range(2)] == ["1", "2"]
+    mw.close()
+
+
 # ---------------------------------------------------------------- end to end
 
 

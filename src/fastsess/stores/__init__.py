@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
-from ..errors import ConfigError
+from ..errors import ConfigError, StoreError
 from .base import CONFLICT, EXISTS, GONE, TOMBSTONE, Store, StoredRecord
+
+logger = logging.getLogger("fastsess")
 
 __all__ = ["CONFLICT", "EXISTS", "GONE", "TOMBSTONE", "Store", "StoredRecord", "open_store", "prepare_data_dir"]
 
@@ -86,9 +89,23 @@ def _open(config) -> Store | None:
             url = "sqlite:///" + os.path.join(prepare_data_dir(config.data_dir), "sessions.sqlite")
         if not url and config.bind is None:
             raise ConfigError("session.type = sql needs session.url (an SQLAlchemy URL) or session.bind")
-        return SqlStore(
+        store = SqlStore(
             url=url, bind=config.bind, table_name=config.table_name, schema_name=config.schema_name,
-            sa_opts=config.sa_opts, table=config.table,
+            sa_opts=config.sa_opts, table=config.table, create_table=False,
             connect_timeout=max(config.connect_timeout or 2.0, 2.0), socket_timeout=config.socket_timeout or 5.0,
         )
+        try:
+            store.table_created = store.create_table()
+        except StoreError as exc:
+            if config.on_store_error != "anonymous":
+                store.close()
+                raise
+            # Workers must boot during a database outage: requests get anonymous
+            # sessions until the database (and the table) are there.
+            logger.error(
+                "sql store: could not check or create the sessions table at startup; "
+                "serving anonymous sessions until the database answers: %s", exc,
+                extra={"fastsess_event": "store_error", "sid": None},
+            )
+        return store
     raise ConfigError(f"no store for session.type {kind!r}")
