@@ -606,7 +606,8 @@ class Session:
             if not service.config.invalidate_corrupt:
                 raise StoreError("a stored session record is corrupt (invalidate_corrupt is off)") from None
             return self._fresh(now)
-        if service.is_expired(created, last_access, now):
+        timeout, absolute = service._timeout, service._absolute_timeout  # is_expired, inline: every load
+        if (timeout and now - last_access > timeout) or (absolute and now - created > absolute):
             service.events.emit("expired", sid=service.sid(session_id), message="session timed out")
             return self._fresh(now)
         s = _State(now, data, flash_data)
@@ -958,7 +959,8 @@ class Session:
             s.save_requested or s.modified or s.mutable_out or s.doomed or s.dead or s.deleted
             or s.invalidated or s.retag or s.flash_modified
         ):  # a request that only read: at most a touch
-            if not s.is_new and service.touch_interval is not None:
+            interval = service.touch_interval
+            if interval is not None and not s.is_new and service.clock() - s.last_access > interval:
                 self._maybe_touch(s, service)
             return
         now = service.clock()

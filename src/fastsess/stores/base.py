@@ -8,6 +8,7 @@ against it and never turn into inserts.
 
 from __future__ import annotations
 
+import functools
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -43,6 +44,10 @@ class StoredRecord(NamedTuple):
     expires_at: float  # Unix time; the record is live while now <= expires_at
     last_access: float  # Unix time of the last write or touch
 
+
+#: StoredRecord(*fields) from any 4-item iterable, with no Python-level __new__ in
+#: between: load() builds one per request.
+record_from = functools.partial(tuple.__new__, StoredRecord)
 
 LoadResult = Union[StoredRecord, _Marker, None]  # noqa: UP007 - a runtime alias
 WriteResult = Union[int, _Marker]  # noqa: UP007 - a runtime alias

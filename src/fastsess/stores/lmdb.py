@@ -62,7 +62,18 @@ from collections.abc import Callable
 import lmdb
 
 from ..errors import StoreError
-from .base import CONFLICT, EXISTS, GONE, TOMBSTONE, LoadResult, Store, StoredRecord, UpdateFn, WriteResult
+from .base import (
+    CONFLICT,
+    EXISTS,
+    GONE,
+    TOMBSTONE,
+    LoadResult,
+    Store,
+    StoredRecord,
+    UpdateFn,
+    WriteResult,
+    record_from,
+)
 
 logger = logging.getLogger("fastsess")
 
@@ -642,7 +653,7 @@ class LmdbStore(Store):
         if blob is None or len(blob) != size:
             _log_damaged()
             return None
-        return StoredRecord(blob, version, expires_at, last_access)
+        return record_from((blob, version, expires_at, last_access))
 
     def create(self, key: bytes, blob: bytes, expires_at: float) -> WriteResult:
         self._check_key(key)

@@ -11,7 +11,18 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-from .base import CONFLICT, EXISTS, GONE, TOMBSTONE, LoadResult, Store, StoredRecord, UpdateFn, WriteResult
+from .base import (
+    CONFLICT,
+    EXISTS,
+    GONE,
+    TOMBSTONE,
+    LoadResult,
+    Store,
+    StoredRecord,
+    UpdateFn,
+    WriteResult,
+    record_from,
+)
 
 # An entry: [blob or None for a tombstone, version, expires_at, last_access]
 _BLOB, _VERSION, _EXPIRES, _ACCESS = range(4)
@@ -55,14 +66,13 @@ class MemoryStore(Store):
             entry = self._entries.get(key)
             if entry is None:
                 return None
-            blob, version, expires_at, last_access = entry
-            if now > expires_at:
+            if now > entry[_EXPIRES]:
                 del self._entries[key]
                 return None
-            if blob is None:
+            if entry[_BLOB] is None:
                 return TOMBSTONE
             self._entries.move_to_end(key)
-        return StoredRecord(blob, version, expires_at, last_access)
+            return record_from(entry)  # a copy: touch() changes the entry in place
 
     def create(self, key: bytes, blob: bytes, expires_at: float) -> WriteResult:
         with self._lock:
