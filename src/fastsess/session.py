@@ -523,10 +523,11 @@ class Session:
     def _load_sealed(self, service: SessionService, now: float) -> _State:
         """A cookie-only session: open the first candidate cookie that verifies."""
         candidates = []
-        if self._cookie_header and service.config.use_cookies:
-            candidates = core.parse_cookie(self._cookie_header, service.config.cookie_name)
-        beaker = service.config.beaker_compat
+        if self._cookie_header and service.use_cookies:
+            candidates = core.parse_cookie(self._cookie_header, service.cookie_name)
+        beaker = service.beaker_compat
         refused = False  # a Beaker value was refused, and its reason logged
+        opened_before = service._opened_sealed
         for value in candidates:
             if beaker and beaker_compat.is_beaker_value(value):
                 s = self._load_beaker_cookie(service, value, now)
@@ -534,7 +535,8 @@ class Session:
                     return s
                 refused = True
                 continue
-            opened = service.open_sealed(value)
+            # a returning client's cookie is in the opened cache: skip the call
+            opened = opened_before.get(value) or service.open_sealed(value)
             if opened is not None:
                 break
         else:
@@ -557,12 +559,15 @@ class Session:
             s.had_cookie = True
             return s
         session_id = core.b64url_encode(raw_id)
-        if now > expires_at or service.is_expired(issued_at, last_access, now):
+        timeout, absolute = service._timeout, service._absolute_timeout  # is_expired, inline: every load
+        if now > expires_at or (timeout and now - last_access > timeout) or (absolute and now - issued_at > absolute):
             service.events.emit("expired", sid=service.sid(session_id), message="cookie session timed out")
             s = self._fresh(now)
             s.had_cookie = True
             return s
-        s = self._fresh(now, data, flash_data)
+        s = _State(now, data, flash_data)
+        if self._read_only:
+            s.read_only = True
         s.had_cookie = True
         s.id = session_id
         s.is_new = False
