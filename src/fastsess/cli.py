@@ -72,7 +72,14 @@ def cmd_gen_secret(args: argparse.Namespace) -> int:
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
+    """Remove expired records from the configured store, in batches."""
     config = _load(args)
+    if config.store_type == "cookie":
+        # An error, not a quiet success: a cleanup job pointed at cookie sessions was given the wrong
+        # config, or outlived a switch to cookies, and exit 2 is what makes its owner look.
+        raise ConfigError("cleanup has nothing to clean: session.type = cookie keeps each session in its "
+                          "cookie, with no server-side store (give the config of an app with a store, or "
+                          "remove this cleanup job)")
     store = open_store(config)
     total = 0
     started = time.monotonic()
@@ -178,9 +185,18 @@ def cmd_create_table(args: argparse.Namespace) -> int:
 
 def cmd_migrate_beaker(args: argparse.Namespace) -> int:
     """Copy Beaker's stored sessions into the configured store: a bulk pass, then delta passes."""
-    from .migrate import STATE_FILE, Migration, open_source, parse_since, read_state, write_state
+    from .migrate import (
+        STATE_FILE,
+        Migration,
+        open_source,
+        parse_since,
+        read_state,
+        require_server_store,
+        write_state,
+    )
 
     config = _load(args)
+    require_server_store(config)  # before the source: a network source may be slow to fail
     source = open_source(args.from_type, args.from_data_dir, args.from_url, args.from_table, args.from_schema)
     config_path = args.config or os.environ.get("FASTSESS_CONFIG", "")
     state_path = args.state or os.path.join(os.path.dirname(os.path.abspath(config_path)), STATE_FILE)
@@ -190,15 +206,18 @@ def cmd_migrate_beaker(args: argparse.Namespace) -> int:
         since = parse_since(args.since)
     else:
         since = read_state(state_path, source.describe())
-    store = open_store(config)
+    try:
+        store = open_store(config)
+    except BaseException:
+        source.close()
+        raise
     progress = _progress_printer(args.json)
     try:
         migration = Migration(config, SessionService(config, store), source)
         report = migration.run(since, dry_run=args.dry_run, progress=progress)
     finally:
         source.close()
-        if store is not None:
-            store.close()
+        store.close()
         if progress is not None and sys.stderr.isatty():
             sys.stderr.write("\n")
     if not args.dry_run:

@@ -765,14 +765,19 @@ class MigrationReport:
         }
 
 
+def require_server_store(config: Config) -> None:
+    """ConfigError unless `config` names a server-side store to migrate into."""
+    if config.store_type == "cookie":
+        raise ConfigError("migrate-beaker needs a server-side fastsess store; cookie sessions have none "
+                          "(Beaker cookie sessions are read directly with beaker_compat = true)")
+
+
 class Migration:
     """Copies the sessions of one Beaker source into the configured fastsess store."""
 
     def __init__(self, config: Config, service: SessionService, source: BeakerSource,
                  clock: Callable[[], float] = time.time) -> None:
-        if config.store_type == "cookie":
-            raise ConfigError("migrate-beaker needs a server-side fastsess store; cookie sessions have none "
-                              "(Beaker cookie sessions are read directly with beaker_compat = true)")
+        require_server_store(config)
         self.config = config
         self.service = service
         self.source = source
