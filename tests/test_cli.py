@@ -8,6 +8,7 @@ import pytest
 
 from fastsess import SessionMiddleware, core
 from fastsess.cli import main, read_ini
+from fastsess.config import Config, collect_options
 
 SECRET = "s" * 40
 
@@ -135,3 +136,21 @@ def test_migrate_beaker_into_cookie_sessions_is_refused_before_the_source_is_ope
                  "--from-url", f"127.0.0.1:{free_port()}"]) == 2
     err = capsys.readouterr().err
     assert "server-side fastsess store" in err and "cannot reach" not in err
+
+
+@pytest.mark.parametrize("count", ["24", "48", "1024"])
+def test_gen_secret_prints_a_secret_the_middleware_accepts(count, capsys):
+    assert main(["gen-secret", "--bytes", count]) == 0
+    secret = capsys.readouterr().out.strip()
+    config = Config(collect_options({"session.type": "cookie", "session.secret": secret}))
+    assert config.secrets == [secret]
+
+
+@pytest.mark.parametrize("count", ["-5", "0", "8", "23", "1025", "10000000", "many"])
+def test_gen_secret_refuses_byte_counts_that_give_no_usable_secret(count, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["gen-secret", "--bytes", count])
+    assert exit_.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "Traceback" not in captured.err
+    assert "argument --bytes" in captured.err and "24" in captured.err and "1024" in captured.err

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import configparser
 import json
+import math
 import os
 import secrets
 import sys
@@ -17,7 +18,7 @@ import time
 from collections.abc import Sequence
 
 from . import __version__, core
-from .config import Config, collect_options
+from .config import MIN_SECRET_CHARS, Config, collect_options
 from .errors import ConfigError, FastsessError
 from .session import SessionService
 from .stores import StoredRecord, open_store
@@ -64,6 +65,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
     finally:
         server.server_close()
     return 0
+
+
+#: gen-secret's range: the fewest random bytes whose URL-safe base64 is a secret the middleware
+#: accepts, and a ceiling far past any need (the default, 48 bytes, is 384 bits).
+SECRET_BYTES_MIN = math.ceil(MIN_SECRET_CHARS * 3 / 4)
+SECRET_BYTES_MAX = 1024
+
+
+def _secret_bytes(text: str) -> int:
+    """--bytes: a count of random bytes that yields a usable secret."""
+    try:
+        count = int(text)
+    except ValueError:
+        count = None
+    if count is None or not SECRET_BYTES_MIN <= count <= SECRET_BYTES_MAX:
+        raise argparse.ArgumentTypeError(
+            f"must be a whole number from {SECRET_BYTES_MIN} to {SECRET_BYTES_MAX}, not {text!r}: "
+            f"session.secret needs at least {MIN_SECRET_CHARS} characters, which {SECRET_BYTES_MIN} bytes give"
+        )
+    return count
 
 
 def cmd_gen_secret(args: argparse.Namespace) -> int:
@@ -284,7 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     gen = sub.add_parser("gen-secret", help="print a new random secret for session.secret")
-    gen.add_argument("--bytes", type=int, default=48, help="random bytes (default 48)")
+    gen.add_argument("--bytes", type=_secret_bytes, default=48,
+                     help=f"random bytes, {SECRET_BYTES_MIN} to {SECRET_BYTES_MAX} (default 48)")
     gen.set_defaults(func=cmd_gen_secret)
 
     bench = sub.add_parser(
