@@ -8,6 +8,7 @@ import pytest
 
 from fastsess import SessionMiddleware, core
 from fastsess.cli import main, read_ini
+from fastsess.config import Config, collect_options
 
 SECRET = "s" * 40
 
@@ -94,3 +95,62 @@ def test_a_missing_config_is_a_clear_error(capsys, monkeypatch):
     monkeypatch.delenv("FASTSESS_CONFIG", raising=False)
     assert main(["cleanup"]) == 2
     assert "--config" in capsys.readouterr().err
+
+
+@pytest.fixture
+def cookie_ini(tmp_path):
+    path = tmp_path / "cookie.ini"
+    path.write_text(f"[app:main]\nsession.type = cookie\nsession.secret = {SECRET}\nsession.timeout = 60\n")
+    return path
+
+
+def test_cleanup_of_cookie_sessions_is_a_configuration_error_not_a_silent_success(cookie_ini, capsys):
+    """Cookie sessions have no server-side store, so a cleanup job pointed at one is misconfigured
+    (the wrong INI file, or a job left over from before a switch to cookies): exit 2 says so, where
+    exit 0 would let a cron job report success while it cleans nothing."""
+    assert main(["cleanup", "--config", str(cookie_ini)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    err = captured.err.strip()
+    assert err.startswith("fastsess: ") and "\n" not in err
+    assert "session.type = cookie" in err and "no server-side store" in err
+
+
+def test_inspect_decodes_a_cookie_session_without_a_store(cookie_ini, capsys):
+    cookie = make_cookie(cookie_ini)
+    assert main(["inspect", "--config", str(cookie_ini), "--json", cookie]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["state"], report["data"]) == ("cookie", {"user": "ada"})
+
+
+def test_create_table_on_cookie_sessions_is_a_clear_error(cookie_ini, capsys):
+    assert main(["create-table", "--config", str(cookie_ini)]) == 2
+    assert "this config uses cookie" in capsys.readouterr().err
+
+
+def test_migrate_beaker_into_cookie_sessions_is_refused_before_the_source_is_opened(cookie_ini, capsys):
+    """The target's misconfiguration is the error to report, not whatever the Beaker source does."""
+    from loopback import free_port
+
+    assert main(["migrate-beaker", "--config", str(cookie_ini), "--from-type", "ext:memcached",
+                 "--from-url", f"127.0.0.1:{free_port()}"]) == 2
+    err = capsys.readouterr().err
+    assert "server-side fastsess store" in err and "cannot reach" not in err
+
+
+@pytest.mark.parametrize("count", ["24", "48", "1024"])
+def test_gen_secret_prints_a_secret_the_middleware_accepts(count, capsys):
+    assert main(["gen-secret", "--bytes", count]) == 0
+    secret = capsys.readouterr().out.strip()
+    config = Config(collect_options({"session.type": "cookie", "session.secret": secret}))
+    assert config.secrets == [secret]
+
+
+@pytest.mark.parametrize("count", ["-5", "0", "8", "23", "1025", "10000000", "many"])
+def test_gen_secret_refuses_byte_counts_that_give_no_usable_secret(count, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["gen-secret", "--bytes", count])
+    assert exit_.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "Traceback" not in captured.err
+    assert "argument --bytes" in captured.err and "24" in captured.err and "1024" in captured.err

@@ -27,6 +27,7 @@ from fastsess.migrate import (
     MAX_PICKLE_NODES,
     PickleRefused,
     RestrictedUnpickler,
+    _hide_password,
     _without_password,
     parse_since,
 )
@@ -410,6 +411,14 @@ def test_passwords_never_show_in_source_names():
     assert _without_password("sqlite:////var/db.sqlite") == "sqlite:////var/db.sqlite"
 
 
+def test_passwords_never_show_in_error_messages():
+    url = "redis://user:hunter2@host:6379/0"
+    assert _hide_password(f"cannot parse {url}, password hunter2", url) == (
+        "cannot parse redis://user:***@host:6379/0, password ***"
+    )
+    assert _hide_password("no password here", "postgresql://app@db/x") == "no password here"
+
+
 # ---------------------------------------------------------------- ext:redis and ext:database
 
 
@@ -480,3 +489,110 @@ def test_a_hostile_pickle_in_the_database_is_refused_and_never_run(tmp_path, cap
     engine.dispose()
     report = migrate(capsys, write_ini(tmp_path), "--from-type", "ext:database", "--from-url", url)
     assert (report["migrated"], report["refused"]) == (1, 1) and not marker.exists()
+
+
+# ---------------------------------------------------------------- unreachable stores
+
+
+def assert_one_clean_line(err: str, *absent: str) -> str:
+    """A failed run's stderr: one `fastsess: ...` line, no traceback, none of `absent` (passwords)."""
+    line = err.strip()
+    assert line.startswith("fastsess: ") and "\n" not in line and "Traceback" not in line, err
+    for text in absent:
+        assert text not in line
+    return line
+
+
+def test_an_unreachable_beaker_redis_is_a_clear_error(tmp_path, capsys):
+    pytest.importorskip("redis")
+    from loopback import free_port
+
+    port = free_port()
+    args = ["--from-type", "ext:redis", "--from-url", f"redis://app:hunter2@127.0.0.1:{port}/0"]
+    assert main(["migrate-beaker", "--config", write_ini(tmp_path), *args]) == 2
+    line = assert_one_clean_line(capsys.readouterr().err, "hunter2")
+    assert f"cannot reach Redis at redis://app:***@127.0.0.1:{port}/0" in line
+
+
+def test_a_malformed_beaker_redis_url_is_a_clear_error(tmp_path, capsys):
+    pytest.importorskip("redis")
+    args = ["--from-type", "ext:redis", "--from-url", "http://app:hunter2@127.0.0.1/0"]
+    assert main(["migrate-beaker", "--config", write_ini(tmp_path), *args]) == 2
+    assert "not a usable Redis URL" in assert_one_clean_line(capsys.readouterr().err, "hunter2")
+
+
+@pytest.mark.servers
+def test_beaker_redis_going_down_during_a_pass_is_a_clear_error(tmp_path, capsys, redis_server, monkeypatch):
+    from fastsess.migrate import RedisSource
+
+    beaker_write(beaker_settings("ext:redis", redis_server.url), {"user": "ada"})
+    read_values = RedisSource._values
+
+    def stop_first(self, keys):
+        redis_server.stop()  # the keys were listed; the server goes away before their values are read
+        return read_values(self, keys)
+
+    monkeypatch.setattr(RedisSource, "_values", stop_first)
+    assert main(["migrate-beaker", "--config", write_ini(tmp_path), "--from-type", "ext:redis",
+                 "--from-url", redis_server.url]) == 2
+    line = assert_one_clean_line(capsys.readouterr().err)
+    assert f"ext:redis:{redis_server.url} failed while reading sessions: ConnectionError" in line
+
+
+def test_an_unreachable_beaker_postgresql_is_a_clear_error(tmp_path, capsys):
+    pytest.importorskip("sqlalchemy")
+    pytest.importorskip("psycopg")
+    from loopback import free_port
+
+    port = free_port()
+    url = f"postgresql+psycopg://postgres:hunter2@127.0.0.1:{port}/x"
+    for kind in ("ext:database", "ext:sqla"):
+        assert main(["migrate-beaker", "--config", write_ini(tmp_path), "--from-type", kind, "--from-url", url]) == 2
+        line = assert_one_clean_line(capsys.readouterr().err, "hunter2")
+        assert f"cannot reach the database at postgresql+psycopg://postgres:***@127.0.0.1:{port}/x" in line
+        assert "(OperationalError)" in line
+
+
+def test_a_malformed_or_missing_beaker_database_is_a_clear_error(tmp_path, capsys):
+    pytest.importorskip("sqlalchemy")
+    ini = write_ini(tmp_path)
+    bad_port = "postgresql+psycopg://postgres:hunter2@127.0.0.1:port/x"
+    assert main(["migrate-beaker", "--config", ini, "--from-type", "ext:database", "--from-url", bad_port]) == 2
+    assert "not a usable SQLAlchemy URL" in assert_one_clean_line(capsys.readouterr().err, "hunter2")
+    nowhere = f"sqlite:///{tmp_path / 'no' / 'such' / 'dir.sqlite'}"
+    assert main(["migrate-beaker", "--config", ini, "--from-type", "ext:database", "--from-url", nowhere]) == 2
+    assert "cannot reach the database" in assert_one_clean_line(capsys.readouterr().err)
+
+
+def test_a_beaker_database_without_the_table_is_a_clear_error_while_reading(tmp_path, capsys):
+    pytest.importorskip("sqlalchemy")
+    url = f"sqlite:///{tmp_path / 'empty.sqlite'}"
+    assert main(["migrate-beaker", "--config", write_ini(tmp_path), "--from-type", "ext:database",
+                 "--from-url", url]) == 2
+    line = assert_one_clean_line(capsys.readouterr().err)
+    assert "failed while reading sessions (OperationalError): no such table: beaker_cache" in line
+
+
+def test_an_unreadable_beaker_session_file_is_skipped_with_the_reason(tmp_path, capsys):
+    data_dir = tmp_path / "beaker"
+    good = beaker_write(beaker_settings("file", str(data_dir)), {"user": "ada"})
+    loop = beaker_file(data_dir, "ab" + "0" * 30)
+    loop.parent.mkdir(parents=True)
+    loop.symlink_to(loop)  # stat fails with ELOOP, not FileNotFoundError
+    report = migrate(capsys, write_ini(tmp_path), "--from-type", "file", "--from-data-dir", str(data_dir))
+    assert (report["migrated"], report["skipped"]) == (1, 1)
+    assert "cannot be read" in next(iter(report["skipped_reasons"]))
+    assert fastsess_read(write_ini(tmp_path), good)[0]["data"] == {"user": "ada"}
+
+
+def test_the_fastsess_store_going_down_stops_the_pass_with_a_clear_error(tmp_path, capsys):
+    pytest.importorskip("redis")
+    from loopback import free_port
+
+    data_dir = tmp_path / "beaker"
+    beaker_write(beaker_settings("file", str(data_dir)), {"user": "ada"})
+    ini = write_ini(tmp_path, store="redis", url=f"redis://app:hunter2@127.0.0.1:{free_port()}/0")
+    assert main(["migrate-beaker", "--config", ini, "--from-type", "file", "--from-data-dir", str(data_dir)]) == 2
+    line = assert_one_clean_line(capsys.readouterr().err, "hunter2")
+    assert "the fastsess redis store failed, so the pass stopped" in line
+    assert not (tmp_path / ".fastsess-migrate-beaker.json").exists()  # the next run repeats this pass

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import configparser
 import json
+import math
 import os
 import secrets
 import sys
@@ -17,7 +18,7 @@ import time
 from collections.abc import Sequence
 
 from . import __version__, core
-from .config import Config, collect_options
+from .config import MIN_SECRET_CHARS, Config, collect_options
 from .errors import ConfigError, FastsessError
 from .session import SessionService
 from .stores import StoredRecord, open_store
@@ -66,13 +67,40 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+#: gen-secret's range: the fewest random bytes whose URL-safe base64 is a secret the middleware
+#: accepts, and a ceiling far past any need (the default, 48 bytes, is 384 bits).
+SECRET_BYTES_MIN = math.ceil(MIN_SECRET_CHARS * 3 / 4)
+SECRET_BYTES_MAX = 1024
+
+
+def _secret_bytes(text: str) -> int:
+    """--bytes: a count of random bytes that yields a usable secret."""
+    try:
+        count = int(text)
+    except ValueError:
+        count = None
+    if count is None or not SECRET_BYTES_MIN <= count <= SECRET_BYTES_MAX:
+        raise argparse.ArgumentTypeError(
+            f"must be a whole number from {SECRET_BYTES_MIN} to {SECRET_BYTES_MAX}, not {text!r}: "
+            f"session.secret needs at least {MIN_SECRET_CHARS} characters, which {SECRET_BYTES_MIN} bytes give"
+        )
+    return count
+
+
 def cmd_gen_secret(args: argparse.Namespace) -> int:
     print(secrets.token_urlsafe(args.bytes))
     return 0
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
+    """Remove expired records from the configured store, in batches."""
     config = _load(args)
+    if config.store_type == "cookie":
+        # An error, not a quiet success: a cleanup job pointed at cookie sessions was given the wrong
+        # config, or outlived a switch to cookies, and exit 2 is what makes its owner look.
+        raise ConfigError("cleanup has nothing to clean: session.type = cookie keeps each session in its "
+                          "cookie, with no server-side store (give the config of an app with a store, or "
+                          "remove this cleanup job)")
     store = open_store(config)
     total = 0
     started = time.monotonic()
@@ -178,9 +206,18 @@ def cmd_create_table(args: argparse.Namespace) -> int:
 
 def cmd_migrate_beaker(args: argparse.Namespace) -> int:
     """Copy Beaker's stored sessions into the configured store: a bulk pass, then delta passes."""
-    from .migrate import STATE_FILE, Migration, open_source, parse_since, read_state, write_state
+    from .migrate import (
+        STATE_FILE,
+        Migration,
+        open_source,
+        parse_since,
+        read_state,
+        require_server_store,
+        write_state,
+    )
 
     config = _load(args)
+    require_server_store(config)  # before the source: a network source may be slow to fail
     source = open_source(args.from_type, args.from_data_dir, args.from_url, args.from_table, args.from_schema)
     config_path = args.config or os.environ.get("FASTSESS_CONFIG", "")
     state_path = args.state or os.path.join(os.path.dirname(os.path.abspath(config_path)), STATE_FILE)
@@ -190,15 +227,18 @@ def cmd_migrate_beaker(args: argparse.Namespace) -> int:
         since = parse_since(args.since)
     else:
         since = read_state(state_path, source.describe())
-    store = open_store(config)
+    try:
+        store = open_store(config)
+    except BaseException:
+        source.close()
+        raise
     progress = _progress_printer(args.json)
     try:
         migration = Migration(config, SessionService(config, store), source)
         report = migration.run(since, dry_run=args.dry_run, progress=progress)
     finally:
         source.close()
-        if store is not None:
-            store.close()
+        store.close()
         if progress is not None and sys.stderr.isatty():
             sys.stderr.write("\n")
     if not args.dry_run:
@@ -265,7 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     gen = sub.add_parser("gen-secret", help="print a new random secret for session.secret")
-    gen.add_argument("--bytes", type=int, default=48, help="random bytes (default 48)")
+    gen.add_argument("--bytes", type=_secret_bytes, default=48,
+                     help=f"random bytes, {SECRET_BYTES_MIN} to {SECRET_BYTES_MAX} (default 48)")
     gen.set_defaults(func=cmd_gen_secret)
 
     bench = sub.add_parser(

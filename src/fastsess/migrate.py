@@ -66,6 +66,8 @@ _CREATED, _REPLACED, _CURRENT, _REGENERATED, _CONTENDED = (
     "created", "replaced", "current", "regenerated", "contended"
 )
 _REFUSALS_LISTED = 100
+#: Seconds to wait for a network source to accept a connection.
+_CONNECT_TIMEOUT = 10.0
 
 
 # ---------------------------------------------------------------- the restricted unpickler
@@ -326,6 +328,9 @@ class FileSource(BeakerSource):
                     stat = os.stat(path)
                 except FileNotFoundError:
                     continue  # Beaker deleted it meanwhile
+                except OSError as exc:
+                    yield ("skipped", f"session file cannot be read ({exc.strerror})")
+                    continue
                 if since is not None and stat.st_mtime < since:
                     yield ("unchanged", "")
                     continue
@@ -342,6 +347,8 @@ class FileSource(BeakerSource):
                 blob = f.read(MAX_PICKLE_BYTES + 1)
         except FileNotFoundError:
             raise SessionRefused("file vanished while reading") from None
+        except OSError as exc:
+            raise SessionRefused(f"file cannot be read ({exc.strerror})") from None
         container = decode_container(blob)
         if not isinstance(container, dict) or "session" not in container:
             raise SessionRefused("file holds no Beaker session")
@@ -364,12 +371,32 @@ class RedisSource(BeakerSource):
                 "--from-type ext:redis needs the redis package: pip install 'fastsess[redis]'"
             ) from None
         self.url = url
-        self.client = redis.Redis.from_url(url)
+        self.errors = (redis.RedisError, OSError)
+        try:
+            self.client = redis.Redis.from_url(url, socket_connect_timeout=_CONNECT_TIMEOUT)
+        except ValueError as exc:
+            raise ConfigError(f"--from-url is not a usable Redis URL: {_hide_password(str(exc), url)}") from None
+        try:
+            self.client.ping()
+        except self.errors as exc:
+            self.close()
+            raise StoreError(f"cannot reach Redis at {_without_password(url)}: "
+                             f"{_hide_password(str(exc), url)}") from None
 
     def describe(self) -> str:
         return f"ext:redis:{_without_password(self.url)}"
 
     def items(self, since: float | None) -> Iterator[BeakerItem | tuple[str, str]]:
+        try:
+            yield from self._items(since)
+        except self.errors as exc:
+            detail = _hide_password(f"{type(exc).__name__}: {exc}", *self._urls())
+            raise StoreError(f"{self.describe()} failed while reading sessions: {detail}") from None
+
+    def _urls(self) -> list[str]:
+        return [self.url]
+
+    def _items(self, since: float | None) -> Iterator[BeakerItem | tuple[str, str]]:
         batch: list[bytes] = []
         for key in self._keys():
             batch.append(key)
@@ -425,16 +452,21 @@ class RedisClusterSource(RedisSource):
                 "--from-type ext:rediscluster needs the redis package: pip install 'fastsess[redis]'"
             ) from None
         self.urls = [u for u in re.split(r"[,\s]+", urls) if u]
+        self.errors = (RedisError, RedisClusterException, OSError)
         nodes, auth = parse_cluster_urls(self.urls)
         if not nodes:
             raise ConfigError("--from-url names no Redis Cluster node (Beaker's session.urls)")
         try:
             self.client = RedisCluster(startup_nodes=[ClusterNode(host, port) for host, port in nodes], **auth)
-        except (RedisError, RedisClusterException, OSError) as exc:
-            raise StoreError(f"cannot reach the Redis Cluster at {self.describe()}: {exc}") from None
+        except self.errors as exc:
+            raise StoreError(f"cannot reach the Redis Cluster at {self.describe()}: "
+                             f"{_hide_password(str(exc), *self.urls)}") from None
 
     def describe(self) -> str:
         return f"ext:rediscluster:{','.join(_without_password(u) for u in self.urls)}"
+
+    def _urls(self) -> list[str]:
+        return self.urls
 
     def _keys(self) -> Iterator[bytes]:
         for node in self.client.get_primaries():
@@ -461,12 +493,17 @@ class DatabaseSource(BeakerSource):
             raise ConfigError(
                 f"--from-type {self.kind} needs SQLAlchemy: pip install 'fastsess[sql]'"
             ) from None
+        from .stores.sql import sql_error_detail
+
         self.sa = sa
         self.url = url
+        self.error_detail = sql_error_detail
         try:
             self.engine = sa.create_engine(url, hide_parameters=True)
-        except (sa.exc.ArgumentError, ImportError) as exc:
-            raise ConfigError(f"--from-url is not a usable SQLAlchemy URL: {exc}") from None
+        except (sa.exc.ArgumentError, ImportError, ValueError) as exc:
+            raise ConfigError(
+                f"--from-url is not a usable SQLAlchemy URL: {_hide_password(str(exc), url)}"
+            ) from None
         self.table = sa.table(
             table_name,
             sa.column("namespace", sa.String),
@@ -474,12 +511,26 @@ class DatabaseSource(BeakerSource):
             sa.column("data", sa.LargeBinary),
             schema=schema or None,
         )
+        try:
+            with self.engine.connect():
+                pass
+        except sa.exc.SQLAlchemyError as exc:
+            self.close()
+            raise StoreError(f"cannot reach the database at {_without_password(url)} "
+                             f"{_hide_password(sql_error_detail(exc), url)}") from None
 
     def describe(self) -> str:
         name = f"{self.table.schema}.{self.table.name}" if self.table.schema else self.table.name
         return f"{self.kind}:{_without_password(self.url)}:{name}"
 
     def items(self, since: float | None) -> Iterator[BeakerItem | tuple[str, str]]:
+        try:
+            yield from self._rows(since)
+        except self.sa.exc.SQLAlchemyError as exc:
+            detail = _hide_password(self.error_detail(exc), self.url)
+            raise StoreError(f"{self.describe()} failed while reading sessions {detail}") from None
+
+    def _rows(self, since: float | None) -> Iterator[BeakerItem | tuple[str, str]]:
         sa = self.sa
         query = sa.select(self.table.c.namespace, self.table.c.accessed, self.table.c.data)
         if since is not None:
@@ -699,6 +750,17 @@ def _without_password(url: str) -> str:
     return f"{scheme}://{user}:***@{host}" if ":" in credentials else url
 
 
+def _hide_password(text: str, *urls: str) -> str:
+    """An error message as it may be shown: the URLs' passwords replaced, should a client library echo one."""
+    for url in urls:
+        scheme, sep, rest = url.partition("://")
+        credentials = rest.partition("@")[0] if sep and "@" in rest.split("/", 1)[0] else ""
+        password = credentials.partition(":")[2]
+        if password:
+            text = text.replace(url, _without_password(url)).replace(password, "***")
+    return text
+
+
 def open_source(
     kind: str, data_dir: str | None, url: str | None, table_name: str = "beaker_cache",
     schema: str | None = None,
@@ -765,14 +827,19 @@ class MigrationReport:
         }
 
 
+def require_server_store(config: Config) -> None:
+    """ConfigError unless `config` names a server-side store to migrate into."""
+    if config.store_type == "cookie":
+        raise ConfigError("migrate-beaker needs a server-side fastsess store; cookie sessions have none "
+                          "(Beaker cookie sessions are read directly with beaker_compat = true)")
+
+
 class Migration:
     """Copies the sessions of one Beaker source into the configured fastsess store."""
 
     def __init__(self, config: Config, service: SessionService, source: BeakerSource,
                  clock: Callable[[], float] = time.time) -> None:
-        if config.store_type == "cookie":
-            raise ConfigError("migrate-beaker needs a server-side fastsess store; cookie sessions have none "
-                              "(Beaker cookie sessions are read directly with beaker_compat = true)")
+        require_server_store(config)
         self.config = config
         self.service = service
         self.source = source
@@ -830,7 +897,13 @@ class Migration:
         if report.dry_run:
             report.migrated += 1
             return
-        outcome = self._write(key, blob, modified, expires_at)
+        try:
+            outcome = self._write(key, blob, modified, expires_at)
+        except StoreError as exc:
+            raise StoreError(
+                f"the fastsess {self.config.store_type} store failed, so the pass stopped ({exc}); what it "
+                "copied is kept, and the same command, run again once the store is back, is safe"
+            ) from None
         if outcome == _CREATED:
             report.migrated += 1
         elif outcome == _REPLACED:

@@ -246,14 +246,19 @@ def _create_engine(url: str | None, sa_opts: dict | None, connect_timeout: float
 
 def _describe(what: str, exc: sa_exc.SQLAlchemyError) -> str:
     """The StoreError message: the operation and the error class, never parameters."""
+    return f"{_NAME}: {what} failed {sql_error_detail(exc)}"
+
+
+def sql_error_detail(exc: sa_exc.SQLAlchemyError) -> str:
+    """`(ErrorClass)`, then the first line of a connection or schema error: one line, never a parameter."""
     orig = getattr(exc, "orig", None)
     cause = orig if orig is not None else exc
-    message = f"{_NAME}: {what} failed ({type(cause).__name__})"
+    detail = f"({type(cause).__name__})"
     if isinstance(exc, _DESCRIBED_ERRORS):
         lines = str(cause).strip().splitlines()
         if lines and "[SQL" not in lines[0]:
-            message += f": {lines[0][:200]}"
-    return message
+            detail += f": {lines[0][:200]}"
+    return detail
 
 
 class SqlStore(Store):
