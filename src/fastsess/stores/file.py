@@ -37,7 +37,10 @@ Locking. Compare-and-set, create, touch, rotate and locked_update hold one of
 plus a threading.Lock, since flock is per open file description and would let
 two threads of one process in at once. Lock files are reopened after a fork
 so parent and child never share a description. A stripe is also a top-level
-shard directory, so cleanup takes one lock per directory.
+shard directory, so cleanup takes one lock per directory. A lock file that
+cannot be opened or locked (EMFILE under load, say) is a StoreError, and
+whatever was taken is released first: a leaked thread lock would block every
+later session on its stripe.
 
 Versions start at a random 63-bit number for each create, so a stale
 compare-and-set against a deleted and recreated record fails.
@@ -175,7 +178,11 @@ class FileStore(Store):
         self._reset_locks()
 
     def _acquire(self, stripes: tuple) -> None:
-        """Take the stripes in ascending order (callers pass them sorted and distinct)."""
+        """Take the stripes in ascending order (callers pass them sorted and distinct).
+
+        On any failure every lock taken so far is released before the error is
+        raised: a stripe whose thread lock leaked would block its sessions forever.
+        """
         if self._pid != os.getpid():
             self._after_fork()
         taken: list = []
@@ -193,7 +200,7 @@ class FileStore(Store):
                 fcntl.flock(fd, fcntl.LOCK_EX)
         except OSError as exc:
             self._release(tuple(taken))
-            raise self._error("take a lock", exc) from None
+            raise self._error("open or take a lock file", exc) from None
         except BaseException:
             self._release(tuple(taken))
             raise
@@ -204,17 +211,35 @@ class FileStore(Store):
         self._acquire(stripes)
         try:
             yield
-        finally:
-            self._release(stripes)
+        except BaseException:
+            self._release(stripes)  # the error in flight says more than a failed unlock
+            raise
+        failure = self._release(stripes)
+        if failure is not None:
+            raise self._error("release a lock", failure)
 
-    def _release(self, stripes: tuple) -> None:
+    def _release(self, stripes: tuple) -> OSError | None:
+        """Release the stripes; every thread lock is released whatever fails. Returns the first failure."""
+        failure = None
         for stripe in reversed(stripes):
             try:
-                # Harmless when this description holds no lock (a failed acquire).
-                fcntl.flock(self._lock_fds[stripe], fcntl.LOCK_UN)
-            except OSError:
-                pass
-            self._thread_locks[stripe].release()
+                fd = self._lock_fds[stripe]
+                if fd >= 0:  # -1 when opening the lock file failed
+                    try:
+                        # Harmless when this description holds no lock (a failed flock).
+                        fcntl.flock(fd, fcntl.LOCK_UN)
+                    except OSError as exc:
+                        failure = failure or exc
+                        # Closing our only descriptor of the file drops its flock;
+                        # the next acquire opens the lock file again.
+                        self._lock_fds[stripe] = -1
+                        try:
+                            os.close(fd)
+                        except OSError:
+                            pass
+            finally:
+                self._thread_locks[stripe].release()
+        return failure
 
     # -- file I/O
 
