@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from fastsess import SessionMiddleware
-from fastsess.errors import StoreError
+from fastsess.errors import CorruptRecord, StoreError
 from fastsess.stores import file as file_module
 from fastsess.stores.file import FileStore
 from test_store_contract import T0, TTL, FakeClock, skey
@@ -97,24 +97,44 @@ def test_cleanup_resumes_where_the_budget_ran_out(store, clock):
     assert session_files(store) == []
 
 
-def test_truncated_file_is_treated_as_missing_and_logged(store, caplog):
+def test_truncated_file_raises_corrupt_record_without_the_key(store):
     store.create(skey("a"), b"some session data", T0 + TTL)
     path = record_path(store, skey("a"))
     path.write_bytes(path.read_bytes()[:-3])
-    with caplog.at_level(logging.WARNING, logger="fastsess"):
-        assert store.load(skey("a")) is None
-    events = [(r.fastsess_event, r.sid) for r in caplog.records]
-    assert events == [("store_error", None)]
-    assert skey("a").hex() not in caplog.text
+    with pytest.raises(CorruptRecord, match="damaged") as raised:
+        store.load(skey("a"))
+    assert skey("a").hex()[:8] not in str(raised.value)
 
 
-def test_flipped_bit_in_the_blob_is_treated_as_missing(store):
+def test_flipped_bit_in_the_blob_raises_corrupt_record(store):
     store.create(skey("a"), b"some session data", T0 + TTL)
     path = record_path(store, skey("a"))
     data = bytearray(path.read_bytes())
     data[-1] ^= 1
     path.write_bytes(bytes(data))
-    assert store.load(skey("a")) is None
+    with pytest.raises(CorruptRecord):
+        store.load(skey("a"))
+
+
+def test_write_over_a_damaged_file_is_logged_without_the_key(store, caplog):
+    store.create(skey("a"), b"some session data", T0 + TTL)
+    path = record_path(store, skey("a"))
+    path.write_bytes(path.read_bytes()[:-3])
+    with caplog.at_level(logging.WARNING, logger="fastsess"):
+        assert isinstance(store.create(skey("a"), b"fresh", T0 + TTL), int)
+    assert [(r.fastsess_event, r.sid) for r in caplog.records] == [("store_error", None)]
+    assert skey("a").hex() not in caplog.text
+    assert store.load(skey("a")).blob == b"fresh"
+
+
+def test_cleanup_removes_a_damaged_file_by_its_mtime(store, clock):
+    store.create(skey("a"), b"data", T0 + 10)
+    path = record_path(store, skey("a"))
+    path.write_bytes(b"garbage")
+    past = int((T0 + 10) * 1e9)
+    os.utime(path, ns=(past, past))
+    assert store.cleanup(T0 + 20, 10) == 1
+    assert not path.exists()
 
 
 def test_data_dir_and_locks_are_created_with_parents(tmp_path):

@@ -18,7 +18,7 @@ from typing import Any
 
 from . import beaker_compat, core
 from .config import TOMBSTONE_SECONDS, Config
-from .errors import ConflictError, SessionTooLarge, StoreError
+from .errors import ConflictError, CorruptRecord, SessionTooLarge, StoreError
 from .events import EventLog
 from .keys import KeyRing
 from .stores.base import CONFLICT, EXISTS, GONE, TOMBSTONE, Store, StoredRecord
@@ -583,6 +583,8 @@ class Session:
     def _load_record(self, service: SessionService, session_id: str, key: bytes, now: float) -> _State:
         try:
             record = service.store.load(key)
+        except CorruptRecord:  # the store found the bytes damaged: the same policy as an undecodable blob
+            return self._corrupt_record(service, session_id, now)
         except StoreError as exc:
             return self._store_failed(service, exc, now)
         if record is None:
@@ -602,10 +604,7 @@ class Session:
             data = core.decode_data(data_bytes)
             flash_data = core.decode_data(flash) if flash is not None else None
         except (ValueError, TypeError):
-            service.events.emit("corrupt_record", sid=service.sid(session_id), message="stored record is corrupt")
-            if not service.config.invalidate_corrupt:
-                raise StoreError("a stored session record is corrupt (invalidate_corrupt is off)") from None
-            return self._fresh(now)
+            return self._corrupt_record(service, session_id, now)
         if service.is_expired(created, last_access, now):
             service.events.emit("expired", sid=service.sid(session_id), message="session timed out")
             return self._fresh(now)
@@ -625,6 +624,13 @@ class Session:
         if csrf_gen:
             s.csrf_gen = s.loaded_csrf_gen = csrf_gen
         return s
+
+    def _corrupt_record(self, service: SessionService, session_id: str, now: float) -> _State:
+        """A damaged stored record: missing with invalidate_corrupt (the default), else CorruptRecord."""
+        service.events.emit("corrupt_record", sid=service.sid(session_id), message="stored record is corrupt")
+        if not service.config.invalidate_corrupt:
+            raise CorruptRecord("a stored session record is corrupt (invalidate_corrupt is off)") from None
+        return self._fresh(now)
 
     def _store_failed(self, service: SessionService, exc: StoreError, now: float) -> _State:
         service.events.emit("store_error", message=f"load failed: {exc}")

@@ -19,6 +19,10 @@ File content: a 40-byte header, then the blob.
     36      4     CRC-32 of bytes 0..35 and the blob
     (all little-endian)
 
+A file that fails these checks (wrong magic, cut short, bad CRC) is damaged:
+load() raises CorruptRecord and writes treat it as missing, so create()
+replaces it; cleanup() goes by mtime and never reads it.
+
 Expiry lives in the file's mtime. Every write sets mtime to expires_at, so
 cleanup decides from a stat alone, and touch() is one os.utime that moves
 mtime to the new expires_at without rewriting data or bumping the version.
@@ -61,7 +65,7 @@ import zlib
 from collections.abc import Callable
 from typing import NamedTuple
 
-from ..errors import StoreError
+from ..errors import CorruptRecord, StoreError
 from .base import CONFLICT, EXISTS, GONE, TOMBSTONE, LoadResult, Store, StoredRecord, UpdateFn, WriteResult
 
 logger = logging.getLogger("fastsess")
@@ -256,7 +260,7 @@ class FileStore(Store):
         return f"{self.data_dir}/{name[:2]}/{name[2:4]}/{name}"
 
     def _read(self, path: str) -> _Stored | None:
-        """The parsed file; None when missing or damaged (damage is logged)."""
+        """The parsed file; None when missing; CorruptRecord when damaged."""
         try:
             fd = os.open(path, os.O_RDONLY | _O_CLOEXEC)
         except FileNotFoundError:
@@ -277,17 +281,27 @@ class FileStore(Store):
             os.close(fd)
         stored = _decode(data, st.st_mtime_ns)
         if stored is None:
-            logger.warning(
-                "file store: a damaged session file was treated as missing",
-                extra={"fastsess_event": "store_error", "sid": None},
-            )
+            # Never the path: it carries the store key.
+            raise CorruptRecord(f"file store: a session file in {self.data_dir} is damaged")
         return stored
 
     def _live(self, path: str, now: float) -> _Stored | None:
+        """The live record or tombstone; None when missing or expired; CorruptRecord when damaged."""
         stored = self._read(path)
         if stored is None or now > stored.expires_at:
             return None
         return stored
+
+    def _current(self, path: str, now: float) -> _Stored | None:
+        """What a write finds: as _live, but a damaged file counts as missing (and is logged)."""
+        try:
+            return self._live(path, now)
+        except CorruptRecord:
+            logger.warning(
+                "file store: a damaged session file was treated as missing by a write",
+                extra={"fastsess_event": "store_error", "sid": None},
+            )
+            return None
 
     def _write(
         self, path: str, kind: int, version: int, blob: bytes, expires_at: float, last_access: float
@@ -353,7 +367,7 @@ class FileStore(Store):
         path = self._path(key)
         with self._holding((key[0],)):
             now = self.clock()
-            if self._live(path, now) is not None:
+            if self._current(path, now) is not None:
                 return EXISTS
             version = _new_version()
             self._write(path, _RECORD, version, blob, expires_at, now)
@@ -363,7 +377,7 @@ class FileStore(Store):
         path = self._path(key)
         with self._holding((key[0],)):
             now = self.clock()
-            stored = self._live(path, now)
+            stored = self._current(path, now)
             if stored is None or stored.kind == _TOMBSTONE:
                 return GONE
             if stored.version != expected_version:
@@ -376,7 +390,7 @@ class FileStore(Store):
         path = self._path(key)
         with self._holding((key[0],)):
             now = self.clock()
-            stored = self._live(path, now)
+            stored = self._current(path, now)
             if stored is None or stored.kind == _TOMBSTONE:
                 return
             lead = stored.written_expires - stored.written_access
@@ -408,12 +422,12 @@ class FileStore(Store):
         old_path, new_path = self._path(old_key), self._path(new_key)
         with self._holding(tuple(sorted({old_key[0], new_key[0]}))):
             now = self.clock()
-            old = self._live(old_path, now)
+            old = self._current(old_path, now)
             if old is None or old.kind == _TOMBSTONE:
                 return GONE
             if expected_version is not None and old.version != expected_version:
                 return CONFLICT
-            if self._live(new_path, now) is not None:
+            if self._current(new_path, now) is not None:
                 return CONFLICT
             version = _new_version()
             # New record first: a crash in between leaves the old session
@@ -427,7 +441,7 @@ class FileStore(Store):
         path = self._path(key)
         with self._holding((key[0],)):
             now = self.clock()
-            stored = self._live(path, now)
+            stored = self._current(path, now)
             if stored is None or stored.kind == _TOMBSTONE:
                 return GONE
             result = fn(StoredRecord(stored.blob, stored.version, stored.expires_at, stored.last_access))
