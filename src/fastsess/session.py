@@ -488,7 +488,10 @@ class Session:
         expires_at = service.expires_at(opened.created, now)
         store = service.store
         try:
-            moved = store.load(marker) is not None
+            try:
+                moved = store.load(marker) is not None
+            except CorruptRecord:  # an empty bookkeeping record: create() below tells whether it moved
+                moved = False
             if not moved and not self._read_only:
                 version = store.create(key, service.seal_record(key, blob), expires_at)
                 empty = core.pack_record(opened.created, now, 0, None, None, None, _EMPTY_DATA)
