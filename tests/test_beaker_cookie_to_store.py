@@ -412,6 +412,22 @@ def test_replaying_the_beaker_cookie_after_the_move_sees_the_current_data(make):
     assert len(mw.store._entries) == 2
 
 
+@pytest.mark.parametrize("invalidate_corrupt", ["true", "false"])
+@pytest.mark.parametrize("store_type", ["file", "lmdb"])
+def test_a_damaged_marker_counts_as_missing_and_the_session_is_not_moved_again(make, store_type, invalidate_corrupt):
+    from test_store_contract import STORE_KINDS
+
+    mw = make(store_type, invalidate_corrupt=invalidate_corrupt)
+    cookie = beaker_cookie_session()
+    issued = set_cookie_value(get(mw, "/", cookie))
+    get(mw, "/inc", issued)
+    STORE_KINDS[store_type].damage(mw.store, converted_key(beaker_contents(cookie)["_id"]))
+    replay = get(mw, "/", cookie)
+    assert replay.text == "[('n', 2), ('user', 'ada')]"  # the moved record, not the cookie's n = 1
+    assert set_cookie_value(replay) == issued
+    assert isinstance(mw.store.load(converted_key(beaker_contents(cookie)["_id"])), StoredRecord)  # rewritten
+
+
 @pytest.mark.parametrize("store_type", STORES)
 def test_replaying_the_beaker_cookie_after_logout_loads_nothing(make, store_type):
     mw = make(store_type)

@@ -21,7 +21,7 @@ import pytest
 
 from fastsess import core
 from fastsess.config import load_config
-from fastsess.errors import ConflictError, SessionTooLarge, StoreError
+from fastsess.errors import ConflictError, CorruptRecord, SessionTooLarge, StoreError
 from fastsess.session import EXPIRE_COOKIE, SET_COOKIE, Session, SessionService
 from fastsess.stores.base import TOMBSTONE, StoredRecord
 from fastsess.stores.memory import MemoryStore
@@ -55,6 +55,7 @@ class CountingStore(MemoryStore):
         self.calls: Counter[str] = Counter()
         self.written_keys: list[bytes] = []
         self.failing: set[str] = set()  # method names that raise StoreError
+        self.damaged: set[bytes] = set()  # keys whose load() finds the stored bytes damaged
 
     def _call(self, name: str) -> None:
         self.calls[name] += 1
@@ -63,6 +64,8 @@ class CountingStore(MemoryStore):
 
     def load(self, key):
         self._call("load")
+        if key in self.damaged:
+            raise CorruptRecord("memory store: a stored session record is damaged")
         return super().load(key)
 
     def create(self, key, blob, expires_at):
@@ -1350,8 +1353,74 @@ def test_corrupt_record_raises_store_error_when_invalidate_corrupt_is_off():
     env = Env(invalidate_corrupt=False)
     sid = core.new_session_id()
     env.store.create(store_key(sid), b"garbage", T0 + TIMEOUT)
-    with pytest.raises(StoreError):
+    with pytest.raises(CorruptRecord) as raised:
         len(env.request(sid))
+    assert isinstance(raised.value, StoreError)
+    assert "corrupt_record" in env.event_names()
+
+
+def test_record_the_store_finds_damaged_is_treated_as_missing_and_logged(env):
+    sid = env.existing(a=1)
+    env.store.damaged.add(store_key(sid))
+    session = env.request(sid)
+    assert len(session) == 0
+    assert session.is_new is True
+    assert env.event_names() == ["corrupt_record"]  # not a store_error: the store answered
+    session["b"] = 2
+    session.save()
+    session.persist()
+    assert session.id != sid
+    assert env.data(session.id) == {"b": 2}
+
+
+@pytest.mark.parametrize("on_store_error", ["raise", "anonymous"])
+@pytest.mark.parametrize("damage", ["store", "codec"])
+def test_damaged_record_raises_when_invalidate_corrupt_is_off_whatever_on_store_error(damage, on_store_error):
+    env = Env(invalidate_corrupt=False, on_store_error=on_store_error)
+    if damage == "store":
+        sid = env.existing(a=1)
+        env.store.damaged.add(store_key(sid))
+    else:
+        sid = core.new_session_id()
+        env.store.create(store_key(sid), b"garbage", T0 + TIMEOUT)
+    with pytest.raises(CorruptRecord, match="invalidate_corrupt is off") as raised:
+        env.request(sid).get("a")
+    assert raised.value.__suppress_context__
+    assert "corrupt_record" in env.event_names()
+    assert "store_error" not in env.event_names()
+
+
+@pytest.mark.parametrize("invalidate_corrupt", [True, False])
+@pytest.mark.parametrize("kind", ["file", "lmdb"])
+def test_record_damaged_on_disk_follows_invalidate_corrupt(tmp_path, kind, invalidate_corrupt):
+    from test_store_contract import STORE_KINDS
+
+    clock = FakeClock()
+    store = STORE_KINDS[kind].make(tmp_path, clock)
+    config = load_config(None, type="memory", secret=SECRET, timeout=TIMEOUT, invalidate_corrupt=invalidate_corrupt)
+    service = SessionService(config, store, clock=clock)
+    try:
+        session = Session(service)
+        session["a"] = 1
+        session.save()
+        session.persist()
+        sid = session.id
+        STORE_KINDS[kind].damage(store, store_key(sid))
+        cookie = "session=" + service.sign(sid)
+        if not invalidate_corrupt:
+            with pytest.raises(CorruptRecord):
+                Session(service, cookie).get("a")
+            return
+        session = Session(service, cookie)
+        assert session.get("a") is None and session.is_new
+        session["b"] = 2
+        session.save()
+        session.persist()
+        assert session.id != sid
+        assert Session(service, "session=" + service.sign(session.id))["b"] == 2
+        assert isinstance(store.cleanup(clock() + 2 * TIMEOUT, 100), int)
+    finally:
+        store.close()
 
 
 def test_store_error_on_load_propagates_by_default(env):

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from fastsess.errors import CorruptRecord, StoreError
 from fastsess.stores.base import CONFLICT, EXISTS, GONE, TOMBSTONE, Store, StoredRecord
 from fastsess.stores.file import FileStore
 from fastsess.stores.lmdb import LmdbStore
@@ -363,22 +364,48 @@ def test_cleanup_with_zero_budget_removes_nothing(store, clock):
 # -- damaged records
 
 
-def test_damaged_record_is_treated_as_missing(kind, store, clock):
+def test_damaged_record_raises_corrupt_record_on_load(kind, store):
+    """The session layer, not the store, decides what a damaged record means (invalidate_corrupt)."""
+    damage = STORE_KINDS[kind].damage
+    if damage is None:
+        pytest.skip("memory store holds objects, cannot be corrupted")
+    store.create(skey("a"), b"data", T0 + TTL)
+    damage(store, skey("a"))
+    with pytest.raises(CorruptRecord) as raised:
+        store.load(skey("a"))
+    assert isinstance(raised.value, StoreError)
+    assert skey("a").hex()[:8] not in str(raised.value)
+    assert store.load(skey("other")) is None  # one damaged record spoils no other
+
+
+def test_damaged_record_is_missing_to_writes_and_cleanup(kind, store, clock):
     damage = STORE_KINDS[kind].damage
     if damage is None:
         pytest.skip("memory store holds objects, cannot be corrupted")
     version = store.create(skey("a"), b"data", T0 + TTL)
     damage(store, skey("a"))
-    assert store.load(skey("a")) is None
     store.touch(skey("a"), T0 + TTL)
-    assert store.load(skey("a")) is None
+    with pytest.raises(CorruptRecord):
+        store.load(skey("a"))  # a touch does not make it a record
     assert store.cas(skey("a"), b"x", version, T0 + TTL) is GONE
     if store.has_locked_update:
         assert store.locked_update(skey("a"), lambda record: (b"x", T0 + TTL)) is GONE
     assert store.rotate(skey("a"), skey("b"), b"x", T0 + TTL, 60) is GONE
-    store.cleanup(clock.now + 2 * TTL, 10)
+    assert store.load(skey("b")) is None
+    assert isinstance(store.cleanup(clock.now + 2 * TTL, 10), int)
     assert isinstance(store.create(skey("a"), b"fresh", T0 + TTL), int)
     assert store.load(skey("a")).blob == b"fresh"
+
+
+def test_create_replaces_a_damaged_record(kind, store):
+    damage = STORE_KINDS[kind].damage
+    if damage is None:
+        pytest.skip("memory store holds objects, cannot be corrupted")
+    store.create(skey("a"), b"data", T0 + TTL)
+    damage(store, skey("a"))
+    version = store.create(skey("a"), b"fresh", T0 + TTL)
+    assert isinstance(version, int)
+    assert assert_record(store.load(skey("a")), b"fresh", T0 + TTL, T0).version == version
 
 
 # -- locked_update

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import re
+import resource
+import threading
 from pathlib import Path
 
 import pytest
 
-from fastsess.errors import StoreError
+from fastsess import SessionMiddleware
+from fastsess.errors import CorruptRecord, StoreError
+from fastsess.stores import file as file_module
 from fastsess.stores.file import FileStore
 from test_store_contract import T0, TTL, FakeClock, skey
 
@@ -91,24 +97,44 @@ def test_cleanup_resumes_where_the_budget_ran_out(store, clock):
     assert session_files(store) == []
 
 
-def test_truncated_file_is_treated_as_missing_and_logged(store, caplog):
+def test_truncated_file_raises_corrupt_record_without_the_key(store):
     store.create(skey("a"), b"some session data", T0 + TTL)
     path = record_path(store, skey("a"))
     path.write_bytes(path.read_bytes()[:-3])
-    with caplog.at_level(logging.WARNING, logger="fastsess"):
-        assert store.load(skey("a")) is None
-    events = [(r.fastsess_event, r.sid) for r in caplog.records]
-    assert events == [("store_error", None)]
-    assert skey("a").hex() not in caplog.text
+    with pytest.raises(CorruptRecord, match="damaged") as raised:
+        store.load(skey("a"))
+    assert skey("a").hex()[:8] not in str(raised.value)
 
 
-def test_flipped_bit_in_the_blob_is_treated_as_missing(store):
+def test_flipped_bit_in_the_blob_raises_corrupt_record(store):
     store.create(skey("a"), b"some session data", T0 + TTL)
     path = record_path(store, skey("a"))
     data = bytearray(path.read_bytes())
     data[-1] ^= 1
     path.write_bytes(bytes(data))
-    assert store.load(skey("a")) is None
+    with pytest.raises(CorruptRecord):
+        store.load(skey("a"))
+
+
+def test_write_over_a_damaged_file_is_logged_without_the_key(store, caplog):
+    store.create(skey("a"), b"some session data", T0 + TTL)
+    path = record_path(store, skey("a"))
+    path.write_bytes(path.read_bytes()[:-3])
+    with caplog.at_level(logging.WARNING, logger="fastsess"):
+        assert isinstance(store.create(skey("a"), b"fresh", T0 + TTL), int)
+    assert [(r.fastsess_event, r.sid) for r in caplog.records] == [("store_error", None)]
+    assert skey("a").hex() not in caplog.text
+    assert store.load(skey("a")).blob == b"fresh"
+
+
+def test_cleanup_removes_a_damaged_file_by_its_mtime(store, clock):
+    store.create(skey("a"), b"data", T0 + 10)
+    path = record_path(store, skey("a"))
+    path.write_bytes(b"garbage")
+    past = int((T0 + 10) * 1e9)
+    os.utime(path, ns=(past, past))
+    assert store.cleanup(T0 + 20, 10) == 1
+    assert not path.exists()
 
 
 def test_data_dir_and_locks_are_created_with_parents(tmp_path):
@@ -138,3 +164,149 @@ def test_fsync_option_still_reads_back(tmp_path, clock):
     store = FileStore(str(tmp_path / "s"), clock=clock, fsync=True)
     version = store.create(skey("a"), b"durable", T0 + TTL)
     assert store.load(skey("a")).version == version
+
+
+# -- lock failures never leak a lock
+
+
+@contextlib.contextmanager
+def no_free_descriptors():
+    """Every new descriptor of this process fails with EMFILE until the block ends."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    lowest_free = os.open(os.devnull, os.O_RDONLY)
+    os.close(lowest_free)
+    # Every descriptor below the lowest free one is taken: a limit there leaves none.
+    resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))
+    try:
+        with pytest.raises(OSError):
+            os.close(os.open(os.devnull, os.O_RDONLY))
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def finishes(fn, timeout: float = 20.0):
+    """fn's result, run in a thread that must finish within timeout (a leaked lock blocks it)."""
+    outcome: list = []
+    thread = threading.Thread(target=lambda: outcome.append(fn()), daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert not thread.is_alive(), "still blocked: a stripe lock was never released"
+    assert outcome, "the call raised; see the thread's traceback above"
+    return outcome[0]
+
+
+def held_thread_locks(store: FileStore) -> list[int]:
+    return [stripe for stripe, lock in enumerate(store._thread_locks) if lock.locked()]
+
+
+def free_for_other_processes(store: FileStore, stripe: int) -> bool:
+    """True when no description holds the stripe's flock (a second open file conflicts like a process)."""
+    fd = os.open(os.path.join(store.data_dir, "locks", f"{stripe:02x}"), os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def test_lock_file_that_cannot_be_opened_raises_store_error_and_leaks_no_lock(store):
+    key = skey("a")
+    with no_free_descriptors():
+        with pytest.raises(StoreError, match="lock.*EMFILE") as raised:
+            store.create(key, b"data", T0 + TTL)
+    assert key.hex()[:8] not in str(raised.value)
+    assert held_thread_locks(store) == []
+    version = finishes(lambda: store.create(key, b"data", T0 + TTL))
+    assert store.load(key).version == version
+
+
+def test_failing_second_stripe_releases_the_first_for_threads_and_processes(store):
+    low, high = sorted([skey("a"), skey("b")], key=lambda key: key[0])
+    assert low[0] != high[0]
+    version = store.create(low, b"data", T0 + TTL)  # opens the lower stripe's lock file only
+    with no_free_descriptors():
+        with pytest.raises(StoreError, match="lock"):
+            store.rotate(low, high, b"data", T0 + TTL, 60)
+    assert held_thread_locks(store) == []
+    assert free_for_other_processes(store, low[0])
+    assert finishes(lambda: store.rotate(low, high, b"data", T0 + TTL, 60, version)) == store.load(high).version
+
+
+def test_failing_unlock_raises_store_error_and_still_frees_the_stripe(store, monkeypatch):
+    real_flock = fcntl.flock
+
+    def flock(fd, operation):
+        if operation == fcntl.LOCK_UN:
+            raise OSError(5, os.strerror(5))
+        return real_flock(fd, operation)
+
+    key = skey("a")
+    monkeypatch.setattr(file_module.fcntl, "flock", flock)
+    with pytest.raises(StoreError, match="release a lock.*EIO"):
+        store.create(key, b"data", T0 + TTL)
+    monkeypatch.setattr(file_module.fcntl, "flock", real_flock)
+    assert held_thread_locks(store) == []
+    assert free_for_other_processes(store, key[0])  # closing the descriptor dropped its flock
+    assert store.load(key).blob == b"data"  # the write itself had happened
+    finishes(lambda: store.touch(key, T0 + TTL))
+
+
+def test_failing_flock_releases_the_thread_lock(store, monkeypatch):
+    def flock(fd, operation):
+        raise OSError(37, os.strerror(37))  # ENOLCK, as NFS may say
+
+    monkeypatch.setattr(file_module.fcntl, "flock", flock)
+    with pytest.raises(StoreError, match="ENOLCK"):
+        store.create(skey("a"), b"data", T0 + TTL)
+    monkeypatch.undo()
+    assert held_thread_locks(store) == []
+    finishes(lambda: store.create(skey("a"), b"data", T0 + TTL))
+
+
+@pytest.mark.parametrize("policy", ["raise", "anonymous"])
+def test_requests_while_out_of_descriptors_fail_cleanly_and_later_ones_complete(tmp_path, policy):
+    def counter(environ, start_response):
+        session = environ["beaker.session"]
+        session["n"] = session.get("n", 0) + 1
+        session.save()
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [str(session["n"]).encode()]
+
+    mw = SessionMiddleware(
+        counter, type="file", data_dir=str(tmp_path / "sessions"), secret="f" * 32, timeout=600,
+        on_store_error=policy,
+    )
+
+    def request() -> list:
+        """Serve one request without a cookie; its headers."""
+        environ = {
+            "REQUEST_METHOD": "GET", "PATH_INFO": "/", "SCRIPT_NAME": "", "SERVER_NAME": "localhost",
+            "SERVER_PORT": "443", "HTTP_HOST": "localhost", "wsgi.url_scheme": "https",
+        }
+        response: list = []
+        body = mw(environ, lambda status, headers, exc_info=None: response.extend(headers))
+        try:
+            b"".join(body)
+        finally:
+            getattr(body, "close", lambda: None)()
+        return response
+
+    def set_cookies(headers: list) -> list:
+        return [value for name, value in headers if name.lower() == "set-cookie"]
+
+    assert len(set_cookies(request())) == 1
+    # New sessions land on new stripes, whose lock files cannot be opened now.
+    with no_free_descriptors():
+        for _ in range(20):
+            if policy == "raise":
+                with pytest.raises(StoreError):
+                    request()
+            else:
+                assert set_cookies(request()) == []  # an anonymous session: nothing saved
+    assert held_thread_locks(mw.store) == []
+    # Enough new sessions to cover every stripe, almost surely the ones that failed too.
+    served = finishes(lambda: [request() for _ in range(2000)], timeout=60)
+    assert all(len(set_cookies(headers)) == 1 for headers in served)

@@ -15,8 +15,8 @@ from pathlib import Path
 import lmdb
 import pytest
 
-from fastsess.errors import StoreError
-from fastsess.stores.base import StoredRecord
+from fastsess.errors import CorruptRecord, StoreError
+from fastsess.stores.base import GONE, StoredRecord
 from fastsess.stores.lmdb import LmdbStore
 from test_store_contract import T0, TTL, FakeClock, increment, join_or_kill, skey
 
@@ -113,12 +113,25 @@ def test_corrupt_environment_is_moved_aside_and_store_starts_empty(data_dir, clo
         store.close()
 
 
-def test_damaged_blob_is_treated_as_missing(store):
+def test_damaged_blob_raises_corrupt_record(store):
     store.create(skey("a"), b"some session data", T0 + TTL)
     shared = store._shared()
     with store._environment().begin(write=True) as txn:
         txn.put(skey("a"), b"short", db=shared.data)
-    assert store.load(skey("a")) is None
+    with pytest.raises(CorruptRecord):
+        store.load(skey("a"))
+    assert store.locked_update(skey("a"), lambda record: (b"x", T0 + TTL)) is GONE
+
+
+def test_damaged_record_raises_corrupt_record_on_the_retrying_path_too(store):
+    store.create(skey("a"), b"some session data", T0 + TTL)
+    shared = store._shared()
+    with store._environment().begin(write=True) as txn:
+        txn.put(skey("a"), b"garbage", db=shared.meta)
+    shared.exclusively(shared.close_env)  # no environment: load() goes through _run()
+    with pytest.raises(CorruptRecord):
+        store.load(skey("a"))
+    assert store.load(skey("b")) is None
 
 
 def test_unwritable_data_dir_raises_store_error(tmp_path):

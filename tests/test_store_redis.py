@@ -17,7 +17,7 @@ import webtest
 import server_redis
 from fastsess import SessionMiddleware, StoreError, core
 from fastsess.config import load_config
-from fastsess.errors import ConfigError
+from fastsess.errors import ConfigError, CorruptRecord
 from fastsess.stores import open_store
 from fastsess.stores.base import CONFLICT, EXISTS, GONE, TOMBSTONE, StoredRecord
 from fastsess.stores.breaker import CircuitBreaker
@@ -120,12 +120,13 @@ def test_records_live_under_prefix_plus_hex_store_key(store, server):
     assert struct.unpack_from("<Q", raw, 4)[0] == version
 
 
-def test_damaged_record_counts_as_missing_everywhere(store, server):
+def test_damaged_record_raises_on_load_and_counts_as_missing_to_writes(store, server):
     version = store.create(skey("a"), b"data", time.time() + 60)
     raw = redis.Redis(port=server.port)
-    for garbage in (b"garbage", b"FS1R"):  # not a record; a header cut short
+    for garbage in (b"garbage", b"FS1R", b"FS1X" + bytes(24)):  # not a record; cut short; unknown kind
         raw.set(store._key(skey("a")), garbage)
-        assert store.load(skey("a")) is None
+        with pytest.raises(CorruptRecord):
+            store.load(skey("a"))
         store.touch(skey("a"), time.time() + 60)
         assert raw.get(store._key(skey("a"))) == garbage
         assert store.cas(skey("a"), b"x", version, time.time() + 60) is GONE
@@ -133,7 +134,8 @@ def test_damaged_record_counts_as_missing_everywhere(store, server):
         assert store.load(skey("b")) is None
     raw.delete(store._key(skey("a")))
     raw.hset(store._key(skey("a")), "field", "a hash, not a string")  # GET and GETRANGE say WRONGTYPE
-    assert store.load(skey("a")) is None
+    with pytest.raises(CorruptRecord):
+        store.load(skey("a"))
     store.touch(skey("a"), time.time() + 60)
     assert store.cas(skey("a"), b"x", version, time.time() + 60) is GONE
     assert isinstance(store.create(skey("a"), b"fresh", time.time() + 60), int)

@@ -1,6 +1,6 @@
 """fastsess: fast, safe, Beaker-compatible sessions for WSGI applications."""
 
-from .errors import ConfigError, ConflictError, FastsessError, SessionTooLarge, StoreError
+from .errors import ConfigError, ConflictError, CorruptRecord, FastsessError, SessionTooLarge, StoreError
 from .session import Session
 from .wsgi import SessionMiddleware
 
@@ -9,6 +9,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ConfigError",
     "ConflictError",
+    "CorruptRecord",
     "FastsessError",
     "Session",
     "SessionMiddleware",

@@ -15,6 +15,10 @@ class StoreError(FastsessError):
     """The session store failed (down, timed out, unwritable)."""
 
 
+class CorruptRecord(StoreError):
+    """A stored record is damaged; the session layer applies invalidate_corrupt to it."""
+
+
 class SessionTooLarge(FastsessError):
     """A record exceeds max_record_size, or a cookie exceeds 4093 bytes."""
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from . import beaker_compat, core
 from .config import TOMBSTONE_SECONDS, Config
-from .errors import ConflictError, SessionTooLarge, StoreError
+from .errors import ConflictError, CorruptRecord, SessionTooLarge, StoreError
 from .events import EventLog
 from .keys import KeyRing
 from .stores.base import CONFLICT, EXISTS, GONE, TOMBSTONE, Store, StoredRecord
@@ -488,7 +488,10 @@ class Session:
         expires_at = service.expires_at(opened.created, now)
         store = service.store
         try:
-            moved = store.load(marker) is not None
+            try:
+                moved = store.load(marker) is not None
+            except CorruptRecord:  # an empty bookkeeping record: create() below tells whether it moved
+                moved = False
             if not moved and not self._read_only:
                 version = store.create(key, service.seal_record(key, blob), expires_at)
                 empty = core.pack_record(opened.created, now, 0, None, None, None, _EMPTY_DATA)
@@ -588,6 +591,8 @@ class Session:
     def _load_record(self, service: SessionService, session_id: str, key: bytes, now: float) -> _State:
         try:
             record = service.store.load(key)
+        except CorruptRecord:  # the store found the bytes damaged: the same policy as an undecodable blob
+            return self._corrupt_record(service, session_id, now)
         except StoreError as exc:
             return self._store_failed(service, exc, now)
         if record is None:
@@ -607,10 +612,7 @@ class Session:
             data = core.decode_data(data_bytes)
             flash_data = core.decode_data(flash) if flash is not None else None
         except (ValueError, TypeError):
-            service.events.emit("corrupt_record", sid=service.sid(session_id), message="stored record is corrupt")
-            if not service.config.invalidate_corrupt:
-                raise StoreError("a stored session record is corrupt (invalidate_corrupt is off)") from None
-            return self._fresh(now)
+            return self._corrupt_record(service, session_id, now)
         timeout, absolute = service._timeout, service._absolute_timeout  # is_expired, inline: every load
         if (timeout and now - last_access > timeout) or (absolute and now - created > absolute):
             service.events.emit("expired", sid=service.sid(session_id), message="session timed out")
@@ -631,6 +633,13 @@ class Session:
         if csrf_gen:
             s.csrf_gen = s.loaded_csrf_gen = csrf_gen
         return s
+
+    def _corrupt_record(self, service: SessionService, session_id: str, now: float) -> _State:
+        """A damaged stored record: missing with invalidate_corrupt (the default), else CorruptRecord."""
+        service.events.emit("corrupt_record", sid=service.sid(session_id), message="stored record is corrupt")
+        if not service.config.invalidate_corrupt:
+            raise CorruptRecord("a stored session record is corrupt (invalidate_corrupt is off)") from None
+        return self._fresh(now)
 
     def _store_failed(self, service: SessionService, exc: StoreError, now: float) -> _State:
         service.events.emit("store_error", message=f"load failed: {exc}")
@@ -1161,7 +1170,7 @@ class Session:
                 if result is not GONE:
                     service.events.emit("regenerated", sid=service.sid(s.id))
                 return result
-            current = service.store.load(old_key)
+            current = _reload(service.store, old_key)
             if not isinstance(current, StoredRecord):
                 return GONE
             blob = self._merged_blob(s, service, old_key, current, now)
@@ -1178,7 +1187,7 @@ class Session:
                 lambda current: (service.seal_record(key, self._merged_blob(s, service, key, current, now)), expires_at),
             )
         for attempt in range(MAX_CAS_ATTEMPTS):
-            current = store.load(key)
+            current = _reload(store, key)
             if not isinstance(current, StoredRecord):
                 return GONE
             blob = self._merged_blob(s, service, key, current, now)
@@ -1239,6 +1248,14 @@ class Session:
         s.last_access = now
         if service.persistent_cookie:
             s.cookie_action = SET_COOKIE
+
+
+def _reload(store: Store, key: bytes):
+    """The record a compare-and-set lost to; a damaged one counts as gone, as a write treats it."""
+    try:
+        return store.load(key)
+    except CorruptRecord:
+        return None
 
 
 def _backoff(attempt: int) -> None:

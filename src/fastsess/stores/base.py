@@ -4,6 +4,11 @@ Stores know nothing of sessions, cookies or WSGI. A store key is SHA-256 of a
 session id (computed by the session layer), so a dump of a store cannot be
 replayed as cookies. Every record carries a version; writes are compare-and-set
 against it and never turn into inserts.
+
+A record whose stored bytes are damaged (not written by this store, cut
+short, failing a checksum) makes load() raise CorruptRecord, so the session
+layer can apply its invalidate_corrupt policy; writes treat it as missing:
+create() replaces it, and cas(), rotate() and locked_update() find it GONE.
 """
 
 from __future__ import annotations
@@ -70,7 +75,7 @@ class Store(ABC):
 
     @abstractmethod
     def load(self, key: bytes) -> LoadResult:
-        """The live record, TOMBSTONE, or None when missing or expired."""
+        """The live record, TOMBSTONE, or None when missing or expired; CorruptRecord when damaged."""
 
     @abstractmethod
     def create(self, key: bytes, blob: bytes, expires_at: float) -> WriteResult:

@@ -19,6 +19,10 @@ File content: a 40-byte header, then the blob.
     36      4     CRC-32 of bytes 0..35 and the blob
     (all little-endian)
 
+A file that fails these checks (wrong magic, cut short, bad CRC) is damaged:
+load() raises CorruptRecord and writes treat it as missing, so create()
+replaces it; cleanup() goes by mtime and never reads it.
+
 Expiry lives in the file's mtime. Every write sets mtime to expires_at, so
 cleanup decides from a stat alone, and touch() is one os.utime that moves
 mtime to the new expires_at without rewriting data or bumping the version.
@@ -37,7 +41,10 @@ Locking. Compare-and-set, create, touch, rotate and locked_update hold one of
 plus a threading.Lock, since flock is per open file description and would let
 two threads of one process in at once. Lock files are reopened after a fork
 so parent and child never share a description. A stripe is also a top-level
-shard directory, so cleanup takes one lock per directory.
+shard directory, so cleanup takes one lock per directory. A lock file that
+cannot be opened or locked (EMFILE under load, say) is a StoreError, and
+whatever was taken is released first: a leaked thread lock would block every
+later session on its stripe.
 
 Versions start at a random 63-bit number for each create, so a stale
 compare-and-set against a deleted and recreated record fails.
@@ -58,7 +65,7 @@ import zlib
 from collections.abc import Callable
 from typing import NamedTuple
 
-from ..errors import StoreError
+from ..errors import CorruptRecord, StoreError
 from .base import CONFLICT, EXISTS, GONE, TOMBSTONE, LoadResult, Store, StoredRecord, UpdateFn, WriteResult
 
 logger = logging.getLogger("fastsess")
@@ -175,7 +182,11 @@ class FileStore(Store):
         self._reset_locks()
 
     def _acquire(self, stripes: tuple) -> None:
-        """Take the stripes in ascending order (callers pass them sorted and distinct)."""
+        """Take the stripes in ascending order (callers pass them sorted and distinct).
+
+        On any failure every lock taken so far is released before the error is
+        raised: a stripe whose thread lock leaked would block its sessions forever.
+        """
         if self._pid != os.getpid():
             self._after_fork()
         taken: list = []
@@ -193,7 +204,7 @@ class FileStore(Store):
                 fcntl.flock(fd, fcntl.LOCK_EX)
         except OSError as exc:
             self._release(tuple(taken))
-            raise self._error("take a lock", exc) from None
+            raise self._error("open or take a lock file", exc) from None
         except BaseException:
             self._release(tuple(taken))
             raise
@@ -204,17 +215,35 @@ class FileStore(Store):
         self._acquire(stripes)
         try:
             yield
-        finally:
-            self._release(stripes)
+        except BaseException:
+            self._release(stripes)  # the error in flight says more than a failed unlock
+            raise
+        failure = self._release(stripes)
+        if failure is not None:
+            raise self._error("release a lock", failure)
 
-    def _release(self, stripes: tuple) -> None:
+    def _release(self, stripes: tuple) -> OSError | None:
+        """Release the stripes; every thread lock is released whatever fails. Returns the first failure."""
+        failure = None
         for stripe in reversed(stripes):
             try:
-                # Harmless when this description holds no lock (a failed acquire).
-                fcntl.flock(self._lock_fds[stripe], fcntl.LOCK_UN)
-            except OSError:
-                pass
-            self._thread_locks[stripe].release()
+                fd = self._lock_fds[stripe]
+                if fd >= 0:  # -1 when opening the lock file failed
+                    try:
+                        # Harmless when this description holds no lock (a failed flock).
+                        fcntl.flock(fd, fcntl.LOCK_UN)
+                    except OSError as exc:
+                        failure = failure or exc
+                        # Closing our only descriptor of the file drops its flock;
+                        # the next acquire opens the lock file again.
+                        self._lock_fds[stripe] = -1
+                        try:
+                            os.close(fd)
+                        except OSError:
+                            pass
+            finally:
+                self._thread_locks[stripe].release()
+        return failure
 
     # -- file I/O
 
@@ -231,7 +260,7 @@ class FileStore(Store):
         return f"{self.data_dir}/{name[:2]}/{name[2:4]}/{name}"
 
     def _read(self, path: str) -> _Stored | None:
-        """The parsed file; None when missing or damaged (damage is logged)."""
+        """The parsed file; None when missing; CorruptRecord when damaged."""
         try:
             fd = os.open(path, os.O_RDONLY | _O_CLOEXEC)
         except FileNotFoundError:
@@ -252,17 +281,27 @@ class FileStore(Store):
             os.close(fd)
         stored = _decode(data, st.st_mtime_ns)
         if stored is None:
-            logger.warning(
-                "file store: a damaged session file was treated as missing",
-                extra={"fastsess_event": "store_error", "sid": None},
-            )
+            # Never the path: it carries the store key.
+            raise CorruptRecord(f"file store: a session file in {self.data_dir} is damaged")
         return stored
 
     def _live(self, path: str, now: float) -> _Stored | None:
+        """The live record or tombstone; None when missing or expired; CorruptRecord when damaged."""
         stored = self._read(path)
         if stored is None or now > stored.expires_at:
             return None
         return stored
+
+    def _current(self, path: str, now: float) -> _Stored | None:
+        """What a write finds: as _live, but a damaged file counts as missing (and is logged)."""
+        try:
+            return self._live(path, now)
+        except CorruptRecord:
+            logger.warning(
+                "file store: a damaged session file was treated as missing by a write",
+                extra={"fastsess_event": "store_error", "sid": None},
+            )
+            return None
 
     def _write(
         self, path: str, kind: int, version: int, blob: bytes, expires_at: float, last_access: float
@@ -328,7 +367,7 @@ class FileStore(Store):
         path = self._path(key)
         with self._holding((key[0],)):
             now = self.clock()
-            if self._live(path, now) is not None:
+            if self._current(path, now) is not None:
                 return EXISTS
             version = _new_version()
             self._write(path, _RECORD, version, blob, expires_at, now)
@@ -338,7 +377,7 @@ class FileStore(Store):
         path = self._path(key)
         with self._holding((key[0],)):
             now = self.clock()
-            stored = self._live(path, now)
+            stored = self._current(path, now)
             if stored is None or stored.kind == _TOMBSTONE:
                 return GONE
             if stored.version != expected_version:
@@ -351,7 +390,7 @@ class FileStore(Store):
         path = self._path(key)
         with self._holding((key[0],)):
             now = self.clock()
-            stored = self._live(path, now)
+            stored = self._current(path, now)
             if stored is None or stored.kind == _TOMBSTONE:
                 return
             lead = stored.written_expires - stored.written_access
@@ -383,12 +422,12 @@ class FileStore(Store):
         old_path, new_path = self._path(old_key), self._path(new_key)
         with self._holding(tuple(sorted({old_key[0], new_key[0]}))):
             now = self.clock()
-            old = self._live(old_path, now)
+            old = self._current(old_path, now)
             if old is None or old.kind == _TOMBSTONE:
                 return GONE
             if expected_version is not None and old.version != expected_version:
                 return CONFLICT
-            if self._live(new_path, now) is not None:
+            if self._current(new_path, now) is not None:
                 return CONFLICT
             version = _new_version()
             # New record first: a crash in between leaves the old session
@@ -402,7 +441,7 @@ class FileStore(Store):
         path = self._path(key)
         with self._holding((key[0],)):
             now = self.clock()
-            stored = self._live(path, now)
+            stored = self._current(path, now)
             if stored is None or stored.kind == _TOMBSTONE:
                 return GONE
             result = fn(StoredRecord(stored.blob, stored.version, stored.expires_at, stored.last_access))

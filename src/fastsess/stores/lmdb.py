@@ -44,6 +44,8 @@ reader table is cleared of dead readers and retried once. An environment that
 cannot be opened because it is damaged, or that reports corruption in use, is
 renamed to data.mdb.corrupt-<time> (and lock.mdb likewise) and replaced by an
 empty one, with an error logged: sessions are disposable, an outage is not.
+One record whose metadata or blob is damaged makes load() raise
+CorruptRecord; writes treat it as missing, and cleanup() removes it.
 Other failures raise StoreError.
 """
 
@@ -61,7 +63,7 @@ from collections.abc import Callable
 
 import lmdb
 
-from ..errors import StoreError
+from ..errors import CorruptRecord, StoreError
 from .base import (
     CONFLICT,
     EXISTS,
@@ -131,7 +133,7 @@ def _parse_meta(raw: bytes | None) -> tuple | None:
 
 def _log_damaged() -> None:
     logger.warning(
-        "lmdb store: a damaged session record was treated as missing",
+        "lmdb store: a damaged session record was treated as missing by a write",
         extra={"fastsess_event": "store_error", "sid": None},
     )
 
@@ -639,21 +641,20 @@ class LmdbStore(Store):
     def _loaded(self, raw: bytes | None, blob: bytes | None) -> LoadResult:
         if raw is None:
             return None
-        if len(raw) != _META.size:
-            _log_damaged()
-            return None
-        fmt, kind, size, version, expires_at, last_access = _META.unpack(raw)
-        if fmt != _FORMAT or kind > _TOMBSTONE:
-            _log_damaged()
-            return None
+        meta = _parse_meta(raw)
+        if meta is None:
+            raise self._damaged()
+        kind, size, version, expires_at, last_access = meta
         if self.clock() > expires_at:
             return None
         if kind == _TOMBSTONE:
             return TOMBSTONE
         if blob is None or len(blob) != size:
-            _log_damaged()
-            return None
+            raise self._damaged()
         return record_from((blob, version, expires_at, last_access))
+
+    def _damaged(self) -> CorruptRecord:
+        return CorruptRecord(f"lmdb store: a session record in {self.data_dir} is damaged")
 
     def create(self, key: bytes, blob: bytes, expires_at: float) -> WriteResult:
         self._check_key(key)

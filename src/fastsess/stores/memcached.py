@@ -27,9 +27,11 @@ StoreError saying so.
 Versions are memcached CAS uniques: every write makes a new one and a touch
 keeps it, so a touch never bumps the version. A compare-and-set that meets a
 different CAS is told apart (one more read, only then) into CONFLICT, or GONE
-when the key now holds a tombstone or damaged bytes. A restarted memcached
-counts CAS uniques from 1 again, but it also starts empty, and the session
-layer never creates a record under a key it used before.
+when the key now holds a tombstone or damaged bytes. Damaged bytes (a value
+that is not a record) make load() raise CorruptRecord, and create() replaces
+them. A restarted memcached counts CAS uniques from 1 again, but it also
+starts empty, and the session layer never creates a record under a key it
+used before.
 
 Value layout: an 18-byte header, then the blob (nothing for a tombstone).
 
@@ -86,7 +88,7 @@ from pymemcache.exceptions import (
     MemcacheUnknownError,
 )
 
-from ..errors import ConfigError, StoreError
+from ..errors import ConfigError, CorruptRecord, StoreError
 from .base import CONFLICT, EXISTS, GONE, TOMBSTONE, LoadResult, Store, StoredRecord, WriteResult
 from .breaker import CircuitBreaker
 
@@ -324,12 +326,17 @@ class MemcachedStore(Store):
 
     def load(self, key: bytes) -> LoadResult:
         hexkey = key.hex()
-        line, value = self._call(self._node(hexkey), b"mg " + self._mkey(hexkey) + b" v c t\r\n")
-        if value is None or len(value) < _HEADER_SIZE:
-            return None  # missing, or not ours
+        node = self._node(hexkey)
+        line, value = self._call(node, b"mg " + self._mkey(hexkey) + b" v c t\r\n")
+        if value is None:
+            return None
+        if len(value) < _HEADER_SIZE:
+            raise self._damaged(node)
         fmt, kind, last_access, expires_at = _HEADER.unpack_from(value)
         if fmt != _FORMAT or kind != _RECORD:
-            return TOMBSTONE if fmt == _FORMAT and kind == _TOMBSTONE else None
+            if fmt == _FORMAT and kind == _TOMBSTONE:
+                return TOMBSTONE
+            raise self._damaged(node)
         tokens = line.split(b" ")  # "VA <size> c<cas> t<ttl>": flags come back in the order asked
         cas, ttl = tokens[2], tokens[3]
         now = self.clock()
@@ -344,6 +351,10 @@ class MemcachedStore(Store):
         if now > expires_at:
             return None
         return StoredRecord(value[_HEADER_SIZE:], int(cas[1:]), expires_at, last_access)
+
+    @staticmethod
+    def _damaged(node: _Node) -> CorruptRecord:
+        return CorruptRecord(f"memcached {node.name}: a stored session value is not a record (damaged)")
 
     def create(self, key: bytes, blob: bytes, expires_at: float) -> WriteResult:
         hexkey = key.hex()

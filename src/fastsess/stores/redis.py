@@ -9,7 +9,8 @@ bytes of expiry and access time (SETRANGE) and the TTL: it never rewrites the
 data or changes the version. Create, compare-and-set and rotation are Lua
 scripts, one round trip each (EVALSHA, falling back to EVAL when the server
 has not cached the script). A value that does not start with the header
-(written by something else, damaged, or not a string) counts as missing.
+(written by something else, damaged, or not a string) is damaged: load()
+raises CorruptRecord, and the writes count it as missing.
 
 GETEX is not used: a touch must also move last_access, which lives in the
 header, and the session layer decides only after the load whether a touch is
@@ -63,7 +64,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
 from redis.retry import Retry
 
-from ..errors import ConfigError, StoreError
+from ..errors import ConfigError, CorruptRecord, StoreError
 from .base import CONFLICT, EXISTS, GONE, TOMBSTONE, LoadResult, Store, StoredRecord, WriteResult
 from .breaker import CircuitBreaker
 
@@ -372,21 +373,28 @@ class RedisStore(Store):
         except ResponseError as exc:
             if not str(exc).startswith("WRONGTYPE"):
                 raise self._failed("load", exc, rkey) from None
-            value = None  # not a string, so not a record
+            value = b""  # not a string, so not a record: damaged
         except _ERRORS as exc:
             raise self._failed("load", exc, rkey) from None
         if self._failing:
             self._recovered()
-        if value is None or len(value) < _HEADER_SIZE:
+        if value is None:
             return None
+        if len(value) < _HEADER_SIZE:
+            raise self._damaged()
         magic, kind, version, expires_at, last_access = _HEADER.unpack_from(value)
         if magic != _MAGIC:
-            return None
+            raise self._damaged()
         if kind == _LIVE:
             if self.clock() > expires_at:  # within Redis's millisecond rounding of the TTL
                 return None
             return StoredRecord(value[_HEADER_SIZE:], version, expires_at, last_access)
-        return TOMBSTONE if kind == _TOMBSTONE else None
+        if kind == _TOMBSTONE:
+            return TOMBSTONE
+        raise self._damaged()
+
+    def _damaged(self) -> CorruptRecord:
+        return CorruptRecord(f"{self._name}: a stored session value is not a record (damaged)")
 
     def create(self, key: bytes, blob: bytes, expires_at: float) -> WriteResult:
         rkey = self._key(key)

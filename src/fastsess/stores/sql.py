@@ -15,7 +15,9 @@ table passed in (`table=`) may use a binary key column instead.
 
 Expiry is decided against this store's clock (now <= expires_at is live);
 expired rows stay until cleanup() deletes them in batches through the
-expires_at index. Versions start at a random 62-bit number on every create,
+expires_at index. A damaged row (an unknown kind, or NULL where a record
+needs a value) makes load() raise CorruptRecord; the writes count it as
+missing. Versions start at a random 62-bit number on every create,
 so a compare-and-set holding a version from a deleted record's earlier life
 fails against the recreated one.
 
@@ -65,7 +67,7 @@ from sqlalchemy.dialects.mysql import MEDIUMBLOB
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.util import asbool
 
-from ..errors import ConfigError, StoreError
+from ..errors import ConfigError, CorruptRecord, StoreError
 from .base import CONFLICT, EXISTS, GONE, TOMBSTONE, LoadResult, Store, StoredRecord, UpdateFn, WriteResult
 from .breaker import CircuitBreaker
 
@@ -74,6 +76,7 @@ logger = logging.getLogger("fastsess")
 _RECORD, _TOMBSTONE = 0, 1
 _BUSY_TIMEOUT_MS = 5000
 _NAME = "the SQL session store"
+_DAMAGED = object()  # _record(): a row that is no record (unknown kind, NULLs)
 
 _COLUMNS = ("key", "version", "kind", "expires_at", "last_access", "data")
 #: What a column of a table passed in must be (isinstance of one of these types).
@@ -389,24 +392,24 @@ class SqlStore(Store):
         breaker.succeeded()
         return result
 
-    def _record(self, row) -> LoadResult:
-        """A row as load() reports it; damaged rows count as missing."""
+    def _record(self, row):
+        """A row as load() reports it, or _DAMAGED."""
         version, kind, expires_at, last_access, data = row
         if kind == _RECORD and None not in (version, expires_at, last_access, data):
             blob = data if type(data) is bytes else bytes(data)
             return StoredRecord(blob, version, expires_at, last_access)
         if kind == _TOMBSTONE:
             return TOMBSTONE
-        logger.warning(
-            "sql store: a damaged session record was treated as missing",
-            extra={"fastsess_event": "store_error", "sid": None},
-        )
-        return None
+        return _DAMAGED
 
     # ------------------------------------------------------------- interface
 
     def load(self, key: bytes) -> LoadResult:
-        return self._run("load", self._do_load, key)
+        # Raised here, not inside _run(): the query itself succeeded, as the breaker should hear.
+        record = self._run("load", self._do_load, key)
+        if record is _DAMAGED:
+            raise CorruptRecord(f"{_NAME}: a stored session record is damaged")
+        return record
 
     def _do_load(self, key: bytes) -> LoadResult:
         with self._single.connect() as conn:
@@ -544,6 +547,11 @@ class SqlStore(Store):
                 return GONE
             record = self._record(row)
             if not isinstance(record, StoredRecord):
+                if record is _DAMAGED:
+                    logger.warning(
+                        "sql store: a damaged session record was treated as missing by a write",
+                        extra={"fastsess_event": "store_error", "sid": None},
+                    )
                 return GONE
             result = fn(record)  # an exception here rolls back: nothing written
             if result is None:
