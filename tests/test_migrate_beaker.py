@@ -553,6 +553,36 @@ def test_an_unreachable_beaker_postgresql_is_a_clear_error(tmp_path, capsys):
         assert "(OperationalError)" in line
 
 
+def test_a_beaker_style_postgresql_url_reaches_the_installed_driver(tmp_path, capsys):
+    """Beaker configs say postgresql://: it must reach a driver that is installed (psycopg 3 here)."""
+    pytest.importorskip("sqlalchemy")
+    pytest.importorskip("psycopg")
+    from loopback import free_port
+
+    url = f"postgresql://postgres:hunter2@127.0.0.1:{free_port()}/x"
+    assert main(["migrate-beaker", "--config", write_ini(tmp_path), "--from-type", "ext:database",
+                 "--from-url", url]) == 2
+    line = assert_one_clean_line(capsys.readouterr().err, "hunter2")
+    assert "cannot reach the database" in line and "(OperationalError)" in line
+
+
+def test_a_sqlite_beaker_database_keeps_its_journal_mode(tmp_path, capsys):
+    """The source is Beaker's database, still in use: migrating reads it and changes nothing there."""
+    sa = pytest.importorskip("sqlalchemy")
+    path = tmp_path / "beaker.sqlite"
+    url = f"sqlite:///{path}"
+    cookie = beaker_write(beaker_settings("ext:database", url), {"user": "ada"})
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        before = conn.exec_driver_sql("PRAGMA journal_mode").scalar()
+    report = migrate(capsys, write_ini(tmp_path), "--from-type", "ext:database", "--from-url", url)
+    assert report["migrated"] == 1
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == before != "wal"
+    engine.dispose()
+    assert cookie
+
+
 def test_a_malformed_or_missing_beaker_database_is_a_clear_error(tmp_path, capsys):
     pytest.importorskip("sqlalchemy")
     ini = write_ini(tmp_path)

@@ -476,6 +476,10 @@ class RedisClusterSource(RedisSource):
         return self.client.mget_nonatomic(keys)
 
 
+#: how long one query of a database source may run (a bulk pass reads whole tables)
+SOURCE_QUERY_SECONDS = 600.0
+
+
 class DatabaseSource(BeakerSource):
     """Beaker's ext:database store: a `beaker_cache` table of (namespace, accessed, created, data).
 
@@ -493,13 +497,21 @@ class DatabaseSource(BeakerSource):
             raise ConfigError(
                 f"--from-type {self.kind} needs SQLAlchemy: pip install 'fastsess[sql]'"
             ) from None
-        from .stores.sql import sql_error_detail
+        from .stores.sql import create_engine, sql_error_detail
 
         self.sa = sa
         self.url = url
         self.error_detail = sql_error_detail
         try:
-            self.engine = sa.create_engine(url, hide_parameters=True)
+            # The store's engine settings: a connect timeout (libpq would wait
+            # forever on a host that drops packets), psycopg 3 for postgresql://.
+            self.engine = create_engine(
+                url, None, connect_timeout=10.0, socket_timeout=SOURCE_QUERY_SECONDS, owned=False
+            )
+        except ConfigError:
+            raise ConfigError(
+                "--from-url is not a usable SQLAlchemy URL (dialect+driver://user:pass@host/db)"
+            ) from None
         except (sa.exc.ArgumentError, ImportError, ValueError) as exc:
             raise ConfigError(
                 f"--from-url is not a usable SQLAlchemy URL: {_hide_password(str(exc), url)}"

@@ -195,7 +195,14 @@ def _sqlite_pragmas(dbapi_connection, connection_record) -> None:
         cursor.close()
 
 
-def _create_engine(url: str | None, sa_opts: dict | None, connect_timeout: float, socket_timeout: float):
+def create_engine(
+    url: str | None, sa_opts: dict | None, connect_timeout: float, socket_timeout: float, owned: bool = True
+):
+    """An engine as the store needs it: timeouts, driver fallback, hidden parameters.
+
+    owned=False is for a database fastsess only reads (migrate-beaker's
+    source): a SQLite file keeps its journal mode and settings.
+    """
     options = _engine_options(sa_opts)
     url = options.pop("url", None) if url is None else url
     if not url:
@@ -221,7 +228,8 @@ def _create_engine(url: str | None, sa_opts: dict | None, connect_timeout: float
             connect_args.setdefault("check_same_thread", False)
         else:
             connect_args.setdefault("timeout", _BUSY_TIMEOUT_MS / 1000)
-            events.append(("connect", _sqlite_pragmas))
+            if owned:
+                events.append(("connect", _sqlite_pragmas))
     else:
         if backend == "postgresql" and parsed.get_driver_name() in ("psycopg", "psycopg2"):
             # libpq waits forever by default (2 s is the least connect_timeout
@@ -299,7 +307,7 @@ class SqlStore(Store):
             self.engine = bind
             self._owns_engine = False
         else:
-            self.engine = _create_engine(url, sa_opts, connect_timeout, socket_timeout)
+            self.engine = create_engine(url, sa_opts, connect_timeout, socket_timeout)
             self._owns_engine = True
         if table is None:
             table = sessions_table(table_name or "fastsess_sessions", schema_name)
