@@ -116,6 +116,21 @@ def test_cleanup_of_cookie_sessions_is_a_configuration_error_not_a_silent_succes
     assert "session.type = cookie" in err and "no server-side store" in err
 
 
+@pytest.mark.parametrize("store_type, url", [("memcached", "127.0.0.1:9"), ("redis", "redis://127.0.0.1:9/0")])
+def test_cleanup_of_a_ttl_store_says_the_server_expires_sessions_without_connecting(
+    tmp_path, capsys, store_type, url
+):
+    """Nothing listens on port 9: cleanup neither connects nor pretends it removed something."""
+    path = tmp_path / "ttl.ini"
+    path.write_text(f"[app:main]\nsession.type = {store_type}\nsession.url = {url}\n"
+                    f"session.secret = {SECRET}\nsession.timeout = 60\n")
+    assert main(["cleanup", "--config", str(path)]) == 0
+    assert "expires sessions itself" in capsys.readouterr().out
+    assert main(["cleanup", "--config", str(path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["removed"] == 0 and "server TTL" in report["note"]
+
+
 def test_inspect_decodes_a_cookie_session_without_a_store(cookie_ini, capsys):
     cookie = make_cookie(cookie_ini)
     assert main(["inspect", "--config", str(cookie_ini), "--json", cookie]) == 0

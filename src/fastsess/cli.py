@@ -92,6 +92,10 @@ def cmd_gen_secret(args: argparse.Namespace) -> int:
     return 0
 
 
+#: stores whose server removes expired records by TTL: cleanup has nothing to do there
+_SELF_EXPIRING = ("memcached", "redis")
+
+
 def cmd_cleanup(args: argparse.Namespace) -> int:
     """Remove expired records from the configured store, in batches."""
     config = _load(args)
@@ -101,6 +105,12 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
         raise ConfigError("cleanup has nothing to clean: session.type = cookie keeps each session in its "
                           "cookie, with no server-side store (give the config of an app with a store, or "
                           "remove this cleanup job)")
+    if config.store_type in _SELF_EXPIRING:
+        # Nothing to remove, and nothing to connect to: say so rather than "removed 0",
+        # which would read the same whether or not the server is up.
+        message = f"nothing to clean: session.type = {config.store_type} expires sessions itself (server TTL)"
+        print(json.dumps({"removed": 0, "seconds": 0.0, "note": message}) if args.json else message)
+        return 0
     store = open_store(config)
     total = 0
     started = time.monotonic()
