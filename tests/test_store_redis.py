@@ -316,6 +316,77 @@ def test_password_in_the_url(tmp_path):
         secured.stop()
 
 
+def _tls_files(directory) -> tuple:
+    """A throwaway CA and a server certificate for 127.0.0.1, as PEM files: (ca, cert, key)."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = dt.datetime.now(dt.timezone.utc)
+
+    def certificate(subject, issuer, public_key, signing_key, ca: bool, san=None):
+        builder = (
+            x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(hours=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if san is not None:
+            builder = builder.add_extension(san, critical=False)
+        return builder.sign(signing_key, hashes.SHA256())
+
+    ca_key, server_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fastsess test CA")])
+    server_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    ca_cert = certificate(ca_name, ca_name, ca_key.public_key(), ca_key, True)
+    san = x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    server_cert = certificate(server_name, ca_name, server_key.public_key(), ca_key, False, san)
+    paths = directory / "ca.pem", directory / "server.pem", directory / "server.key"
+    paths[0].write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(server_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ))
+    return paths
+
+
+def test_rediss_url_talks_tls_and_checks_the_servers_certificate(tmp_path):
+    pytest.importorskip("cryptography")
+    from loopback import free_port
+
+    tls_dir = tmp_path / "tls"
+    tls_dir.mkdir()
+    ca, cert, key = _tls_files(tls_dir)
+    tls_port = free_port()
+    try:
+        secured = server_redis.RedisServer(tmp_path / "redis-tls", (
+            "--tls-port", str(tls_port), "--tls-cert-file", str(cert), "--tls-key-file", str(key),
+            "--tls-ca-cert-file", str(ca), "--tls-auth-clients", "no",
+        )).start()
+    except RuntimeError as exc:
+        if "tls" not in str(exc).lower():
+            raise
+        pytest.skip(f"this redis-server was built without TLS: {exc}")
+    try:
+        url = f"rediss://127.0.0.1:{tls_port}/0?ssl_ca_certs={ca}&ssl_cert_reqs=required"
+        mw = middleware(type="redis", url=url, socket_timeout="2", connect_timeout="2")
+        app = webtest.TestApp(mw, extra_environ=HTTPS)
+        assert [app.get("/inc").text for _ in range(2)] == ["1", "2"]
+        mw.close()
+        # Plain Redis on the TLS port fails, and so does TLS that does not trust this CA.
+        for wrong in (f"redis://127.0.0.1:{tls_port}/0", f"rediss://127.0.0.1:{tls_port}/0"):
+            store = RedisStore(url=wrong, key_prefix=prefix(), socket_timeout=2, connect_timeout=2)
+            with pytest.raises(StoreError):
+                store.load(skey("a"))
+            store.close()
+    finally:
+        secured.stop()
+
+
 @pytest.mark.parametrize("url", ["http://127.0.0.1:6379", "redis+sentinel://127.0.0.1:26379", "redis+sentinel:///x/0"])
 def test_bad_urls_are_config_errors(url):
     with pytest.raises(ConfigError):
