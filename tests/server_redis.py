@@ -142,17 +142,33 @@ class RedisCluster:
 
 
 class RedisSentinel:
-    """A master and one Sentinel (quorum 1) watching it as service `mymaster`."""
+    """A master, optionally one replica, and one Sentinel (quorum 1) watching them as service `mymaster`.
+
+    With a replica and a short down_after_ms, stopping the master makes the
+    Sentinel promote the replica: a failover a test can wait for.
+    """
 
     SERVICE = "mymaster"
 
-    def __init__(self, directory: Path) -> None:
-        self.master = RedisServer(directory / "master")
+    def __init__(self, directory: Path, replica: bool = False, down_after_ms: int = 5000) -> None:
+        # No 5-second wait before the replica's first full sync (Redis 7's default).
+        self.master = RedisServer(directory / "master", ("--repl-diskless-sync-delay", "0") if replica else ())
+        self.replica = (
+            RedisServer(directory / "replica", ("--replicaof", "127.0.0.1", str(self.master.port)))
+            if replica else None
+        )
         self.sentinel = RedisServer(
             directory / "sentinel",
             sentinel_conf=f"sentinel monitor {self.SERVICE} 127.0.0.1 {self.master.port} 1\n"
-            f"sentinel down-after-milliseconds {self.SERVICE} 5000\n",
+            f"sentinel down-after-milliseconds {self.SERVICE} {down_after_ms}\n"
+            f"sentinel failover-timeout {self.SERVICE} {max(3 * down_after_ms, 3000)}\n",
         )
+
+    def master_port(self) -> int | None:
+        """The master's port as the Sentinel reports it now."""
+        reply = command(self.sentinel.port, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.SERVICE)
+        ports = [int(part) for part in reply.split(b"\r\n") if part.isdigit()]
+        return ports[-1] if ports else None
 
     @property
     def url(self) -> str:
@@ -160,6 +176,8 @@ class RedisSentinel:
 
     def start(self) -> RedisSentinel:
         self.master.start()
+        if self.replica is not None:
+            self.replica.start()
         self.sentinel.start()
         deadline = time.monotonic() + START_TIMEOUT
         while str(self.master.port).encode() not in command(
@@ -173,6 +191,8 @@ class RedisSentinel:
 
     def stop(self) -> None:
         self.sentinel.stop()
+        if self.replica is not None:
+            self.replica.stop()
         self.master.stop()
 
 

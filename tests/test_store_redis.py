@@ -661,6 +661,44 @@ def test_middleware_counter_on_ext_redis_with_string_config(server):
     mw.close()
 
 
+def test_sessions_survive_a_sentinel_failover(tmp_path):
+    """The master dies, the Sentinel promotes the replica, and the same cookie reads and writes on."""
+    watched = server_redis.RedisSentinel(tmp_path / "failover", replica=True, down_after_ms=1000).start()
+    try:
+        replica_port = str(watched.replica.port).encode()
+        deadline = time.monotonic() + 20
+        while replica_port not in server_redis.command(watched.sentinel.port, "SENTINEL", "REPLICAS", "mymaster"):
+            assert time.monotonic() < deadline, "the Sentinel never learnt about the replica"
+            time.sleep(0.1)
+        mw = middleware(type="redis", url=watched.url, socket_timeout="0.5", connect_timeout="0.5")
+        app = webtest.TestApp(mw, extra_environ=HTTPS)
+        assert [app.get("/inc").text for _ in range(2)] == ["1", "2"]
+        deadline = time.monotonic() + 20
+        while server_redis.command(watched.master.port, "WAIT", "1", "500") != b":1\r\n":  # replicated
+            assert time.monotonic() < deadline, "the replica never acknowledged the writes"
+
+        watched.master.stop()
+        deadline = time.monotonic() + 30
+        while watched.master_port() != watched.replica.port:
+            assert time.monotonic() < deadline, "the Sentinel did not fail over"
+            time.sleep(0.1)
+        # Requests fail (StoreError) until the client asks the Sentinel again and the
+        # breaker lets calls through; then the session carries on from the replica.
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                body = app.get("/inc").text
+                break
+            except StoreError:
+                assert time.monotonic() < deadline, "no request succeeded after the failover"
+                time.sleep(0.2)
+        assert body == "3"
+        assert app.get("/read").text == "3"
+        mw.close()
+    finally:
+        watched.stop()
+
+
 def test_middleware_round_trips_untouched_zero_read_one_modify_two(server):
     mw = middleware(type="ext:redis", url=server.url)
     app = webtest.TestApp(mw, extra_environ=HTTPS)
