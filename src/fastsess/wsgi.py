@@ -100,7 +100,9 @@ class SessionMiddleware:
             return None
         cfg = self.config
         secure = cfg.secure
-        if secure == "auto":
+        if secure is True and environ.get("wsgi.url_scheme") == "https":
+            pass  # the usual production case: nothing to decide
+        elif secure == "auto":
             secure = environ.get("wsgi.url_scheme") == "https"
         elif secure and not _insecure_warned and environ.get("wsgi.url_scheme") != "https":
             if _host_name(environ) not in _LOOPBACK_HOSTS:
@@ -117,9 +119,11 @@ class SessionMiddleware:
         else:
             value = s.sealed if self.service.cookie_only else self.service.sign(s.id)
             expires, max_age = self._expiry(session)
+        # Positional, in the kernel's parameter order (name, value, path, domain, expires,
+        # max_age, secure, httponly, samesite, partitioned): one call per written cookie.
         header = core.build_set_cookie(
-            cfg.cookie_name, value, path=path, domain=domain, expires=expires, max_age=max_age,
-            secure=bool(secure), httponly=cfg.httponly, samesite=cfg.samesite, partitioned=cfg.partitioned,
+            cfg.cookie_name, value, path, domain, expires, max_age,
+            bool(secure), cfg.httponly, cfg.samesite, cfg.partitioned,
         )
         if s.cookie_action == SET_COOKIE and len(cfg.cookie_name) + 1 + len(value) > MAX_COOKIE_BYTES:
             raise SessionTooLarge(f"session cookie would be {len(value)} bytes; browsers drop cookies over 4093")
