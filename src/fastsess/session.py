@@ -362,7 +362,6 @@ class Session:
             had_cookie = bool(candidates)
             beaker = service.beaker_compat
             refused = False  # a Beaker value was refused, and its reason logged
-            verified = service._verified
             for value in candidates:
                 if beaker and beaker_compat.is_beaker_value(value):
                     if not beaker_compat.is_beaker_id(value[beaker_compat.TAG_CHARS :]):  # a cookie session
@@ -375,8 +374,8 @@ class Session:
                         continue
                     opened = self._open_beaker_id(service, value, now)
                     refused |= opened is None
-                else:  # a returning client's cookie is in the verified cache: skip the call
-                    opened = verified.get(value) or service.open_cookie(value)
+                else:
+                    opened = service.open_cookie(value)
                 if opened is not None:
                     session_id, key, key_index = opened
                     retag = key_index != 0
@@ -438,15 +437,8 @@ class Session:
                 "invalid_cookie", message="Beaker cookie session too large to reseal uncompressed"
             )
             return None
-        s = self._fresh(now, opened.data)
+        s = self._from_beaker(opened, session_id, now)
         s.had_cookie = True
-        s.id = session_id
-        s.is_new = False
-        s.loaded_data = opened.data_bytes
-        s.created = opened.created
-        s.last_accessed = s.last_access = opened.accessed
-        s.domain = s.loaded_domain = opened.domain
-        s.path = s.loaded_path = opened.path
         s.retag = True  # reseal on this response
         service.events.emit(
             "beaker_cookie_accepted", sid=service.sid(session_id),
@@ -504,14 +496,7 @@ class Session:
             if s.version is None:  # deleted, regenerated away or expired since: the old cookie loads nothing
                 return s
         else:
-            s = self._fresh(now, opened.data)
-            s.id = session_id
-            s.is_new = False
-            s.loaded_data = opened.data_bytes
-            s.created = opened.created
-            s.last_accessed = s.last_access = opened.accessed
-            s.domain = s.loaded_domain = opened.domain
-            s.path = s.loaded_path = opened.path
+            s = self._from_beaker(opened, session_id, now)
             if not self._read_only:
                 service.wrote()
                 s.version = version
@@ -523,6 +508,18 @@ class Session:
         )
         return s
 
+    def _from_beaker(self, opened: beaker_compat.BeakerSession, session_id: str, now: float) -> _State:
+        """The loaded state of a verified Beaker session, under the fastsess id it keeps."""
+        s = self._fresh(now, opened.data)
+        s.id = session_id
+        s.is_new = False
+        s.loaded_data = opened.data_bytes
+        s.created = opened.created
+        s.last_accessed = s.last_access = opened.accessed
+        s.domain = s.loaded_domain = opened.domain
+        s.path = s.loaded_path = opened.path
+        return s
+
     def _load_sealed(self, service: SessionService, now: float) -> _State:
         """A cookie-only session: open the first candidate cookie that verifies."""
         candidates = []
@@ -530,7 +527,6 @@ class Session:
             candidates = core.parse_cookie(self._cookie_header, service.cookie_name)
         beaker = service.beaker_compat
         refused = False  # a Beaker value was refused, and its reason logged
-        opened_before = service._opened_sealed
         for value in candidates:
             if beaker and beaker_compat.is_beaker_value(value):
                 s = self._load_beaker_cookie(service, value, now)
@@ -538,8 +534,7 @@ class Session:
                     return s
                 refused = True
                 continue
-            # a returning client's cookie is in the opened cache: skip the call
-            opened = opened_before.get(value) or service.open_sealed(value)
+            opened = service.open_sealed(value)
             if opened is not None:
                 break
         else:
@@ -562,8 +557,7 @@ class Session:
             s.had_cookie = True
             return s
         session_id = core.b64url_encode(raw_id)
-        timeout, absolute = service._timeout, service._absolute_timeout  # is_expired, inline: every load
-        if now > expires_at or (timeout and now - last_access > timeout) or (absolute and now - issued_at > absolute):
+        if now > expires_at or service.is_expired(issued_at, last_access, now):
             service.events.emit("expired", sid=service.sid(session_id), message="cookie session timed out")
             s = self._fresh(now)
             s.had_cookie = True
@@ -613,8 +607,7 @@ class Session:
             flash_data = core.decode_data(flash) if flash is not None else None
         except (ValueError, TypeError):
             return self._corrupt_record(service, session_id, now)
-        timeout, absolute = service._timeout, service._absolute_timeout  # is_expired, inline: every load
-        if (timeout and now - last_access > timeout) or (absolute and now - created > absolute):
+        if service.is_expired(created, last_access, now):
             service.events.emit("expired", sid=service.sid(session_id), message="session timed out")
             return self._fresh(now)
         s = _State(now, data, flash_data)
