@@ -663,7 +663,9 @@ def test_middleware_counter_on_ext_redis_with_string_config(server):
 
 def test_sessions_survive_a_sentinel_failover(tmp_path):
     """The master dies, the Sentinel promotes the replica, and the same cookie reads and writes on."""
-    watched = server_redis.RedisSentinel(tmp_path / "failover", replica=True, down_after_ms=1000).start()
+    # 3 s before the Sentinel calls the master down: on a loaded machine a shorter
+    # wait can fail over early, while the test still writes to the old master.
+    watched = server_redis.RedisSentinel(tmp_path / "failover", replica=True, down_after_ms=3000).start()
     try:
         replica_port = str(watched.replica.port).encode()
         deadline = time.monotonic() + 20
@@ -673,12 +675,19 @@ def test_sessions_survive_a_sentinel_failover(tmp_path):
         mw = middleware(type="redis", url=watched.url, socket_timeout="0.5", connect_timeout="0.5")
         app = webtest.TestApp(mw, extra_environ=HTTPS)
         assert [app.get("/inc").text for _ in range(2)] == ["1", "2"]
+        # Replicated: the replica holds what the master holds (WAIT would not do: it
+        # counts only the writes made on its own connection, here none).
         deadline = time.monotonic() + 20
-        while server_redis.command(watched.master.port, "WAIT", "1", "500") != b":1\r\n":  # replicated
-            assert time.monotonic() < deadline, "the replica never acknowledged the writes"
+        while True:
+            sizes = {server_redis.command(port, "DBSIZE") for port in (watched.master.port, watched.replica.port)}
+            if sizes == {b":1\r\n"}:
+                break
+            assert time.monotonic() < deadline, f"the replica never caught up: {sizes}"
+            time.sleep(0.05)
 
+        assert watched.master_port() == watched.master.port  # no early failover: the writes are on the replica
         watched.master.stop()
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 40
         while watched.master_port() != watched.replica.port:
             assert time.monotonic() < deadline, "the Sentinel did not fail over"
             time.sleep(0.1)
