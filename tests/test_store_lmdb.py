@@ -6,6 +6,7 @@ import ctypes
 import logging
 import multiprocessing
 import os
+import struct
 import subprocess
 import sys
 import threading
@@ -16,7 +17,7 @@ import lmdb
 import pytest
 
 from fastsess.errors import CorruptRecord, StoreError
-from fastsess.stores.base import GONE, StoredRecord
+from fastsess.stores.base import CONFLICT, GONE, StoredRecord
 from fastsess.stores.lmdb import LmdbStore
 from test_store_contract import T0, TTL, FakeClock, increment, join_or_kill, skey
 
@@ -164,6 +165,64 @@ def test_expiry_index_holds_one_entry_per_record(store, clock):
     assert _index_entries(store) == 1
     store.delete(skey("c"))
     assert _index_entries(store) == 0
+
+
+def _index_keys(store: LmdbStore) -> list[bytes]:
+    with store._environment().begin() as txn:
+        return [key for key, _ in txn.cursor(db=store._shared().expiry)]
+
+
+def _granule_entry(seconds: float, key: bytes) -> bytes:
+    return struct.pack(">Q", int(seconds * 1000) // 10_000 * 10_000) + key
+
+
+def test_rewrites_within_an_expiry_granule_leave_the_index_alone(store, clock):
+    # T0 starts a 10-second granule; a busy session's writes keep their one entry there.
+    version = store.create(skey("a"), b"one", T0 + 1)
+    assert _index_keys(store) == [_granule_entry(T0, skey("a"))]
+    version = store.cas(skey("a"), b"two", version, T0 + 9.5)
+    store.touch(skey("a"), T0 + 9.9)
+    assert _index_keys(store) == [_granule_entry(T0, skey("a"))]
+    store.cas(skey("a"), b"three", version, T0 + 10)  # the next granule: the entry moves
+    assert _index_keys(store) == [_granule_entry(T0 + 10, skey("a"))]
+
+
+def test_cleanup_refiles_index_entries_written_in_exact_milliseconds(store, clock):
+    # Earlier releases filed expiries to the millisecond; such entries are moved or used.
+    store.create(skey("live"), b"x", T0 + 5)
+    store.create(skey("gone"), b"x", T0 + 7)
+    store.touch(skey("live"), T0 + TTL)  # its old-style entry below is now stale
+    shared = store._shared()
+    with store._environment().begin(write=True) as txn:
+        for index_key in _index_keys(store):
+            txn.delete(index_key, db=shared.expiry)
+        txn.put(struct.pack(">Q", int((T0 + 5) * 1000) + 3) + skey("live"), b"", db=shared.expiry)
+        txn.put(struct.pack(">Q", int((T0 + 7) * 1000) + 1) + skey("gone"), b"", db=shared.expiry)
+    clock.advance(20)
+    assert store.cleanup(clock.now, 10) == 1
+    assert store.load(skey("gone")) is None
+    assert _index_keys(store) == [_granule_entry(T0 + TTL, skey("live"))]
+    clock.advance(TTL)
+    assert store.cleanup(clock.now, 10) == 1  # the re-filed entry finds the record when it expires
+    assert _index_keys(store) == []
+
+
+def test_versions_grow_per_record_and_never_repeat_after_delete(store, clock):
+    first = store.create(skey("a"), b"x", T0 + TTL)
+    second = store.cas(skey("a"), b"y", first, T0 + TTL)
+    assert second > first
+    store.delete(skey("a"))
+    again = store.create(skey("a"), b"z", T0 + TTL)
+    assert again > second  # a stale writer holding `second` cannot match the new record
+    assert store.cas(skey("a"), b"w", second, T0 + TTL) == CONFLICT
+
+
+def test_versions_ignore_the_global_counter_older_releases_kept(store, clock):
+    with store._environment().begin(write=True) as txn:
+        state = store._environment().open_db(b"state", txn=txn)
+        txn.put(b"version", (2**64 - 1).to_bytes(8, "big"), db=state)
+    version = store.create(skey("a"), b"x", T0 + TTL)
+    assert store.cas(skey("a"), b"y", version, T0 + TTL) > version
 
 
 def test_touch_keeps_version_and_blob(store, clock):

@@ -1,22 +1,29 @@
 """LMDB store: one memory-mapped environment in data_dir, shared by every process and thread.
 
-Layout: four sub-databases in one environment.
+Layout: three sub-databases in one environment.
 
     meta    store key (32 bytes) -> 32-byte header, little-endian:
               format u8 (1), kind u8 (0 record, 1 tombstone), 2 bytes zero,
               blob length u32, version u64, expires_at f64, last_access f64
     data    store key -> blob (records only; a tombstone has none)
-    expiry  8-byte big-endian expiry in whole milliseconds + store key -> b""
-    state   b"version" -> the last version handed out, u64 big-endian
+    expiry  8-byte big-endian start of the record's expiry granule, in whole
+            milliseconds (a multiple of 10 s) + store key -> b""
 
-Metadata and blob are separate entries so touch() rewrites 32 bytes (and
-the index entry) and never the blob, and never bumps the version. cleanup()
-walks the expiry index in order and stops at the first entry in the future,
-so its cost follows the number of expired records, not the store size.
-Versions come from one counter in the environment, bumped in the writing
-transaction, so a version never repeats for any key; a new environment starts
-the counter at the current time in microseconds, above anything an older one
-can have reached.
+Metadata and blob are separate entries so touch() rewrites 32 bytes and
+never the blob, and never bumps the version. cleanup() walks the expiry
+index in order and stops at the first granule that starts in the future, so
+its cost follows the number of expired records, not the store size. The
+index holds granules, not exact expiries, so a record rewritten or touched
+again within its granule leaves the index alone: a busy session dirties two
+sub-databases per write, not three.
+
+A record's next version is max(its last version + 1, the time in
+microseconds), taken in the writing transaction: versions of a key only grow
+while its metadata lives, and one created again after deletion starts above
+anything its earlier life can have reached (writes are microseconds apart).
+An environment written by an older fastsess may hold a "state" sub-database
+(a global version counter) and index entries in exact milliseconds; the
+first is ignored and cleanup() re-files the second.
 
 Durability: commits write through the page cache, so they survive a crash of
 the process. With sync=True every commit is flushed to disk as well and
@@ -84,7 +91,7 @@ _FORMAT = 1
 _RECORD, _TOMBSTONE = 0, 1
 _MS = struct.Struct(">Q")
 _MAX_MS = (1 << 64) - 1
-_VERSION_KEY = b"version"
+_GRANULE_MS = 10_000  # expiry index resolution
 _U64 = (1 << 64) - 1
 _MAINTAIN_EVERY = 1000  # operations between reader_check() and moved-file checks
 _MAP_GRANULE = 1 << 16  # map sizes stay multiples of every common page size
@@ -114,11 +121,12 @@ _graveyard_lock = threading.Lock()  # taken last, never while waiting for anothe
 
 
 def _index_key(expires_at: float, key: bytes) -> bytes:
+    """The expiry index entry: the start of the expiry's granule, then the store key."""
     if not expires_at * 1000 < _MAX_MS:  # also catches inf and nan
         ms = _MAX_MS
     else:
         ms = max(int(expires_at * 1000), 0)
-    return _MS.pack(ms) + key
+    return _MS.pack(ms - ms % _GRANULE_MS) + key
 
 
 def _parse_meta(raw: bytes | None) -> tuple | None:
@@ -129,6 +137,17 @@ def _parse_meta(raw: bytes | None) -> tuple | None:
     if fmt != _FORMAT or kind > _TOMBSTONE:
         return None
     return kind, size, version, expires_at, last_access
+
+
+def _reindex(txn, shared, key: bytes, old: tuple | None, expires_at: float) -> None:
+    """Keep key's one expiry index entry in expires_at's granule; old: the metadata it replaces."""
+    index_key = _index_key(expires_at, key)
+    if old is not None:
+        old_index_key = _index_key(old[3], key)
+        if old_index_key == index_key:
+            return  # the same granule: the expiry index is not written at all
+        txn.delete(old_index_key, db=shared.expiry)
+    txn.put(index_key, b"", db=shared.expiry)
 
 
 def _log_damaged() -> None:
@@ -192,7 +211,7 @@ class _SharedEnv:
         self.max_readers = max_readers
         self.gate = _Gate()
         self.env: lmdb.Environment | None = None
-        self.meta = self.data = self.expiry = self.state = None
+        self.meta = self.data = self.expiry = None
         self.identity: tuple | None = None
         self.users = 0
         self.ops = 0
@@ -277,21 +296,20 @@ class _SharedEnv:
             meta = env.open_db(b"meta")
             data = env.open_db(b"data")
             expiry = env.open_db(b"expiry")
-            state = env.open_db(b"state")
             env.reader_check()
             # Another process may have grown the map beyond our request.
             self.map_size = env.info()["map_size"]
         except BaseException:
             env.close()
             raise
-        self.env, self.meta, self.data, self.expiry, self.state = env, meta, data, expiry, state
+        self.env, self.meta, self.data, self.expiry = env, meta, data, expiry
         self.identity = self._data_identity()
         self.ops = 0
 
     def close_env(self) -> None:
         if self.env is not None:
             self.env.close()
-        self.env = self.meta = self.data = self.expiry = self.state = None
+        self.env = self.meta = self.data = self.expiry = None
 
     def recover(self, failing: lmdb.Environment, reason: str) -> None:
         """Replace an environment that reported corruption, unless someone already did."""
@@ -392,7 +410,7 @@ def _bury_inherited(pid: int) -> None:
                 with _graveyard_lock:
                     _graveyard.append((shared.path, shared.env))
                 # Forget, never close: closing in a child clears the parent's readers.
-                shared.env = shared.meta = shared.data = shared.expiry = shared.state = None
+                shared.env = shared.meta = shared.data = shared.expiry = None
             del _registry[entry_key]
 
 
@@ -565,14 +583,13 @@ class LmdbStore(Store):
             shared.exclusively(repair)
         raise StoreError(f"lmdb store: gave up on {self.data_dir} after {_ATTEMPTS} attempts")
 
-    def _next_version(self, txn, shared: _SharedEnv) -> int:
-        raw = txn.get(_VERSION_KEY, db=shared.state)
-        if raw is not None and len(raw) == 8:
-            version = (int.from_bytes(raw, "big") + 1) & _U64
-        else:
-            version = time.time_ns() // 1000
-        txn.put(_VERSION_KEY, version.to_bytes(8, "big"), db=shared.state)
-        return version
+    @staticmethod
+    def _next_version(old: tuple | None) -> int:
+        """The version a write gives a record whose metadata was old (None: there was none)."""
+        now_us = time.time_ns() // 1000
+        if old is None or old[2] < now_us:
+            return now_us
+        return (old[2] + 1) & _U64
 
     def _live(self, txn, shared: _SharedEnv, key: bytes, now: float) -> tuple | None:
         meta = _parse_meta(txn.get(key, db=shared.meta))
@@ -582,18 +599,13 @@ class LmdbStore(Store):
 
     @staticmethod
     def _put(txn, shared, key, old, kind, version, blob, expires_at, last_access) -> None:
-        """Write meta, data and index entry, dropping the old index entry."""
-        index_key = _index_key(expires_at, key)
-        if old is not None:
-            old_index_key = _index_key(old[3], key)
-            if old_index_key != index_key:
-                txn.delete(old_index_key, db=shared.expiry)
+        """Write meta and data; move the index entry when the expiry left its granule."""
         txn.put(key, _META.pack(_FORMAT, kind, len(blob), version, expires_at, last_access), db=shared.meta)
         if kind == _RECORD:
             txn.put(key, blob, db=shared.data)
         else:
             txn.delete(key, db=shared.data)
-        txn.put(index_key, b"", db=shared.expiry)
+        _reindex(txn, shared, key, old, expires_at)
 
     @staticmethod
     def _check_key(key: bytes) -> None:
@@ -665,7 +677,7 @@ class LmdbStore(Store):
         old = _parse_meta(txn.get(key, db=shared.meta))
         if old is not None and now < old[3]:
             return EXISTS
-        version = self._next_version(txn, shared)
+        version = self._next_version(old)
         self._put(txn, shared, key, old, _RECORD, version, blob, expires_at, now)
         return version
 
@@ -680,7 +692,7 @@ class LmdbStore(Store):
             return GONE
         if old[2] != expected_version:
             return CONFLICT
-        version = self._next_version(txn, shared)
+        version = self._next_version(old)
         self._put(txn, shared, key, old, _RECORD, version, blob, expires_at, now)
         return version
 
@@ -693,13 +705,9 @@ class LmdbStore(Store):
         old = self._live(txn, shared, key, now)
         if old is None or old[0] == _TOMBSTONE:
             return
-        kind, size, version, old_expires, _ = old
-        index_key = _index_key(expires_at, key)
-        old_index_key = _index_key(old_expires, key)
-        if old_index_key != index_key:
-            txn.delete(old_index_key, db=shared.expiry)
-            txn.put(index_key, b"", db=shared.expiry)
+        kind, size, version, _, _ = old
         txn.put(key, _META.pack(_FORMAT, kind, size, version, expires_at, now), db=shared.meta)
+        _reindex(txn, shared, key, old, expires_at)
 
     def delete(self, key: bytes) -> None:
         self._check_key(key)
@@ -736,9 +744,9 @@ class LmdbStore(Store):
         if self._live(txn, shared, new_key, now) is not None:
             return CONFLICT
         existing = _parse_meta(txn.get(new_key, db=shared.meta))
-        version = self._next_version(txn, shared)
+        version = self._next_version(existing)
         self._put(txn, shared, new_key, existing, _RECORD, version, blob, expires_at, now)
-        tombstone_version = self._next_version(txn, shared)
+        tombstone_version = self._next_version(old)
         self._put(txn, shared, old_key, old, _TOMBSTONE, tombstone_version, b"", now + tombstone_seconds, now)
         return version
 
@@ -770,7 +778,7 @@ class LmdbStore(Store):
         if result is None:
             return version
         new_blob, new_expires = result
-        new_version = self._next_version(txn, shared)
+        new_version = self._next_version(old)
         self._put(txn, shared, key, old, _RECORD, new_version, bytes(new_blob), new_expires, now)
         return new_version
 
@@ -781,11 +789,12 @@ class LmdbStore(Store):
         return self._run(True, self._cleanup, now, budget)
 
     def _cleanup(self, txn, shared, now, budget):
-        limit = _index_key(now, b"")
+        limit = _index_key(now, b"")  # the granule now is in: it and every earlier one
         removed = scanned = 0
-        # Entries whose record was rewritten in the same millisecond but not
-        # yet expired are skipped; bound how many a call looks at.
+        # Records of the current granule that have not expired yet are
+        # skipped; bound how many a call looks at.
         scan_limit = 4 * budget + 64
+        refile = []
         cursor = txn.cursor(db=shared.expiry)
         if not cursor.first():
             return 0
@@ -803,15 +812,20 @@ class LmdbStore(Store):
                     txn.delete(key, db=shared.data)
                     removed += 1
                 cursor.delete()
-            elif _index_key(meta[3], key) != index_key:
-                cursor.delete()  # stale entry; the record has another
             elif now > meta[3]:
                 txn.delete(key, db=shared.meta)
                 txn.delete(key, db=shared.data)
                 cursor.delete()
                 removed += 1
+            elif _index_key(meta[3], key) != index_key:
+                # Not where this record's expiry files it: left by a damaged
+                # write or by an older fastsess (exact milliseconds).
+                cursor.delete()
+                refile.append(_index_key(meta[3], key))
             elif not cursor.next():
                 break
+        for index_key in refile:
+            txn.put(index_key, b"", db=shared.expiry)
         return removed
 
     def close(self) -> None:
