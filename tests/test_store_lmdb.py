@@ -17,7 +17,7 @@ import lmdb
 import pytest
 
 from fastsess.errors import CorruptRecord, StoreError
-from fastsess.stores.base import CONFLICT, GONE, StoredRecord
+from fastsess.stores.base import CONFLICT, GONE, TOMBSTONE, StoredRecord
 from fastsess.stores.lmdb import LmdbStore
 from test_store_contract import T0, TTL, FakeClock, increment, join_or_kill, skey
 
@@ -118,10 +118,72 @@ def test_damaged_blob_raises_corrupt_record(store):
     store.create(skey("a"), b"some session data", T0 + TTL)
     shared = store._shared()
     with store._environment().begin(write=True) as txn:
-        txn.put(skey("a"), b"short", db=shared.data)
+        entry = txn.get(skey("a"), db=shared.meta)
+        txn.put(skey("a"), entry[:-3], db=shared.meta)  # the blob is shorter than its header says
     with pytest.raises(CorruptRecord):
         store.load(skey("a"))
     assert store.locked_update(skey("a"), lambda record: (b"x", T0 + TTL)) is GONE
+
+
+# Format 1 (earlier releases): a 32-byte header in meta, the blob in data.
+
+
+def _put_format1(store: LmdbStore, key: bytes, blob: bytes, version: int, expires_at: float, tombstone=False):
+    shared = store._shared()
+    header = struct.pack("<BBxxIQdd", 1, int(tombstone), len(blob), version, expires_at, T0)
+    with store._environment().begin(write=True) as txn:
+        txn.put(key, header, db=shared.meta)
+        if not tombstone:
+            txn.put(key, blob, db=shared.data)
+        txn.put(struct.pack(">Q", int(expires_at * 1000)) + key, b"", db=shared.expiry)
+
+
+def _in_data(store: LmdbStore, key: bytes) -> bytes | None:
+    with store._environment().begin() as txn:
+        return txn.get(key, db=store._shared().data)
+
+
+def test_format1_record_loads_and_its_next_write_moves_it_into_one_entry(store, clock):
+    _put_format1(store, skey("a"), b"old layout", 7, T0 + TTL)
+    assert store.load(skey("a")) == StoredRecord(b"old layout", 7, T0 + TTL, T0)
+    version = store.cas(skey("a"), b"new layout", 7, T0 + TTL)
+    assert version > 7
+    assert store.load(skey("a")) == StoredRecord(b"new layout", version, T0 + TTL, T0)
+    assert _in_data(store, skey("a")) is None
+
+
+def test_format1_record_touch_keeps_its_blob_and_version(store, clock):
+    _put_format1(store, skey("a"), b"old layout", 7, T0 + TTL)
+    clock.advance(10)
+    store.touch(skey("a"), clock.now + TTL)
+    assert store.load(skey("a")) == StoredRecord(b"old layout", 7, clock.now + TTL, clock.now)
+
+
+def test_format1_record_in_locked_update_rotate_and_delete(store, clock):
+    _put_format1(store, skey("a"), b"1", 7, T0 + TTL)
+    version = store.locked_update(skey("a"), lambda record: (record.blob + b"2", T0 + TTL))
+    assert store.load(skey("a")) == StoredRecord(b"12", version, T0 + TTL, T0)
+    _put_format1(store, skey("b"), b"moving", 9, T0 + TTL)
+    new_version = store.rotate(skey("b"), skey("c"), b"moved", T0 + TTL, 60, expected_version=9)
+    assert store.load(skey("c")).version == new_version
+    assert store.load(skey("b")) is TOMBSTONE
+    _put_format1(store, skey("d"), b"bye", 11, T0 + TTL)
+    store.delete(skey("d"))
+    assert store.load(skey("d")) is None
+    assert [_in_data(store, skey(k)) for k in "abcd"] == [None, None, None, None]
+
+
+def test_format1_damaged_blob_and_cleanup(store, clock):
+    _put_format1(store, skey("a"), b"some session data", 7, T0 + TTL)
+    with store._environment().begin(write=True) as txn:
+        txn.put(skey("a"), b"short", db=store._shared().data)
+    with pytest.raises(CorruptRecord):
+        store.load(skey("a"))
+    _put_format1(store, skey("b"), b"expires", 8, T0 + 5)
+    clock.advance(30)
+    assert store.cleanup(clock.now, 10) == 1
+    assert store.load(skey("b")) is None
+    assert _in_data(store, skey("b")) is None
 
 
 def test_damaged_record_raises_corrupt_record_on_the_retrying_path_too(store):

@@ -1,16 +1,23 @@
 """LMDB store: one memory-mapped environment in data_dir, shared by every process and thread.
 
-Layout: three sub-databases in one environment.
+Layout: two sub-databases in one environment (three for older records).
 
-    meta    store key (32 bytes) -> 32-byte header, little-endian:
-              format u8 (1), kind u8 (0 record, 1 tombstone), 2 bytes zero,
+    meta    store key (32 bytes) -> 32-byte header, little-endian, then the blob:
+              format u8 (2), kind u8 (0 record, 1 tombstone), 2 bytes zero,
               blob length u32, version u64, expires_at f64, last_access f64
-    data    store key -> blob (records only; a tombstone has none)
     expiry  8-byte big-endian start of the record's expiry granule, in whole
             milliseconds (a multiple of 10 s) + store key -> b""
+    data    format 1 only: store key -> blob. Releases before format 2 kept
+            the header alone in meta (format 1) and the blob here.
 
-Metadata and blob are separate entries so touch() rewrites 32 bytes and
-never the blob, and never bumps the version. cleanup() walks the expiry
+One entry per record: a read is one lookup and a write dirties one page of
+meta, where two entries cost a second B-tree on every read and write. LMDB
+copies a page on every change anyway, so touch() rewriting the entry costs
+no more than rewriting a 32-byte header; it keeps the blob's bytes and the
+version. Format-1 records stay readable, and their next write stores them
+in format 2 and drops the data entry, so an upgrade logs nobody out.
+
+cleanup() walks the expiry
 index in order and stops at the first granule that starts in the future, so
 its cost follows the number of expired records, not the store size. The
 index holds granules, not exact expiries, so a record rewritten or touched
@@ -87,7 +94,9 @@ from .base import (
 logger = logging.getLogger("fastsess")
 
 _META = struct.Struct("<BBxxIQdd")
-_FORMAT = 1
+_HEADER = _META.size
+_FORMAT = 2  # header and blob in one meta entry
+_FORMAT_SPLIT = 1  # older releases: the header alone, the blob in the data sub-database
 _RECORD, _TOMBSTONE = 0, 1
 _MS = struct.Struct(">Q")
 _MAX_MS = (1 << 64) - 1
@@ -130,13 +139,21 @@ def _index_key(expires_at: float, key: bytes) -> bytes:
 
 
 def _parse_meta(raw: bytes | None) -> tuple | None:
-    """(kind, size, version, expires_at, last_access), or None when missing or damaged."""
-    if raw is None or len(raw) != _META.size:
+    """(kind, size, version, expires_at, last_access, split), or None when missing or damaged.
+
+    split: a format-1 entry, whose blob is in the data sub-database.
+    """
+    if raw is None or len(raw) < _HEADER:
         return None
-    fmt, kind, size, version, expires_at, last_access = _META.unpack(raw)
-    if fmt != _FORMAT or kind > _TOMBSTONE:
+    fmt, kind, size, version, expires_at, last_access = _META.unpack_from(raw)
+    if kind > _TOMBSTONE:
         return None
-    return kind, size, version, expires_at, last_access
+    if fmt == _FORMAT:
+        if len(raw) != _HEADER + size:
+            return None
+    elif fmt != _FORMAT_SPLIT or len(raw) != _HEADER:
+        return None
+    return kind, size, version, expires_at, last_access, fmt == _FORMAT_SPLIT
 
 
 def _reindex(txn, shared, key: bytes, old: tuple | None, expires_at: float) -> None:
@@ -599,11 +616,9 @@ class LmdbStore(Store):
 
     @staticmethod
     def _put(txn, shared, key, old, kind, version, blob, expires_at, last_access) -> None:
-        """Write meta and data; move the index entry when the expiry left its granule."""
-        txn.put(key, _META.pack(_FORMAT, kind, len(blob), version, expires_at, last_access), db=shared.meta)
-        if kind == _RECORD:
-            txn.put(key, blob, db=shared.data)
-        else:
+        """Write the entry; move the index entry when the expiry left its granule."""
+        txn.put(key, _META.pack(_FORMAT, kind, len(blob), version, expires_at, last_access) + blob, db=shared.meta)
+        if old is not None and old[5]:
             txn.delete(key, db=shared.data)
         _reindex(txn, shared, key, old, expires_at)
 
@@ -632,7 +647,9 @@ class LmdbStore(Store):
                     txn = env.begin()
                     try:
                         raw = txn.get(key, db=shared.meta)
-                        blob = None if raw is None else txn.get(key, db=shared.data)
+                        blob = None
+                        if raw is not None and raw[0] == _FORMAT_SPLIT:
+                            blob = txn.get(key, db=shared.data)
                     finally:
                         txn.abort()
                 except lmdb.Error:
@@ -648,20 +665,24 @@ class LmdbStore(Store):
 
     def _load(self, txn, shared, key):
         raw = txn.get(key, db=shared.meta)
-        return self._loaded(raw, None if raw is None else txn.get(key, db=shared.data))
+        split = raw is not None and raw[0] == _FORMAT_SPLIT
+        return self._loaded(raw, txn.get(key, db=shared.data) if split else None)
 
     def _loaded(self, raw: bytes | None, blob: bytes | None) -> LoadResult:
+        """The record in an entry; blob: a format-1 entry's blob from the data sub-database."""
         if raw is None:
             return None
         meta = _parse_meta(raw)
         if meta is None:
             raise self._damaged()
-        kind, size, version, expires_at, last_access = meta
+        kind, size, version, expires_at, last_access, split = meta
         if self.clock() > expires_at:
             return None
         if kind == _TOMBSTONE:
             return TOMBSTONE
-        if blob is None or len(blob) != size:
+        if not split:
+            blob = raw[_HEADER:]
+        elif blob is None or len(blob) != size:
             raise self._damaged()
         return record_from((blob, version, expires_at, last_access))
 
@@ -674,9 +695,12 @@ class LmdbStore(Store):
 
     def _create(self, txn, shared, key, blob, expires_at):
         now = self.clock()
-        old = _parse_meta(txn.get(key, db=shared.meta))
+        raw = txn.get(key, db=shared.meta)
+        old = _parse_meta(raw)
         if old is not None and now < old[3]:
             return EXISTS
+        if raw is not None and old is None:  # a damaged entry: its format-1 blob may linger
+            txn.delete(key, db=shared.data)
         version = self._next_version(old)
         self._put(txn, shared, key, old, _RECORD, version, blob, expires_at, now)
         return version
@@ -702,11 +726,15 @@ class LmdbStore(Store):
 
     def _touch(self, txn, shared, key, expires_at):
         now = self.clock()
-        old = self._live(txn, shared, key, now)
-        if old is None or old[0] == _TOMBSTONE:
+        raw = txn.get(key, db=shared.meta)
+        old = _parse_meta(raw)
+        if old is None or now > old[3] or old[0] == _TOMBSTONE:
             return
-        kind, size, version, _, _ = old
-        txn.put(key, _META.pack(_FORMAT, kind, size, version, expires_at, now), db=shared.meta)
+        kind, size, version, _, _, split = old
+        if split:  # the blob stays where it is
+            txn.put(key, _META.pack(_FORMAT_SPLIT, kind, size, version, expires_at, now), db=shared.meta)
+        else:
+            txn.put(key, _META.pack(_FORMAT, kind, size, version, expires_at, now) + raw[_HEADER:], db=shared.meta)
         _reindex(txn, shared, key, old, expires_at)
 
     def delete(self, key: bytes) -> None:
@@ -718,7 +746,8 @@ class LmdbStore(Store):
         if old is not None:
             txn.delete(_index_key(old[3], key), db=shared.expiry)
         txn.delete(key, db=shared.meta)
-        txn.delete(key, db=shared.data)
+        if old is None or old[5]:  # format 1, or damaged: a blob may be in data
+            txn.delete(key, db=shared.data)
 
     def rotate(
         self,
@@ -762,11 +791,14 @@ class LmdbStore(Store):
 
     def _locked_update(self, txn, shared, key, fn, seen):
         now = self.clock()
-        old = self._live(txn, shared, key, now)
-        if old is None or old[0] == _TOMBSTONE:
+        raw = txn.get(key, db=shared.meta)
+        old = _parse_meta(raw)
+        if old is None or now > old[3] or old[0] == _TOMBSTONE:
+            if raw is not None and old is None:
+                _log_damaged()
             return GONE
-        kind, size, version, expires_at, last_access = old
-        blob = txn.get(key, db=shared.data)
+        kind, size, version, expires_at, last_access, split = old
+        blob = txn.get(key, db=shared.data) if split else raw[_HEADER:]
         if blob is None or len(blob) != size:
             _log_damaged()
             return GONE
@@ -814,7 +846,8 @@ class LmdbStore(Store):
                 cursor.delete()
             elif now > meta[3]:
                 txn.delete(key, db=shared.meta)
-                txn.delete(key, db=shared.data)
+                if meta[5]:
+                    txn.delete(key, db=shared.data)
                 cursor.delete()
                 removed += 1
             elif _index_key(meta[3], key) != index_key:
