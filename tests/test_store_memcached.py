@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import re
+import threading
 import time
 
 import pytest
@@ -201,6 +202,57 @@ def test_a_record_too_large_for_memcached_is_a_store_error_and_the_node_stays_us
         store.create(skey("big"), b"x" * (2 * 1024 * 1024), clock() + 60)
     assert isinstance(store.create(skey("small"), b"x", clock() + 60), int)
     assert store.load(skey("small")).blob == b"x"
+
+
+# ---------------------------------------------------------------- connections
+
+
+def total_connections(server) -> int:
+    """Connections the server accepted so far (the probe's own included)."""
+    stats = command(server.port, "stats").decode()
+    return int(re.search(r"STAT total_connections (\d+)", stats).group(1))
+
+
+def test_sequential_commands_reuse_one_connection(store, memcached_server):  # noqa: F811
+    store.create(skey("a"), b"data", store.clock() + 60)
+    before = total_connections(memcached_server)
+    for _ in range(20):
+        assert store.load(skey("a")).blob == b"data"
+    assert total_connections(memcached_server) == before + 1  # only the probe connected
+
+
+def test_threads_never_share_a_connection(store, memcached_server):  # noqa: F811
+    # A shared connection would interleave replies: a thread would read another's value.
+    for i in range(8):
+        store.create(skey(f"k{i}"), f"value {i}".encode() * 50, store.clock() + 60)
+    errors = []
+
+    def reader(i: int) -> None:
+        for _ in range(200):
+            record = store.load(skey(f"k{i}"))
+            if record is None or record.blob != f"value {i}".encode() * 50:
+                errors.append((i, record))
+
+    threads = [threading.Thread(target=reader, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    (node,) = store._nodes.values()
+    assert 1 <= len(node.pool._idle) <= 8  # one connection per concurrent thread at most
+
+
+def test_a_failed_connection_is_dropped_and_the_next_command_reconnects(store, memcached_server):  # noqa: F811
+    store.create(skey("a"), b"data", store.clock() + 60)
+    (node,) = store._nodes.values()
+    (client,) = node.pool._idle
+    client.sock.close()  # the connection breaks under the idle client
+    with pytest.raises(StoreError):
+        store.load(skey("a"))
+    assert len(node.pool._idle) == 0
+    assert store.load(skey("a")).blob == b"data"
+    assert len(node.pool._idle) == 1 and node.pool._idle[0] is not client
 
 
 # ---------------------------------------------------------------- several nodes
