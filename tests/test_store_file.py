@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import fcntl
 import logging
 import os
@@ -310,3 +312,89 @@ def test_requests_while_out_of_descriptors_fail_cleanly_and_later_ones_complete(
     # Enough new sessions to cover every stripe, almost surely the ones that failed too.
     served = finishes(lambda: [request() for _ in range(2000)], timeout=60)
     assert all(len(set_cookies(headers)) == 1 for headers in served)
+
+
+# ---------------------------------------------------------------- moving a written file in place
+
+
+def _count_calls(monkeypatch, module, name: str) -> list:
+    calls: list = []
+    original = getattr(module, name)
+
+    def counting(*args, **kwargs):
+        calls.append(args)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, counting)
+    return calls
+
+
+@pytest.mark.skipif(file_module._renameat2 is None, reason="renameat2 is Linux-only")
+def test_a_rewrite_exchanges_names_instead_of_replacing(store, monkeypatch):
+    # os.replace over an existing file makes ext4 write the data out first (~150 us).
+    version = store.create(skey("a"), b"one", T0 + TTL)
+    replaces = _count_calls(monkeypatch, os, "replace")
+    version = store.cas(skey("a"), b"two", version, T0 + TTL)
+    store.touch(skey("a"), T0 + TTL / 2)  # a capped expiry: touch rewrites the file
+    assert replaces == []
+    assert store.load(skey("a")).blob == b"two"
+    assert store.load(skey("a")).version == version
+    assert [p.name for p in record_path(store, skey("a")).parent.iterdir()] == [record_path(store, skey("a")).name]
+
+
+def test_a_new_record_is_renamed_into_place(store, monkeypatch):
+    replaces = _count_calls(monkeypatch, os, "replace")
+    store.create(skey("a"), b"one", T0 + TTL)
+    assert len(replaces) == 1  # nothing to exchange with: a plain rename, which costs no flush
+    assert store.load(skey("a")).blob == b"one"
+
+
+def test_a_filesystem_that_refuses_the_exchange_falls_back_to_replace(store, monkeypatch):
+    def refuse(*args):
+        ctypes.set_errno(errno.EINVAL)
+        return -1
+
+    monkeypatch.setattr(file_module, "_renameat2", (refuse, ctypes.get_errno))
+    store._exchange = True
+    replaces = _count_calls(monkeypatch, os, "replace")
+    version = store.create(skey("a"), b"one", T0 + TTL)
+    store.cas(skey("a"), b"two", version, T0 + TTL)
+    assert store.load(skey("a")).blob == b"two"
+    assert store._exchange is False  # asked once, then never again
+    assert len(replaces) == 2
+
+
+def test_an_exchange_failure_is_a_store_error_and_leaves_no_temporary_file(store, monkeypatch):
+    version = store.create(skey("a"), b"one", T0 + TTL)
+
+    def fail(*args):
+        ctypes.set_errno(errno.EIO)
+        return -1
+
+    monkeypatch.setattr(file_module, "_renameat2", (fail, ctypes.get_errno))
+    store._exchange = True
+    with pytest.raises(StoreError):
+        store.cas(skey("a"), b"two", version, T0 + TTL)
+    assert store.load(skey("a")).blob == b"one"
+    assert [p.name for p in record_path(store, skey("a")).parent.iterdir()] == [record_path(store, skey("a")).name]
+
+
+def test_readers_never_miss_a_record_while_it_is_rewritten(store):
+    version = store.create(skey("a"), b"0", T0 + TTL)
+    seen: list = []
+    done = threading.Event()
+
+    def read() -> None:
+        while not done.is_set():
+            record = store.load(skey("a"))
+            seen.append(None if record is None else record.blob)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for i in range(1, 300):
+            version = store.cas(skey("a"), str(i).encode(), version, T0 + TTL)
+    finally:
+        done.set()
+        reader.join()
+    assert seen and None not in seen

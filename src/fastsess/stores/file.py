@@ -2,8 +2,19 @@
 
 Layout. A record for store key K lives at data_dir/K[0:2]/K[2:4]/K in lower-case
 hex, so names never carry anything but hex digits of a SHA-256 digest. Writes
-go to a temporary file in the same directory and are moved in place with
-os.replace, so readers never lock and never see a torn file.
+go to a temporary file in the same directory and are moved in place
+atomically, so readers never lock and never see a torn or missing file.
+
+Moving in place. Over an existing file, os.replace (rename) costs about 150
+us on ext4, not for the rename: ext4 (and btrfs) see "replace via rename"
+and write the new file's data out first (auto_da_alloc), a guard for
+programs that never fsync. On Linux the store swaps the two names instead,
+renameat2(RENAME_EXCHANGE), atomic just the same, and unlinks the old file
+now under the temporary name: about 30 us for the whole write. What the
+guard gave is not lost here: a session file is whole after a crash of the
+process either way, and a power loss is what fsync=True is for (a file
+damaged by one reads as missing). Where the exchange is not available (not
+Linux, an old C library, a filesystem that refuses it) os.replace is used.
 
 File content: a 40-byte header, then the blob.
 
@@ -59,6 +70,7 @@ import logging
 import math
 import os
 import struct
+import sys
 import threading
 import time
 import zlib
@@ -85,6 +97,28 @@ _MAX_SECONDS = 1 << 33
 # Temporary files older than this (by ctime) are leftovers of a crashed writer.
 _STALE_TMP_SECONDS = 3600
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
+def _load_renameat2():
+    """libc's renameat2 through ctypes, or None (not Linux, or a C library without it)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (ImportError, OSError, AttributeError):
+        return None
+    renameat2.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint)
+    renameat2.restype = ctypes.c_int
+    return renameat2, ctypes.get_errno
+
+
+_renameat2 = _load_renameat2()
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+#: renameat2 errors meaning "not here": the kernel, C library or filesystem cannot exchange
+_NO_EXCHANGE = frozenset((errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EPERM))
 
 
 class _Stored(NamedTuple):
@@ -149,6 +183,7 @@ class FileStore(Store):
         super().__init__(clock)
         self.data_dir = os.path.abspath(data_dir)
         self.fsync = fsync
+        self._exchange = _renameat2 is not None  # cleared when this filesystem refuses
         self._lock_dir = os.path.join(self.data_dir, "locks")
         try:
             os.makedirs(self._lock_dir, mode=0o700, exist_ok=True)
@@ -327,7 +362,7 @@ class FileStore(Store):
             # atime just after mtime (and after ctime, for a live record) keeps
             # relatime mounts from writing an atime update on every load.
             os.utime(tmp, ns=(mtime + 1, mtime))
-            os.replace(tmp, path)
+            self._move_in(tmp, path)
             if self.fsync:
                 self._fsync_dir(os.path.dirname(path))
         except OSError as exc:
@@ -336,6 +371,23 @@ class FileStore(Store):
             except OSError:
                 pass
             raise self._error("write a session file", exc) from None
+
+    def _move_in(self, tmp: str, path: str) -> None:
+        """Put the file tmp at path atomically: exchange the two names where possible, else os.replace."""
+        if self._exchange:
+            renameat2, get_errno = _renameat2
+            if renameat2(_AT_FDCWD, os.fsencode(tmp), _AT_FDCWD, os.fsencode(path), _RENAME_EXCHANGE) == 0:
+                try:
+                    os.unlink(tmp)  # now the record it replaced
+                except OSError:
+                    pass  # written all the same; cleanup removes stale temporary files
+                return
+            err = get_errno()
+            if err in _NO_EXCHANGE:
+                self._exchange = False
+            elif err != errno.ENOENT:  # ENOENT: nothing at path yet, and a rename adds it
+                raise OSError(err, os.strerror(err), path)
+        os.replace(tmp, path)
 
     @staticmethod
     def _fsync_dir(path: str) -> None:
