@@ -19,6 +19,7 @@ from collections.abc import MutableMapping
 
 import pytest
 
+import fastsess.session as session_module
 from fastsess import core
 from fastsess.config import load_config
 from fastsess.errors import ConflictError, CorruptRecord, SessionTooLarge, StoreError
@@ -1465,6 +1466,50 @@ def test_store_error_on_write_is_logged_not_raised_when_anonymous():
     session.persist()
     assert env.data(sid) == {"a": 1}
     assert "store_error" in env.event_names()
+
+
+# ---------------------------------------------------------------- automatic cleanup
+
+
+def _write_new_sessions(env: Env, count: int) -> None:
+    for i in range(count):
+        session = env.request()
+        session["n"] = i
+        session.save()
+        session.persist()
+
+
+def test_every_cleanup_every_writes_one_bounded_cleanup_step_runs(env, monkeypatch):
+    monkeypatch.setattr(session_module, "CLEANUP_EVERY", 3)
+    expired = env.existing(a=1)
+    env.clock.advance(TIMEOUT + 1)
+    env.service._writes = 0
+    steps: list = []
+    original = env.store.cleanup_step
+    monkeypatch.setattr(env.store, "cleanup_step", lambda now, budget: steps.append(budget) or original(now, budget))
+    _write_new_sessions(env, 2)
+    assert steps == []
+    _write_new_sessions(env, 1)
+    assert steps == [session_module.CLEANUP_BUDGET]
+    assert env.store.peek(store_key(expired)) is None
+    assert ("cleanup", {"sid": None, "removed": 1}) in env.events
+    _write_new_sessions(env, 3)
+    assert len(steps) == 2
+
+
+def test_a_failing_cleanup_step_is_an_event_and_the_write_stands(env, monkeypatch):
+    monkeypatch.setattr(session_module, "CLEANUP_EVERY", 1)
+
+    def down(now, budget):
+        raise StoreError("disk gone")
+
+    monkeypatch.setattr(env.store, "cleanup_step", down)
+    session = env.request()
+    session["a"] = 1
+    session.save()
+    session.persist()
+    assert env.data(session.id) == {"a": 1}
+    assert env.event_names() == ["created", "store_error"]
 
 
 # ---------------------------------------------------------------- what never reaches the logs

@@ -398,3 +398,25 @@ def test_readers_never_miss_a_record_while_it_is_rewritten(store):
         done.set()
         reader.join()
     assert seen and None not in seen
+
+
+def _key_in_stripe(stripe: int, label: str) -> bytes:
+    return bytes([stripe]) + skey(label)[1:]
+
+
+def test_cleanup_step_looks_at_one_top_level_shard_per_call(store, clock, monkeypatch):
+    # cleanup() keeps looking until its budget is spent; the step a write pays for never does.
+    keys = [_key_in_stripe(stripe, str(stripe)) for stripe in (5, 6, 200)]
+    for key in keys:
+        store.create(key, b"x", T0 + 10)
+    clock.advance(20)
+    shards = _count_calls(monkeypatch, store, "_cleanup_shard")
+    store._cleanup_cursor = 5
+    assert store.cleanup_step(clock.now, 100) == 1
+    assert store.cleanup_step(clock.now, 100) == 1
+    assert len(shards) == 2
+    assert [store.load(key) is None and not record_path(store, key).exists() for key in keys[:2]] == [True, True]
+    assert record_path(store, keys[2]).exists()
+    removed = sum(store.cleanup_step(clock.now, 100) for _ in range(254))
+    assert removed == 1 and session_files(store) == []
+    assert store._cleanup_cursor == 5  # a full turn

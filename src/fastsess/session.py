@@ -241,7 +241,7 @@ class SessionService:
         if self._writes % CLEANUP_EVERY:
             return
         try:
-            removed = self.store.cleanup(self.clock(), CLEANUP_BUDGET)
+            removed = self.store.cleanup_step(self.clock(), CLEANUP_BUDGET)
         except StoreError as exc:
             self.events.emit("store_error", message=f"cleanup failed: {type(exc).__name__}")
             return

@@ -111,7 +111,20 @@ class Store(ABC):
 
     @abstractmethod
     def cleanup(self, now: float, budget: int) -> int:
-        """Remove at most `budget` expired records and tombstones; return how many."""
+        """Remove at most `budget` expired records and tombstones; return how many.
+
+        Fewer than `budget` means none are left: `fastsess cleanup` calls it
+        until then.
+        """
+
+    def cleanup_step(self, now: float, budget: int) -> int:
+        """Automatic cleanup's share of a write: at most `budget` removals, for a bounded cost.
+
+        Unlike cleanup(), it may stop before it has looked everywhere; repeated
+        calls cover the whole store. Stores that find expired records through
+        an index (its cost follows the removals) keep this default.
+        """
+        return self.cleanup(now, budget)
 
     def locked_update(self, key: bytes, fn: UpdateFn) -> WriteResult:
         """Run fn on the live record under the store's lock and write its result.

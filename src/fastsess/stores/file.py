@@ -523,6 +523,18 @@ class FileStore(Store):
                 return removed
         return removed
 
+    def cleanup_step(self, now: float, budget: int) -> int:
+        """One top-level shard (1/256 of the store) from the cursor: a scan that never covers everything.
+
+        cleanup() keeps looking until it has removed `budget` files, so with
+        nothing expired it would stat every session file; a write must not pay that.
+        """
+        if budget <= 0:
+            return 0
+        stripe = self._cleanup_cursor
+        self._cleanup_cursor = (stripe + 1) % _STRIPES
+        return self._cleanup_shard(stripe, _ns(now), budget)
+
     def _cleanup_shard(self, stripe: int, now_ns: int, budget: int) -> int:
         top = os.path.join(self.data_dir, f"{stripe:02x}")
         expired = []
