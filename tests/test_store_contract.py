@@ -361,6 +361,24 @@ def test_cleanup_with_zero_budget_removes_nothing(store, clock):
     assert store.cleanup(clock.now, 0) == 0
 
 
+
+def test_cleanup_steps_stay_within_budget_and_cover_the_store(store, clock):
+    # The automatic cleanup a write pays for: bounded steps that, repeated, remove every expired record.
+    for i in range(5):
+        store.create(skey(f"short{i}"), b"x", T0 + 10)
+    store.create(skey("long"), b"y", T0 + 1000)
+    clock.advance(100)
+    removed = []
+    for _ in range(600):  # the file store needs a turn over its 256 shards
+        removed.append(store.cleanup_step(clock.now, 2))
+        if sum(removed) == 5:
+            break
+    assert max(removed) <= 2 and sum(removed) == 5
+    assert store.cleanup_step(clock.now, 0) == 0
+    assert store.load(skey("long")).blob == b"y"
+    assert all(store.load(skey(f"short{i}")) is None for i in range(5))
+
+
 # -- damaged records
 
 

@@ -6,6 +6,7 @@ multi-process server each see their own sessions.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections import OrderedDict
@@ -125,6 +126,23 @@ class MemoryStore(Store):
     def cleanup(self, now: float, budget: int) -> int:
         with self._lock:
             expired = [k for k, e in self._entries.items() if now > e[_EXPIRES]][:budget]
+            for key in expired:
+                del self._entries[key]
+            return len(expired)
+
+    def cleanup_step(self, now: float, budget: int) -> int:
+        """Look at the least recently used entries only (at most 4 x budget), where expired ones gather.
+
+        cleanup() reads every entry under the store's lock; a write must not
+        hold every other request up for that.
+        """
+        with self._lock:
+            expired = []
+            for key, entry in itertools.islice(self._entries.items(), 4 * max(budget, 0)):
+                if now > entry[_EXPIRES]:
+                    expired.append(key)
+                    if len(expired) >= budget:
+                        break
             for key in expired:
                 del self._entries[key]
             return len(expired)
