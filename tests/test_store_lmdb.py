@@ -186,6 +186,17 @@ def test_format1_damaged_blob_and_cleanup(store, clock):
     assert _in_data(store, skey("b")) is None
 
 
+@pytest.mark.parametrize("entry", [b"", b"\x01", b"\x02" + bytes(40)])
+def test_an_empty_or_cut_entry_raises_corrupt_record(store, entry):
+    store.create(skey("a"), b"some session data", T0 + TTL)
+    with store._environment().begin(write=True) as txn:
+        txn.put(skey("a"), entry, db=store._shared().meta)
+    with pytest.raises(CorruptRecord):
+        store.load(skey("a"))
+    assert isinstance(store.create(skey("a"), b"fresh", T0 + TTL), int)  # a write treats it as missing
+    assert store.load(skey("a")).blob == b"fresh"
+
+
 def test_damaged_record_raises_corrupt_record_on_the_retrying_path_too(store):
     store.create(skey("a"), b"some session data", T0 + TTL)
     shared = store._shared()

@@ -17,12 +17,11 @@ no more than rewriting a 32-byte header; it keeps the blob's bytes and the
 version. Format-1 records stay readable, and their next write stores them
 in format 2 and drops the data entry, so an upgrade logs nobody out.
 
-cleanup() walks the expiry
-index in order and stops at the first granule that starts in the future, so
-its cost follows the number of expired records, not the store size. The
-index holds granules, not exact expiries, so a record rewritten or touched
-again within its granule leaves the index alone: a busy session dirties two
-sub-databases per write, not three.
+cleanup() walks the expiry index in order and stops at the first granule
+that starts in the future, so its cost follows the number of expired
+records, not the store size. The index holds granules, not exact expiries,
+so a record rewritten or touched again within its granule leaves the index
+alone: a busy session's write changes one entry of one sub-database.
 
 A record's next version is max(its last version + 1, the time in
 microseconds), taken in the writing transaction: versions of a key only grow
@@ -97,6 +96,7 @@ _META = struct.Struct("<BBxxIQdd")
 _HEADER = _META.size
 _FORMAT = 2  # header and blob in one meta entry
 _FORMAT_SPLIT = 1  # older releases: the header alone, the blob in the data sub-database
+_SPLIT_PREFIX = bytes((_FORMAT_SPLIT,))
 _RECORD, _TOMBSTONE = 0, 1
 _MS = struct.Struct(">Q")
 _MAX_MS = (1 << 64) - 1
@@ -648,7 +648,7 @@ class LmdbStore(Store):
                     try:
                         raw = txn.get(key, db=shared.meta)
                         blob = None
-                        if raw is not None and raw[0] == _FORMAT_SPLIT:
+                        if raw is not None and raw[:1] == _SPLIT_PREFIX:
                             blob = txn.get(key, db=shared.data)
                     finally:
                         txn.abort()
@@ -665,7 +665,7 @@ class LmdbStore(Store):
 
     def _load(self, txn, shared, key):
         raw = txn.get(key, db=shared.meta)
-        split = raw is not None and raw[0] == _FORMAT_SPLIT
+        split = raw is not None and raw[:1] == _SPLIT_PREFIX
         return self._loaded(raw, txn.get(key, db=shared.data) if split else None)
 
     def _loaded(self, raw: bytes | None, blob: bytes | None) -> LoadResult:
