@@ -19,7 +19,7 @@ import webtest
 from fastsess import SessionMiddleware
 from fastsess.errors import ConfigError, StoreError
 from fastsess.stores.base import CONFLICT, EXISTS, GONE, TOMBSTONE, StoredRecord
-from fastsess.stores.memcached import MemcachedStore, parse_servers
+from fastsess.stores.memcached import MemcachedStore, _MetaClient, parse_servers
 from server_memcached import command, memcached_server, memcached_servers, start_server  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.servers
@@ -399,6 +399,34 @@ def test_service_resumes_after_restart_and_serves_nothing_stale(two_nodes):
     assert store.cas(on_a, b"x", version, time.time() + 60) is GONE
     assert isinstance(store.create(on_a, b"after", time.time() + 60), int)
     assert store.load(on_a).blob == b"after"
+
+
+def test_a_restart_while_connections_idle_costs_no_request_an_error(two_nodes):
+    a, _ = two_nodes
+    store = failure_store(two_nodes, breaker_threshold=2)
+    on_a = key_on(store, a)
+    store.create(on_a, b"before", time.time() + 60)
+    pool = store._pool(store._nodes[a.address])
+    extra = [_MetaClient(pool._server, connect_timeout=TIMEOUT, timeout=TIMEOUT) for _ in range(3)]
+    for client in extra:
+        client.meta(b"mn\r\n")  # connected, then idle in the pool
+        pool._idle.append(client)
+    a.stop()
+    a.restart()  # same port, empty: every idle connection is dead
+    for _ in range(5):
+        assert store.load(on_a) is None  # never a StoreError, and the breaker (threshold 2) stays shut
+    assert isinstance(store.create(on_a, b"after", time.time() + 60), int)
+    assert store.load(on_a).blob == b"after"
+
+
+def test_a_closed_connection_to_a_stopped_server_is_still_a_store_error(two_nodes):
+    a, _ = two_nodes
+    store = failure_store(two_nodes)
+    on_a = key_on(store, a)
+    store.create(on_a, b"before", time.time() + 60)
+    a.stop()  # the retry on a new connection is refused
+    error, elapsed = timed(store.load, on_a)
+    assert isinstance(error, StoreError) and elapsed < BOUND
 
 
 def test_store_error_in_rotate_takes_the_new_record_back(two_nodes):

@@ -12,7 +12,11 @@ a deque of idle clients: a thread pops one (or connects a new one when none
 is idle) and appends it back after a clean reply, both atomic without a lock.
 pymemcache's PooledClient does the same job with a lock, a generator context
 manager and an idle clock, 2.2 us per command against 0.07 us here, and a
-read is one command.
+read is one command. An idle connection the server closed meanwhile (it was
+restarted) fails at once, with a reset or end of stream rather than a
+timeout: the command is sent once more on a new connection, so a restart
+costs no request an error and does not count towards the breaker. A timeout
+is never retried.
 
 Commands. The store speaks memcached's meta protocol, because the classic
 commands cannot give what the interface needs in one round trip each:
@@ -114,6 +118,8 @@ _HEADER_SIZE = _HEADER.size
 
 # Errors that mean the node is unreachable; they count against its breaker.
 _CONNECTION_ERRORS = (OSError, MemcacheUnexpectedCloseError)
+#: how an idle connection the server has closed fails: at once, never by timing out
+_CLOSED_BY_SERVER = (ConnectionResetError, BrokenPipeError, MemcacheUnexpectedCloseError)
 
 
 def parse_servers(url: str | Iterable[str]) -> list[str]:
@@ -208,10 +214,17 @@ class _MetaPool:
         try:
             client = self._idle.pop()
         except IndexError:
-            client = _MetaClient(
-                self._server, connect_timeout=self._connect_timeout, timeout=self._timeout, no_delay=True
-            )
-        reply = client.meta(command)  # on failure the client closed itself and is dropped here
+            return self._on_new_connection(command)
+        try:
+            reply = client.meta(command)  # on failure the client closed itself and is dropped here
+        except _CLOSED_BY_SERVER:
+            return self._on_new_connection(command)  # closed while idle: the server was restarted
+        self._idle.append(client)
+        return reply
+
+    def _on_new_connection(self, command: bytes) -> tuple[bytes, bytes | None]:
+        client = _MetaClient(self._server, connect_timeout=self._connect_timeout, timeout=self._timeout, no_delay=True)
+        reply = client.meta(command)
         self._idle.append(client)
         return reply
 
