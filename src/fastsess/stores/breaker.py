@@ -16,7 +16,12 @@ from ..errors import StoreError
 
 
 class CircuitBreaker:
-    """Thread-safe; one per store (and so per process)."""
+    """Thread-safe; one per store (and so per process).
+
+    The closed state is read without the lock: a failure recorded by another
+    thread at that moment lets one more call through, which is what a closed
+    breaker does anyway.
+    """
 
     def __init__(self, threshold: int = 5, cooldown: float = 5.0, clock: Callable[[], float] = time.monotonic):
         self.threshold = threshold
@@ -28,6 +33,8 @@ class CircuitBreaker:
 
     def before_call(self, what: str) -> None:
         """Raise StoreError while the breaker is open; let one trial call through after the cooldown."""
+        if self._failures < self.threshold:  # closed, as nearly always: no lock to take
+            return
         with self._lock:
             if self._failures < self.threshold:
                 return
@@ -37,6 +44,8 @@ class CircuitBreaker:
             self._open_until = now + self.cooldown  # half-open: this caller is the trial
 
     def succeeded(self) -> None:
+        if not self._failures:  # nothing to reset, as nearly always
+            return
         with self._lock:
             self._failures = 0
             self._open_until = 0.0
