@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import struct
+import time
 
 import pytest
 
 from fastsess import SessionMiddleware, core
 from fastsess.cli import main, read_ini
 from fastsess.config import Config, collect_options
+from fastsess.stores.lmdb import LmdbStore
 
 SECRET = "s" * 40
 
@@ -70,6 +73,37 @@ def test_inspect_rejects_a_forged_cookie(ini, capsys):
     forged = "session=" + core.b64url_encode(b"\x01" * 50)
     assert main(["inspect", "--config", str(ini), forged]) == 1
     assert "does not verify" in capsys.readouterr().out
+
+
+def id_keys(ini_path):
+    """The id-cookie keys a middleware built from ini_path verifies with."""
+    mw = SessionMiddleware(lambda e, s: [], read_ini(str(ini_path)))
+    try:
+        return mw.service.keys.id_keys
+    finally:
+        mw.close()
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        b"garbage",  # the store cannot parse it
+        struct.pack("<BBxxIQdd", 2, 0, 4, 1, time.time() + 60, time.time()) + b"junk",  # a record that does not unpack
+    ],
+    ids=["entry", "blob"],
+)
+def test_inspect_reports_a_damaged_record_instead_of_failing(ini, capsys, entry):
+    cookie = make_cookie(ini)
+    session_id = core.open_id_cookie(cookie.split("=", 1)[1], id_keys(ini), "session")[0]
+    store = LmdbStore(str(ini.parent / "sessions"))
+    try:
+        with store._environment().begin(write=True) as txn:
+            txn.put(core.store_key(session_id), entry, db=store._shared().meta)
+    finally:
+        store.close()
+    assert main(["inspect", "--config", str(ini), "--json", cookie]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["verified"] is True and report["state"].startswith("damaged")
 
 
 def test_cleanup_reports_what_it_removed_as_json(ini, capsys):

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 from . import __version__, core
 from .config import MIN_SECRET_CHARS, Config, collect_options
-from .errors import ConfigError, FastsessError
+from .errors import ConfigError, CorruptRecord, FastsessError
 from .session import SessionService
 from .stores import StoredRecord, open_store
 
@@ -172,12 +172,20 @@ def _inspect(service: SessionService, value: str) -> dict | None:
         return None
     session_id, key_index = opened
     key = core.store_key(session_id)
-    record = service.store.load(key)
     report: dict = {"verified": True, "key_index": key_index, "sid": service.sid(session_id)}
+    try:
+        record = service.store.load(key)
+    except CorruptRecord:  # the answer inspect is for: the cookie is good, its record is not
+        report["state"] = "damaged (the store cannot read this record; the app treats it as missing)"
+        return report
     if isinstance(record, StoredRecord):
-        created, last_write, csrf_gen, domain, path, flash, data = core.unpack_record(
-            service.open_record(key, record.blob)
-        )
+        try:
+            created, last_write, csrf_gen, domain, path, flash, data = core.unpack_record(
+                service.open_record(key, record.blob)
+            )
+        except ValueError as exc:  # a blob that does not decrypt or unpack
+            report.update(state=f"damaged ({exc})", version=record.version, expires_at=record.expires_at)
+            return report
         report.update(
             state="live", version=record.version, created=created, last_write=last_write,
             last_access=record.last_access, expires_at=record.expires_at, domain=domain, path=path,
