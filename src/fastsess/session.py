@@ -288,6 +288,7 @@ class _State:
     flash: Any = _NO_FLASH  # queue -> [[message id, message], ...]
     loaded_flash: Any = _NO_FLASH
     doomed: tuple | list = ()  # store keys to delete at persist
+    keyed: tuple | None = None  # (id, store key): the SHA-256 computed last, for that id
 
     def __init__(self, now: float, data: dict | None = None, flash: dict | None = None) -> None:
         self.created = now
@@ -296,6 +297,15 @@ class _State:
         if flash:
             self.flash = flash
             self.loaded_flash = {q: list(m) for q, m in flash.items()}
+
+    def store_key(self) -> bytes:
+        """The store key of the current id, computed once per id (ids change on regenerate)."""
+        keyed = self.keyed
+        if keyed is not None and keyed[0] == self.id:
+            return keyed[1]
+        key = core.store_key(self.id)
+        self.keyed = (self.id, key)
+        return key
 
 
 class Session:
@@ -614,6 +624,7 @@ class Session:
         if self._read_only:
             s.read_only = True
         s.id = session_id
+        s.keyed = (session_id, key)
         s.is_new = False
         s.version = version
         s.loaded_data = data_bytes
@@ -1116,10 +1127,10 @@ class Session:
         elif s.rotate_from is not None:
             result = self._rotate(s, service, blob, expires_at, now)
         else:
-            key = core.store_key(s.id)
+            key = s.store_key()
             result = store.cas(key, service.seal_record(key, blob), s.version, expires_at)
             if result is CONFLICT:
-                result = self._merge_write(s, service, core.store_key(s.id), expires_at, now)
+                result = self._merge_write(s, service, key, expires_at, now)
         s.merge_from = None  # written, or gone: a later save starts from what it loads
         if result is GONE:
             service.events.emit("save_gone", sid=service.sid(s.id), message="record vanished; not recreated")
@@ -1232,7 +1243,7 @@ class Session:
         if now - s.last_access <= service.touch_interval:
             return
         try:
-            service.store.touch(core.store_key(s.id), service.expires_at(s.created, now))
+            service.store.touch(s.store_key(), service.expires_at(s.created, now))
         except StoreError as exc:
             service.events.emit("store_error", sid=service.sid(s.id), message=f"touch failed: {exc}")
             if service.config.on_store_error != "anonymous":
