@@ -15,7 +15,10 @@ meta, where two entries cost a second B-tree on every read and write. LMDB
 copies a page on every change anyway, so touch() rewriting the entry costs
 no more than rewriting a 32-byte header; it keeps the blob's bytes and the
 version. Format-1 records stay readable, and their next write stores them
-in format 2 and drops the data entry, so an upgrade logs nobody out.
+in format 2 and drops the data entry, so an upgrade logs nobody out. The
+other way does not hold: a process of an older release reads format-2
+entries as damaged, so restart every worker when upgrading across format 2
+rather than reloading them one by one onto a shared environment.
 
 cleanup() walks the expiry index in order and stops at the first granule
 that starts in the future, so its cost follows the number of expired
