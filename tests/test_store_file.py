@@ -382,22 +382,25 @@ def test_an_exchange_failure_is_a_store_error_and_leaves_no_temporary_file(store
 def test_readers_never_miss_a_record_while_it_is_rewritten(store):
     version = store.create(skey("a"), b"0", T0 + TTL)
     seen: list = []
+    reading = threading.Event()
     done = threading.Event()
 
     def read() -> None:
         while not done.is_set():
             record = store.load(skey("a"))
             seen.append(None if record is None else record.blob)
+            reading.set()
 
     reader = threading.Thread(target=read)
     reader.start()
     try:
+        assert reading.wait(10)  # the reader is in its loop before the first write
         for i in range(1, 300):
             version = store.cas(skey("a"), str(i).encode(), version, T0 + TTL)
     finally:
         done.set()
         reader.join()
-    assert seen and None not in seen
+    assert None not in seen
 
 
 def _key_in_stripe(stripe: int, label: str) -> bytes:
