@@ -395,7 +395,7 @@ def test_readers_never_miss_a_record_while_it_is_rewritten(store):
     reader.start()
     try:
         assert reading.wait(10)  # the reader is in its loop before the first write
-        for i in range(1, 300):
+        for i in range(1, 100):
             version = store.cas(skey("a"), str(i).encode(), version, T0 + TTL)
     finally:
         done.set()
