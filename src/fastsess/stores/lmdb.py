@@ -649,7 +649,7 @@ class LmdbStore(Store):
                 try:
                     txn = env.begin()
                     try:
-                        raw = txn.get(key, db=shared.meta)
+                        raw = txn.get(key, None, shared.meta)  # positional: py-lmdb parses keywords slowly
                         blob = None
                         if raw is not None and raw[:1] == _SPLIT_PREFIX:
                             blob = txn.get(key, db=shared.data)
