@@ -86,7 +86,7 @@ def _lmdb(directory: str):
 
     def put(txn, shared, blob, expires_at):
         # The same expiry every time, so the expiry index entry is overwritten rather than left behind.
-        version = store._next_version(txn, shared)
+        version = store._next_version(None)  # a blind write reads nothing, not even the old version
         store._put(txn, shared, KEY, None, lmdb_store._RECORD, version, blob, expires_at, time.time())
 
     def blind(blob: bytes, expires_at: float) -> None:
