@@ -48,3 +48,14 @@ def core(request):
             pytest.fail(reason + " (FASTSESS_REQUIRE_EXTENSIONS=1)")
         pytest.skip(reason)
     return _core_c
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """A redis-server of this test's own (the Beaker migration tests write to it with Beaker's ext:redis)."""
+    pytest.importorskip("redis")
+    import server_redis
+
+    server = server_redis.RedisServer(tmp_path / "redis").start()
+    yield server
+    server.stop()

@@ -22,40 +22,22 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from webtest import TestApp
 
+from beaker_side import (
+    BEAKER_SECRET,
+    HTTPS,
+    NAME,
+    SECRET,
+    Clock,
+    CountingStore,
+    beaker_cookie,
+    quickstart_cookie_settings,
+)
 from fastsess import ConfigError, SessionMiddleware, core
 from fastsess._core_py import _id_mac_input
 from fastsess.beaker_compat import is_beaker_value
 from fastsess.beaker_compat import open_id_cookie as open_beaker_id_cookie
 from fastsess.config import load_config
 from fastsess.session import MAX_COOKIE_BYTES
-
-SECRET = "a-fastsess-secret-of-at-least-32-characters"
-BEAKER_SECRET = "tg-quickstart"  # Beaker never required a length
-HTTPS = {"wsgi.url_scheme": "https", "HTTP_HOST": "example.com"}
-NAME = "beaker.session.id"
-
-
-class Clock:
-    def __init__(self, now: float | None = None) -> None:
-        self.now = time.time() if now is None else now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class CountingStore:
-    """Wraps a store and counts load() calls: a forged Beaker cookie must make none."""
-
-    def __init__(self, store) -> None:
-        self.store = store
-        self.loads = 0
-
-    def __getattr__(self, name):
-        return getattr(self.store, name)
-
-    def load(self, key):
-        self.loads += 1
-        return self.store.load(key)
 
 
 def app(environ, start_response):
@@ -425,23 +407,7 @@ def test_events_never_carry_the_beaker_id_or_the_cookie(caplog):
 
 def beaker_cookie_session(data: dict | None = None, path: str | None = None, **options) -> str:
     """A cookie session made by Beaker 1.14's middleware: signed zlib-compressed JSON, TurboGears' default."""
-
-    def beaker_app(environ, start_response):
-        session = environ["beaker.session"]
-        session.update(data or {"user": "ada", "n": 1})
-        if path is not None:
-            session.path = path
-        session.save()
-        start_response("200 OK", [])
-        return [b""]
-
-    settings = {
-        "session.type": "cookie", "session.validate_key": BEAKER_SECRET, "session.secret": BEAKER_SECRET,
-        "session.data_serializer": "json",
-    }
-    settings.update({f"session.{k}": v for k, v in options.items()})
-    header = TestApp(BeakerMiddleware(beaker_app, settings)).get("/").headers["Set-Cookie"]
-    return header.split(";")[0].split("=", 1)[1]
+    return beaker_cookie(quickstart_cookie_settings(**options), data, path)
 
 
 def test_a_beaker_cookie_session_is_read_and_resealed_in_fastsess_format():

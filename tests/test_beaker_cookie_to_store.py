@@ -18,10 +18,19 @@ import time
 import zlib
 
 import pytest
-from beaker.middleware import SessionMiddleware as BeakerMiddleware
 from beaker.session import SignedCookie
 from webtest import TestApp
 
+from beaker_side import (
+    BEAKER_SECRET,
+    HTTPS,
+    NAME,
+    SECRET,
+    Clock,
+    CountingStore,
+    beaker_cookie,
+    quickstart_cookie_settings,
+)
 from fastsess import SessionMiddleware, core
 from fastsess.beaker_compat import converted_key, cookie_session_id
 from fastsess.config import TOMBSTONE_SECONDS
@@ -29,40 +38,8 @@ from fastsess.errors import StoreError
 from fastsess.session import Session
 from fastsess.stores.base import TOMBSTONE, StoredRecord
 
-SECRET = "a-fastsess-secret-of-at-least-32-characters"
-BEAKER_SECRET = "tg-quickstart"  # Beaker never required a length
-HTTPS = {"wsgi.url_scheme": "https", "HTTP_HOST": "example.com"}
-NAME = "beaker.session.id"
 TIMEOUT = 3600
 STORES = ["memory", "file", "lmdb"]
-
-
-class Clock:
-    def __init__(self, now: float | None = None) -> None:
-        self.now = time.time() if now is None else now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class CountingStore:
-    """Wraps a store and counts what the session asks of it."""
-
-    def __init__(self, store) -> None:
-        self.store = store
-        self.loads = 0
-        self.creates = 0
-
-    def __getattr__(self, name):
-        return getattr(self.store, name)
-
-    def load(self, key):
-        self.loads += 1
-        return self.store.load(key)
-
-    def create(self, key, blob, expires_at):
-        self.creates += 1
-        return self.store.create(key, blob, expires_at)
 
 
 def app(environ, start_response):
@@ -116,23 +93,7 @@ def make(tmp_path):
 
 def beaker_cookie_session(data: dict | None = None, path: str | None = None, **options) -> str:
     """A cookie session made by Beaker 1.14's middleware, configured as TurboGears' quickstart is."""
-
-    def beaker_app(environ, start_response):
-        session = environ["beaker.session"]
-        session.update({"user": "ada", "n": 1} if data is None else data)
-        if path is not None:
-            session.path = path
-        session.save()
-        start_response("200 OK", [])
-        return [b""]
-
-    settings = {
-        "session.type": "cookie", "session.validate_key": BEAKER_SECRET, "session.secret": BEAKER_SECRET,
-        "session.data_serializer": "json",
-    }
-    settings.update({f"session.{k}": v for k, v in options.items()})
-    header = TestApp(BeakerMiddleware(beaker_app, settings)).get("/").headers["Set-Cookie"]
-    return header.split(";")[0].split("=", 1)[1].strip('"')
+    return beaker_cookie(quickstart_cookie_settings(**options), data, path).strip('"')
 
 
 def beaker_contents(cookie: str) -> dict:

@@ -31,17 +31,15 @@ from beaker.session import SignedCookie  # noqa: E402
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes  # noqa: E402
 from webtest import TestApp  # noqa: E402
 
+from beaker_side import HTTPS, NAME, SECRET, beaker_cookie  # noqa: E402
 from fastsess import ConfigError, SessionMiddleware, beaker_compat, core  # noqa: E402
 from fastsess.cli import main, read_ini  # noqa: E402
 from fastsess.config import load_config  # noqa: E402
 from fastsess.migrate import SessionRefused, decode_session  # noqa: E402
 
-SECRET = "a-fastsess-secret-of-at-least-32-characters"
 VALIDATE_KEY = "tg-validate"  # Beaker never required a length
 ENCRYPT_KEY = "tg-encrypt"
 BEAKER_SECRET = "pylons-era-secret"
-HTTPS = {"wsgi.url_scheme": "https", "HTTP_HOST": "example.com"}
-NAME = "beaker.session.id"
 
 RICH = {
     "user": "ada",
@@ -74,23 +72,12 @@ beaker_crypto.register_crypto_module("test-ctr", CTR_BACKEND)
 
 def beaker_aes_cookie(data: dict | None = None, seen: dict | None = None, **options) -> str:
     """An AES cookie session made by Beaker 1.14's middleware (type = cookie, encrypt_key, validate_key)."""
-
-    def beaker_app(environ, start_response):
-        session = environ["beaker.session"]
-        session.update({"user": "ada", "n": 1} if data is None else data)
-        if seen is not None:
-            seen["id"] = session.id
-        session.save()
-        start_response("200 OK", [])
-        return [b""]
-
     settings = {
         "session.type": "cookie", "session.validate_key": VALIDATE_KEY, "session.encrypt_key": ENCRYPT_KEY,
         "session.data_serializer": "json",
     }
     settings.update({f"session.{k}": v for k, v in options.items()})
-    header = TestApp(BeakerMiddleware(beaker_app, settings)).get("/").headers["Set-Cookie"]
-    return header.split(";")[0].split("=", 1)[1]
+    return beaker_cookie(settings, data, seen=seen)
 
 
 def beaker_encrypt(serialized: bytes, encrypt_key: str = ENCRYPT_KEY, validate_key: str = VALIDATE_KEY,
@@ -586,16 +573,6 @@ def test_encrypted_beaker_database_sessions_migrate_into_the_sql_store(tmp_path,
     report = migrate(capsys, ini, "--from-type", "ext:database", "--from-url", url)
     assert (report["seen"], report["migrated"], report["refused"]) == (1, 1, 0), report
     assert fastsess_read(ini, cookie) == RICH
-
-
-@pytest.fixture
-def redis_server(tmp_path):
-    pytest.importorskip("redis")
-    import server_redis
-
-    server = server_redis.RedisServer(tmp_path / "redis").start()
-    yield server
-    server.stop()
 
 
 @pytest.mark.servers

@@ -422,16 +422,6 @@ def test_passwords_never_show_in_error_messages():
 # ---------------------------------------------------------------- ext:redis and ext:database
 
 
-@pytest.fixture
-def redis_server(tmp_path):
-    pytest.importorskip("redis")
-    import server_redis
-
-    server = server_redis.RedisServer(tmp_path / "redis").start()
-    yield server
-    server.stop()
-
-
 @pytest.mark.servers
 def test_beaker_redis_sessions_migrate_and_load_with_the_beaker_cookie(tmp_path, capsys, redis_server):
     settings = beaker_settings("ext:redis", redis_server.url)

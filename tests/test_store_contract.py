@@ -382,11 +382,17 @@ def test_cleanup_steps_stay_within_budget_and_cover_the_store(store, clock):
 # -- damaged records
 
 
-def test_damaged_record_raises_corrupt_record_on_load(kind, store):
-    """The session layer, not the store, decides what a damaged record means (invalidate_corrupt)."""
+@pytest.fixture
+def damage(kind: str) -> Callable[[Store, bytes], None]:
+    """This kind's way to overwrite one record's stored bytes; skips for a store that holds objects."""
     damage = STORE_KINDS[kind].damage
     if damage is None:
         pytest.skip("memory store holds objects, cannot be corrupted")
+    return damage
+
+
+def test_damaged_record_raises_corrupt_record_on_load(store, damage):
+    """The session layer, not the store, decides what a damaged record means (invalidate_corrupt)."""
     store.create(skey("a"), b"data", T0 + TTL)
     damage(store, skey("a"))
     with pytest.raises(CorruptRecord) as raised:
@@ -396,10 +402,7 @@ def test_damaged_record_raises_corrupt_record_on_load(kind, store):
     assert store.load(skey("other")) is None  # one damaged record spoils no other
 
 
-def test_damaged_record_is_missing_to_writes_and_cleanup(kind, store, clock):
-    damage = STORE_KINDS[kind].damage
-    if damage is None:
-        pytest.skip("memory store holds objects, cannot be corrupted")
+def test_damaged_record_is_missing_to_writes_and_cleanup(store, damage, clock):
     version = store.create(skey("a"), b"data", T0 + TTL)
     damage(store, skey("a"))
     store.touch(skey("a"), T0 + TTL)
@@ -415,10 +418,7 @@ def test_damaged_record_is_missing_to_writes_and_cleanup(kind, store, clock):
     assert store.load(skey("a")).blob == b"fresh"
 
 
-def test_create_replaces_a_damaged_record(kind, store):
-    damage = STORE_KINDS[kind].damage
-    if damage is None:
-        pytest.skip("memory store holds objects, cannot be corrupted")
+def test_create_replaces_a_damaged_record(store, damage):
     store.create(skey("a"), b"data", T0 + TTL)
     damage(store, skey("a"))
     version = store.create(skey("a"), b"fresh", T0 + TTL)
