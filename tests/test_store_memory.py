@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import random
+import sys
+import threading
+import time
+
 import pytest
 
+from fastsess.stores import memory
+from fastsess.stores.base import StoredRecord
 from fastsess.stores.memory import MemoryStore
 from test_store_contract import T0, TTL, FakeClock, skey
 
@@ -40,3 +47,78 @@ def test_cleanup_step_looks_only_at_the_least_recently_used_entries(clock):
     assert store.cleanup_step(clock.now, 5) == 3  # 20 entries looked at: the late one is not reached
     assert store.load(skey("late")) is None  # a load still never returns an expired record
     assert len(store) == 100
+
+
+@pytest.fixture(params=["gil", "free-threaded"])
+def load_path(request, monkeypatch):
+    """load() without the lock where the GIL makes each step atomic, and with it where there is none."""
+    monkeypatch.setattr(memory, "_GIL", request.param == "gil")
+    return request.param
+
+
+def test_an_expired_record_is_removed_by_the_load_that_finds_it(clock, load_path):
+    store = MemoryStore(clock=clock)
+    store.create(skey("a"), b"a", T0 + 10)
+    clock.advance(11)
+    assert store.load(skey("a")) is None
+    assert len(store) == 0
+
+
+def test_loads_racing_writes_deletes_and_evictions_see_whole_records(load_path):
+    """Every load returns None, a tombstone, or a record one write stored whole; none raises."""
+    store = MemoryStore(max_sessions=8)
+    keys = [skey(f"k{i}") for i in range(12)]  # more keys than max_sessions: evictions too
+    far = time.time() + 3600
+    stop = threading.Event()
+    seen: list = []
+    errors: list = []
+
+    def writer(n: int) -> None:
+        rng = random.Random(n)
+        try:
+            while not stop.is_set():
+                key = rng.choice(keys)
+                blob = key + rng.choice(keys)  # the record names its own key: a mix-up shows
+                action = rng.random()
+                if action < 0.4:
+                    store.create(key, blob, far)
+                elif action < 0.7:
+                    current = store.load(key)
+                    if isinstance(current, StoredRecord):
+                        store.cas(key, blob, current.version, far)
+                elif action < 0.8:
+                    store.touch(key, far)
+                elif action < 0.9:
+                    new_key = rng.choice(keys)
+                    store.rotate(key, new_key, new_key + key, far, 60)
+                else:
+                    store.delete(key)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    def reader() -> None:
+        try:
+            while not stop.is_set():
+                for key in keys:
+                    record = store.load(key)
+                    if isinstance(record, StoredRecord):
+                        seen.append(record.blob[:32] == key and record.version > 0)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(3)]
+    threads += [threading.Thread(target=reader) for _ in range(3)]
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter allows
+    try:
+        for thread in threads:
+            thread.start()
+        time.sleep(0.5)
+        stop.set()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(switch)
+    assert errors == []
+    assert seen and all(seen)
+    assert len(store) <= 8

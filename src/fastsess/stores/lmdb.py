@@ -97,6 +97,7 @@ logger = logging.getLogger("fastsess")
 
 _META = struct.Struct("<BBxxIQdd")
 _HEADER = _META.size
+_unpack_meta = _META.unpack_from
 _FORMAT = 2  # header and blob in one meta entry
 _FORMAT_SPLIT = 1  # older releases: the header alone, the blob in the data sub-database
 _SPLIT_PREFIX = bytes((_FORMAT_SPLIT,))
@@ -664,6 +665,12 @@ class LmdbStore(Store):
         shared.ops += 1
         if shared.ops >= _MAINTAIN_EVERY:
             shared.maintain()
+        if raw is not None and len(raw) > _HEADER:  # the common case, a live format-2 record, inline
+            fmt, kind, size, version, expires_at, last_access = _unpack_meta(raw)
+            if fmt == _FORMAT and kind == _RECORD and len(raw) == _HEADER + size:
+                if self.clock() > expires_at:
+                    return None
+                return record_from((raw[_HEADER:], version, expires_at, last_access))
         return self._loaded(raw, blob)
 
     def _load(self, txn, shared, key):

@@ -7,6 +7,7 @@ multi-process server each see their own sessions.
 from __future__ import annotations
 
 import itertools
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -24,6 +25,9 @@ from .base import (
     WriteResult,
     record_from,
 )
+
+#: False on a free-threaded build, where load() takes the lock like every other method
+_GIL = getattr(sys, "_is_gil_enabled", lambda: True)()
 
 # An entry: [blob or None for a tombstone, version, expires_at, last_access]
 _BLOB, _VERSION, _EXPIRES, _ACCESS = range(4)
@@ -62,6 +66,26 @@ class MemoryStore(Store):
             self._entries.popitem(last=False)
 
     def load(self, key: bytes) -> LoadResult:
+        if not _GIL:
+            return self._load_locked(key)
+        # Without the lock: with the GIL each step below is one atomic operation. A
+        # write replaces an entry's list; touch() changes two of its items in place,
+        # and record_from copies all four in one step. Expiry removes under the lock.
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if self.clock() > entry[_EXPIRES]:
+            self._drop_expired(key)
+            return None
+        if entry[_BLOB] is None:
+            return TOMBSTONE
+        try:
+            self._entries.move_to_end(key)
+        except KeyError:  # deleted or evicted meanwhile: this read still saw it live
+            pass
+        return record_from(entry)  # a copy: touch() changes the entry in place
+
+    def _load_locked(self, key: bytes) -> LoadResult:
         now = self.clock()
         with self._lock:
             entry = self._entries.get(key)
@@ -73,7 +97,12 @@ class MemoryStore(Store):
             if entry[_BLOB] is None:
                 return TOMBSTONE
             self._entries.move_to_end(key)
-            return record_from(entry)  # a copy: touch() changes the entry in place
+            return record_from(entry)
+
+    def _drop_expired(self, key: bytes) -> None:
+        """Remove key's entry if it is still expired (a write may have replaced it meanwhile)."""
+        with self._lock:
+            self._live(key, self.clock())
 
     def create(self, key: bytes, blob: bytes, expires_at: float) -> WriteResult:
         with self._lock:
