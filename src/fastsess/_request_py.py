@@ -68,7 +68,8 @@ class Response:
             session._suppressed = True
         elif accessed:
             session.persist()
-            cookie = self.mw.cookie_header(session, self.environ)
+            if session._sess.cookie_action is not None:  # most requests: persist decided on no cookie
+                cookie = self.mw.cookie_header(session, self.environ)
         headers = list(self.headers)  # never grow a list the application may reuse
         if accessed or session._was_loaded:  # TurboGears' no_session_touch resets _sess after reading
             cache_headers(headers, cookie is not None, self.mw)

@@ -255,11 +255,13 @@ class SessionService:
 class _State:
     """The loaded session: data, what was loaded, and what this request asked for.
 
-    Defaults live on the class, so building one per request assigns only what differs.
+    What most requests never change has its default on the class, so building
+    one assigns only what differs. What persist reads on every request is set
+    per instance instead: an attribute found on the class is the interpreter's
+    slow lookup, and a request that only reads would pay for it a dozen times.
     """
 
     id: str | None = None  # generated on first need
-    is_new = True
     version: int | None = None
     loaded_data = _EMPTY_DATA
     last_accessed: float | None = None  # the previous access, as the application sees it
@@ -269,31 +271,29 @@ class _State:
     loaded_path: str | None = None
     csrf_gen = 0
     loaded_csrf_gen = 0
-    flash_modified = False
-    modified = False
-    mutable_out = False  # a dict, list or set value was handed out: it may be mutated in place
-    save_requested = False
-    dead = False  # delete() was called and nothing was written since
-    deleted = False  # delete() was called: expire the cookie unless a new one is written
-    invalidated = False
     rotate_from = None  # (old store key, old version) after regenerate_id()
-    read_only = False
-    anonymous = False
     had_cookie = False
-    retag = False
-    cookie_action: str | None = None
     sealed: str | None = None  # cookie-only sessions: the value to send
     dropped = False
     merge_from = None  # (base, ours) as this request first merged them: every retry merges from these
     flash: Any = _NO_FLASH  # queue -> [[message id, message], ...]
     loaded_flash: Any = _NO_FLASH
-    doomed: tuple | list = ()  # store keys to delete at persist
     keyed: tuple | None = None  # (id, store key): the SHA-256 computed last, for that id
 
     def __init__(self, now: float, data: dict | None = None, flash: dict | None = None) -> None:
         self.created = now
         self.last_access = now  # the stored access time, for touch decisions
         self.data = {} if data is None else data
+        self.is_new = True
+        # What persist checks on every request (see the class docstring).
+        self.read_only = self.anonymous = False
+        self.save_requested = self.modified = self.flash_modified = False
+        self.mutable_out = False  # a dict, list or set value was handed out: it may be mutated in place
+        self.dead = False  # delete() was called and nothing was written since
+        self.deleted = False  # delete() was called: expire the cookie unless a new one is written
+        self.invalidated = self.retag = False
+        self.doomed: tuple | list = ()  # store keys to delete at persist
+        self.cookie_action: str | None = None
         if flash:
             self.flash = flash
             self.loaded_flash = {q: list(m) for q, m in flash.items()}
@@ -359,43 +359,46 @@ class Session:
         self._was_loaded = True  # the response depends on the cookie: see the cache headers
         service: SessionService = self._service
         now = service.clock()
-        session_id = self._requested_id
-        key = core.store_key(session_id) if session_id is not None else None
-        had_cookie = False
-        retag = False
         if service.cookie_only:
-            s = self._load_sealed(service, now)
-            self._sess = s
+            s = self._sess = self._load_sealed(service, now)
             return s
-        if session_id is None and self._cookie_header and service.use_cookies:
-            candidates = core.parse_cookie(self._cookie_header, service.cookie_name)
-            had_cookie = bool(candidates)
-            beaker = service.beaker_compat
-            refused = False  # a Beaker value was refused, and its reason logged
-            for value in candidates:
-                if beaker and beaker_compat.is_beaker_value(value):
-                    if not beaker_compat.is_beaker_id(value[beaker_compat.TAG_CHARS :]):  # a cookie session
-                        s = self._convert_beaker_cookie(service, value, now)
-                        if s is not None:
-                            s.had_cookie = True
-                            self._sess = s
-                            return s
-                        refused = True
-                        continue
-                    opened = self._open_beaker_id(service, value, now)
-                    refused |= opened is None
-                else:
-                    opened = service.open_cookie(value)
-                if opened is not None:
-                    session_id, key, key_index = opened
-                    retag = key_index != 0
-                    break
+        session_id = self._requested_id
+        if session_id is not None:  # get_by_id, get_session: no cookie involved
+            s = self._sess = self._load_record(service, session_id, core.store_key(session_id), now)
+            return s
+        header = self._cookie_header
+        candidates = core.parse_cookie(header, service.cookie_name) if header and service.use_cookies else ()
+        if not candidates:
+            s = self._sess = self._fresh(now)
+            return s
+        beaker = service.beaker_compat
+        refused = False  # a Beaker value was refused, and its reason logged
+        for value in candidates:
+            if beaker and beaker_compat.is_beaker_value(value):
+                if not beaker_compat.is_beaker_id(value[beaker_compat.TAG_CHARS :]):  # a cookie session
+                    s = self._convert_beaker_cookie(service, value, now)
+                    if s is not None:
+                        s.had_cookie = True
+                        self._sess = s
+                        return s
+                    refused = True
+                    continue
+                opened = self._open_beaker_id(service, value, now)
+                refused |= opened is None
             else:
-                if candidates and not refused:
-                    service.events.emit("invalid_cookie", message="no candidate cookie verified")
-        s = self._load_record(service, session_id, key, now) if key is not None else self._fresh(now)
-        s.had_cookie = had_cookie
-        if retag and not s.is_new:
+                opened = service.open_cookie(value)
+            if opened is not None:
+                session_id, key, key_index = opened
+                break
+        else:
+            if not refused:
+                service.events.emit("invalid_cookie", message="no candidate cookie verified")
+            s = self._sess = self._fresh(now)
+            s.had_cookie = True
+            return s
+        s = self._load_record(service, session_id, key, now)
+        s.had_cookie = True
+        if key_index != 0 and not s.is_new:
             s.retag = True
             if key_index == _BEAKER_KEY_INDEX:
                 service.events.emit(
@@ -793,7 +796,9 @@ class Session:
     # -------------------------------------------------- the dict API
 
     def __getitem__(self, key: str) -> Any:
-        s = self._state()
+        s = self._sess
+        if s is None:  # _state(), inline: the most used call of all
+            s = self._load()
         value = s.data[key]
         if type(value) in _MUTABLE:
             s.mutable_out = True
@@ -826,7 +831,9 @@ class Session:
         return "<Session (not loaded)>" if s is None else f"<Session with {len(s.data)} keys>"
 
     def get(self, key: str, default: Any = None) -> Any:
-        s = self._state()
+        s = self._sess
+        if s is None:  # _state(), inline, as in __getitem__
+            s = self._load()
         value = s.data.get(key, default)
         if type(value) in _MUTABLE:
             s.mutable_out = True
