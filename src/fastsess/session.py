@@ -977,16 +977,19 @@ class Session:
                     service.events.emit("write_dropped", sid=service.sid(s.id), message="session is read-only")
                 s.dropped = True
             return
-        if service.cookie_only:
-            self._persist_sealed(s, service)
-            return
         if not (
             s.save_requested or s.modified or s.mutable_out or s.doomed or s.dead or s.deleted
             or s.invalidated or s.retag or s.flash_modified
-        ):  # a request that only read: at most a touch
+        ):  # a request that only read: at most a touch (a cookie session's is a reseal)
             interval = service.touch_interval
             if interval is not None and not s.is_new and service.clock() - s.last_access > interval:
-                self._maybe_touch(s, service)
+                if service.cookie_only:
+                    self._persist_sealed(s, service)
+                else:
+                    self._maybe_touch(s, service)
+            return
+        if service.cookie_only:
+            self._persist_sealed(s, service)
             return
         now = service.clock()
         store = service.store
