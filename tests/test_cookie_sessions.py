@@ -216,6 +216,22 @@ def test_a_remembered_cookie_still_expires_and_a_forged_one_is_not_remembered():
 def test_a_cookie_this_process_sealed_is_remembered_exactly_as_opening_it_would_give(mode):
     mw = make(**mode)
     value = cookie_value(TestApp(mw).get("/inc"))
-    remembered = mw.service._opened_sealed[value]
+    remembered = mw.service.open_sealed_record(value)  # its record parsed from what was sealed
+    assert remembered is mw.service._opened_sealed[value]
     mw.service._opened_sealed.clear()
-    assert mw.service.open_sealed(value) == remembered
+    assert mw.service.open_sealed_record(value) == remembered
+    assert mw.service.open_sealed(value) == remembered[:5]
+
+
+def test_a_verified_cookie_holding_a_malformed_record_is_refused_on_every_request():
+    """The parsed record is remembered with the value, as None when malformed: never a session."""
+    clock = Clock()
+    mw = make(clock)
+    service, now = mw.service, clock.now
+    short = service.seal_cookie(now, now, now + 600, b"too short for an id")
+    malformed = service.seal_cookie(now, now, now + 600, core.random_bytes(core.ID_BYTES) + b"\x09not a record")
+    for value in (short, malformed):
+        for _ in range(2):  # sealed here, then remembered
+            response = TestApp(mw).get("/", headers={"Cookie": f"session={value}"})
+            assert response.text == "0"
+            assert service.open_sealed_record(value)[5] is None

@@ -109,6 +109,22 @@ def merge_flash(base: dict, ours: dict, theirs: dict) -> dict:
     return merged
 
 
+def _parse_sealed(payload: bytes) -> tuple | None:
+    """A sealed payload's (session id, created, csrf generation, domain, path, flash, data bytes); None if malformed."""
+    raw_id = payload[: core.ID_BYTES]
+    if len(raw_id) != core.ID_BYTES:
+        return None
+    try:
+        created, _, csrf_gen, domain, path, flash, data_bytes = core.unpack_record(payload[core.ID_BYTES :])
+    except (ValueError, TypeError):
+        return None
+    return core.b64url_encode(raw_id), created, csrf_gen, domain, path, flash, data_bytes
+
+
+#: a remembered sealed value whose record nobody has parsed yet (see SessionService.open_sealed_record)
+_UNPARSED = object()
+
+
 # ---------------------------------------------------------------- shared per middleware
 
 
@@ -199,8 +215,9 @@ class SessionService:
         else:
             kid, key = self.keys.cookie_mac_keys[0]
             sealed = core.seal_signed(name, kid, key, issued_at, last_access, expires_at, payload)
-        # Exactly what open_sealed would return for it: the timestamps travel as float64.
-        self._remember_sealed(sealed, (float(issued_at), float(last_access), float(expires_at), payload, 0))
+        # Exactly what opening it would give: the timestamps travel as float64. The
+        # record is parsed by the first request that sends it back, if one does.
+        self._remember_sealed(sealed, (float(issued_at), float(last_access), float(expires_at), payload, 0, _UNPARSED))
         return sealed
 
     def _remember_sealed(self, value: str, opened: tuple) -> None:
@@ -209,8 +226,15 @@ class SessionService:
         self._opened_sealed[value] = opened
 
     def open_sealed(self, value: str) -> tuple | None:
-        """(issued_at, last_access, expires_at, payload, key index) of a valid cookie session, else None.
+        """(issued_at, last_access, expires_at, payload, key index) of a valid cookie session, else None."""
+        opened = self.open_sealed_record(value)
+        return None if opened is None else opened[:5]
 
+    def open_sealed_record(self, value: str) -> tuple | None:
+        """open_sealed's answer plus the payload's record, parsed: None when the value does not verify.
+
+        The record is (session id, created, csrf generation, domain, path, flash
+        bytes, data bytes), or None when a payload that verified is malformed.
         Opened values are remembered (per process, bounded), as open_cookie does:
         the answer depends only on the value and this service's keys, and a
         client sends the same cookie until its session changes. Expiry is
@@ -218,6 +242,9 @@ class SessionService:
         """
         hit = self._opened_sealed.get(value)
         if hit is not None:
+            if hit[5] is _UNPARSED:  # sealed by this process: parsed once, on its first return
+                hit = (*hit[:5], _parse_sealed(hit[3]))
+                self._remember_sealed(value, hit)
             return hit
         if self.keys.cookie_enc_prks:
             opened = core.open_encrypted(value, self.keys.cookie_enc_prks, self.config.cookie_name)
@@ -225,8 +252,9 @@ class SessionService:
             opened = core.open_signed(value, self.keys.cookie_mac_keys, self.config.cookie_name)
         if opened is None:
             return None
-        self._remember_sealed(value, opened)
-        return opened
+        hit = (*opened, _parse_sealed(opened[3]))
+        self._remember_sealed(value, hit)
+        return hit
 
     def sign(self, session_id: str) -> str:
         kid, key = self.keys.id_keys[0]
@@ -547,7 +575,7 @@ class Session:
                     return s
                 refused = True
                 continue
-            opened = service.open_sealed(value)
+            opened = service.open_sealed_record(value)
             if opened is not None:
                 break
         else:
@@ -556,20 +584,18 @@ class Session:
             if candidates and not refused:
                 service.events.emit("invalid_cookie", message="no candidate cookie verified")
             return s
-        issued_at, last_access, expires_at, payload, key_index = opened
+        issued_at, last_access, expires_at, _, key_index, record = opened
         try:
-            raw_id = payload[: core.ID_BYTES]
-            created, _, csrf_gen, domain, path, flash, data_bytes = core.unpack_record(payload[core.ID_BYTES :])
+            if record is None:
+                raise ValueError("malformed sealed record")
+            session_id, created, csrf_gen, domain, path, flash, data_bytes = record
             data = core.decode_data(data_bytes)
             flash_data = core.decode_data(flash) if flash is not None else None
-            if len(raw_id) != core.ID_BYTES:
-                raise ValueError("short id")
         except (ValueError, TypeError):
             service.events.emit("invalid_cookie", message="sealed cookie holds a malformed record")
             s = self._fresh(now)
             s.had_cookie = True
             return s
-        session_id = core.b64url_encode(raw_id)
         if now > expires_at or service.is_expired(issued_at, last_access, now):
             service.events.emit("expired", sid=service.sid(session_id), message="cookie session timed out")
             s = self._fresh(now)
