@@ -1398,7 +1398,9 @@ def test_the_request_cycle_is_compiled_exactly_when_the_c_kernel_is_selected():
         return
     assert wsgi._request is _request
     assert _request.__file__ != _request_py.__file__
-    assert wsgi.SessionMiddleware.__call__ is _request.handle
+    assert wsgi.SessionMiddleware.__mro__[1] is _request.Middleware
+    # Calling the middleware is the extension type's C slot, not a Python-level method.
+    assert type(wsgi.SessionMiddleware.__call__).__name__ == "wrapper_descriptor"
     # The compiled Response keeps its state in C fields: no per-instance dict.
     response = _request.Response(None, {}, None, None)
     assert not hasattr(response, "__dict__")

@@ -1,6 +1,10 @@
 # Declarations for fastsess._request, the compiled build of _request_py.py:
-# Response becomes an extension type whose attributes are C struct fields.
+# Middleware and Response become extension types whose attributes are C struct fields.
+
+cdef class Middleware:
+    cdef public object app, service, environ_key, _bound_get_session, _webtest_varname
 
 cdef class Response:
-    cdef object mw, environ, session, server_start_response, status, headers, exc_info, server_write
+    cdef Middleware mw
+    cdef object environ, session, server_start_response, status, headers, exc_info, server_write
     cdef bint sent

@@ -1,7 +1,9 @@
 # cython: annotation_typing=False
 """One request through the session middleware: the session in, the response held, the session out.
 
-SessionMiddleware.__call__ is `handle`. The application's start_response is
+SessionMiddleware subclasses `Middleware`, whose __call__ is the request
+cycle; compiled, Middleware is an extension type, so calling the middleware
+is one C slot and its hot attributes are struct fields. The application's start_response is
 recorded by a Response, not forwarded; once the application has returned
 (and a generator has produced its first chunk) the session is persisted, the
 cookie and cache headers are decided, and only then does the server get
@@ -19,15 +21,24 @@ from typing import Any
 from .session import Session
 
 
-def handle(mw: Any, environ: dict, start_response: Callable) -> Iterable[bytes]:
-    """SessionMiddleware.__call__: a lazy session in the environ, persisted before the first byte."""
-    session = Session(mw.service, environ.get("HTTP_COOKIE"))
-    environ["fastsess.session"] = environ[mw.environ_key] = session
-    environ["beaker.get_session"] = mw._bound_get_session
-    if mw._webtest_varname is not None or "fastsess.no_touch" in environ:
-        mw._request_options(environ, session)
-    response = Response(mw, environ, session, start_response)
-    return response.finish(mw.app(environ, response.start_response))
+class Middleware:
+    """What SessionMiddleware does per request; it sets these attributes in its __init__."""
+
+    app: Callable  # the wrapped application
+    service: Any  # the SessionService
+    environ_key: str
+    _bound_get_session: Callable  # environ["beaker.get_session"]: one bound method, not one per request
+    _webtest_varname: str | None
+
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        """A lazy session in the environ, persisted before the first byte."""
+        session = Session(self.service, environ.get("HTTP_COOKIE"))
+        environ["fastsess.session"] = environ[self.environ_key] = session
+        environ["beaker.get_session"] = self._bound_get_session
+        if self._webtest_varname is not None or "fastsess.no_touch" in environ:
+            self._request_options(environ, session)
+        response = Response(self, environ, session, start_response)
+        return response.finish(self.app(environ, response.start_response))
 
 
 class Response:

@@ -55,8 +55,11 @@ def _host_name(environ: dict) -> str:
     return host.rsplit(":", 1)[0]
 
 
-class SessionMiddleware:
-    """WSGI middleware offering `environ["beaker.session"]`, configured like Beaker's."""
+class SessionMiddleware(_request.Middleware):
+    """WSGI middleware offering `environ["beaker.session"]`, configured like Beaker's.
+
+    Calling it runs one request (_request.Middleware.__call__, compiled with the C kernel).
+    """
 
     def __init__(
         self,
@@ -72,9 +75,6 @@ class SessionMiddleware:
         self.service = SessionService(self.config, self.store)
         self._bound_get_session = self.get_session  # one bound method, not one per request
         self._webtest_varname = self.config.webtest_varname or None
-
-    #: the request cycle, compiled with the C kernel (see fastsess._request_py)
-    __call__ = _request.handle
 
     def _request_options(self, environ: dict, session: Session) -> None:
         """What a request may ask beyond the default: no touch, or WebTest's view of the session."""
