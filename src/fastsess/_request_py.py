@@ -3,11 +3,11 @@
 
 SessionMiddleware subclasses `Middleware`, whose __call__ is the request
 cycle; compiled, Middleware is an extension type, so calling the middleware
-is one C slot and its hot attributes are struct fields. The application's start_response is
-recorded by a Response, not forwarded; once the application has returned
-(and a generator has produced its first chunk) the session is persisted, the
-cookie and cache headers are decided, and only then does the server get
-start_response. This module is the per-request hot path outside the kernel,
+is one C slot and its hot attributes are struct fields. The application's
+start_response is recorded by a Response, not forwarded; once the
+application has returned (and a generator has produced its first chunk) the
+session is persisted, the cookie and cache headers are decided, and only
+then does the server get start_response. This module is the per-request hot path outside the kernel,
 so it is also compiled with it: the same source is built as fastsess._request
 (declarations in _request.pxd), and fastsess.wsgi picks that build exactly
 when fastsess.core picked the C kernel. Nothing else knows there are two.
