@@ -384,6 +384,30 @@ def test_memcached_with_its_lru_crawler_off_is_refused_with_the_fix_before_anyth
         off.stop()
 
 
+def test_memcached_keys_one_key_dump_missed_are_found_by_the_next(monkeypatch):
+    """The crawler can miss an item memcached moves between LRU segments: dump until nothing new shows."""
+    from fastsess.migrate import MemcachedSource
+
+    source = object.__new__(MemcachedSource)  # no server: the dumps are scripted
+    source.servers = ["127.0.0.1:1"]
+    first, second = (f"{uuid.uuid4().hex}_session" for _ in range(2))
+    dumps = iter([[first], [first, second], [second, first]])
+    calls = []
+
+    def scripted_dump(name):
+        calls.append(name)
+        return ((key, None) for key in next(dumps))
+
+    monkeypatch.setattr(source, "_dump", scripted_dump)
+    monkeypatch.setattr(source, "_batch", lambda name, keys: iter([(name, tuple(keys))]))
+    assert list(source.items(None)) == [("127.0.0.1:1", (first, second))]
+    assert len(calls) == 3  # the third dump listed nothing new
+
+    dumps = iter([[], []])
+    calls.clear()
+    assert list(source.items(None)) == [] and len(calls) == 2  # an empty server: twice, not three times
+
+
 class _OldMemcached(socketserver.StreamRequestHandler):
     """Answers `version` as memcached 1.4.25 would, and nothing else."""
 

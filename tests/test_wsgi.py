@@ -1383,6 +1383,17 @@ def test_a_session_read_then_reset_like_turbogears_still_varies_on_cookie():
 # ---------------------------------------------------------------- the compiled request cycle
 
 
+def test_replacing_the_wrapped_app_after_construction_takes_effect():
+    """app is a field of the (compiled) Middleware base: assigning it changes what the next request runs."""
+    mw = make_mw(App(inc))
+    test = webtest_app(mw)
+    assert test.get("/").text == "1"
+    mw.app = App(read)
+    assert test.get("/").text == "1"
+    assert test.get("/").text == "1"  # read, not counted up
+    assert isinstance(mw, SessionMiddleware) and callable(mw)
+
+
 def test_the_request_cycle_is_compiled_exactly_when_the_c_kernel_is_selected():
     """fastsess._request is _request_py.py compiled; wsgi takes it with the C kernel, else the source."""
     from fastsess import _request_py, core, wsgi

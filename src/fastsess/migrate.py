@@ -582,6 +582,8 @@ class SqlaSource(DatabaseSource):
 
 # memcache clients' flags: python-memcached and python-binary-memcached agree on these.
 _MC_PICKLE, _MC_INTEGER, _MC_LONG, _MC_COMPRESSED, _MC_TEXT = 1, 2, 4, 8, 16
+#: key dumps per server at most; the last one listed nothing new, or this many ran
+_MC_DUMP_PASSES = 3
 _MC_DUMP_TIMEOUT = 30.0
 
 
@@ -600,6 +602,10 @@ class MemcachedSource(BeakerSource):
     lost to Beaker too, and its user logs in again. The dump is not a snapshot,
     so a session created during a pass is found by the next one; the delta
     pass at cutover, once Beaker has stopped writing, finds everything left.
+    Nor is one dump complete: memcached moves items between its LRU segments
+    while the crawler walks them, and an item moved behind the crawler is not
+    listed. So each server is dumped again until a dump lists no key the
+    earlier ones missed (at most _MC_DUMP_PASSES dumps).
     Each key's `la` (last access, never earlier than its last write, in the
     server's clock) lets a delta pass skip sessions untouched since.
     """
@@ -657,16 +663,24 @@ class MemcachedSource(BeakerSource):
         for name in self.servers:
             keys: list[str] = []
             found.append((name, keys))
-            for key, last_access in self._dump(name):
-                if not key.endswith(self.SUFFIX):
-                    continue  # the application's own cache entries
-                if not beaker_compat.is_beaker_id(key[: -len(self.SUFFIX)]):
-                    yield ("skipped", "not a Beaker 1.14 session key (cache entries are left alone)")
-                    continue
-                if since is not None and last_access is not None and last_access < since:
-                    yield ("unchanged", "")
-                    continue
-                keys.append(key)
+            seen: set[str] = set()
+            for dump in range(_MC_DUMP_PASSES):
+                before = len(seen)
+                for key, last_access in self._dump(name):
+                    if key in seen:
+                        continue
+                    seen.add(key)
+                    if not key.endswith(self.SUFFIX):
+                        continue  # the application's own cache entries
+                    if not beaker_compat.is_beaker_id(key[: -len(self.SUFFIX)]):
+                        yield ("skipped", "not a Beaker 1.14 session key (cache entries are left alone)")
+                        continue
+                    if since is not None and last_access is not None and last_access < since:
+                        yield ("unchanged", "")
+                        continue
+                    keys.append(key)
+                if dump and len(seen) == before:
+                    break  # this dump listed nothing the earlier ones missed
         for name, keys in found:
             for start in range(0, len(keys), 100):
                 yield from self._batch(name, keys[start : start + 100])
