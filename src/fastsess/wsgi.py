@@ -68,13 +68,22 @@ class SessionMiddleware(_request.Middleware):
         environ_key: str = "beaker.session",
         **kwargs: Any,
     ) -> None:
-        self.wrap_app = self.app = wrap_app
+        self.app = wrap_app
         self.config: Config = load_config(config, **kwargs)
         self.environ_key = environ_key
         self.store = open_store(self.config)
         self.service = SessionService(self.config, self.store)
         self._bound_get_session = self.get_session  # one bound method, not one per request
         self._webtest_varname = self.config.webtest_varname or None
+
+    @property
+    def wrap_app(self) -> Callable:
+        """Beaker's name for the wrapped application: the same attribute as `app`."""
+        return self.app
+
+    @wrap_app.setter
+    def wrap_app(self, app: Callable) -> None:
+        self.app = app
 
     def _request_options(self, environ: dict, session: Session) -> None:
         """What a request may ask beyond the default: no touch, or WebTest's view of the session."""
