@@ -121,6 +121,11 @@ def _parse_sealed(payload: bytes) -> tuple | None:
     return core.b64url_encode(raw_id), created, csrf_gen, domain, path, flash, data_bytes
 
 
+def _copy_flash(flash: Any) -> Any:
+    """The flash queues as loaded or written: copied, since their lists change in place."""
+    return {q: list(m) for q, m in flash.items()} if flash else _NO_FLASH  # most sessions have none
+
+
 #: a remembered sealed value whose record nobody has parsed yet (see SessionService.open_sealed_record)
 _UNPARSED = object()
 
@@ -1091,7 +1096,7 @@ class Session:
         s.is_new = s.invalidated = s.deleted = s.retag = False
         s.rotate_from = None
         s.loaded_domain, s.loaded_path, s.loaded_csrf_gen = s.domain, s.path, s.csrf_gen
-        s.loaded_flash = {q: list(m) for q, m in s.flash.items()}
+        s.loaded_flash = _copy_flash(s.flash)
         s.modified = s.mutable_out = s.flash_modified = s.save_requested = False
         s.last_access = now
 
@@ -1185,7 +1190,7 @@ class Session:
         s.invalidated = s.deleted = False
         s.rotate_from = None
         s.loaded_domain, s.loaded_path, s.loaded_csrf_gen = s.domain, s.path, s.csrf_gen
-        s.loaded_flash = {q: list(m) for q, m in s.flash.items()}
+        s.loaded_flash = _copy_flash(s.flash)
         s.modified = s.mutable_out = s.flash_modified = s.save_requested = False
         s.last_access = now
         if cookie_changed or s.retag or service.persistent_cookie:
