@@ -26,7 +26,9 @@ pytestmark = pytest.mark.servers
 
 SECRET = "memcached-test-secret-" + "z" * 20
 TIMEOUT = 0.5  # connect and socket timeouts of the failure tests
-BOUND = TIMEOUT * 3 + 1  # a safety bound on "did not hang", not a speed claim
+#: pytest-timeout's limit for a failure test: a node that made the store hang fails the test
+#: outright. The tests themselves check what failed and why, never how long it took.
+HANG_LIMIT = pytest.mark.timeout(60)
 
 _prefixes = itertools.count()
 
@@ -318,14 +320,15 @@ def key_on(store: MemcachedStore, server) -> bytes:
     return next(skey(f"on{i}") for i in itertools.count() if store.node_for(skey(f"on{i}")) == server.address)
 
 
-def timed(fn, *args):
-    start = time.monotonic()
+def attempt(fn, *args):
+    """fn(*args), or the StoreError it raised."""
     try:
-        return fn(*args), time.monotonic() - start
+        return fn(*args)
     except StoreError as exc:
-        return exc, time.monotonic() - start
+        return exc
 
 
+@HANG_LIMIT
 def test_a_downed_node_fails_its_keys_with_store_error_and_the_other_node_keeps_working(two_nodes):
     a, b = two_nodes
     store = failure_store(two_nodes)
@@ -340,28 +343,28 @@ def test_a_downed_node_fails_its_keys_with_store_error_and_the_other_node_keeps_
         lambda: store.touch(on_a, time.time() + 60),
         lambda: store.delete(on_a),
     ):
-        error, elapsed = timed(operation)
+        error = attempt(operation)
         assert isinstance(error, StoreError), error  # never None: a down node is not a missing session
         assert a.address in str(error) and on_a.hex() not in str(error)
-        assert elapsed < BOUND
     assert store.load(on_b).blob == b"b"
     assert isinstance(store.cas(on_b, b"b2", store.load(on_b).version, time.time() + 60), int)
     # Nothing for a's key went to b.
     assert not b.has_key(mkey(store, on_a))
 
 
+@HANG_LIMIT
 def test_a_hung_node_times_out_instead_of_hanging(two_nodes):
     a, _ = two_nodes
     store = failure_store(two_nodes)
     on_a = key_on(store, a)
     store.create(on_a, b"a", time.time() + 60)
     a.pause()
-    error, elapsed = timed(store.load, on_a)
-    assert isinstance(error, StoreError) and "timed out" in str(error)
-    assert TIMEOUT * 0.8 < elapsed < BOUND
+    error = attempt(store.load, on_a)
+    assert isinstance(error, StoreError) and "timed out" in str(error)  # the socket timeout ended the wait
     a.resume()
 
 
+@HANG_LIMIT
 def test_breaker_fails_fast_after_repeated_failures_then_recovers(two_nodes):
     a, b = two_nodes
     store = failure_store(two_nodes, breaker_threshold=2, breaker_cooldown=0.5)
@@ -369,10 +372,10 @@ def test_breaker_fails_fast_after_repeated_failures_then_recovers(two_nodes):
     store.create(on_a, b"a", time.time() + 60)
     a.pause()
     for _ in range(2):
-        assert isinstance(timed(store.load, on_a)[0], StoreError)
-    error, elapsed = timed(store.load, on_a)
+        assert isinstance(attempt(store.load, on_a), StoreError)
+    error = attempt(store.load, on_a)
+    # The breaker answered: no connection was tried, so no socket timeout was waited out.
     assert isinstance(error, StoreError) and "not retrying" in str(error)
-    assert elapsed < TIMEOUT / 2  # failed fast, without waiting out the socket timeout
     assert store.load(on_b) is None  # the other node's breaker is its own
     a.resume()
     time.sleep(0.6)
@@ -419,14 +422,14 @@ def test_a_restart_while_connections_idle_costs_no_request_an_error(two_nodes):
     assert store.load(on_a).blob == b"after"
 
 
+@HANG_LIMIT
 def test_a_closed_connection_to_a_stopped_server_is_still_a_store_error(two_nodes):
     a, _ = two_nodes
     store = failure_store(two_nodes)
     on_a = key_on(store, a)
     store.create(on_a, b"before", time.time() + 60)
     a.stop()  # the retry on a new connection is refused
-    error, elapsed = timed(store.load, on_a)
-    assert isinstance(error, StoreError) and elapsed < BOUND
+    assert isinstance(attempt(store.load, on_a), StoreError)
 
 
 def test_store_error_in_rotate_takes_the_new_record_back(two_nodes):

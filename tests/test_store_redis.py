@@ -28,8 +28,9 @@ pytestmark = pytest.mark.servers
 
 SECRET = "redis-store-test-secret-" + "s" * 16
 HTTPS = {"wsgi.url_scheme": "https", "HTTP_HOST": "example.com"}
-#: a bound against hanging, not a speed assertion: far above the 0.3 s timeouts used below
-HANG_BOUND = 5.0
+#: pytest-timeout's limit for a failure test: a server that made the store hang fails the test
+#: outright. The tests themselves check what failed and why, never how long it took.
+HANG_LIMIT = pytest.mark.timeout(60)
 
 _serial = itertools.count()
 
@@ -548,6 +549,7 @@ def fast_failing_store(server: server_redis.RedisServer, threshold: int = 3) -> 
     )
 
 
+@HANG_LIMIT
 def test_stopped_server_gives_store_errors_then_the_breaker_fails_fast_then_service_resumes(own_server):
     made = fast_failing_store(own_server)
     version = made.create(skey("a"), b"data", time.time() + 60)
@@ -559,10 +561,8 @@ def test_stopped_server_gives_store_errors_then_the_breaker_fails_fast_then_serv
         lambda: made.touch(skey("a"), time.time() + 60),
     ]
     for operation in operations:
-        started = time.monotonic()
         with pytest.raises(StoreError) as caught:
             operation()
-        assert time.monotonic() - started < HANG_BOUND
         assert key_hex not in str(caught.value) and made.key_prefix not in str(caught.value)
     with pytest.raises(StoreError, match="not retrying"):  # open: no connection attempted
         made.load(skey("a"))
@@ -574,15 +574,14 @@ def test_stopped_server_gives_store_errors_then_the_breaker_fails_fast_then_serv
     made.close()
 
 
+@HANG_LIMIT
 def test_a_hung_server_costs_at_most_the_socket_timeout(own_server):
     made = fast_failing_store(own_server)
     made.create(skey("a"), b"data", time.time() + 60)
     os.kill(own_server.process.pid, signal.SIGSTOP)
     try:
-        started = time.monotonic()
-        with pytest.raises(StoreError, match="Timeout"):
+        with pytest.raises(StoreError, match="Timeout"):  # the socket timeout ended the wait
             made.load(skey("a"))
-        assert time.monotonic() - started < HANG_BOUND
     finally:
         os.kill(own_server.process.pid, signal.SIGCONT)
     assert made.load(skey("a")).blob == b"data"  # the breaker counted one failure and stays closed
@@ -598,6 +597,7 @@ def test_restarted_server_is_used_again_without_errors(own_server):
     made.close()
 
 
+@HANG_LIMIT
 def test_cluster_with_a_stopped_node_gives_store_errors_not_hangs(tmp_path):
     cluster = server_redis.RedisCluster(tmp_path).start()
     try:
@@ -610,14 +610,12 @@ def test_cluster_with_a_stopped_node_gives_store_errors_not_hangs(tmp_path):
             made.create(key, b"data", time.time() + 60)
         cluster.nodes[0].stop()
         failures = 0
-        started = time.monotonic()
         for key in keys:
             try:
                 assert made.load(key).blob == b"data"  # keys on the other nodes stay readable
             except StoreError:
                 failures += 1
         assert 0 < failures < len(keys)
-        assert time.monotonic() - started < HANG_BOUND * 2
         made.close()
     finally:
         cluster.stop()
@@ -741,15 +739,14 @@ def test_middleware_on_ext_rediscluster_counts_and_rotates(cluster):
     mw.close()
 
 
+@HANG_LIMIT
 def test_middleware_with_the_server_down_serves_an_unsaved_empty_session(own_server):
     mw = middleware(type="ext:redis", url=own_server.url, socket_timeout="0.3", connect_timeout="0.3",
                     on_store_error="anonymous")
     app = webtest.TestApp(mw, extra_environ=HTTPS)
     assert [app.get("/inc").text for _ in range(2)] == ["1", "2"]
     own_server.stop()
-    started = time.monotonic()
     response = app.get("/inc")
-    assert time.monotonic() - started < HANG_BOUND
     assert response.text == "1"  # an empty session: the stored count is unreachable
     assert response.headers.getall("Set-Cookie") == []  # and nothing saved, no new cookie
     strict = middleware(type="ext:redis", url=own_server.url, socket_timeout="0.3", connect_timeout="0.3")
