@@ -767,7 +767,7 @@ class Session:
         """Keep the data under a new id; the old id becomes a 60-second tombstone."""
         s = self._writable()
         if not s.is_new and s.rotate_from is None:
-            s.rotate_from = (core.store_key(s.id), s.version)
+            s.rotate_from = (s.store_key(), s.version)
         s.id = core.new_session_id()
         s.save_requested = True
         if self._detached:
@@ -798,7 +798,7 @@ class Session:
         """Drop the data and id; the current record (and any rotated one) goes at persist."""
         doomed = list(s.doomed)
         if not s.is_new and s.id is not None:
-            doomed.append(core.store_key(s.id))
+            doomed.append(s.store_key())
         if s.rotate_from is not None:
             doomed.append(s.rotate_from[0])
             s.rotate_from = None
@@ -1197,7 +1197,7 @@ class Session:
             s.cookie_action = SET_COOKIE
 
     def _was_rotated(self, service: SessionService, s: _State) -> bool:
-        key = s.rotate_from[0] if s.rotate_from is not None else core.store_key(s.id)
+        key = s.rotate_from[0] if s.rotate_from is not None else s.store_key()
         try:
             return service.store.load(key) is TOMBSTONE
         except StoreError:

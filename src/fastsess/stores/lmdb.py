@@ -665,12 +665,6 @@ class LmdbStore(Store):
         shared.ops += 1
         if shared.ops >= _MAINTAIN_EVERY:
             shared.maintain()
-        if raw is not None and len(raw) > _HEADER:  # the common case, a live format-2 record, inline
-            fmt, kind, size, version, expires_at, last_access = _unpack_meta(raw)
-            if fmt == _FORMAT and kind == _RECORD and len(raw) == _HEADER + size:
-                if self.clock() > expires_at:
-                    return None
-                return record_from((raw[_HEADER:], version, expires_at, last_access))
         return self._loaded(raw, blob)
 
     def _load(self, txn, shared, key):
@@ -682,6 +676,12 @@ class LmdbStore(Store):
         """The record in an entry; blob: a format-1 entry's blob from the data sub-database."""
         if raw is None:
             return None
+        if len(raw) > _HEADER:  # a format-2 record, as nearly always: read without _parse_meta's tuple
+            fmt, kind, size, version, expires_at, last_access = _unpack_meta(raw)
+            if fmt == _FORMAT and kind == _RECORD and len(raw) == _HEADER + size:
+                if self.clock() > expires_at:
+                    return None
+                return record_from((raw[_HEADER:], version, expires_at, last_access))
         meta = _parse_meta(raw)
         if meta is None:
             raise self._damaged()
@@ -743,9 +743,9 @@ class LmdbStore(Store):
         kind, size, version, _, _, split = old
         if split:  # the blob stays where it is
             txn.put(key, _META.pack(_FORMAT_SPLIT, kind, size, version, expires_at, now), db=shared.meta)
+            _reindex(txn, shared, key, old, expires_at)
         else:
-            txn.put(key, _META.pack(_FORMAT, kind, size, version, expires_at, now) + raw[_HEADER:], db=shared.meta)
-        _reindex(txn, shared, key, old, expires_at)
+            self._put(txn, shared, key, old, kind, version, raw[_HEADER:], expires_at, now)
 
     def delete(self, key: bytes) -> None:
         self._check_key(key)
