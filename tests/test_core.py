@@ -777,6 +777,103 @@ def test_bytes_like_blobs_decode_the_same(core):
     assert core.decode_data(memoryview(blob)) == expected
 
 
+def test_copy_data_copies_every_mutable_container_and_shares_the_rest(core):
+    when = dt.datetime(2026, 11, 26, 12, 0, tzinfo=dt.timezone.utc)
+    data = core.decode_data(core.encode_data({
+        "name": "ada",
+        "cart": [1, [2, 3], {"sku": "x"}],
+        "prefs": {"tags": {"a", "b"}, "pair": (1, [2])},
+        "frozen": (1, "two", frozenset({3})),
+        "when": when,
+    }))
+    copied = core.copy_data(data)
+    assert copied == data
+    assert copied is not data
+    for path in (("cart",), ("cart", 1), ("cart", 2), ("prefs",), ("prefs", "tags"), ("prefs", "pair", 1)):
+        ours, theirs = copied, data
+        for step in path:
+            ours, theirs = ours[step], theirs[step]
+        assert ours is not theirs, path
+    assert copied["prefs"]["pair"] is not data["prefs"]["pair"]  # a tuple holding a list is rebuilt
+    assert copied["frozen"] is data["frozen"]  # immutable all the way down: shared
+    assert copied["name"] is data["name"]
+    assert copied["when"] is data["when"]
+    copied["cart"][1].append(4)
+    copied["prefs"]["pair"][1].append(5)
+    copied["prefs"]["tags"].add("c")
+    assert data["cart"][1] == [2, 3]
+    assert data["prefs"]["pair"] == (1, [2])
+    assert data["prefs"]["tags"] == {"a", "b"}
+
+
+def test_decode_memo_keeps_bytes_from_their_second_sighting_and_answers_with_fresh_copies(core):
+    blob = core.encode_data({"cart": [1, 2], "prefs": {"tags": {"a"}}, "name": "ada"})
+    memo = core.DecodeMemo(1000, 500)
+    answers = [memo.decode(blob) for _ in range(4)]
+    assert memo.entries() == [(blob, core.decode_data(blob))]
+    assert memo.size == len(blob)
+    for answer in answers:
+        assert answer == core.decode_data(blob)
+        answer["cart"].append(3)
+        answer["prefs"]["tags"].add("b")
+    assert memo.decode(blob) == core.decode_data(blob)  # no answer shares a container with another
+    assert answers[2]["name"] is answers[3]["name"]  # immutable values are shared
+
+
+def test_decode_memo_notes_first_and_respects_its_budget(core):
+    memo = core.DecodeMemo(100, 40)
+    blobs = [core.encode_data({"n": i, "pad": "x" * 10}) for i in range(8)]
+    assert all(len(b) < 40 for b in blobs)
+    memo.decode(blobs[0])
+    assert memo.entries() == [(blobs[0], None)]  # seen once: noted, nothing decoded kept
+    for blob in blobs:
+        assert memo.decode(blob) == core.decode_data(blob)
+        assert sum(len(b) for b, _ in memo.entries()) == memo.size <= 100
+    big = core.encode_data({"pad": "y" * 60})
+    for _ in range(3):
+        assert memo.decode(big) == {"pad": "y" * 60}
+    assert all(b != big for b, _ in memo.entries())  # over entry_limit: never kept
+
+
+@pytest.mark.parametrize("blob", [b"{", b"[1]", b'{"a":{"~zz":1}}', b""])
+def test_decode_memo_raises_like_decode_data_and_remembers_nothing(core, blob):
+    memo = core.DecodeMemo(1000, 500)
+    for _ in range(3):
+        with pytest.raises(ValueError):
+            memo.decode(blob)
+    assert memo.entries() == [] and memo.size == 0
+
+
+def test_decode_memo_decodes_bytes_likes_without_remembering_them(core):
+    blob = core.encode_data({"a": [1]})
+    memo = core.DecodeMemo(1000, 500)
+    for value in (bytearray(blob), memoryview(blob), bytearray(blob)):
+        assert memo.decode(value) == {"a": [1]}
+    assert memo.entries() == []
+    with pytest.raises(TypeError):
+        memo.decode("{}")
+
+
+def test_decode_memo_fingerprint_collisions_cost_a_decode_not_a_wrong_answer(monkeypatch):
+    # Only the reference can be made to collide: the C kernel's xxh3 cannot be replaced.
+    monkeypatch.setattr(reference, "fingerprint", lambda blob: 7)
+    memo = reference.DecodeMemo(1000, 500)
+    one, two = reference.encode_data({"who": "one"}), reference.encode_data({"who": "two"})
+    for _ in range(3):
+        assert memo.decode(one) == {"who": "one"}
+        assert memo.decode(two) == {"who": "two"}
+    for _ in range(3):
+        assert memo.decode(one) == {"who": "one"}
+    assert memo.decode(two) == {"who": "two"}
+    assert sum(len(b) for b, _ in memo.entries()) == memo.size
+
+
+@pytest.mark.parametrize("value", [None, [], "{}", b"{}"])
+def test_copy_data_refuses_what_is_not_a_dict(core, value):
+    with pytest.raises(TypeError):
+        core.copy_data(value)
+
+
 @pytest.mark.parametrize(
     "blob",
     [

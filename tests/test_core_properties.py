@@ -266,6 +266,45 @@ def test_decode_data_agrees(c_core, blob):
         assert ours[1] is theirs[1], (blob, ours, theirs)
 
 
+def mutable_containers(value, found=None) -> dict:
+    """id -> object for every dict, list and set reachable from value."""
+    found = {} if found is None else found
+    if type(value) in (dict, list, set):
+        found[id(value)] = value
+    if type(value) is dict:
+        for v in value.values():
+            mutable_containers(v, found)
+    elif type(value) in (list, tuple):
+        for v in value:
+            mutable_containers(v, found)
+    return found
+
+
+@SETTINGS
+@given(data=session_data)
+def test_copy_data_is_equal_and_shares_no_mutable_container(core, data):
+    decoded = core.decode_data(core.encode_data(data))
+    copied = core.copy_data(decoded)
+    assert copied == decoded
+    assert not mutable_containers(decoded).keys() & mutable_containers(copied).keys()
+
+
+@SETTINGS
+@given(
+    blobs=st.lists(
+        st.sampled_from([b"{", b"[]"]) | session_data.map(reference.encode_data), min_size=1, max_size=12
+    ).flatmap(lambda pool: st.lists(st.sampled_from(pool), max_size=20)),
+    budget=st.integers(0, 400),
+    entry_limit=st.integers(0, 200),
+)
+def test_decode_memo_agrees(c_core, blobs, budget, entry_limit):
+    ours, theirs = c_core.DecodeMemo(budget, entry_limit), reference.DecodeMemo(budget, entry_limit)
+    for blob in blobs:
+        assert outcome(ours.decode, blob) == outcome(theirs.decode, blob)
+        assert ours.size == theirs.size <= max(budget, 0)
+        assert sorted(ours.entries(), key=repr) == sorted(theirs.entries(), key=repr)
+
+
 @SETTINGS
 @given(blob=st.binary(max_size=120))
 def test_unpack_record_agrees(c_core, blob):

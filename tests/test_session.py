@@ -18,6 +18,8 @@ from collections import Counter
 from collections.abc import MutableMapping
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import fastsess.session as session_module
 from fastsess import core
@@ -465,6 +467,118 @@ def test_nested_mutation_of_a_dict_value_is_written(env):
     session.save()
     session.persist()
     assert env.data(sid) == {"profile": {"name": "bob"}}
+
+
+@pytest.mark.parametrize("take_cart", ACCESSORS)
+def test_unsaved_in_place_changes_never_reach_another_request(env, take_cart):
+    # Decoded data is remembered per process: each request must still get its own containers.
+    sid = env.existing(cart=["apple"], profile={"tags": {"a"}, "pair": (1, [2])})
+    for _ in range(3):
+        session = env.request(sid)
+        assert session["profile"] == {"tags": {"a"}, "pair": (1, [2])}
+        take_cart(session).append("pear")
+        session["profile"]["tags"].add("b")
+        session["profile"]["pair"][1].append(3)
+        session.read_only()
+        session.persist()
+    assert env.store.writes() == {}
+    assert env.request(sid)["cart"] == ["apple"]
+
+
+def test_revert_after_in_place_changes_gives_the_stored_value_again(env):
+    sid = env.existing(cart=["apple"])
+    session = env.request(sid)
+    session["cart"].append("pear")
+    session.revert()
+    assert session["cart"] == ["apple"]
+    session["cart"].append("plum")
+    session.revert()
+    assert session["cart"] == ["apple"]
+    assert env.request(sid)["cart"] == ["apple"]
+
+
+def test_remembered_decoded_data_stays_within_its_budget(monkeypatch):
+    monkeypatch.setattr(session_module, "DECODED_BYTES_LIMIT", 400)
+    monkeypatch.setattr(session_module, "DECODED_ENTRY_LIMIT", 150)
+    env = Env()
+    ids = [env.existing(n=i, pad="x" * 60) for i in range(20)]
+    big = env.existing(pad="y" * 200)  # over the entry limit: decoded every time, never kept
+    for _ in range(3):
+        for i, sid in enumerate(ids):
+            assert env.request(sid)["n"] == i
+        assert env.request(big)["pad"] == "y" * 200
+        entries = env.service._decoded.entries()
+        assert sum(len(blob) for blob, _ in entries) == env.service._decoded.size <= 400
+        assert all(len(blob) <= 150 for blob, _ in entries)
+
+
+def change_in_place(value) -> None:
+    """Change a container the session handed out, the way application code would."""
+    if type(value) is list:
+        value.append("more")
+    elif type(value) is dict:
+        value["more"] = 1
+    elif type(value) is set:
+        value.add("more")
+    elif type(value) is tuple and value and type(value[-1]) is list:
+        value[-1].append("more")
+
+
+SESSION_OPS = st.lists(
+    st.tuples(
+        st.sampled_from(
+            ["getitem", "get", "setdefault", "values", "items", "copy", "keys", "set", "del", "pop", "popitem",
+             "clear", "revert"]
+        ),
+        st.sampled_from(["cart", "prefs", "tags", "pair", "name", "absent"]),
+    ),
+    max_size=8,
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(requests=st.lists(st.tuples(SESSION_OPS, st.booleans()), min_size=1, max_size=4))
+def test_any_use_of_a_session_leaves_the_remembered_decoded_data_intact(requests):
+    # Decoded data is remembered per process (SessionService.decode): whatever a request
+    # does, what is remembered must still be what its bytes decode to, and the next
+    # request must load exactly what the last saved one wrote.
+    env = Env()
+    initial = {"cart": ["apple"], "prefs": {"lang": "en"}, "tags": {"a"}, "pair": (1, ["x"]), "name": "ann"}
+    sid = env.existing(**initial)
+    ids = [sid, env.existing(**initial)]  # two sessions with the same bytes: one remembered dict
+    stored = initial
+    for ops, save in requests:
+        session = env.request(sid)
+        for op, key in ops:
+            if op in ("getitem", "get", "setdefault") and key in session:
+                change_in_place(getattr(session, "__getitem__" if op == "getitem" else op)(key))
+            elif op in ("values", "items", "copy"):
+                for value in getattr(session, op)().values() if op == "copy" else getattr(session, op)():
+                    change_in_place(value[1] if op == "items" else value)
+            elif op == "keys":
+                session.keys()
+            elif op == "set":
+                session[key] = ["new", key]
+            elif op in ("del", "pop") and key in session:
+                session.pop(key) if op == "pop" else session.__delitem__(key)
+            elif op == "popitem" and len(session):
+                session.popitem()
+            elif op == "clear":
+                session.clear()
+            elif op == "revert":
+                session.revert()
+        expected = {k: session[k] for k in session}
+        if save:
+            session.save()
+        else:
+            session.read_only()
+        session.persist()
+        for blob, data in env.service._decoded.entries():
+            assert data is None or data == core.decode_data(blob)  # None: seen once, nothing kept
+        stored = expected if save else stored
+        assert env.data(sid) == stored
+        assert env.request(sid).copy() == stored
+    assert env.request(ids[1]).copy() == initial
 
 
 def test_setting_a_key_without_save_is_not_written(env):

@@ -21,9 +21,9 @@ import xxhash as _xxhash
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from cpython.dict cimport PyDict_Next
+from cpython.dict cimport PyDict_Copy, PyDict_Next
 from cpython.float cimport PyFloat_AS_DOUBLE, PyFloat_AsDouble
-from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
+from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE, PyList_GetSlice
 from cpython.long cimport (
     PyLong_AsLongLongAndOverflow,
     PyLong_AsUnsignedLongLong,
@@ -921,6 +921,111 @@ def decode_data(blob) -> dict:
     if type(result) is not dict:
         raise ValueError("record data is not an object")
     return result
+
+
+cdef object _fresh(object value):
+    cdef type t = type(value)
+    cdef Py_ssize_t i
+    cdef bint changed
+    if t is dict:
+        out = PyDict_Copy(value)
+        for k, v in (<dict>value).items():
+            t = type(v)
+            if t is dict or t is list or t is set or t is tuple:
+                (<dict>out)[k] = _fresh(v)
+        return out
+    if t is list:
+        out = PyList_GetSlice(value, 0, PyList_GET_SIZE(value))
+        for i in range(PyList_GET_SIZE(out)):
+            v = <object>PyList_GET_ITEM(out, i)
+            t = type(v)
+            if t is dict or t is list or t is set or t is tuple:
+                (<list>out)[i] = _fresh(v)
+        return out
+    if t is set:
+        return set(value)  # the elements are hashable, so immutable (SPEC 4)
+    if t is tuple:
+        changed = False
+        items = []
+        for v in <tuple>value:
+            fv = _fresh(v)
+            changed = changed or fv is not v
+            items.append(fv)
+        return tuple(items) if changed else value
+    return value
+
+
+def copy_data(data) -> dict:
+    """A copy of decoded session data sharing only immutable values (dicts, lists, sets copied)."""
+    if type(data) is not dict:
+        raise TypeError("session data must be a dict")
+    return _fresh(data)
+
+
+# The docstring opens with the text signature inspect.signature reads from an extension type.
+cdef class DecodeMemo:
+    """DecodeMemo(budget, entry_limit)
+--
+
+    decode_data with a memory: the same bytes seen again decode from a kept dict.
+
+    Bytes are kept decoded from their second sighting: once noted, twice
+    kept, within a budget of `budget` encoded bytes (bytes over `entry_limit`
+    are never noted); when the budget is spent everything is dropped. Noting
+    keeps only the bytes, which the garbage collector never visits. Entries
+    are found by fingerprint and match only when the bytes are equal, so a
+    collision costs a decode, never a wrong answer. Every answer is the
+    caller's own: copy_data of what is kept.
+    """
+
+    cdef dict _noted  # fingerprint -> bytes seen once
+    cdef dict _kept  # fingerprint -> (bytes, dict)
+    cdef Py_ssize_t _size, _budget, _entry_limit
+
+    def __init__(self, Py_ssize_t budget, Py_ssize_t entry_limit):
+        self._noted = {}
+        self._kept = {}
+        self._size = 0
+        self._budget = budget
+        self._entry_limit = entry_limit
+
+    @property
+    def size(self) -> int:
+        """The encoded bytes of every entry, noted or kept."""
+        return self._size
+
+    def entries(self) -> list:
+        """(bytes, None) for every noted entry, (bytes, kept dict) for every kept one."""
+        return [(blob, None) for blob in self._noted.values()] + list(self._kept.values())
+
+    def decode(self, blob) -> dict:
+        cdef Py_ssize_t n
+        if type(blob) is not bytes:
+            return decode_data(blob)
+        fp = _xxh3_64(blob)
+        kept = self._kept.get(fp)
+        if kept is not None and (<tuple>kept)[0] == blob:
+            return _fresh((<tuple>kept)[1])
+        data = decode_data(blob)
+        n = PyBytes_GET_SIZE(blob)
+        if n > self._entry_limit or n > self._budget:
+            return data
+        noted = self._noted.get(fp)
+        if noted is not None and noted == blob:  # the second sighting: keep it
+            del self._noted[fp]
+            if kept is not None:  # a collision: the newer bytes win
+                self._size -= PyBytes_GET_SIZE((<tuple>kept)[0])
+            self._kept[fp] = (blob, _fresh(data))
+            return data
+        if noted is not None:
+            self._size -= PyBytes_GET_SIZE(noted)
+        if self._size + n > self._budget:
+            self._noted.clear()
+            self._kept.clear()
+            self._size = 0
+        self._noted[fp] = blob
+        self._size += n
+        return data
 
 
 def fingerprint(data) -> int:

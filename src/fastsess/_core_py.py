@@ -591,6 +591,95 @@ def decode_data(blob) -> dict:
     return result
 
 
+_COPIED = (dict, list, set, tuple)
+
+
+def _fresh(value: object) -> object:
+    t = type(value)
+    if t is dict:
+        out = value.copy()
+        for k, v in value.items():
+            if type(v) in _COPIED:
+                out[k] = _fresh(v)
+        return out
+    if t is list:
+        out = value.copy()
+        for i, v in enumerate(out):
+            if type(v) in _COPIED:
+                out[i] = _fresh(v)
+        return out
+    if t is set:
+        return set(value)  # the elements are hashable, so immutable (SPEC 4)
+    if t is tuple:
+        items = [_fresh(v) for v in value]
+        return tuple(items) if any(a is not b for a, b in zip(items, value, strict=True)) else value
+    return value
+
+
+def copy_data(data: dict) -> dict:
+    """A copy of decoded session data sharing only immutable values (dicts, lists, sets copied)."""
+    if type(data) is not dict:
+        raise TypeError("session data must be a dict")
+    return _fresh(data)
+
+
+class DecodeMemo:
+    """decode_data with a memory: the same bytes seen again decode from a kept dict.
+
+    Bytes are kept decoded from their second sighting: once noted, twice
+    kept, within a budget of `budget` encoded bytes (bytes over `entry_limit`
+    are never noted); when the budget is spent everything is dropped. Noting
+    keeps only the bytes, which the garbage collector never visits. Entries
+    are found by fingerprint and match only when the bytes are equal, so a
+    collision costs a decode, never a wrong answer. Every answer is the
+    caller's own: copy_data of what is kept.
+    """
+
+    def __init__(self, budget: int, entry_limit: int) -> None:
+        self._noted: dict[int, bytes] = {}  # fingerprint -> bytes seen once
+        self._kept: dict[int, tuple] = {}  # fingerprint -> (bytes, dict)
+        self._size = 0
+        self._budget = operator.index(budget)
+        self._entry_limit = operator.index(entry_limit)
+
+    @property
+    def size(self) -> int:
+        """The encoded bytes of every entry, noted or kept."""
+        return self._size
+
+    def entries(self) -> list:
+        """(bytes, None) for every noted entry, (bytes, kept dict) for every kept one."""
+        return [(blob, None) for blob in self._noted.values()] + list(self._kept.values())
+
+    def decode(self, blob) -> dict:
+        if type(blob) is not bytes:
+            return decode_data(blob)
+        fp = fingerprint(blob)
+        kept = self._kept.get(fp)
+        if kept is not None and kept[0] == blob:
+            return _fresh(kept[1])
+        data = decode_data(blob)
+        n = len(blob)
+        if n > self._entry_limit or n > self._budget:
+            return data
+        noted = self._noted.get(fp)
+        if noted is not None and noted == blob:  # the second sighting: keep it
+            del self._noted[fp]
+            if kept is not None:  # a collision: the newer bytes win
+                self._size -= len(kept[0])
+            self._kept[fp] = (blob, _fresh(data))
+            return data
+        if noted is not None:
+            self._size -= len(noted)
+        if self._size + n > self._budget:
+            self._noted.clear()
+            self._kept.clear()
+            self._size = 0
+        self._noted[fp] = blob
+        self._size += n
+        return data
+
+
 def fingerprint(data: bytes) -> int:
     """64-bit change fingerprint (xxh3_64); never used for security."""
     if _xxhash is not None:

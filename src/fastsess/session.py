@@ -35,6 +35,10 @@ VERIFIED_COOKIES_LIMIT = 4096
 #: cookie sessions remembered as opened, per process (see SessionService.open_sealed);
 #: fewer than id cookies, as each entry holds a whole cookie (up to 4 KB) and its payload
 OPENED_SEALED_LIMIT = 1024
+#: decoded session data remembered, per process (see SessionService.decode): a budget
+#: in encoded bytes, and the largest encoding worth keeping
+DECODED_BYTES_LIMIT = 1 << 20
+DECODED_ENTRY_LIMIT = 16 << 10
 #: ten years: the store expiry of a session with neither timeout set.
 _FOREVER = 10 * 365 * 24 * 3600.0
 _EMPTY_DATA = core.encode_data({})
@@ -148,6 +152,10 @@ class SessionService:
         self._writes = 0
         self._verified: dict[str, tuple] = {}
         self._opened_sealed: dict[str, tuple] = {}
+        #: data decoded from the same bytes as an earlier request's: a returning client's
+        #: session is decoded once per process while it stays unchanged (core.DecodeMemo)
+        self._decoded = core.DecodeMemo(DECODED_BYTES_LIMIT, DECODED_ENTRY_LIMIT)
+        self.decode = self._decoded.decode
         # Read on every request: kept as plain attributes.
         self._timeout = config.timeout or 0.0
         self._absolute_timeout = config.absolute_timeout or 0.0
@@ -594,7 +602,7 @@ class Session:
             if record is None:
                 raise ValueError("malformed sealed record")
             session_id, created, csrf_gen, domain, path, flash, data_bytes = record
-            data = core.decode_data(data_bytes)
+            data = service.decode(data_bytes)
             flash_data = core.decode_data(flash) if flash is not None else None
         except (ValueError, TypeError):
             service.events.emit("invalid_cookie", message="sealed cookie holds a malformed record")
@@ -647,7 +655,7 @@ class Session:
             if service.records_encrypted:
                 blob = service.open_record(key, blob)
             created, _, csrf_gen, domain, path, flash, data_bytes = core.unpack_record(blob)
-            data = core.decode_data(data_bytes)
+            data = service.decode(data_bytes)
             flash_data = core.decode_data(flash) if flash is not None else None
         except (ValueError, TypeError):
             return self._corrupt_record(service, session_id, now)
@@ -776,7 +784,7 @@ class Session:
     def revert(self) -> None:
         """Undo this request's changes to the data."""
         s = self._state()
-        s.data = core.decode_data(s.loaded_data)
+        s.data = self._service.decode(s.loaded_data)
         s.modified = s.mutable_out = False
 
     def read_only(self) -> None:
