@@ -160,6 +160,40 @@ def test_a_cookie_over_4093_bytes_raises_session_too_large():
         TestApp(make()).get("/big?5000")
 
 
+def test_a_cookie_of_exactly_4093_bytes_name_plus_value_is_set_and_one_more_is_refused():
+    # SPEC 3: name plus value over 4093 bytes raises; 4093 itself is allowed. The sealed
+    # value grows by 4 characters per 3 payload bytes, so some cookie name lands on 4093.
+    accepted, refused = set(), set()
+    for name in ("s", "se", "ses"):
+        app = TestApp(make(key=name))
+        for n in range(2900, 3100):
+            try:
+                accepted.add(len(name) + len(cookie_value(app.get(f"/big?{n}"))))
+            except SessionTooLarge as exc:
+                refused.add(int(str(exc).split(" would be ")[1].split()[0]))
+    assert max(accepted) == 4093
+    assert min(refused) == 4094
+
+
+def test_a_cookie_session_changed_after_the_headers_are_out_is_logged_not_lost_silently(caplog):
+    def streaming(environ, start_response):
+        session = environ["beaker.session"]
+        session["n"] = 1
+        session.save()
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        yield b"a"
+        session["n"] = 2  # the cookie carrying this is already out
+        session.save()
+        yield b"b"
+
+    settings = {"session.type": "cookie", "session.secret": SECRET, "session.timeout": 600, "session.secure": "false"}
+    app = TestApp(SessionMiddleware(streaming, settings))
+    with caplog.at_level(logging.DEBUG, logger="fastsess"):
+        response = app.get("/")
+    assert response.body == b"ab"
+    assert [r.fastsess_event for r in caplog.records].count("write_dropped") == 1
+
+
 def test_a_cookie_session_over_2kb_warns_once(caplog):
     app = TestApp(make())
     with caplog.at_level(logging.WARNING, logger="fastsess"):

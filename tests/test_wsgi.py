@@ -257,6 +257,49 @@ def test_no_touch_environ_key_makes_the_request_write_nothing(caplog):
     assert call(mw, cookie=cookie).body == b"1"
 
 
+def test_no_touch_set_by_the_application_itself_makes_the_request_write_nothing(caplog):
+    caplog.set_level(logging.DEBUG, logger="fastsess")
+    app = App(inc)
+    mw = make_mw(app)
+    cookie = f"session={call(mw).cookie_value()}"
+
+    def flag_then_write(session):
+        app.environs[-1]["fastsess.no_touch"] = True  # a health-check view, after the session loaded
+        return inc(session)
+
+    app.action = flag_then_write
+    served = call(mw, cookie=cookie)
+    assert served.set_cookies() == []
+    assert events(caplog, "write_dropped")
+    app.action = read
+    assert call(mw, cookie=cookie).body == b"1"
+
+
+def test_domain_set_without_save_is_kept_and_sent_on_this_response():
+    def set_domain(session):
+        session.domain = ".example.com"
+
+    app = App(inc)
+    mw = make_mw(app)
+    cookie = f"session={call(mw).cookie_value()}"
+    app.action = set_domain
+    [header] = call(mw, cookie=cookie).set_cookies()
+    assert "Domain=.example.com" in header
+    app.action = lambda session: session.domain  # kept with the session
+    assert call(mw, cookie=cookie).body == b".example.com"
+
+
+def test_setting_the_domain_it_already_has_sends_nothing():
+    def same_domain(session):
+        session.domain = session.domain
+
+    app = App(inc)
+    mw = make_mw(app, cookie_expires=True)  # a browser-session cookie: no sliding re-send
+    cookie = f"session={call(mw).cookie_value()}"
+    app.action = same_domain
+    assert call(mw, cookie=cookie).set_cookies() == []
+
+
 # ---------------------------------------------------------------- cache headers
 
 

@@ -78,6 +78,8 @@ class Response:
         if server_error and not self.mw.config.save_on_error:
             session._suppressed = True
         elif accessed:
+            if self.environ.get("fastsess.no_touch"):  # the application may set it, too
+                session.read_only()
             session.persist()
             if session._sess.cookie_action is not None:  # most requests: persist decided on no cookie
                 cookie = self.mw.cookie_header(session, self.environ)

@@ -486,7 +486,7 @@ class Session:
         record = core.pack_record(opened.created, now, 0, opened.domain, opened.path, None, opened.data_bytes)
         payload = core.b64url_decode(session_id) + record
         sealed = service.seal_cookie(opened.created, now, service.expires_at(opened.created, now), payload)
-        if len(service.config.cookie_name) + 1 + len(sealed) > MAX_COOKIE_BYTES:
+        if len(service.config.cookie_name) + len(sealed) > MAX_COOKIE_BYTES:
             service.events.emit(
                 "invalid_cookie", message="Beaker cookie session too large to reseal uncompressed"
             )
@@ -731,7 +731,12 @@ class Session:
 
     @domain.setter
     def domain(self, value: str | None) -> None:
-        self._writable().domain = _cookie_attribute("domain", value)
+        """Kept with the session and sent on this response's cookie, as Beaker re-emits it."""
+        value = _cookie_attribute("domain", value)
+        s = self._writable()
+        if value != s.domain:
+            s.domain = value
+            s.save_requested = True
 
     @property
     def path(self) -> str:
@@ -740,7 +745,12 @@ class Session:
 
     @path.setter
     def path(self, value: str | None) -> None:
-        self._writable().path = _cookie_attribute("path", value)
+        """Kept with the session and sent on this response's cookie, as Beaker re-emits it."""
+        value = _cookie_attribute("path", value)
+        s = self._writable()
+        if value != s.path:
+            s.path = value
+            s.save_requested = True
 
     def save(self) -> None:
         """Mark the session for writing at the end of the request (Beaker's semantics)."""
@@ -1086,9 +1096,12 @@ class Session:
         record = core.pack_record(s.created, now, s.csrf_gen, s.domain, s.path, flash_bytes, data_bytes)
         payload = core.b64url_decode(s.id) + record
         sealed = service.seal_cookie(s.created, now, service.expires_at(s.created, now), payload)
-        size = len(service.config.cookie_name) + 1 + len(sealed)
+        size = len(service.config.cookie_name) + len(sealed)  # name plus value, as SPEC 3 counts
         if size > MAX_COOKIE_BYTES:
-            raise SessionTooLarge(f"cookie session would be {size} bytes; browsers drop cookies over {MAX_COOKIE_BYTES}")
+            raise SessionTooLarge(
+                f"cookie session would be {size} bytes (name plus value); browsers drop cookies over "
+                f"{MAX_COOKIE_BYTES}"
+            )
         if size > COOKIE_WARN_BYTES and not service._cookie_too_large_warned:
             service._cookie_too_large_warned = True
             service.events.emit(
@@ -1120,7 +1133,7 @@ class Session:
             return
         service: SessionService = self._service
         pending = s.modified or s.mutable_out or s.flash_modified or s.save_requested or s.doomed or s.dead
-        if s.is_new or s.rotate_from is not None or s.dead or s.doomed or s.invalidated:
+        if service.cookie_only or s.is_new or s.rotate_from is not None or s.dead or s.doomed or s.invalidated:
             if pending:
                 service.events.emit(
                     "write_dropped", sid=service.sid(s.id), message="change after the headers needs a new cookie"

@@ -134,8 +134,11 @@ class SessionMiddleware(_request.Middleware):
             cfg.cookie_name, value, path, domain, expires, max_age,
             bool(secure), cfg.httponly, cfg.samesite, cfg.partitioned,
         )
-        if s.cookie_action == SET_COOKIE and len(cfg.cookie_name) + 1 + len(value) > MAX_COOKIE_BYTES:
-            raise SessionTooLarge(f"session cookie would be {len(value)} bytes; browsers drop cookies over 4093")
+        if s.cookie_action == SET_COOKIE and len(cfg.cookie_name) + len(value) > MAX_COOKIE_BYTES:
+            raise SessionTooLarge(
+                f"session cookie would be {len(cfg.cookie_name) + len(value)} bytes (name plus value); "
+                f"browsers drop cookies over {MAX_COOKIE_BYTES}"
+            )
         return header
 
     def _expiry(self, session: Session) -> tuple:
