@@ -1394,6 +1394,42 @@ def test_concurrent_saves_of_the_same_key_raise_conflict_error_when_configured()
     assert env.data(sid) == {"colour": "green"}
 
 
+class BusyStore(CountingStore):
+    """A store without a lock whose compare-and-set loses `losses` races to other writers first."""
+
+    has_locked_update = False
+
+    def __init__(self, clock, losses: int) -> None:
+        super().__init__(clock)
+        self.losses = losses
+
+    def cas(self, key, blob, expected_version, expires_at):
+        if self.losses:
+            self.losses -= 1
+            current = self.peek(key)  # another request lands first: same bytes, new version
+            super().cas(key, current.blob, current.version, current.expires_at)
+        return super().cas(key, blob, expected_version, expires_at)
+
+
+@pytest.mark.parametrize("losses", [12, session_module.MAX_CAS_ATTEMPTS])
+def test_a_write_lands_after_many_lost_races_and_gives_up_only_past_the_limit(monkeypatch, losses):
+    monkeypatch.setattr(session_module, "MAX_BACKOFF", 0.0)
+    env = Env()
+    env.store = env.service.store = BusyStore(env.clock, 0)
+    sid = env.existing(base=0)
+    session = env.request(sid)
+    session["x"] = 1
+    session.save()
+    env.store.losses = losses + 1  # the first compare-and-set, then one per merge attempt
+    if losses < session_module.MAX_CAS_ATTEMPTS:
+        session.persist()
+        assert env.data(sid) == {"base": 0, "x": 1}
+    else:
+        with pytest.raises(ConflictError):
+            session.persist()
+        assert "conflict_raised" in env.event_names()
+
+
 def test_concurrent_delete_makes_the_other_save_gone_without_raising(env):
     sid, first, second = two_requests(env, user="ann")
     first.delete()

@@ -328,6 +328,56 @@ def test_rotate_onto_an_existing_key_conflicts(store):
     assert store.load(skey("old")).blob == b"one"
 
 
+def locked_rotate_or_skip(store):
+    if not store.has_locked_rotate:
+        pytest.skip("store has no locked_rotate")
+    return store.locked_rotate
+
+
+def test_locked_rotate_computes_the_new_record_from_the_live_old_one(store, clock):
+    locked_rotate = locked_rotate_or_skip(store)
+    v1 = store.create(skey("old"), b"one", T0 + TTL)
+    clock.advance(5)
+    seen = []
+    version = locked_rotate(
+        skey("old"), skey("new"), lambda record: (seen.append(record) or record.blob + b"+", clock.now + TTL), 60
+    )
+    assert [(r.blob, r.version) for r in seen] == [(b"one", v1)]
+    assert assert_record(store.load(skey("new")), b"one+", clock.now + TTL, clock.now).version == version
+    assert store.load(skey("old")) is TOMBSTONE
+
+
+def test_locked_rotate_from_missing_or_tombstoned_record_is_gone(store):
+    locked_rotate = locked_rotate_or_skip(store)
+    assert locked_rotate(skey("old"), skey("new"), lambda r: (b"x", T0 + TTL), 60) is GONE
+    store.create(skey("old"), b"one", T0 + TTL)
+    store.rotate(skey("old"), skey("mid"), b"one", T0 + TTL, 60)
+    assert locked_rotate(skey("old"), skey("new"), lambda r: (b"x", T0 + TTL), 60) is GONE
+    assert store.load(skey("new")) is None
+
+
+def test_locked_rotate_onto_an_existing_key_conflicts_and_changes_nothing(store):
+    locked_rotate = locked_rotate_or_skip(store)
+    store.create(skey("old"), b"one", T0 + TTL)
+    store.create(skey("new"), b"taken", T0 + TTL)
+    assert locked_rotate(skey("old"), skey("new"), lambda r: (b"x", T0 + TTL), 60) is CONFLICT
+    assert store.load(skey("new")).blob == b"taken"
+    assert store.load(skey("old")).blob == b"one"
+
+
+def test_locked_rotate_writes_nothing_when_fn_raises(store):
+    locked_rotate = locked_rotate_or_skip(store)
+    store.create(skey("old"), b"one", T0 + TTL)
+
+    def fail(record):
+        raise ValueError("merge refused")
+
+    with pytest.raises(ValueError):
+        locked_rotate(skey("old"), skey("new"), fail, 60)
+    assert store.load(skey("old")).blob == b"one"
+    assert store.load(skey("new")) is None
+
+
 # -- cleanup
 
 

@@ -528,3 +528,45 @@ def test_type_sql_with_only_data_dir_uses_a_sqlite_file(tmp_path):
     assert (tmp_path / "data" / "sessions.sqlite").exists()
     assert mw.store.engine.dialect.name == "sqlite"
     mw.close()
+
+
+class WritersAlwaysWinStore(SqlStore):
+    """Every optimistic rotation loses to a writer that lands first, as under heavy load."""
+
+    def rotate(self, old_key, new_key, blob, expires_at, tombstone_seconds, expected_version=None):
+        current = self.load(old_key)
+        if isinstance(current, StoredRecord):  # the same bytes under a new version
+            self.cas(old_key, current.blob, current.version, current.expires_at)
+        return super().rotate(old_key, new_key, blob, expires_at, tombstone_seconds, expected_version)
+
+
+@pytest.mark.parametrize("where", ["sqlite", "postgres"])
+def test_regenerate_id_merges_under_the_row_lock_when_writers_keep_winning(where, request, table_name):
+    # An optimistic rotation retried 8 times lost to locked writers on PostgreSQL
+    # (a login answered 500); the SQL store rotates under the row lock instead.
+    url = request.getfixturevalue("sqlite_url" if where == "sqlite" else "pg_url")
+
+    def app(environ, start_response):
+        session = environ["beaker.session"]
+        if environ["PATH_INFO"] == "/login":
+            session.regenerate_id()
+            session["user"] = "ada"
+        else:
+            session["cart"] = "full"
+        session.save()
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [json.dumps(dict(session.items()), sort_keys=True).encode()]
+
+    mw = SessionMiddleware(app, {"session.type": "sql", "session.url": url, "session.table_name": table_name,
+                                 "session.secret": SECRET, "session.timeout": 600, "session.secure": "false"})
+    try:
+        mw.service.store.__class__ = WritersAlwaysWinStore
+        client = webtest.TestApp(mw)
+        client.get("/cart")
+        old_cookie = client.cookies["session"]
+        assert json.loads(client.get("/login").text) == {"cart": "full", "user": "ada"}
+        assert client.cookies["session"] != old_cookie
+        stale = webtest.TestApp(mw, extra_environ={"HTTP_COOKIE": f"session={old_cookie}"})
+        assert stale.get("/cart").text == '{"cart": "full"}'  # the old id loads nothing: a tombstone
+    finally:
+        mw.close()

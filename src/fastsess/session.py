@@ -25,8 +25,10 @@ from .stores.base import CONFLICT, EXISTS, GONE, TOMBSTONE, Store, StoredRecord
 
 _MISSING = object()
 _MUTABLE = (dict, list, set)
-#: compare-and-set attempts for stores without a lock (memcached, redis).
-MAX_CAS_ATTEMPTS = 8
+#: compare-and-set attempts for stores without a lock (memcached, redis), and the
+#: longest pause between two: about 0.2 s of waiting in all, at worst
+MAX_CAS_ATTEMPTS = 16
+MAX_BACKOFF = 0.02
 #: automatic cleanup: this much work every CLEANUP_EVERY writes, per process.
 CLEANUP_EVERY = 500
 CLEANUP_BUDGET = 200
@@ -1236,6 +1238,18 @@ class Session:
                 if result is not GONE:
                     service.events.emit("regenerated", sid=service.sid(s.id))
                 return result
+            if service.store.has_locked_rotate:  # merge and rotate under the store's lock
+                result = service.store.locked_rotate(
+                    old_key, new_key,
+                    lambda current: (service.seal_record(new_key, self._merged_blob(s, service, old_key, current, now)),
+                                     expires_at),
+                    TOMBSTONE_SECONDS,
+                )
+                if result is CONFLICT:  # new_key is taken: a 256-bit collision
+                    return self._give_up(s, service)
+                if result is not GONE:
+                    service.events.emit("regenerated", sid=service.sid(s.id))
+                return result
             current = _reload(service.store, old_key)
             if not isinstance(current, StoredRecord):
                 return GONE
@@ -1325,8 +1339,8 @@ def _reload(store: Store, key: bytes):
 
 
 def _backoff(attempt: int) -> None:
-    """Jittered exponential backoff between compare-and-set retries (at most ~25 ms)."""
-    time.sleep(random.uniform(0, 0.0002 * (2 ** attempt)))
+    """Jittered exponential backoff between compare-and-set retries, each at most MAX_BACKOFF."""
+    time.sleep(random.uniform(0, min(0.0002 * (2 ** attempt), MAX_BACKOFF)))
 
 
 def _cookie_attribute(what: str, value: str | None) -> str | None:

@@ -69,6 +69,9 @@ class Store(ABC):
 
     #: True when the store offers locked_update() (a cheap exclusive lock).
     has_locked_update = False
+    #: locked_rotate() is offered: rotation merges under the store's lock (SQL), where an
+    #: optimistic rotation would keep losing to writers that hold a lock
+    has_locked_rotate = False
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
@@ -134,6 +137,15 @@ class Store(ABC):
         Only stores with has_locked_update = True offer it.
         """
         raise TypeError(f"{type(self).__name__} has no locked_update")
+
+    def locked_rotate(self, old_key: bytes, new_key: bytes, fn: UpdateFn, tombstone_seconds: float) -> WriteResult:
+        """rotate(), with the new record computed by fn from the live old one under the store's lock.
+
+        fn gets the old StoredRecord and returns (blob, expires_at) for new_key.
+        Returns the new version, GONE when old_key holds no live record, CONFLICT
+        when new_key already does. Only stores with has_locked_rotate = True offer it.
+        """
+        raise TypeError(f"{type(self).__name__} has no locked_rotate")
 
     def close(self) -> None:  # noqa: B027 - optional: most stores hold nothing to release
         """Release resources; the store may not be used afterwards."""

@@ -104,6 +104,10 @@ _CONNECTION_ERRORS = (
 _DESCRIBED_ERRORS = (*_CONNECTION_ERRORS, sa_exc.ProgrammingError)
 
 
+class _Changed(Exception):
+    """Rolls a transaction back: the row changed although it was locked."""
+
+
 def _new_version() -> int:
     # 62 bits: far from BIGINT's 2^63 limit however many writes follow.
     return int.from_bytes(os.urandom(8), "little") >> 2
@@ -283,6 +287,7 @@ class SqlStore(Store):
     """
 
     has_locked_update = True
+    has_locked_rotate = True
     #: rows one cleanup statement deletes at most: short transactions, short locks
     cleanup_batch = 500
 
@@ -522,6 +527,32 @@ class SqlStore(Store):
         except sa_exc.IntegrityError:  # new_key holds a live record: rolled back, old untouched
             return CONFLICT
         return CONFLICT if self._is_live(row, now) else GONE
+
+    def locked_rotate(self, old_key: bytes, new_key: bytes, fn: UpdateFn, tombstone_seconds: float) -> WriteResult:
+        return self._run("rotate", self._do_locked_rotate, old_key, new_key, fn, tombstone_seconds)
+
+    def _do_locked_rotate(self, old_key, new_key, fn, tombstone_seconds) -> WriteResult:
+        old, new = self._key(old_key), self._key(new_key)
+        try:
+            with self._tx.begin() as conn:
+                if self._sqlite:
+                    conn.execute(self._lock_db, {"k": old})
+                row = conn.execute(self._load_for_update, {"k": old}).first()
+                now = self.clock()
+                record = self._record(row) if self._is_live(row, now) else None
+                if not isinstance(record, StoredRecord):
+                    return GONE
+                blob, expires_at = fn(record)  # an exception here rolls back: nothing written
+                bury = {"k": old, "e": now + tombstone_seconds, "now": now, "old": record.version}
+                if conn.execute(self._bury_version, bury).rowcount != 1:  # cannot happen under the lock
+                    raise _Changed
+                version = _new_version()
+                conn.execute(self._delete_dead, {"k": new, "now": now})
+                conn.execute(self._insert, {"k": new, "kind": _RECORD, "v": version, "e": expires_at,
+                                            "now": now, "d": bytes(blob)})
+                return version
+        except (sa_exc.IntegrityError, _Changed):  # new_key holds a live record: rolled back, old untouched
+            return CONFLICT
 
     def cleanup(self, now: float, budget: int) -> int:
         return self._run("cleanup", self._do_cleanup, now, budget)
