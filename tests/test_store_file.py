@@ -18,6 +18,7 @@ import pytest
 from fastsess import SessionMiddleware
 from fastsess.errors import CorruptRecord, StoreError
 from fastsess.stores import file as file_module
+from fastsess.stores.base import EXPIRED
 from fastsess.stores.file import FileStore
 from test_store_contract import T0, TTL, FakeClock, skey
 
@@ -85,7 +86,7 @@ def test_cleanup_goes_by_mtime(store, clock):
     store.create(skey("a"), b"data", T0 + TTL)
     past = int((T0 - 1) * 1e9)
     os.utime(record_path(store, skey("a")), ns=(past, past))
-    assert store.load(skey("a")) is None
+    assert store.load(skey("a")) is EXPIRED
     assert store.cleanup(clock.now, 10) == 1
     assert not record_path(store, skey("a")).exists()
 

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from fastsess.stores import memory
-from fastsess.stores.base import StoredRecord
+from fastsess.stores.base import EXPIRED, StoredRecord
 from fastsess.stores.memory import MemoryStore
 from test_store_contract import T0, TTL, FakeClock, skey
 
@@ -45,7 +45,7 @@ def test_cleanup_step_looks_only_at_the_least_recently_used_entries(clock):
     store.create(skey("late"), b"x", T0 + 10)  # expired too, but behind 100 live entries
     clock.advance(100)
     assert store.cleanup_step(clock.now, 5) == 3  # 20 entries looked at: the late one is not reached
-    assert store.load(skey("late")) is None  # a load still never returns an expired record
+    assert store.load(skey("late")) is EXPIRED  # a load still never returns an expired record
     assert len(store) == 100
 
 
@@ -60,8 +60,9 @@ def test_an_expired_record_is_removed_by_the_load_that_finds_it(clock, load_path
     store = MemoryStore(clock=clock)
     store.create(skey("a"), b"a", T0 + 10)
     clock.advance(11)
-    assert store.load(skey("a")) is None
+    assert store.load(skey("a")) is EXPIRED
     assert len(store) == 0
+    assert store.load(skey("a")) is None
 
 
 def test_loads_racing_writes_deletes_and_evictions_see_whole_records(load_path):

@@ -22,6 +22,7 @@ from .config import MIN_SECRET_CHARS, Config, collect_options
 from .errors import ConfigError, CorruptRecord, FastsessError
 from .session import SessionService
 from .stores import StoredRecord, open_store
+from .stores.base import EXPIRED, TOMBSTONE
 
 
 def read_ini(path: str, section: str = "app:main") -> dict:
@@ -192,7 +193,7 @@ def _inspect(service: SessionService, value: str) -> dict | None:
             data=json.loads(data),
         )
     else:
-        report["state"] = "tombstone" if record is not None else "missing or expired"
+        report["state"] = {None: "missing or expired", TOMBSTONE: "tombstone", EXPIRED: "expired"}[record]
     return report
 
 

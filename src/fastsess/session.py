@@ -21,7 +21,7 @@ from .config import TOMBSTONE_SECONDS, Config
 from .errors import ConflictError, CorruptRecord, SessionTooLarge, StoreError
 from .events import EventLog
 from .keys import KeyRing
-from .stores.base import CONFLICT, EXISTS, GONE, TOMBSTONE, Store, StoredRecord
+from .stores.base import CONFLICT, EXISTS, EXPIRED, GONE, TOMBSTONE, Store, StoredRecord
 
 _MISSING = object()
 _MUTABLE = (dict, list, set)
@@ -537,7 +537,7 @@ class Session:
         store = service.store
         try:
             try:
-                moved = store.load(marker) is not None
+                moved = store.load(marker) not in (None, EXPIRED)
             except CorruptRecord:  # an empty bookkeeping record: create() below tells whether it moved
                 moved = False
             if not moved and not self._read_only:
@@ -645,6 +645,9 @@ class Session:
             return self._store_failed(service, exc, now)
         if record is None:
             service.events.emit("unknown_id", sid=service.sid(session_id), message="no record for this id")
+            return self._fresh(now)
+        if record is EXPIRED:
+            service.events.emit("expired", sid=service.sid(session_id), message="session timed out")
             return self._fresh(now)
         if record is TOMBSTONE:
             service.events.emit("tombstone_hit", sid=service.sid(session_id), message="id was rotated away")

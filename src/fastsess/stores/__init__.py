@@ -6,11 +6,11 @@ import logging
 import os
 
 from ..errors import ConfigError, StoreError
-from .base import CONFLICT, EXISTS, GONE, TOMBSTONE, Store, StoredRecord
+from .base import CONFLICT, EXISTS, EXPIRED, GONE, TOMBSTONE, Store, StoredRecord
 
 logger = logging.getLogger("fastsess")
 
-__all__ = ["CONFLICT", "EXISTS", "GONE", "TOMBSTONE", "Store", "StoredRecord", "open_store", "prepare_data_dir"]
+__all__ = ["CONFLICT", "EXISTS", "EXPIRED", "GONE", "TOMBSTONE", "Store", "StoredRecord", "open_store", "prepare_data_dir"]
 
 
 def prepare_data_dir(path: str) -> str:

@@ -21,7 +21,7 @@ from typing import NamedTuple, Union
 
 
 class _Marker:
-    """A named singleton result (EXISTS, CONFLICT, GONE, TOMBSTONE)."""
+    """A named singleton result (EXISTS, CONFLICT, GONE, TOMBSTONE, EXPIRED)."""
 
     __slots__ = ("name",)
 
@@ -39,6 +39,9 @@ EXISTS = _Marker("EXISTS")  #: create(): the key is already present
 CONFLICT = _Marker("CONFLICT")  #: cas()/rotate(): the stored version differs
 GONE = _Marker("GONE")  #: cas()/rotate(): the record is missing, expired or a tombstone
 TOMBSTONE = _Marker("TOMBSTONE")  #: load(): the id was rotated away and must not be used
+#: load(): the record was there but has expired (stores whose server drops expired
+#: records, memcached and Redis, cannot tell and say None)
+EXPIRED = _Marker("EXPIRED")
 
 
 class StoredRecord(NamedTuple):
@@ -78,7 +81,12 @@ class Store(ABC):
 
     @abstractmethod
     def load(self, key: bytes) -> LoadResult:
-        """The live record, TOMBSTONE, or None when missing or expired; CorruptRecord when damaged."""
+        """The live record, TOMBSTONE, EXPIRED or None (missing); CorruptRecord when damaged.
+
+        EXPIRED is a record past its expiry that the store still holds; a store
+        that cannot tell (its server dropped it) answers None. An expired
+        tombstone is None.
+        """
 
     @abstractmethod
     def create(self, key: bytes, blob: bytes, expires_at: float) -> WriteResult:

@@ -78,7 +78,18 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from ..errors import CorruptRecord, StoreError
-from .base import CONFLICT, EXISTS, GONE, TOMBSTONE, LoadResult, Store, StoredRecord, UpdateFn, WriteResult
+from .base import (
+    CONFLICT,
+    EXISTS,
+    EXPIRED,
+    GONE,
+    TOMBSTONE,
+    LoadResult,
+    Store,
+    StoredRecord,
+    UpdateFn,
+    WriteResult,
+)
 
 logger = logging.getLogger("fastsess")
 
@@ -408,9 +419,11 @@ class FileStore(Store):
     # -- the Store interface
 
     def load(self, key: bytes) -> LoadResult:
-        stored = self._live(self._path(key), self.clock())
+        stored = self._read(self._path(key))
         if stored is None:
             return None
+        if self.clock() > stored.expires_at:
+            return None if stored.kind == _TOMBSTONE else EXPIRED
         if stored.kind == _TOMBSTONE:
             return TOMBSTONE
         return StoredRecord(stored.blob, stored.version, stored.expires_at, stored.last_access)

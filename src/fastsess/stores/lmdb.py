@@ -83,6 +83,7 @@ from ..errors import CorruptRecord, StoreError
 from .base import (
     CONFLICT,
     EXISTS,
+    EXPIRED,
     GONE,
     TOMBSTONE,
     LoadResult,
@@ -680,14 +681,14 @@ class LmdbStore(Store):
             fmt, kind, size, version, expires_at, last_access = _unpack_meta(raw)
             if fmt == _FORMAT and kind == _RECORD and len(raw) == _HEADER + size:
                 if self.clock() > expires_at:
-                    return None
+                    return EXPIRED
                 return record_from((raw[_HEADER:], version, expires_at, last_access))
         meta = _parse_meta(raw)
         if meta is None:
             raise self._damaged()
         kind, size, version, expires_at, last_access, split = meta
         if self.clock() > expires_at:
-            return None
+            return None if kind == _TOMBSTONE else EXPIRED
         if kind == _TOMBSTONE:
             return TOMBSTONE
         if not split:

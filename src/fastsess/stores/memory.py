@@ -16,6 +16,7 @@ from collections.abc import Callable
 from .base import (
     CONFLICT,
     EXISTS,
+    EXPIRED,
     GONE,
     TOMBSTONE,
     LoadResult,
@@ -76,7 +77,7 @@ class MemoryStore(Store):
             return None
         if self.clock() > entry[_EXPIRES]:
             self._drop_expired(key)
-            return None
+            return None if entry[_BLOB] is None else EXPIRED
         if entry[_BLOB] is None:
             return TOMBSTONE
         try:
@@ -93,7 +94,7 @@ class MemoryStore(Store):
                 return None
             if now > entry[_EXPIRES]:
                 del self._entries[key]
-                return None
+                return None if entry[_BLOB] is None else EXPIRED
             if entry[_BLOB] is None:
                 return TOMBSTONE
             self._entries.move_to_end(key)

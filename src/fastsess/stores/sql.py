@@ -68,7 +68,18 @@ from sqlalchemy.pool import StaticPool
 from sqlalchemy.util import asbool
 
 from ..errors import ConfigError, CorruptRecord, StoreError
-from .base import CONFLICT, EXISTS, GONE, TOMBSTONE, LoadResult, Store, StoredRecord, UpdateFn, WriteResult
+from .base import (
+    CONFLICT,
+    EXISTS,
+    EXPIRED,
+    GONE,
+    TOMBSTONE,
+    LoadResult,
+    Store,
+    StoredRecord,
+    UpdateFn,
+    WriteResult,
+)
 from .breaker import CircuitBreaker
 
 logger = logging.getLogger("fastsess")
@@ -427,8 +438,10 @@ class SqlStore(Store):
     def _do_load(self, key: bytes) -> LoadResult:
         with self._single.connect() as conn:
             row = conn.execute(self._load, {"k": self._key(key)}).first()
-        if row is None or (row[2] is not None and row[2] < self.clock()):
+        if row is None:
             return None
+        if row[2] is not None and row[2] < self.clock():
+            return EXPIRED if row[1] == _RECORD else None
         return self._record(row)
 
     def create(self, key: bytes, blob: bytes, expires_at: float) -> WriteResult:
