@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import sys
 
 import pytest
 
@@ -335,6 +336,18 @@ def test_crypto_type_other_than_default_or_cryptography_is_a_config_error():
     assert config(crypto_type="cryptography")
     with pytest.raises(ConfigError, match="crypto_type"):
         config(crypto_type="pycrypto")
+
+
+@pytest.mark.parametrize("mode", ["encrypted", "Encrypted", " ENCRYPTED "])
+def test_cookie_mode_is_normalised_before_the_check_for_cryptography(mode, monkeypatch):
+    monkeypatch.setitem(sys.modules, "cryptography", None)  # installed without fastsess[crypto]
+    with pytest.raises(ConfigError, match="needs the cryptography package"):
+        config(type="cookie", cookie_mode=mode)
+
+
+@pytest.mark.parametrize("mode", ["Signed", " signed", "ENCRYPTED"])
+def test_cookie_mode_is_case_and_space_insensitive(mode):
+    assert config(type="cookie", cookie_mode=mode).cookie_mode == mode.strip().lower()
 
 
 def test_sa_dotted_options_are_collected_into_sa_opts():

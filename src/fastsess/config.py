@@ -399,7 +399,11 @@ class Config:
                         f"session.{option} (key {position}) is {len(key)} characters; at least "
                         f"{MIN_SECRET_CHARS} are required{_SHORT_BEAKER_KEY_HINTS.get(option, '')}"
                     )
-        if self.encrypt_keys or (store_type == "cookie" and get("cookie_mode", "") == "encrypted"):
+        # Normalised before anything reads it: "Encrypted" must not skip the check for cryptography.
+        self.cookie_mode = str(get("cookie_mode", "encrypted" if self.encrypt_keys else "signed")).strip().lower()
+        if self.cookie_mode not in ("signed", "encrypted"):
+            raise ConfigError("session.cookie_mode must be signed or encrypted")
+        if self.encrypt_keys or (store_type == "cookie" and self.cookie_mode == "encrypted"):
             try:
                 import cryptography  # noqa: F401 - AES-GCM comes from it
             except ImportError:
@@ -408,9 +412,6 @@ class Config:
                     "package: pip install 'fastsess[crypto]'"
                 ) from None
         self._beaker_options(get)
-        self.cookie_mode = str(get("cookie_mode", "encrypted" if self.encrypt_keys else "signed")).strip().lower()
-        if self.cookie_mode not in ("signed", "encrypted"):
-            raise ConfigError("session.cookie_mode must be signed or encrypted")
         if self.encrypt_keys and self.cookie_mode == "signed" and store_type == "cookie":
             raise ConfigError("session.encrypt_key is set, so cookie sessions are encrypted: drop cookie_mode = signed")
 
