@@ -136,6 +136,46 @@ def test_a_timeout_that_is_not_a_non_negative_finite_number_is_a_config_error(te
         config(timeout=text)
 
 
+NETWORK_STORES = {
+    "redis": {"type": "redis", "url": "redis://127.0.0.1:9/0"},
+    "memcached": {"type": "memcached", "url": "127.0.0.1:9"},
+    "sql": {"type": "sql", "url": "sqlite://"},
+}
+
+
+@pytest.mark.parametrize("store", sorted(NETWORK_STORES))
+@pytest.mark.parametrize("option", ["socket_timeout", "connect_timeout"])
+@pytest.mark.parametrize("value", [None, "none", " None ", 0, "0", 0.0, -1, "-0.5", "inf", "nan", "soon"])
+def test_a_network_timeout_that_is_not_positive_and_finite_is_a_config_error_at_build(store, option, value):
+    """None or "none" would block a worker forever on a hung server; 0 fails every request."""
+    import_store(store)
+    with pytest.raises(ConfigError, match=f"session.{option} must be a positive, finite number of seconds"):
+        SessionMiddleware(app, secret=SECRET, timeout=60, **NETWORK_STORES[store], **{option: value})
+
+
+@pytest.mark.parametrize("value, expected", [("", 1.0), ("  ", 1.0), ("2.5", 2.5), (0.25, 0.25), (3, 3.0)])
+def test_a_network_timeout_is_positive_seconds_and_empty_means_the_default(value, expected):
+    cfg = config(socket_timeout=value, connect_timeout=value)
+    assert (cfg.socket_timeout, cfg.connect_timeout) == (expected, expected)
+
+
+@pytest.mark.parametrize("value", [None, 0, -1, float("inf"), "1"])
+@pytest.mark.parametrize("store", ["redis", "memcached", "sql"])
+def test_a_network_store_built_directly_refuses_a_timeout_that_is_not_positive(store, value):
+    import_store(store)
+    if store == "redis":
+        from fastsess.stores.redis import RedisStore as build
+        where = {"url": "redis://127.0.0.1:9/0", "connect_timeout": 1.0}
+    elif store == "memcached":
+        from fastsess.stores.memcached import MemcachedStore as build
+        where = {"url": "127.0.0.1:9", "connect_timeout": 1.0}
+    else:
+        from fastsess.stores.sql import SqlStore as build
+        where = {"url": "sqlite://", "connect_timeout": 1.0}
+    with pytest.raises(ConfigError, match="session.socket_timeout must be a positive"):
+        build(**where, socket_timeout=value)
+
+
 @pytest.mark.parametrize(
     "value, expected",
     [

@@ -22,6 +22,8 @@ MIN_SECRET_CHARS = 32
 DEFAULT_ABSOLUTE_TIMEOUT = 30 * 24 * 3600
 DEFAULT_MAX_RECORD_SIZE = 64 * 1024
 TOMBSTONE_SECONDS = 60.0
+#: connect_timeout and socket_timeout of the network stores, in seconds.
+DEFAULT_NETWORK_TIMEOUT = 1.0
 #: The cookie name Beaker uses, and fastsess's default with beaker_compat = true.
 BEAKER_COOKIE_NAME = "beaker.session.id"
 #: Beaker's default encrypt_nonce_bits.
@@ -201,6 +203,26 @@ def _as_number(name: str, value: Any) -> float | None:
     return float(value)
 
 
+def _as_timeout(name: str, value: Any) -> float:
+    """A network store's connect or socket timeout: a positive, finite number of seconds.
+
+    Empty means the default. None, "none" and 0 are refused: with no timeout a hung
+    server blocks a worker forever, and 0 fails every request.
+    """
+    if isinstance(value, str) and not value.strip():
+        return DEFAULT_NETWORK_TIMEOUT
+    try:
+        seconds = _as_number(name, value) if value is not None else None
+    except ConfigError:
+        seconds = None
+    if not seconds:
+        raise ConfigError(
+            f"session.{name} must be a positive, finite number of seconds, got {value!r} "
+            "(a network store never waits without a limit)"
+        )
+    return seconds
+
+
 def _resolve_secret(name: str, text: str) -> str:
     """`env:NAME` and `file:/path` keep secrets out of INI files."""
     if text.startswith("env:"):
@@ -363,8 +385,8 @@ class Config:
         self.sa_opts.update(sa_opts)
         self.bind = get("bind")
         self.table = get("table")
-        self.socket_timeout = _as_number("socket_timeout", get("socket_timeout", 1.0))
-        self.connect_timeout = _as_number("connect_timeout", get("connect_timeout", 1.0))
+        self.socket_timeout = _as_timeout("socket_timeout", get("socket_timeout", DEFAULT_NETWORK_TIMEOUT))
+        self.connect_timeout = _as_timeout("connect_timeout", get("connect_timeout", DEFAULT_NETWORK_TIMEOUT))
 
         # Codec
         serializer = get("data_serializer", "json")
