@@ -390,6 +390,53 @@ def test_cookie_mode_is_case_and_space_insensitive(mode):
     assert config(type="cookie", cookie_mode=mode).cookie_mode == mode.strip().lower()
 
 
+@pytest.mark.parametrize(
+    "option, value, setup",
+    [
+        ("data_dir", 123, {"type": "file"}),
+        ("data_dir", b"/tmp/sessions", {"type": "file"}),
+        ("url", 123, NETWORK_STORES["redis"]),
+        ("url", 123, NETWORK_STORES["memcached"]),
+        ("url", ["redis://127.0.0.1:9/0"], NETWORK_STORES["redis"]),
+        ("key_prefix", 123, NETWORK_STORES["redis"]),
+        ("key_prefix", 123, NETWORK_STORES["memcached"]),
+        ("table_name", 1, NETWORK_STORES["sql"]),
+        ("schema_name", 1, NETWORK_STORES["sql"]),
+        ("type", 1, {}),
+        ("key", 1, {}),
+        ("cookie_domain", 1, {}),
+        ("cookie_path", 1, {}),
+        ("crypto_type", 1, {}),
+        ("cookie_mode", 1, {"type": "cookie"}),
+        ("on_conflict", 1, {}),
+        ("on_store_error", 1, {}),
+        ("webtest_varname", 1, {}),
+    ],
+)
+def test_a_string_option_given_another_type_is_a_config_error_naming_it(option, value, setup):
+    """Not a raw TypeError or AttributeError from deep inside a store."""
+    if setup.get("type") in NETWORK_STORES:
+        import_store(setup["type"])
+    with pytest.raises(ConfigError, match=f"session.{option} must be a string, not {type(value).__name__}"):
+        SessionMiddleware(app, **{**BASE, **setup, option: value})
+
+
+def test_data_dir_may_be_a_path_object(tmp_path):
+    assert config(type="file", data_dir=tmp_path / "sessions").data_dir == str(tmp_path / "sessions")
+
+
+def test_memcached_url_may_be_a_list_of_servers():
+    assert config(type="memcached", url=["127.0.0.1:9", "127.0.0.1:10"]).url == [
+        "127.0.0.1:9", "127.0.0.1:10"
+    ]
+
+
+def test_sql_url_may_be_an_sqlalchemy_url():
+    sa = pytest.importorskip("sqlalchemy")
+    url = sa.make_url("sqlite://")
+    assert config(type="sql", url=url).url is url
+
+
 def test_sa_dotted_options_are_collected_into_sa_opts():
     cfg = config(**{"sa.pool_recycle": "3600", "sa_opts": {"echo": False}})
     assert cfg.sa_opts == {"pool_recycle": "3600", "echo": False}

@@ -203,6 +203,28 @@ def _as_number(name: str, value: Any) -> float | None:
     return float(value)
 
 
+def _as_str(name: str, value: Any) -> str | None:
+    """A text option: a str, or None when unset; any other type is a ConfigError naming the option.
+
+    Beaker would turn 123 into "123"; a number where a name, a path or a URL belongs
+    is a mistake to report, not a directory to create.
+    """
+    if value is None or isinstance(value, str):
+        return value
+    raise ConfigError(f"session.{name} must be a string, not {type(value).__name__}")
+
+
+def _as_url(value: Any, store_type: str) -> Any:
+    """session.url: a string; also a list of host:port strings (memcached) or an SQLAlchemy URL (sql)."""
+    if value is None or isinstance(value, str):
+        return value
+    if store_type == "memcached" and isinstance(value, (list, tuple)) and all(isinstance(u, str) for u in value):
+        return list(value)
+    if store_type == "sql" and type(value).__module__.startswith("sqlalchemy.") and type(value).__name__ == "URL":
+        return value
+    raise ConfigError(f"session.url must be a string, not {type(value).__name__}")
+
+
 def _as_timeout(name: str, value: Any) -> float:
     """A network store's connect or socket timeout: a positive, finite number of seconds.
 
@@ -336,7 +358,10 @@ class Config:
 
         # Store
         raw_type = get("type")
-        self.data_dir: str | None = get("data_dir") or None
+        data_dir = get("data_dir")
+        if isinstance(data_dir, os.PathLike):  # a pathlib.Path, which Beaker takes too
+            data_dir = os.fspath(data_dir)
+        self.data_dir: str | None = _as_str("data_dir", data_dir) or None
         if raw_type in (None, ""):
             if self.data_dir:
                 store_type = "file"
@@ -348,8 +373,7 @@ class Config:
                     extra={"fastsess_event": "config_warning", "sid": None},
                 )
         else:
-            if not isinstance(raw_type, str):
-                raise ConfigError("session.type must be a string")
+            _as_str("type", raw_type)
             name = raw_type.strip().lower()
             if name in REFUSED_TYPES:
                 raise ConfigError(f"session.type = {raw_type} is not supported: {REFUSED_TYPES[name]}")
@@ -374,11 +398,12 @@ class Config:
         self.lmdb_map_size = _as_int("lmdb_map_size", get("lmdb_map_size", 1 << 30))
         if self.lmdb_map_size < 1 << 16:
             raise ConfigError("session.lmdb_map_size must be at least 65536 bytes")
-        self.url = get("url")
+        self.url = _as_url(get("url"), store_type)
         self.urls = _as_urls("urls", get("urls")) if get("urls") is not None else []
-        self.key_prefix = get("key_prefix", "fastsess:")
-        self.table_name = get("table_name", "fastsess_sessions")
-        self.schema_name = get("schema_name")
+        key_prefix = _as_str("key_prefix", get("key_prefix"))
+        self.key_prefix = "fastsess:" if key_prefix is None else key_prefix
+        self.table_name = _as_str("table_name", get("table_name")) or "fastsess_sessions"
+        self.schema_name = _as_str("schema_name", get("schema_name")) or None
         sa_opts = get("sa_opts") or {}
         if not isinstance(sa_opts, Mapping):
             raise ConfigError("session.sa_opts must be a dict")
@@ -396,7 +421,7 @@ class Config:
                 "datetime, bytes, set, tuple, Decimal and UUID) so that loading a session can never run code, "
                 "as unpickling can; remove the option or set it to json"
             )
-        crypto_type = str(get("crypto_type", "default")).strip().lower()
+        crypto_type = (_as_str("crypto_type", get("crypto_type")) or "default").strip().lower()
         if crypto_type not in ("default", "cryptography"):
             raise ConfigError("session.crypto_type must be default or cryptography (AES-GCM comes from cryptography)")
         #: Beaker's encrypt_nonce_bits: how long a nonce starts its encrypted values (fastsess's own
@@ -422,7 +447,8 @@ class Config:
                         f"{MIN_SECRET_CHARS} are required{_SHORT_BEAKER_KEY_HINTS.get(option, '')}"
                     )
         # Normalised before anything reads it: "Encrypted" must not skip the check for cryptography.
-        self.cookie_mode = str(get("cookie_mode", "encrypted" if self.encrypt_keys else "signed")).strip().lower()
+        cookie_mode = _as_str("cookie_mode", get("cookie_mode")) or ("encrypted" if self.encrypt_keys else "signed")
+        self.cookie_mode = cookie_mode.strip().lower()
         if self.cookie_mode not in ("signed", "encrypted"):
             raise ConfigError("session.cookie_mode must be signed or encrypted")
         if self.encrypt_keys or (store_type == "cookie" and self.cookie_mode == "encrypted"):
@@ -463,11 +489,11 @@ class Config:
 
         # Cookie
         self.use_cookies = as_bool("use_cookies", get("use_cookies", True))
-        self.cookie_name = get("key") or (BEAKER_COOKIE_NAME if self.beaker_compat else "session")
-        if not isinstance(self.cookie_name, str) or not _is_token(self.cookie_name):
+        self.cookie_name = _as_str("key", get("key")) or (BEAKER_COOKIE_NAME if self.beaker_compat else "session")
+        if not _is_token(self.cookie_name):
             raise ConfigError(f"session.key {self.cookie_name!r} is not a valid cookie name")
-        self.cookie_domain = get("cookie_domain") or None
-        self.cookie_path = get("cookie_path") or "/"
+        self.cookie_domain = _as_str("cookie_domain", get("cookie_domain")) or None
+        self.cookie_path = _as_str("cookie_path", get("cookie_path")) or "/"
         for option, text in (("cookie_domain", self.cookie_domain), ("cookie_path", self.cookie_path)):
             if text is not None and (not isinstance(text, str) or any(c == ";" or c < " " or c > "~" for c in text)):
                 raise ConfigError(f"session.{option} contains a character not allowed in a cookie")
@@ -503,13 +529,13 @@ class Config:
         self.max_record_size = _as_int("max_record_size", get("max_record_size", DEFAULT_MAX_RECORD_SIZE))
         if self.max_record_size < 256:
             raise ConfigError("session.max_record_size must be at least 256 bytes")
-        self.on_conflict = str(get("on_conflict", "merge")).strip().lower()
+        self.on_conflict = (_as_str("on_conflict", get("on_conflict")) or "merge").strip().lower()
         if self.on_conflict not in ("merge", "raise"):
             raise ConfigError("session.on_conflict must be merge or raise")
-        self.on_store_error = str(get("on_store_error", "raise")).strip().lower()
+        self.on_store_error = (_as_str("on_store_error", get("on_store_error")) or "raise").strip().lower()
         if self.on_store_error not in ("raise", "anonymous"):
             raise ConfigError("session.on_store_error must be raise or anonymous")
-        self.webtest_varname = get("webtest_varname")
+        self.webtest_varname = _as_str("webtest_varname", get("webtest_varname")) or None
         self.enabled = as_bool("enabled", get("enabled", True))
         on_event = get("on_event")
         if on_event is not None and not callable(on_event):
