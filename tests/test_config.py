@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from fastsess import ConfigError, SessionMiddleware
-from fastsess.config import Config, collect_options, load_config
+from fastsess.config import MAX_COOKIE_LIFETIME, Config, collect_options, load_config
 from fastsess.stores import prepare_data_dir
 
 SECRET = "s3cr3t-" + "k" * 25  # exactly 32 characters
@@ -199,6 +199,86 @@ def test_cookie_expires_takes_beaker_bool_seconds_timedelta_or_datetime(value, e
 def test_cookie_expires_of_another_kind_is_a_config_error(value):
     with pytest.raises(ConfigError, match="cookie_expires"):
         config(cookie_expires=value)
+
+
+def set_cookie_of(mw) -> str:
+    """The Set-Cookie header of a request that writes the session."""
+    def writer(environ, start_response):
+        environ["beaker.session"]["user"] = "ada"
+        environ["beaker.session"].save()
+        start_response("200 OK", [])
+        return [b""]
+
+    mw.wrap_app = writer
+    headers: dict = {}
+    mw({"REQUEST_METHOD": "GET", "wsgi.url_scheme": "https"}, lambda s, h, e=None: headers.update(h))
+    return headers["Set-Cookie"]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"max_age": 10**12},
+        {"max_age": 10**20},
+        {"max_age": "99999999999999"},
+        {"max_age": MAX_COOKIE_LIFETIME + 1},
+        {"cookie_expires": 10**12},
+        {"cookie_expires": 10**20},
+        {"cookie_expires": "99999999999999"},
+        {"cookie_expires": MAX_COOKIE_LIFETIME + 1},
+        {"cookie_expires": dt.timedelta.max},
+        {"cookie_expires": dt.datetime.max},
+        {"cookie_expires": dt.datetime.max.replace(tzinfo=dt.timezone.utc)},
+        {"cookie_expires": dt.datetime(9999, 12, 31, 20, tzinfo=dt.timezone(dt.timedelta(hours=-5)))},
+    ],
+    ids=repr,
+)
+def test_a_cookie_lifetime_past_the_last_http_date_is_a_config_error_at_build(options):
+    """It used to be accepted, then fail every request that set a cookie (or overflow raw at build)."""
+    with pytest.raises(ConfigError, match="session.(max_age|cookie_expires) is .*(1000 years|9999-12-31)"):
+        SessionMiddleware(app, **BASE, **options)
+
+
+@pytest.mark.parametrize(
+    "options, expires",
+    [
+        ({"max_age": MAX_COOKIE_LIFETIME}, None),
+        ({"cookie_expires": MAX_COOKIE_LIFETIME}, None),
+        ({"cookie_expires": dt.datetime(9999, 12, 31, 23, 59, 59)}, "expires=Fri, 31 Dec 9999 23:59:59 GMT"),
+    ],
+    ids=repr,
+)
+def test_the_longest_cookie_lifetime_accepted_is_written_at_request_time(options, expires):
+    header = set_cookie_of(SessionMiddleware(app, **BASE, **options))
+    assert "expires=" in header
+    if expires:
+        assert expires in header
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"max_age": 0},
+        {"max_age": "-10"},
+        {"cookie_expires": -1},
+        {"cookie_expires": "-3600"},
+        {"cookie_expires": dt.timedelta(0)},
+        {"cookie_expires": dt.timedelta(days=-1)},
+    ],
+    ids=repr,
+)
+def test_a_cookie_lifetime_that_is_not_positive_is_a_config_error(options):
+    """The browser would delete every session cookie on arrival."""
+    with pytest.raises(ConfigError, match="must be a positive number of seconds.*delete every session cookie"):
+        config(**options)
+
+
+@pytest.mark.parametrize(
+    "when", [dt.datetime(2000, 1, 1), dt.datetime(1969, 7, 20, tzinfo=dt.timezone.utc), dt.datetime.min]
+)
+def test_a_cookie_expires_date_that_has_passed_is_a_config_error(when):
+    with pytest.raises(ConfigError, match="cookie_expires .* has passed"):
+        config(cookie_expires=when)
 
 
 def test_secure_accepts_auto_and_booleans():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import os
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -30,6 +31,12 @@ BEAKER_COOKIE_NAME = "beaker.session.id"
 BEAKER_NONCE_BITS = 128
 #: Beaker's "far future" for cookie_expires = false: 2038-01-19.
 FAR_FUTURE = 0x7FFFFFFF
+#: The last moment an HTTP date can name, 9999-12-31 23:59:59 UTC: the kernels' http_date stops there.
+MAX_HTTP_DATE = 253402300799
+#: The longest cookie lifetime max_age or a cookie_expires duration may ask for: 1000 (Gregorian)
+#: years. Browsers keep a cookie 400 days at most anyway; the bound keeps every expiry an HTTP
+#: date can name (MAX_HTTP_DATE) for millennia, so no request can fail to write one.
+MAX_COOKIE_LIFETIME = 1000 * 31556952
 
 _PREFIXES = ("beaker.session.", "session.")
 
@@ -293,12 +300,24 @@ def _as_urls(name: str, value: Any) -> list[str]:
     raise ConfigError(f"session.{name} must be comma- or newline-separated URLs")
 
 
+def _check_cookie_lifetime(name: str, seconds: float) -> None:
+    """A persistent cookie's lifetime: positive, and at most MAX_COOKIE_LIFETIME."""
+    if seconds <= 0:
+        raise ConfigError(
+            f"session.{name} must be a positive number of seconds, got {seconds:g}: the browser would "
+            "delete every session cookie on arrival"
+        )
+    if seconds > MAX_COOKIE_LIFETIME:
+        raise ConfigError(
+            f"session.{name} is {seconds:g} seconds; at most {MAX_COOKIE_LIFETIME} (1000 years) is accepted "
+            "(browsers keep a cookie 400 days at most)"
+        )
+
+
 def _as_expires(value: Any):
     """Beaker's cookie_expires: True (browser session), False (far future), seconds, timedelta, datetime."""
-    if isinstance(value, (bool, _dt.timedelta, _dt.datetime)):
+    if isinstance(value, bool):
         return value
-    if isinstance(value, int):
-        return _dt.timedelta(seconds=value)
     if isinstance(value, str):
         text = value.strip().lower()
         if text in _TRUE:
@@ -306,10 +325,35 @@ def _as_expires(value: Any):
         if text in _FALSE:
             return False
         try:
-            return _dt.timedelta(seconds=int(text))
+            value = int(text)
         except ValueError:
             pass
+    if isinstance(value, int):  # checked before timedelta() can overflow
+        _check_cookie_lifetime("cookie_expires", value)
+        return _dt.timedelta(seconds=value)
+    if isinstance(value, _dt.timedelta):
+        _check_cookie_lifetime("cookie_expires", value.total_seconds())
+        return value
+    if isinstance(value, _dt.datetime):
+        _check_expiry_date(value)
+        return value
     raise ConfigError(f"session.cookie_expires must be true, false, seconds, a timedelta or a datetime, got {value!r}")
+
+
+def _check_expiry_date(when: _dt.datetime) -> None:
+    """A fixed cookie expiry: in the future, and no later than an HTTP date can name."""
+    if when.tzinfo is None:  # read as UTC, as the middleware (and Beaker) writes it
+        when = when.replace(tzinfo=_dt.timezone.utc)
+    try:
+        timestamp = when.timestamp()
+    except (OverflowError, ValueError):
+        timestamp = None
+    if timestamp is None or int(timestamp) > MAX_HTTP_DATE:
+        raise ConfigError("session.cookie_expires is a date after 9999-12-31 23:59:59 UTC, the last an HTTP date "
+                          "can name")
+    if timestamp <= time.time():
+        raise ConfigError(f"session.cookie_expires ({when.isoformat()}) has passed: the browser would delete every "
+                          "session cookie on arrival")
 
 
 def _as_date(value: Any) -> _dt.date | None:
@@ -520,6 +564,8 @@ class Config:
         self.cookie_expires = _as_expires(get("cookie_expires", True))
         max_age = get("max_age")
         self.max_age = _as_int("max_age", max_age) if max_age not in (None, "") else None
+        if self.max_age is not None:
+            _check_cookie_lifetime("max_age", self.max_age)
         self.partitioned = as_bool("partitioned", get("partitioned", False))
 
         # Behaviour
