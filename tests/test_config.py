@@ -686,9 +686,43 @@ def test_samesite_none_with_secure_is_accepted():
     assert config(samesite="none", secure="true").samesite == "None"
 
 
-@pytest.mark.parametrize("text, expected", [("lax", "Lax"), ("STRICT", "Strict"), ("false", None), ("", None)])
+@pytest.mark.parametrize("text, expected", [("lax", "Lax"), ("STRICT", "Strict"), ("false", None), (False, None)])
 def test_samesite_is_normalised(text, expected):
     assert config(samesite=text).samesite == expected
+
+
+@pytest.mark.parametrize("text", ["", "  "])
+def test_an_empty_samesite_means_the_default_lax_not_no_attribute(text):
+    """`session.samesite =` in an INI file is unset, as for every other option; `false` drops SameSite."""
+    assert config(samesite=text).samesite == "Lax"
+    assert "SameSite=Lax" in set_cookie_of(SessionMiddleware(app, **BASE, samesite=text))
+
+
+@pytest.mark.parametrize("path", ["app", "app/", "*", " /app"])
+def test_a_cookie_path_that_does_not_start_with_a_slash_is_a_config_error(path):
+    with pytest.raises(ConfigError, match="session.cookie_path .* must start with '/'"):
+        SessionMiddleware(app, **BASE, cookie_path=path)
+
+
+@pytest.mark.parametrize("path", ["/", "/app", "/app/", "/a b"])
+def test_a_cookie_path_starting_with_a_slash_is_accepted(path):
+    assert config(cookie_path=path).cookie_path == path
+
+
+@pytest.mark.parametrize(
+    "domain",
+    ["exa mple.com", "example.com;", "a.com,b.com", "example.com:8080", " example.com", "b\u00fccher.de",
+     "..example.com", "example..com", "example.com.", ".", "exam/ple.com", "[::1]"],
+)
+def test_a_cookie_domain_that_is_not_a_domain_name_is_a_config_error(domain):
+    with pytest.raises(ConfigError, match="session.cookie_domain .* is not a domain name"):
+        SessionMiddleware(app, **BASE, cookie_domain=domain)
+
+
+@pytest.mark.parametrize("domain", ["example.com", ".example.com", "localhost", "127.0.0.1", "xn--bcher-kva.de",
+                                    "my-host_1.internal"])
+def test_a_cookie_domain_that_is_a_domain_name_is_accepted(domain):
+    assert config(cookie_domain=domain).cookie_domain == domain
 
 
 def test_samesite_of_another_value_is_a_config_error():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import os
+import re
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -538,9 +539,17 @@ class Config:
             raise ConfigError(f"session.key {self.cookie_name!r} is not a valid cookie name")
         self.cookie_domain = _as_str("cookie_domain", get("cookie_domain")) or None
         self.cookie_path = _as_str("cookie_path", get("cookie_path")) or "/"
-        for option, text in (("cookie_domain", self.cookie_domain), ("cookie_path", self.cookie_path)):
-            if text is not None and (not isinstance(text, str) or any(c == ";" or c < " " or c > "~" for c in text)):
-                raise ConfigError(f"session.{option} contains a character not allowed in a cookie")
+        if self.cookie_domain is not None and not _DOMAIN.fullmatch(self.cookie_domain):
+            raise ConfigError(
+                f"session.cookie_domain {self.cookie_domain!r} is not a domain name: letters, digits, '-' and '.', "
+                "with an optional leading dot; no port, spaces, ';' or ','; an internationalised name in its "
+                "xn-- form"
+            )
+        if any(c == ";" or c < " " or c > "~" for c in self.cookie_path):
+            raise ConfigError("session.cookie_path contains a character not allowed in a cookie")
+        if not self.cookie_path.startswith("/"):
+            # A browser ignores such a Path and scopes the cookie to the request's directory instead.
+            raise ConfigError(f"session.cookie_path {self.cookie_path!r} must start with '/'")
         secure = get("secure", True)
         if isinstance(secure, str) and secure.strip().lower() == "auto":
             self.secure: Any = "auto"
@@ -548,7 +557,9 @@ class Config:
             self.secure = as_bool("secure", secure)
         self.httponly = as_bool("httponly", get("httponly", True))
         samesite = get("samesite", "Lax")
-        if samesite in (None, False, "") or (isinstance(samesite, str) and samesite.strip().lower() == "false"):
+        if isinstance(samesite, str) and not samesite.strip():
+            samesite = "Lax"  # an empty INI value means the default, as for the other options
+        if samesite in (None, False) or (isinstance(samesite, str) and samesite.strip().lower() == "false"):
             self.samesite = None
         else:
             normalized = str(samesite).strip().capitalize()
@@ -678,6 +689,11 @@ class Config:
                 "ignoring unknown option session.%s", name, extra={"fastsess_event": "config_warning", "sid": None}
             )
             del opts[name]
+
+
+#: A Domain attribute: dot-separated labels of letters, digits, '-' (and '_', which some hosts
+#: use), with the optional leading dot Beaker users write.
+_DOMAIN = re.compile(r"\.?[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
 
 
 def _is_token(name: str) -> bool:
