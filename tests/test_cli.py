@@ -112,6 +112,22 @@ def test_cleanup_reports_what_it_removed_as_json(ini, capsys):
     assert json.loads(capsys.readouterr().out)["removed"] == 0
 
 
+@pytest.mark.parametrize("batch", ["0", "-5", "ten", "1.5"])
+def test_cleanup_refuses_a_batch_that_is_not_a_positive_whole_number(ini, capsys, batch):
+    """--batch 0 used to loop forever: each step removed 0, never fewer than the batch."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["cleanup", "--config", str(ini), "--batch", batch])
+    assert exit_.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "argument --batch: must be a whole number of at least 1" in captured.err
+
+
+def test_cleanup_with_a_batch_of_one_finishes(ini, capsys):
+    make_cookie(ini)
+    assert main(["cleanup", "--config", str(ini), "--batch", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["removed"] == 0
+
+
 def test_commands_take_the_config_from_the_environment(ini, capsys, monkeypatch):
     monkeypatch.setenv("FASTSESS_CONFIG", str(ini))
     assert main(["cleanup", "--json"]) == 0

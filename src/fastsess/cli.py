@@ -87,6 +87,17 @@ def _secret_bytes(text: str) -> int:
     return count
 
 
+def _positive_int(text: str) -> int:
+    """--batch: a whole number of at least 1 (0 would never finish a cleanup)."""
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
+    return count
+
+
 def cmd_gen_secret(args: argparse.Namespace) -> int:
     print(secrets.token_urlsafe(args.bytes))
     return 0
@@ -349,7 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true", help="machine-readable output")
         p.set_defaults(func=func)
         if name == "cleanup":
-            p.add_argument("--batch", type=int, default=1000)
+            p.add_argument("--batch", type=_positive_int, default=1000,
+                           help="records removed per step (default 1000)")
         elif name == "inspect":
             p.add_argument("cookie", help="the cookie value (or name=value)")
         elif name == "migrate-beaker":
