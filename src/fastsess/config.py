@@ -310,7 +310,7 @@ def _check_cookie_lifetime(name: str, seconds: float) -> None:
         )
     if seconds > MAX_COOKIE_LIFETIME:
         raise ConfigError(
-            f"session.{name} is {seconds:g} seconds; at most {MAX_COOKIE_LIFETIME} (1000 years) is accepted "
+            f"session.{name} is {int(seconds)} seconds; at most {MAX_COOKIE_LIFETIME} (1000 years) is accepted "
             "(browsers keep a cookie 400 days at most)"
         )
 
