@@ -93,8 +93,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         _writable_dir(args.data_dir, "--data-dir")
     try:
         app = make_demo_app(args.data_dir)
-    except OSError as exc:  # the default directory, under the system's temp dir
-        raise ConfigError(f"the demo cannot write its data directory: {exc.strerror} (give --data-dir DIR)") from None
+    except OSError as exc:  # the default directory, under the system's temp dir, or its secret file
+        hint = "" if args.data_dir else " (give --data-dir DIR)"
+        raise ConfigError(f"the demo cannot write its data directory: {exc.strerror}{hint}") from None
     try:
         server = make_server(args.host, args.port, app, server_class=ThreadingServer, handler_class=QuietHandler)
     except OSError as exc:  # an unknown host, a port in use or one that needs privileges

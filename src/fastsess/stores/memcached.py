@@ -262,6 +262,7 @@ def _parse(value: bytes | None):
         return None
     return kind, last_access, expires_at
 
+
 def _check_timeouts(connect_timeout: float, socket_timeout: float) -> None:
     """Both positive and finite: None would wait forever on a hung server, 0 fails every call."""
     for name, value in (("connect_timeout", connect_timeout), ("socket_timeout", socket_timeout)):

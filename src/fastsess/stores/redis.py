@@ -194,6 +194,7 @@ def parse_cluster_urls(urls: list[str]) -> tuple[list[tuple[str, int]], dict]:
             raise ConfigError("session.urls: a node URL has a bad port") from None
     return nodes, auth
 
+
 def _check_timeouts(connect_timeout: float, socket_timeout: float) -> None:
     """Both positive and finite: redis-py takes None as "wait forever", and 0 fails every call."""
     for name, value in (("connect_timeout", connect_timeout), ("socket_timeout", socket_timeout)):
