@@ -112,6 +112,22 @@ def test_cleanup_reports_what_it_removed_as_json(ini, capsys):
     assert json.loads(capsys.readouterr().out)["removed"] == 0
 
 
+@pytest.mark.parametrize("batch", ["0", "-5", "ten", "1.5"])
+def test_cleanup_refuses_a_batch_that_is_not_a_positive_whole_number(ini, capsys, batch):
+    """--batch 0 used to loop forever: each step removed 0, never fewer than the batch."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["cleanup", "--config", str(ini), "--batch", batch])
+    assert exit_.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "argument --batch: must be a whole number of at least 1" in captured.err
+
+
+def test_cleanup_with_a_batch_of_one_finishes(ini, capsys):
+    make_cookie(ini)
+    assert main(["cleanup", "--config", str(ini), "--batch", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["removed"] == 0
+
+
 def test_commands_take_the_config_from_the_environment(ini, capsys, monkeypatch):
     monkeypatch.setenv("FASTSESS_CONFIG", str(ini))
     assert main(["cleanup", "--json"]) == 0
@@ -203,3 +219,133 @@ def test_gen_secret_refuses_byte_counts_that_give_no_usable_secret(count, capsys
     captured = capsys.readouterr()
     assert captured.out == "" and "Traceback" not in captured.err
     assert "argument --bytes" in captured.err and "24" in captured.err and "1024" in captured.err
+
+
+# ---------------------------------------------------------------- bad input: one line on stderr, never a traceback
+
+
+def fails_cleanly(capsys, argv: list[str], *expected: str) -> str:
+    """main(argv) prints `fastsess: ...` on one line of stderr and exits 2; the message, returned."""
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert err.startswith("fastsess: ") and "\n" not in err and "Traceback" not in err, err
+    for text in expected:
+        assert text in err, err
+    return err
+
+
+def write(tmp_path, text: str, name: str = "app.ini") -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("[app:main\nsession.type = file\n", "line 1: expected a [section] header"),
+        (f"session.secret = {SECRET}\n[app:main]\n", "line 1: expected a [section] header"),
+        (f"[app:main]\nsession.secret = {SECRET}\nthis line has no equals sign\n", "line 3: neither"),
+        (f"[app:main]\nsession.secret = {SECRET}\nsession.secret = {SECRET}\n", "option 'session.secret'"),
+    ],
+    ids=["header", "option-first", "no-equals", "duplicate"],
+)
+def test_a_malformed_ini_file_is_a_clear_error_that_quotes_no_line(tmp_path, capsys, text, expected):
+    err = fails_cleanly(capsys, ["cleanup", "--config", write(tmp_path, text)], expected)
+    assert SECRET not in err
+
+
+def test_a_lone_percent_in_a_secret_is_a_clear_error_that_never_shows_the_secret(tmp_path, capsys):
+    secret = "abc%def" + "s" * 30
+    path = write(tmp_path, f"[app:main]\nsession.type = cookie\nsession.timeout = 60\nsession.secret = {secret}\n")
+    err = fails_cleanly(capsys, ["inspect", "--config", path, "x"], "[app:main] session.secret", "'%%'")
+    assert "def" + "s" * 10 not in err
+
+
+def test_read_ini_reads_values_as_pastedeploy_does(tmp_path):
+    """%% is a literal %, %(here)s and %(__file__)s expand: the command sees the app's very settings."""
+    loadwsgi = pytest.importorskip("paste.deploy.loadwsgi")
+    path = write(tmp_path, "[app:main]\nuse = egg:myapp\nsession.secret = 100%%-" + "s" * 30 + "\n"
+                 "session.data_dir = %(here)s/sessions\nsession.log_file = %(__file__)s.log\n")
+    ours = read_ini(path)
+    theirs = loadwsgi.ConfigLoader(path).parser
+    for key in ("session.secret", "session.data_dir", "session.log_file"):
+        assert ours[key] == theirs.get("app:main", key)
+    assert ours["session.secret"] == "100%-" + "s" * 30
+    assert "here" not in ours and "__file__" not in ours
+
+
+@pytest.mark.parametrize("problem", ["missing", "directory", "not-utf8"])
+def test_a_config_file_that_cannot_be_read_is_a_clear_error(tmp_path, capsys, problem):
+    path = tmp_path / "app.ini"
+    if problem == "directory":
+        path.mkdir()
+    elif problem == "not-utf8":
+        path.write_bytes(b"[app:main]\nsession.secret = caf\xe9" + b"s" * 40 + b"\n")
+    expected = "is not UTF-8 text" if problem == "not-utf8" else "cannot read config file"
+    fails_cleanly(capsys, ["cleanup", "--config", str(path)], expected)
+
+
+@pytest.mark.parametrize("port", ["99999", "-1", "http"])
+def test_demo_refuses_a_port_that_is_not_a_port_number(capsys, port):
+    with pytest.raises(SystemExit) as exit_:
+        main(["demo", "--port", port])
+    assert exit_.value.code == 2
+    assert "argument --port: must be a port number from 0 to 65535" in capsys.readouterr().err
+
+
+def test_demo_on_a_host_that_does_not_resolve_is_a_clear_error(tmp_path, capsys):
+    fails_cleanly(capsys, ["demo", "--host", "no.such.host.invalid", "--port", "0", "--data-dir", str(tmp_path)],
+                  "demo cannot listen on no.such.host.invalid:0")
+
+
+def test_demo_on_a_port_in_use_is_a_clear_error(tmp_path, capsys):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        fails_cleanly(capsys, ["demo", "--port", port, "--data-dir", str(tmp_path)],
+                      f"demo cannot listen on 127.0.0.1:{port}", "in use")
+
+
+def test_demo_with_a_data_dir_that_cannot_be_created_is_a_clear_error(tmp_path, capsys):
+    blocker = tmp_path / "regular-file"
+    blocker.write_text("x")
+    fails_cleanly(capsys, ["demo", "--port", "0", "--data-dir", str(blocker / "demo")],
+                  f"--data-dir {blocker / 'demo'}: cannot create or write there")
+
+
+def test_bench_with_an_out_dir_that_cannot_be_created_fails_before_any_benchmark(tmp_path, capsys):
+    blocker = tmp_path / "regular-file"
+    blocker.write_text("x")
+    fails_cleanly(capsys, ["bench", "--quick", "--out", str(blocker / "results")],
+                  f"--out {blocker / 'results'}: cannot create or write there")
+
+
+def test_migrate_beaker_checks_its_state_file_before_migrating_anything(tmp_path, capsys):
+    from beaker.middleware import SessionMiddleware as BeakerMiddleware
+
+    def beaker_app(environ, start_response):
+        environ["beaker.session"]["user"] = "ada"
+        environ["beaker.session"].save()
+        start_response("200 OK", [])
+        return [b""]
+
+    beaker_dir = tmp_path / "beaker"
+    BeakerMiddleware(beaker_app, {"session.type": "file", "session.data_dir": str(beaker_dir)})(
+        {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "wsgi.url_scheme": "http", "SERVER_NAME": "x",
+         "SERVER_PORT": "80"}, lambda s, h, e=None: None)
+    ini = write(tmp_path, f"[app:main]\nsession.type = lmdb\nsession.data_dir = %(here)s/fastsess\n"
+                          f"session.secret = {SECRET}\nsession.timeout = 60\n")
+    blocker = tmp_path / "regular-file"
+    blocker.write_text("x")
+    source = ["--from-type", "file", "--from-data-dir", str(beaker_dir)]
+    fails_cleanly(capsys, ["migrate-beaker", "--config", ini, *source, "--state", str(blocker / "state.json")],
+                  f"cannot write the migrate-beaker state file {blocker / 'state.json'}")
+    fails_cleanly(capsys, ["migrate-beaker", "--config", ini, *source, "--state", str(tmp_path)], "is a directory")
+    assert main(["migrate-beaker", "--config", ini, *source, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["mode"], report["seen"], report["migrated"]) == ("bulk", 1, 1)  # nothing was migrated before

@@ -5,11 +5,12 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import sys
 
 import pytest
 
 from fastsess import ConfigError, SessionMiddleware
-from fastsess.config import Config, collect_options, load_config
+from fastsess.config import MAX_COOKIE_LIFETIME, Config, collect_options, load_config
 from fastsess.stores import prepare_data_dir
 
 SECRET = "s3cr3t-" + "k" * 25  # exactly 32 characters
@@ -135,6 +136,46 @@ def test_a_timeout_that_is_not_a_non_negative_finite_number_is_a_config_error(te
         config(timeout=text)
 
 
+NETWORK_STORES = {
+    "redis": {"type": "redis", "url": "redis://127.0.0.1:9/0"},
+    "memcached": {"type": "memcached", "url": "127.0.0.1:9"},
+    "sql": {"type": "sql", "url": "sqlite://"},
+}
+
+
+@pytest.mark.parametrize("store", sorted(NETWORK_STORES))
+@pytest.mark.parametrize("option", ["socket_timeout", "connect_timeout"])
+@pytest.mark.parametrize("value", [None, "none", " None ", 0, "0", 0.0, -1, "-0.5", "inf", "nan", "soon"])
+def test_a_network_timeout_that_is_not_positive_and_finite_is_a_config_error_at_build(store, option, value):
+    """None or "none" would block a worker forever on a hung server; 0 fails every request."""
+    import_store(store)
+    with pytest.raises(ConfigError, match=f"session.{option} must be a positive, finite number of seconds"):
+        SessionMiddleware(app, secret=SECRET, timeout=60, **NETWORK_STORES[store], **{option: value})
+
+
+@pytest.mark.parametrize("value, expected", [("", 1.0), ("  ", 1.0), ("2.5", 2.5), (0.25, 0.25), (3, 3.0)])
+def test_a_network_timeout_is_positive_seconds_and_empty_means_the_default(value, expected):
+    cfg = config(socket_timeout=value, connect_timeout=value)
+    assert (cfg.socket_timeout, cfg.connect_timeout) == (expected, expected)
+
+
+@pytest.mark.parametrize("value", [None, 0, -1, float("inf"), "1"])
+@pytest.mark.parametrize("store", ["redis", "memcached", "sql"])
+def test_a_network_store_built_directly_refuses_a_timeout_that_is_not_positive(store, value):
+    import_store(store)
+    if store == "redis":
+        from fastsess.stores.redis import RedisStore as build
+        where = {"url": "redis://127.0.0.1:9/0", "connect_timeout": 1.0}
+    elif store == "memcached":
+        from fastsess.stores.memcached import MemcachedStore as build
+        where = {"url": "127.0.0.1:9", "connect_timeout": 1.0}
+    else:
+        from fastsess.stores.sql import SqlStore as build
+        where = {"url": "sqlite://", "connect_timeout": 1.0}
+    with pytest.raises(ConfigError, match="session.socket_timeout must be a positive"):
+        build(**where, socket_timeout=value)
+
+
 @pytest.mark.parametrize(
     "value, expected",
     [
@@ -158,6 +199,86 @@ def test_cookie_expires_takes_beaker_bool_seconds_timedelta_or_datetime(value, e
 def test_cookie_expires_of_another_kind_is_a_config_error(value):
     with pytest.raises(ConfigError, match="cookie_expires"):
         config(cookie_expires=value)
+
+
+def set_cookie_of(mw) -> str:
+    """The Set-Cookie header of a request that writes the session."""
+    def writer(environ, start_response):
+        environ["beaker.session"]["user"] = "ada"
+        environ["beaker.session"].save()
+        start_response("200 OK", [])
+        return [b""]
+
+    mw.wrap_app = writer
+    headers: dict = {}
+    mw({"REQUEST_METHOD": "GET", "wsgi.url_scheme": "https"}, lambda s, h, e=None: headers.update(h))
+    return headers["Set-Cookie"]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"max_age": 10**12},
+        {"max_age": 10**20},
+        {"max_age": "99999999999999"},
+        {"max_age": MAX_COOKIE_LIFETIME + 1},
+        {"cookie_expires": 10**12},
+        {"cookie_expires": 10**20},
+        {"cookie_expires": "99999999999999"},
+        {"cookie_expires": MAX_COOKIE_LIFETIME + 1},
+        {"cookie_expires": dt.timedelta.max},
+        {"cookie_expires": dt.datetime.max},
+        {"cookie_expires": dt.datetime.max.replace(tzinfo=dt.timezone.utc)},
+        {"cookie_expires": dt.datetime(9999, 12, 31, 20, tzinfo=dt.timezone(dt.timedelta(hours=-5)))},
+    ],
+    ids=repr,
+)
+def test_a_cookie_lifetime_past_the_last_http_date_is_a_config_error_at_build(options):
+    """It used to be accepted, then fail every request that set a cookie (or overflow raw at build)."""
+    with pytest.raises(ConfigError, match="session.(max_age|cookie_expires) is .*(1000 years|9999-12-31)"):
+        SessionMiddleware(app, **BASE, **options)
+
+
+@pytest.mark.parametrize(
+    "options, expires",
+    [
+        ({"max_age": MAX_COOKIE_LIFETIME}, None),
+        ({"cookie_expires": MAX_COOKIE_LIFETIME}, None),
+        ({"cookie_expires": dt.datetime(9999, 12, 31, 23, 59, 59)}, "expires=Fri, 31 Dec 9999 23:59:59 GMT"),
+    ],
+    ids=repr,
+)
+def test_the_longest_cookie_lifetime_accepted_is_written_at_request_time(options, expires):
+    header = set_cookie_of(SessionMiddleware(app, **BASE, **options))
+    assert "expires=" in header
+    if expires:
+        assert expires in header
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"max_age": 0},
+        {"max_age": "-10"},
+        {"cookie_expires": -1},
+        {"cookie_expires": "-3600"},
+        {"cookie_expires": dt.timedelta(0)},
+        {"cookie_expires": dt.timedelta(days=-1)},
+    ],
+    ids=repr,
+)
+def test_a_cookie_lifetime_that_is_not_positive_is_a_config_error(options):
+    """The browser would delete every session cookie on arrival."""
+    with pytest.raises(ConfigError, match="must be a positive number of seconds.*delete every session cookie"):
+        config(**options)
+
+
+@pytest.mark.parametrize(
+    "when", [dt.datetime(2000, 1, 1), dt.datetime(1969, 7, 20, tzinfo=dt.timezone.utc), dt.datetime.min]
+)
+def test_a_cookie_expires_date_that_has_passed_is_a_config_error(when):
+    with pytest.raises(ConfigError, match="cookie_expires .* has passed"):
+        config(cookie_expires=when)
 
 
 def test_secure_accepts_auto_and_booleans():
@@ -337,6 +458,65 @@ def test_crypto_type_other_than_default_or_cryptography_is_a_config_error():
         config(crypto_type="pycrypto")
 
 
+@pytest.mark.parametrize("mode", ["encrypted", "Encrypted", " ENCRYPTED "])
+def test_cookie_mode_is_normalised_before_the_check_for_cryptography(mode, monkeypatch):
+    monkeypatch.setitem(sys.modules, "cryptography", None)  # installed without fastsess[crypto]
+    with pytest.raises(ConfigError, match="needs the cryptography package"):
+        config(type="cookie", cookie_mode=mode)
+
+
+@pytest.mark.parametrize("mode", ["Signed", " signed", "ENCRYPTED"])
+def test_cookie_mode_is_case_and_space_insensitive(mode):
+    assert config(type="cookie", cookie_mode=mode).cookie_mode == mode.strip().lower()
+
+
+@pytest.mark.parametrize(
+    "option, value, setup",
+    [
+        ("data_dir", 123, {"type": "file"}),
+        ("data_dir", b"/tmp/sessions", {"type": "file"}),
+        ("url", 123, NETWORK_STORES["redis"]),
+        ("url", 123, NETWORK_STORES["memcached"]),
+        ("url", ["redis://127.0.0.1:9/0"], NETWORK_STORES["redis"]),
+        ("key_prefix", 123, NETWORK_STORES["redis"]),
+        ("key_prefix", 123, NETWORK_STORES["memcached"]),
+        ("table_name", 1, NETWORK_STORES["sql"]),
+        ("schema_name", 1, NETWORK_STORES["sql"]),
+        ("type", 1, {}),
+        ("key", 1, {}),
+        ("cookie_domain", 1, {}),
+        ("cookie_path", 1, {}),
+        ("crypto_type", 1, {}),
+        ("cookie_mode", 1, {"type": "cookie"}),
+        ("on_conflict", 1, {}),
+        ("on_store_error", 1, {}),
+        ("webtest_varname", 1, {}),
+    ],
+)
+def test_a_string_option_given_another_type_is_a_config_error_naming_it(option, value, setup):
+    """Not a raw TypeError or AttributeError from deep inside a store."""
+    if setup.get("type") in NETWORK_STORES:
+        import_store(setup["type"])
+    with pytest.raises(ConfigError, match=f"session.{option} must be a string, not {type(value).__name__}"):
+        SessionMiddleware(app, **{**BASE, **setup, option: value})
+
+
+def test_data_dir_may_be_a_path_object(tmp_path):
+    assert config(type="file", data_dir=tmp_path / "sessions").data_dir == str(tmp_path / "sessions")
+
+
+def test_memcached_url_may_be_a_list_of_servers():
+    assert config(type="memcached", url=["127.0.0.1:9", "127.0.0.1:10"]).url == [
+        "127.0.0.1:9", "127.0.0.1:10"
+    ]
+
+
+def test_sql_url_may_be_an_sqlalchemy_url():
+    sa = pytest.importorskip("sqlalchemy")
+    url = sa.make_url("sqlite://")
+    assert config(type="sql", url=url).url is url
+
+
 def test_sa_dotted_options_are_collected_into_sa_opts():
     cfg = config(**{"sa.pool_recycle": "3600", "sa_opts": {"echo": False}})
     assert cfg.sa_opts == {"pool_recycle": "3600", "echo": False}
@@ -506,9 +686,43 @@ def test_samesite_none_with_secure_is_accepted():
     assert config(samesite="none", secure="true").samesite == "None"
 
 
-@pytest.mark.parametrize("text, expected", [("lax", "Lax"), ("STRICT", "Strict"), ("false", None), ("", None)])
+@pytest.mark.parametrize("text, expected", [("lax", "Lax"), ("STRICT", "Strict"), ("false", None), (False, None)])
 def test_samesite_is_normalised(text, expected):
     assert config(samesite=text).samesite == expected
+
+
+@pytest.mark.parametrize("text", ["", "  "])
+def test_an_empty_samesite_means_the_default_lax_not_no_attribute(text):
+    """`session.samesite =` in an INI file is unset, as for every other option; `false` drops SameSite."""
+    assert config(samesite=text).samesite == "Lax"
+    assert "SameSite=Lax" in set_cookie_of(SessionMiddleware(app, **BASE, samesite=text))
+
+
+@pytest.mark.parametrize("path", ["app", "app/", "*", " /app"])
+def test_a_cookie_path_that_does_not_start_with_a_slash_is_a_config_error(path):
+    with pytest.raises(ConfigError, match="session.cookie_path .* must start with '/'"):
+        SessionMiddleware(app, **BASE, cookie_path=path)
+
+
+@pytest.mark.parametrize("path", ["/", "/app", "/app/", "/a b"])
+def test_a_cookie_path_starting_with_a_slash_is_accepted(path):
+    assert config(cookie_path=path).cookie_path == path
+
+
+@pytest.mark.parametrize(
+    "domain",
+    ["exa mple.com", "example.com;", "a.com,b.com", "example.com:8080", " example.com", "b\u00fccher.de",
+     "..example.com", "example..com", "example.com.", ".", "exam/ple.com", "[::1]"],
+)
+def test_a_cookie_domain_that_is_not_a_domain_name_is_a_config_error(domain):
+    with pytest.raises(ConfigError, match="session.cookie_domain .* is not a domain name"):
+        SessionMiddleware(app, **BASE, cookie_domain=domain)
+
+
+@pytest.mark.parametrize("domain", ["example.com", ".example.com", "localhost", "127.0.0.1", "xn--bcher-kva.de",
+                                    "my-host_1.internal"])
+def test_a_cookie_domain_that_is_a_domain_name_is_accepted(domain):
+    assert config(cookie_domain=domain).cookie_domain == domain
 
 
 def test_samesite_of_another_value_is_a_config_error():

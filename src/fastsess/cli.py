@@ -26,14 +26,48 @@ from .stores.base import EXPIRED, TOMBSTONE
 
 
 def read_ini(path: str, section: str = "app:main") -> dict:
-    """The options of one INI section, with Paste's %(here)s available."""
-    parser = configparser.ConfigParser(defaults={"here": os.path.dirname(os.path.abspath(path))})
+    """The options of one INI section, read as PasteDeploy reads them for the middleware.
+
+    %(here)s and %(__file__)s are available, and a literal % is written %%, so the
+    command sees the very secret the application does. A file that cannot be read
+    or parsed is a ConfigError naming the file and line, never a value: INI files
+    hold secrets.
+    """
+    full_path = os.path.abspath(path)
+    parser = configparser.ConfigParser(defaults={"here": os.path.dirname(full_path), "__file__": full_path})
     parser.optionxform = str  # option names are case-sensitive, as in Paste Deploy
-    if not parser.read(path, encoding="utf-8"):
-        raise ConfigError(f"cannot read config file {path!r}")
-    if not parser.has_section(section):
-        raise ConfigError(f"config file {path!r} has no [{section}] section")
-    return {k: v for k, v in parser.items(section) if k != "here"}
+    try:
+        with open(path, encoding="utf-8") as f:
+            parser.read_file(f, source=path)
+        if not parser.has_section(section):
+            raise ConfigError(f"config file {path!r} has no [{section}] section")
+        return {k: v for k, v in parser.items(section) if k not in ("here", "__file__")}
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path!r}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path!r} is not UTF-8 text") from None
+    except configparser.Error as exc:
+        raise ConfigError(f"config file {path!r}: {_ini_problem(exc)}") from None
+
+
+def _ini_problem(exc: configparser.Error) -> str:
+    """What is wrong, and where; configparser's own messages quote the raw line or value."""
+    if isinstance(exc, configparser.MissingSectionHeaderError):
+        return f"line {exc.lineno}: expected a [section] header before the first option"
+    if isinstance(exc, configparser.ParsingError):
+        lines = ", ".join(str(lineno) for lineno, _ in exc.errors[:5])
+        return f"line {lines}: neither a [section] header nor an option (name = value)"
+    if isinstance(exc, configparser.InterpolationSyntaxError):
+        return (f"[{exc.section}] {exc.option}: a literal '%' must be written '%%' (values are "
+                "interpolated, as PasteDeploy reads them, so that %(here)s works)")
+    if isinstance(exc, configparser.InterpolationMissingOptionError):
+        return (f"[{exc.section}] {exc.option}: %({exc.reference})s names no option of that section "
+                "or of [DEFAULT]; a literal '%' is written '%%'")
+    if isinstance(exc, configparser.InterpolationError):
+        return f"[{exc.section}] {exc.option}: its %(...)s references loop or nest too deep"
+    if isinstance(exc, (configparser.DuplicateSectionError, configparser.DuplicateOptionError)):
+        return exc.message  # names the section, option and line; no value
+    return f"cannot be parsed ({type(exc).__name__})"
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -56,8 +90,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
         def log_message(self, format: str, *a: object) -> None:
             sys.stderr.write(f"{self.command} {self.path}\n")
 
-    app = make_demo_app(args.data_dir)
-    server = make_server(args.host, args.port, app, server_class=ThreadingServer, handler_class=QuietHandler)
+    if args.data_dir is not None:
+        _writable_dir(args.data_dir, "--data-dir")
+    try:
+        app = make_demo_app(args.data_dir)
+    except OSError as exc:  # the default directory, under the system's temp dir, or its secret file
+        hint = "" if args.data_dir else " (give --data-dir DIR)"
+        raise ConfigError(f"the demo cannot write its data directory: {exc.strerror}{hint}") from None
+    try:
+        server = make_server(args.host, args.port, app, server_class=ThreadingServer, handler_class=QuietHandler)
+    except OSError as exc:  # an unknown host, a port in use or one that needs privileges
+        app.session_middleware.close()
+        raise ConfigError(f"demo cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
     print(f"fastsess demo on http://{args.host}:{server.server_port}/  (Ctrl-C stops it)", flush=True)
     try:
         server.serve_forever()
@@ -86,6 +130,40 @@ def _secret_bytes(text: str) -> int:
             f"session.secret needs at least {MIN_SECRET_CHARS} characters, which {SECRET_BYTES_MIN} bytes give"
         )
     return count
+
+
+def _positive_int(text: str) -> int:
+    """--batch: a whole number of at least 1 (0 would never finish a cleanup)."""
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
+    return count
+
+
+def _port_number(text: str) -> int:
+    """--port: 0 (any free port) to 65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number from 0 to 65535, not {text!r}")
+    return port
+
+
+def _writable_dir(path: str, flag: str) -> None:
+    """Create path (with parents) and check a file can be written there; a ConfigError naming flag otherwise."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, f".fastsess-probe-{os.getpid()}")
+        with open(probe, "wb"):
+            pass
+        os.unlink(probe)
+    except OSError as exc:
+        raise ConfigError(f"{flag} {path}: cannot create or write there: {exc.strerror}") from None
 
 
 def cmd_gen_secret(args: argparse.Namespace) -> int:
@@ -237,9 +315,11 @@ def cmd_migrate_beaker(args: argparse.Namespace) -> int:
 
     config = _load(args)
     require_server_store(config)  # before the source: a network source may be slow to fail
-    source = open_source(args.from_type, args.from_data_dir, args.from_url, args.from_table, args.from_schema)
     config_path = args.config or os.environ.get("FASTSESS_CONFIG", "")
     state_path = args.state or os.path.join(os.path.dirname(os.path.abspath(config_path)), STATE_FILE)
+    if not args.dry_run:
+        _check_state_writable(state_path)  # before anything is migrated: a pass it cannot record is redone whole
+    source = open_source(args.from_type, args.from_data_dir, args.from_url, args.from_table, args.from_schema)
     if args.full:
         since = None
     elif args.since is not None:
@@ -286,6 +366,20 @@ def cmd_migrate_beaker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_state_writable(path: str) -> None:
+    """The state file can be written as write_state writes it: a .tmp file beside it, renamed over it."""
+    if os.path.isdir(path):
+        raise ConfigError(f"--state {path}: is a directory; give the path of a file")
+    tmp = f"{path}.tmp"
+    try:
+        with open(tmp, "a", encoding="utf-8"):
+            pass
+        os.unlink(tmp)
+    except OSError as exc:
+        raise ConfigError(f"cannot write the migrate-beaker state file {path}: {exc.strerror} "
+                          "(give --state FILE somewhere writable)") from None
+
+
 def _progress_printer(quiet: bool):
     """Progress on stderr: a rewritten line on a terminal, else a line every 10 s (none with --json)."""
     tty = sys.stderr.isatty()
@@ -309,6 +403,8 @@ def _progress_printer(quiet: bool):
 def cmd_bench(args: argparse.Namespace) -> int:
     from .benchrun import run  # imported here: the runner is only for source checkouts
 
+    if args.out is not None:
+        _writable_dir(args.out, "--out")  # before minutes of benchmarks, not after
     return run(quick=args.quick, as_json=args.json, out=args.out, select=args.select)
 
 
@@ -319,7 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="serve the demo site on the LMDB store")
     demo.add_argument("--host", default="127.0.0.1")
-    demo.add_argument("--port", type=int, default=8000)
+    demo.add_argument("--port", type=_port_number, default=8000, help="0 picks a free port (default 8000)")
     demo.add_argument("--data-dir", default=None, help="where the demo keeps sessions (default: a temp dir)")
     demo.set_defaults(func=cmd_demo)
 
@@ -350,7 +446,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true", help="machine-readable output")
         p.set_defaults(func=func)
         if name == "cleanup":
-            p.add_argument("--batch", type=int, default=1000)
+            p.add_argument("--batch", type=_positive_int, default=1000,
+                           help="records removed per step (default 1000)")
         elif name == "inspect":
             p.add_argument("cookie", help="the cookie value (or name=value)")
         elif name == "migrate-beaker":

@@ -11,6 +11,8 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import os
+import re
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -22,12 +24,20 @@ MIN_SECRET_CHARS = 32
 DEFAULT_ABSOLUTE_TIMEOUT = 30 * 24 * 3600
 DEFAULT_MAX_RECORD_SIZE = 64 * 1024
 TOMBSTONE_SECONDS = 60.0
+#: connect_timeout and socket_timeout of the network stores, in seconds.
+DEFAULT_NETWORK_TIMEOUT = 1.0
 #: The cookie name Beaker uses, and fastsess's default with beaker_compat = true.
 BEAKER_COOKIE_NAME = "beaker.session.id"
 #: Beaker's default encrypt_nonce_bits.
 BEAKER_NONCE_BITS = 128
 #: Beaker's "far future" for cookie_expires = false: 2038-01-19.
 FAR_FUTURE = 0x7FFFFFFF
+#: The last moment an HTTP date can name, 9999-12-31 23:59:59 UTC: the kernels' http_date stops there.
+MAX_HTTP_DATE = 253402300799
+#: The longest cookie lifetime max_age or a cookie_expires duration may ask for: 1000 (Gregorian)
+#: years. Browsers keep a cookie 400 days at most anyway; the bound keeps every expiry an HTTP
+#: date can name (MAX_HTTP_DATE) for millennia, so no request can fail to write one.
+MAX_COOKIE_LIFETIME = 1000 * 31556952
 
 _PREFIXES = ("beaker.session.", "session.")
 
@@ -201,6 +211,48 @@ def _as_number(name: str, value: Any) -> float | None:
     return float(value)
 
 
+def _as_str(name: str, value: Any) -> str | None:
+    """A text option: a str, or None when unset; any other type is a ConfigError naming the option.
+
+    Beaker would turn 123 into "123"; a number where a name, a path or a URL belongs
+    is a mistake to report, not a directory to create.
+    """
+    if value is None or isinstance(value, str):
+        return value
+    raise ConfigError(f"session.{name} must be a string, not {type(value).__name__}")
+
+
+def _as_url(value: Any, store_type: str) -> Any:
+    """session.url: a string; also a list of host:port strings (memcached) or an SQLAlchemy URL (sql)."""
+    if value is None or isinstance(value, str):
+        return value
+    if store_type == "memcached" and isinstance(value, (list, tuple)) and all(isinstance(u, str) for u in value):
+        return list(value)
+    if store_type == "sql" and type(value).__module__.startswith("sqlalchemy.") and type(value).__name__ == "URL":
+        return value
+    raise ConfigError(f"session.url must be a string, not {type(value).__name__}")
+
+
+def _as_timeout(name: str, value: Any) -> float:
+    """A network store's connect or socket timeout: a positive, finite number of seconds.
+
+    Empty means the default. None, "none" and 0 are refused: with no timeout a hung
+    server blocks a worker forever, and 0 fails every request.
+    """
+    if isinstance(value, str) and not value.strip():
+        return DEFAULT_NETWORK_TIMEOUT
+    try:
+        seconds = _as_number(name, value) if value is not None else None
+    except ConfigError:
+        seconds = None
+    if not seconds:
+        raise ConfigError(
+            f"session.{name} must be a positive, finite number of seconds, got {value!r} "
+            "(a network store never waits without a limit)"
+        )
+    return seconds
+
+
 def _resolve_secret(name: str, text: str) -> str:
     """`env:NAME` and `file:/path` keep secrets out of INI files."""
     if text.startswith("env:"):
@@ -249,12 +301,24 @@ def _as_urls(name: str, value: Any) -> list[str]:
     raise ConfigError(f"session.{name} must be comma- or newline-separated URLs")
 
 
+def _check_cookie_lifetime(name: str, seconds: float) -> None:
+    """A persistent cookie's lifetime: positive, and at most MAX_COOKIE_LIFETIME."""
+    if seconds <= 0:
+        raise ConfigError(
+            f"session.{name} must be a positive number of seconds, got {seconds:g}: the browser would "
+            "delete every session cookie on arrival"
+        )
+    if seconds > MAX_COOKIE_LIFETIME:
+        raise ConfigError(
+            f"session.{name} is {int(seconds)} seconds; at most {MAX_COOKIE_LIFETIME} (1000 years) is accepted "
+            "(browsers keep a cookie 400 days at most)"
+        )
+
+
 def _as_expires(value: Any):
     """Beaker's cookie_expires: True (browser session), False (far future), seconds, timedelta, datetime."""
-    if isinstance(value, (bool, _dt.timedelta, _dt.datetime)):
+    if isinstance(value, bool):
         return value
-    if isinstance(value, int):
-        return _dt.timedelta(seconds=value)
     if isinstance(value, str):
         text = value.strip().lower()
         if text in _TRUE:
@@ -262,10 +326,35 @@ def _as_expires(value: Any):
         if text in _FALSE:
             return False
         try:
-            return _dt.timedelta(seconds=int(text))
+            value = int(text)
         except ValueError:
             pass
+    if isinstance(value, int):  # checked before timedelta() can overflow
+        _check_cookie_lifetime("cookie_expires", value)
+        return _dt.timedelta(seconds=value)
+    if isinstance(value, _dt.timedelta):
+        _check_cookie_lifetime("cookie_expires", value.total_seconds())
+        return value
+    if isinstance(value, _dt.datetime):
+        _check_expiry_date(value)
+        return value
     raise ConfigError(f"session.cookie_expires must be true, false, seconds, a timedelta or a datetime, got {value!r}")
+
+
+def _check_expiry_date(when: _dt.datetime) -> None:
+    """A fixed cookie expiry: in the future, and no later than an HTTP date can name."""
+    if when.tzinfo is None:  # read as UTC, as the middleware (and Beaker) writes it
+        when = when.replace(tzinfo=_dt.timezone.utc)
+    try:
+        timestamp = when.timestamp()
+    except (OverflowError, ValueError):
+        timestamp = None
+    if timestamp is None or int(timestamp) > MAX_HTTP_DATE:
+        raise ConfigError("session.cookie_expires is a date after 9999-12-31 23:59:59 UTC, the last an HTTP date "
+                          "can name")
+    if timestamp <= time.time():
+        raise ConfigError(f"session.cookie_expires ({when.isoformat()}) has passed: the browser would delete every "
+                          "session cookie on arrival")
 
 
 def _as_date(value: Any) -> _dt.date | None:
@@ -314,7 +403,10 @@ class Config:
 
         # Store
         raw_type = get("type")
-        self.data_dir: str | None = get("data_dir") or None
+        data_dir = get("data_dir")
+        if isinstance(data_dir, os.PathLike):  # a pathlib.Path, which Beaker takes too
+            data_dir = os.fspath(data_dir)
+        self.data_dir: str | None = _as_str("data_dir", data_dir) or None
         if raw_type in (None, ""):
             if self.data_dir:
                 store_type = "file"
@@ -326,8 +418,7 @@ class Config:
                     extra={"fastsess_event": "config_warning", "sid": None},
                 )
         else:
-            if not isinstance(raw_type, str):
-                raise ConfigError("session.type must be a string")
+            _as_str("type", raw_type)
             name = raw_type.strip().lower()
             if name in REFUSED_TYPES:
                 raise ConfigError(f"session.type = {raw_type} is not supported: {REFUSED_TYPES[name]}")
@@ -352,19 +443,20 @@ class Config:
         self.lmdb_map_size = _as_int("lmdb_map_size", get("lmdb_map_size", 1 << 30))
         if self.lmdb_map_size < 1 << 16:
             raise ConfigError("session.lmdb_map_size must be at least 65536 bytes")
-        self.url = get("url")
+        self.url = _as_url(get("url"), store_type)
         self.urls = _as_urls("urls", get("urls")) if get("urls") is not None else []
-        self.key_prefix = get("key_prefix", "fastsess:")
-        self.table_name = get("table_name", "fastsess_sessions")
-        self.schema_name = get("schema_name")
+        key_prefix = _as_str("key_prefix", get("key_prefix"))
+        self.key_prefix = "fastsess:" if key_prefix is None else key_prefix
+        self.table_name = _as_str("table_name", get("table_name")) or "fastsess_sessions"
+        self.schema_name = _as_str("schema_name", get("schema_name")) or None
         sa_opts = get("sa_opts") or {}
         if not isinstance(sa_opts, Mapping):
             raise ConfigError("session.sa_opts must be a dict")
         self.sa_opts.update(sa_opts)
         self.bind = get("bind")
         self.table = get("table")
-        self.socket_timeout = _as_number("socket_timeout", get("socket_timeout", 1.0))
-        self.connect_timeout = _as_number("connect_timeout", get("connect_timeout", 1.0))
+        self.socket_timeout = _as_timeout("socket_timeout", get("socket_timeout", DEFAULT_NETWORK_TIMEOUT))
+        self.connect_timeout = _as_timeout("connect_timeout", get("connect_timeout", DEFAULT_NETWORK_TIMEOUT))
 
         # Codec
         serializer = get("data_serializer", "json")
@@ -374,7 +466,7 @@ class Config:
                 "datetime, bytes, set, tuple, Decimal and UUID) so that loading a session can never run code, "
                 "as unpickling can; remove the option or set it to json"
             )
-        crypto_type = str(get("crypto_type", "default")).strip().lower()
+        crypto_type = (_as_str("crypto_type", get("crypto_type")) or "default").strip().lower()
         if crypto_type not in ("default", "cryptography"):
             raise ConfigError("session.crypto_type must be default or cryptography (AES-GCM comes from cryptography)")
         #: Beaker's encrypt_nonce_bits: how long a nonce starts its encrypted values (fastsess's own
@@ -399,7 +491,12 @@ class Config:
                         f"session.{option} (key {position}) is {len(key)} characters; at least "
                         f"{MIN_SECRET_CHARS} are required{_SHORT_BEAKER_KEY_HINTS.get(option, '')}"
                     )
-        if self.encrypt_keys or (store_type == "cookie" and get("cookie_mode", "") == "encrypted"):
+        # Normalised before anything reads it: "Encrypted" must not skip the check for cryptography.
+        cookie_mode = _as_str("cookie_mode", get("cookie_mode")) or ("encrypted" if self.encrypt_keys else "signed")
+        self.cookie_mode = cookie_mode.strip().lower()
+        if self.cookie_mode not in ("signed", "encrypted"):
+            raise ConfigError("session.cookie_mode must be signed or encrypted")
+        if self.encrypt_keys or (store_type == "cookie" and self.cookie_mode == "encrypted"):
             try:
                 import cryptography  # noqa: F401 - AES-GCM comes from it
             except ImportError:
@@ -408,9 +505,6 @@ class Config:
                     "package: pip install 'fastsess[crypto]'"
                 ) from None
         self._beaker_options(get)
-        self.cookie_mode = str(get("cookie_mode", "encrypted" if self.encrypt_keys else "signed")).strip().lower()
-        if self.cookie_mode not in ("signed", "encrypted"):
-            raise ConfigError("session.cookie_mode must be signed or encrypted")
         if self.encrypt_keys and self.cookie_mode == "signed" and store_type == "cookie":
             raise ConfigError("session.encrypt_key is set, so cookie sessions are encrypted: drop cookie_mode = signed")
 
@@ -440,14 +534,22 @@ class Config:
 
         # Cookie
         self.use_cookies = as_bool("use_cookies", get("use_cookies", True))
-        self.cookie_name = get("key") or (BEAKER_COOKIE_NAME if self.beaker_compat else "session")
-        if not isinstance(self.cookie_name, str) or not _is_token(self.cookie_name):
+        self.cookie_name = _as_str("key", get("key")) or (BEAKER_COOKIE_NAME if self.beaker_compat else "session")
+        if not _is_token(self.cookie_name):
             raise ConfigError(f"session.key {self.cookie_name!r} is not a valid cookie name")
-        self.cookie_domain = get("cookie_domain") or None
-        self.cookie_path = get("cookie_path") or "/"
-        for option, text in (("cookie_domain", self.cookie_domain), ("cookie_path", self.cookie_path)):
-            if text is not None and (not isinstance(text, str) or any(c == ";" or c < " " or c > "~" for c in text)):
-                raise ConfigError(f"session.{option} contains a character not allowed in a cookie")
+        self.cookie_domain = _as_str("cookie_domain", get("cookie_domain")) or None
+        self.cookie_path = _as_str("cookie_path", get("cookie_path")) or "/"
+        if self.cookie_domain is not None and not _DOMAIN.fullmatch(self.cookie_domain):
+            raise ConfigError(
+                f"session.cookie_domain {self.cookie_domain!r} is not a domain name: letters, digits, '-' and '.', "
+                "with an optional leading dot; no port, spaces, ';' or ','; an internationalised name in its "
+                "xn-- form"
+            )
+        if any(c == ";" or c < " " or c > "~" for c in self.cookie_path):
+            raise ConfigError("session.cookie_path contains a character not allowed in a cookie")
+        if not self.cookie_path.startswith("/"):
+            # A browser ignores such a Path and scopes the cookie to the request's directory instead.
+            raise ConfigError(f"session.cookie_path {self.cookie_path!r} must start with '/'")
         secure = get("secure", True)
         if isinstance(secure, str) and secure.strip().lower() == "auto":
             self.secure: Any = "auto"
@@ -455,7 +557,9 @@ class Config:
             self.secure = as_bool("secure", secure)
         self.httponly = as_bool("httponly", get("httponly", True))
         samesite = get("samesite", "Lax")
-        if samesite in (None, False, "") or (isinstance(samesite, str) and samesite.strip().lower() == "false"):
+        if isinstance(samesite, str) and not samesite.strip():
+            samesite = "Lax"  # an empty INI value means the default, as for the other options
+        if samesite in (None, False) or (isinstance(samesite, str) and samesite.strip().lower() == "false"):
             self.samesite = None
         else:
             normalized = str(samesite).strip().capitalize()
@@ -471,6 +575,8 @@ class Config:
         self.cookie_expires = _as_expires(get("cookie_expires", True))
         max_age = get("max_age")
         self.max_age = _as_int("max_age", max_age) if max_age not in (None, "") else None
+        if self.max_age is not None:
+            _check_cookie_lifetime("max_age", self.max_age)
         self.partitioned = as_bool("partitioned", get("partitioned", False))
 
         # Behaviour
@@ -480,13 +586,13 @@ class Config:
         self.max_record_size = _as_int("max_record_size", get("max_record_size", DEFAULT_MAX_RECORD_SIZE))
         if self.max_record_size < 256:
             raise ConfigError("session.max_record_size must be at least 256 bytes")
-        self.on_conflict = str(get("on_conflict", "merge")).strip().lower()
+        self.on_conflict = (_as_str("on_conflict", get("on_conflict")) or "merge").strip().lower()
         if self.on_conflict not in ("merge", "raise"):
             raise ConfigError("session.on_conflict must be merge or raise")
-        self.on_store_error = str(get("on_store_error", "raise")).strip().lower()
+        self.on_store_error = (_as_str("on_store_error", get("on_store_error")) or "raise").strip().lower()
         if self.on_store_error not in ("raise", "anonymous"):
             raise ConfigError("session.on_store_error must be raise or anonymous")
-        self.webtest_varname = get("webtest_varname")
+        self.webtest_varname = _as_str("webtest_varname", get("webtest_varname")) or None
         self.enabled = as_bool("enabled", get("enabled", True))
         on_event = get("on_event")
         if on_event is not None and not callable(on_event):
@@ -583,6 +689,11 @@ class Config:
                 "ignoring unknown option session.%s", name, extra={"fastsess_event": "config_warning", "sid": None}
             )
             del opts[name]
+
+
+#: A Domain attribute: dot-separated labels of letters, digits, '-' (and '_', which some hosts
+#: use), with the optional leading dot Beaker users write.
+_DOMAIN = re.compile(r"\.?[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
 
 
 def _is_token(name: str) -> bool:

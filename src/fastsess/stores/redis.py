@@ -195,6 +195,13 @@ def parse_cluster_urls(urls: list[str]) -> tuple[list[tuple[str, int]], dict]:
     return nodes, auth
 
 
+def _check_timeouts(connect_timeout: float, socket_timeout: float) -> None:
+    """Both positive and finite: redis-py takes None as "wait forever", and 0 fails every call."""
+    for name, value in (("connect_timeout", connect_timeout), ("socket_timeout", socket_timeout)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+            raise ConfigError(f"session.{name} must be a positive, finite number of seconds, got {value!r}")
+
+
 _open_stores: weakref.WeakSet = weakref.WeakSet()
 
 
@@ -224,6 +231,7 @@ class RedisStore(Store):
         breaker: CircuitBreaker | None = None,
     ) -> None:
         super().__init__(clock)
+        _check_timeouts(connect_timeout, socket_timeout)
         self.key_prefix = key_prefix
         self._prefix = key_prefix.encode()
         self._options = {

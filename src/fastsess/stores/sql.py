@@ -218,6 +218,10 @@ def create_engine(
     owned=False is for a database fastsess only reads (migrate-beaker's
     source): a SQLite file keeps its journal mode and settings.
     """
+    for name, value in (("connect_timeout", connect_timeout), ("socket_timeout", socket_timeout)):
+        # PostgreSQL reads statement_timeout = 0 as no limit at all
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+            raise ConfigError(f"session.{name} must be a positive, finite number of seconds, got {value!r}")
     options = _engine_options(sa_opts)
     url = options.pop("url", None) if url is None else url
     if not url:
