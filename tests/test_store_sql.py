@@ -500,6 +500,53 @@ def test_with_anonymous_policy_workers_boot_while_postgres_is_down_and_recover(
     mw.close()
 
 
+def test_a_table_missing_because_the_database_was_down_at_startup_is_created_once_it_answers(tmp_path, caplog):
+    # The SQLite file's directory does not exist yet: the database cannot be opened, as if it were down.
+    directory = tmp_path / "not-yet"
+    mw = SessionMiddleware(counter_app, {
+        "session.type": "sql", "session.url": f"sqlite:///{directory / 'sessions.sqlite'}",
+        "session.secret": SECRET, "session.secure": "false", "session.on_store_error": "anonymous",
+    })
+    app = webtest.TestApp(mw)
+    served = app.get("/")
+    assert served.text == "1" and "Set-Cookie" not in served.headers  # anonymous while it is down
+    directory.mkdir()  # the database answers now, without the table
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="fastsess"):
+        assert [app.get("/").text for _ in range(3)] == ["1", "2", "3"]  # sessions again, same worker
+    assert [r.fastsess_event for r in caplog.records] == ["table_created"]  # created once, nothing failed
+    assert mw.store.table_created is True
+    mw.close()
+
+
+def test_a_store_built_without_create_table_never_creates_the_table_on_use(tmp_path):
+    store = SqlStore(url=f"sqlite:///{tmp_path / 's.sqlite'}", create_table=False)
+    with pytest.raises(StoreError, match="no such table"):
+        store.create(skey("a"), b"x", time.time() + TTL)
+    assert not sa.inspect(store.engine).has_table("fastsess_sessions")
+    store.close()
+
+
+@pytest.mark.servers
+@pytest.mark.timeout(60)  # a store that hung on the stopped server fails the test outright
+def test_a_worker_booted_while_postgres_was_down_creates_the_table_and_serves_sessions_once_it_answers(
+    postgres_server, pg_url, table_name
+):
+    postgres_server.stop()
+    try:
+        mw = SessionMiddleware(counter_app, {
+            "session.type": "ext:database", "session.url": pg_url, "session.table_name": table_name,
+            "session.secret": SECRET, "session.secure": "false", "session.on_store_error": "anonymous",
+        })
+        app = webtest.TestApp(mw)
+        assert app.get("/").text == "1"
+    finally:
+        postgres_server.start()
+    assert [app.get("/").text for _ in range(3)] == ["1", "2", "3"]
+    assert mw.store.table_created is True
+    mw.close()
+
+
 # ---------------------------------------------------------------- end to end
 
 

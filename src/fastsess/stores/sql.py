@@ -44,6 +44,12 @@ of a fork, so the first operation in a child process disposes of the
 inherited pool without closing its connections (`dispose(close=False)`),
 which belong to the parent, and opens its own.
 
+A table still missing. When the database is down while the middleware is
+built, create_table() fails and (with on_store_error = anonymous) the store is
+built anyway. The first operation that then finds the table missing creates
+it, once, under a lock, and runs again: workers serve anonymous sessions until
+the database answers, and sessions from then on, without a restart.
+
 Errors: database failures raise StoreError, whose message names the operation
 and the database's error class, never a key or data; `hide_parameters=True`
 keeps parameters out of SQLAlchemy's own messages and logs, for an engine
@@ -102,6 +108,18 @@ _CONNECTION_ERRORS = (
 #: Errors whose first line is safe and useful to show: they describe the
 #: connection or the schema, never a parameter value.
 _DESCRIBED_ERRORS = (*_CONNECTION_ERRORS, sa_exc.ProgrammingError)
+
+
+def _missing_table(exc: sa_exc.SQLAlchemyError) -> bool:
+    """True when the database answered that the table does not exist."""
+    orig = getattr(exc, "orig", None)
+    if getattr(orig, "sqlstate", None) == "42P01" or getattr(orig, "pgcode", None) == "42P01":
+        return True  # PostgreSQL's undefined_table (psycopg, psycopg2)
+    text = str(orig if orig is not None else exc).lower()
+    # SQLite, MySQL/MariaDB, SQL Server, Oracle
+    return any(words in text for words in (
+        "no such table", "doesn't exist", "invalid object name", "table or view does not exist",
+    ))
 
 
 def _new_version() -> int:
@@ -330,6 +348,9 @@ class SqlStore(Store):
         self._fork_lock = threading.Lock()
         self._breaker = breaker or CircuitBreaker()
         self._closed = False
+        #: Set when create_table() failed: the first operation that finds the table missing creates it.
+        self._table_pending = False
+        self._table_lock = threading.Lock()
         self._statements()
         #: True when building this store created the table.
         self.table_created = self.create_table() if create_table else False
@@ -388,17 +409,45 @@ class SqlStore(Store):
         breaker = self._breaker
         breaker.before_call(_NAME)
         try:
-            if self._serial is None:
-                result = operation(*args)
-            else:
-                with self._serial:
-                    result = operation(*args)
+            result = self._call(operation, args)
         except sa_exc.SQLAlchemyError as exc:
-            if isinstance(exc, _CONNECTION_ERRORS) or getattr(exc, "connection_invalidated", False):
-                breaker.failed()
-            raise StoreError(_describe(what, exc)) from None
+            if not (self._table_pending and _missing_table(exc)):
+                raise self._failure(what, exc) from None
+            result = self._call_after_creating_table(what, operation, args)
         breaker.succeeded()
         return result
+
+    def _call(self, operation: Callable, args: tuple):
+        if self._serial is None:
+            return operation(*args)
+        with self._serial:
+            return operation(*args)
+
+    def _failure(self, what: str, exc: sa_exc.SQLAlchemyError) -> StoreError:
+        """The StoreError for a failed operation; connection failures count against the breaker."""
+        if isinstance(exc, _CONNECTION_ERRORS) or getattr(exc, "connection_invalidated", False):
+            self._breaker.failed()
+        return StoreError(_describe(what, exc))
+
+    def _call_after_creating_table(self, what: str, operation: Callable, args: tuple):
+        """The table create_table() could not make at startup is missing: make it now, then run again."""
+        with self._table_lock:
+            if self._table_pending:
+                try:
+                    created = self._call(self._do_create_table, ())
+                except sa_exc.SQLAlchemyError as exc:
+                    raise self._failure("create table", exc) from None
+                self._table_pending = False
+                self.table_created = self.table_created or created
+                logger.warning(
+                    "sql store: the database answers again; %s the sessions table",
+                    "created" if created else "found",
+                    extra={"fastsess_event": "table_created" if created else "table_found", "sid": None},
+                )
+        try:
+            return self._call(operation, args)
+        except sa_exc.SQLAlchemyError as exc:
+            raise self._failure(what, exc) from None
 
     def _record(self, row):
         """A row as load() reports it, or _DAMAGED."""
@@ -578,12 +627,16 @@ class SqlStore(Store):
         `fastsess create-table` and the application finds the table in place.
         """
         try:
-            return self._run("create table", self._do_create_table)
+            created = self._run("create table", self._do_create_table)
         except StoreError as exc:
+            # Built anyway (on_store_error = anonymous): operations that find the table missing create it.
+            self._table_pending = True
             raise StoreError(
                 f"{exc} (where the application has no DDL rights, "
                 "run `fastsess create-table` as a user who has)"
             ) from None
+        self._table_pending = False
+        return created
 
     def _exists(self) -> bool:
         with self._tx.connect() as conn:
