@@ -156,6 +156,18 @@ def test_untouched_record_reports_the_written_values_exactly(store, clock):
     assert (record.expires_at, record.last_access) == (now + 600, now)
 
 
+def test_a_record_memcached_still_holds_past_its_written_expiry_is_live(store, clock, memcached_server):  # noqa: F811
+    # A 3 s timeout: each touch moves memcached's expiry by about a second, less than SLACK,
+    # so the written expiry falls behind while memcached keeps the record.
+    version = store.create(skey("a"), b"data", clock() + 3)
+    clock.advance(3.2)  # past the written expiry
+    reply = command(memcached_server.port, f"mg {mkey(store, skey('a')).decode()} T2")  # a late touch
+    assert reply.startswith(b"HD"), reply
+    record = store.load(skey("a"))
+    assert isinstance(record, StoredRecord) and record.version == version
+    assert record.expires_at >= clock() and clock() - record.last_access <= 3  # live, and not idle too long
+
+
 def test_record_expires_in_real_time_and_can_be_created_again(store, clock):
     store.create(skey("a"), b"short", clock() + 1)
     assert store.load(skey("a")).blob == b"short"
@@ -545,6 +557,17 @@ def test_a_session_kept_alive_by_reads_outlives_its_timeout(memcached_server):  
     assert app.get("/read").text == "1"  # touches: expiry now 10 s after the start
     time.sleep(4)
     assert app.get("/read").text == "1"  # 8 s after the last write
+    mw.close()
+
+
+def test_a_session_read_more_often_than_a_short_timeout_stays_alive(memcached_server):  # noqa: F811
+    # timeout 3 s, a read every second: every touch moves expiry by about a second, within SLACK.
+    mw = middleware(memcached_server.address, timeout="3")
+    app = webtest.TestApp(mw)
+    assert app.get("/inc").text == "1"
+    for _ in range(5):
+        time.sleep(1)
+        assert app.get("/read").text == "1"
     mw.close()
 
 

@@ -64,12 +64,16 @@ the remaining TTL and last_access is the new expiry minus the lead
 (expires_at - last_access as written), which is the idle timeout while that
 governs expiry: within 1.5 s (app servers' clocks must agree, as for
 every store). A touch that moves expiry by less than SLACK plus that error
-(3.5 s) can go unnoticed, and last_access then lags by at most as much;
-touch_interval, a tenth of the timeout by default, keeps touches further
-apart than that for any timeout of a minute or more. When the absolute
-timeout caps expiry a touch cannot move it, and last_access stays the last
-write; a session is then never expired early (its record ends at the cap
-first), but the session layer may touch it again on later requests.
+(3.5 s) can go unnoticed while the written expiry lies ahead, and
+last_access then lags by at most as much (the session layer touches again
+meanwhile). Once the written expiry has passed, a record memcached still
+holds was touched (or is in its last rounding second): the server's expiry
+counts, never earlier than now, and last_access follows it, so a session
+read more often than its timeout stays alive for any timeout of a second or
+more. When the absolute timeout caps expiry a touch cannot move it, and
+last_access stays the last write; a session is then never expired early
+(its record ends at the cap first), but the session layer may touch it
+again on later requests.
 
 TTLs are whole seconds, at least 1; over 30 days memcached reads a TTL as a
 Unix time, so those are sent as one. cleanup() has nothing to do: memcached
@@ -379,8 +383,10 @@ class MemcachedStore(Store):
         now = self.clock()
         remaining = int(ttl[1:])
         if remaining >= 0:
-            server_expiry = now + remaining - 0.5  # whole seconds, truncated on both ends: centre the error
-            if server_expiry > expires_at + SLACK:  # touched since the write
+            # Whole seconds, truncated on both ends: centre the error. memcached still holds
+            # the record, so it is live now whatever the estimate says.
+            server_expiry = max(now, now + remaining - 0.5)
+            if server_expiry > expires_at + SLACK or now > expires_at:  # touched since the write
                 last_access = min(now, max(last_access, server_expiry - (expires_at - last_access)))
                 expires_at = server_expiry
             elif server_expiry < expires_at - SLACK:
