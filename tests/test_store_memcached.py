@@ -168,10 +168,18 @@ def test_a_record_memcached_still_holds_past_its_written_expiry_is_live(store, c
     assert record.expires_at >= clock() and clock() - record.last_access <= 3  # live, and not idle too long
 
 
+def test_the_ttl_outlasts_expires_at_by_memcacheds_clock_tick(store, clock, memcached_server):  # noqa: F811
+    # memcached's clock ticks once a second: a TTL of 1 can end at the next tick, at once.
+    store.create(skey("a"), b"short", clock() + 0.9)
+    assert remaining_ttl(memcached_server, mkey(store, skey("a"))) == 2
+    record = store.load(skey("a"))
+    assert record.expires_at == clock() + 0.9  # the margin is the store's own: never reported
+
+
 def test_record_expires_in_real_time_and_can_be_created_again(store, clock):
     store.create(skey("a"), b"short", clock() + 1)
     assert store.load(skey("a")).blob == b"short"
-    time.sleep(2.1)
+    time.sleep(3.1)  # 1 s, plus the margin, plus memcached's clock tick
     assert store.load(skey("a")) is None
     assert store.cas(skey("a"), b"x", 1, clock() + 60) is GONE
     assert isinstance(store.create(skey("a"), b"again", clock() + 60), int)
@@ -180,7 +188,7 @@ def test_record_expires_in_real_time_and_can_be_created_again(store, clock):
 def test_touch_extends_a_record_past_its_first_ttl(store, clock):
     version = store.create(skey("a"), b"data", clock() + 1)
     store.touch(skey("a"), clock() + 5)
-    time.sleep(2.1)
+    time.sleep(3.1)  # the first TTL (1 s, plus the margin, plus a clock tick) is over
     record = store.load(skey("a"))
     assert isinstance(record, StoredRecord) and record.version == version
 
@@ -190,7 +198,7 @@ def test_tombstone_expires_after_tombstone_seconds_even_when_touched(store, cloc
     assert isinstance(store.rotate(skey("old"), skey("new"), b"data", clock() + 60, 1), int)
     store.touch(skey("old"), clock() + 60)  # a late touch must not keep the tombstone for 60 s
     assert store.load(skey("old")) is TOMBSTONE
-    time.sleep(2.1)
+    time.sleep(3.1)  # 1 s, plus the margin, plus memcached's clock tick
     assert store.load(skey("old")) is None
     assert store.load(skey("new")).blob == b"data"
 
@@ -567,6 +575,17 @@ def test_a_session_read_more_often_than_a_short_timeout_stays_alive(memcached_se
     assert app.get("/inc").text == "1"
     for _ in range(5):
         time.sleep(1)
+        assert app.get("/read").text == "1"
+    mw.close()
+
+
+def test_a_session_read_every_half_second_outlives_a_one_second_timeout(memcached_server):  # noqa: F811
+    # A touch sends a TTL of 1 s: without a margin memcached may drop it at its next clock tick.
+    mw = middleware(memcached_server.address, timeout="1")
+    app = webtest.TestApp(mw)
+    assert app.get("/inc").text == "1"
+    for _ in range(6):
+        time.sleep(0.5)
         assert app.get("/read").text == "1"
     mw.close()
 

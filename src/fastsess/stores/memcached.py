@@ -60,24 +60,28 @@ touch changes only the TTL, never the value, so load derives both from the
 remaining TTL. While the server's expiry still matches the written
 expires_at (within SLACK, since memcached counts whole seconds), the header
 values are returned exactly. Once a touch has moved it, expires_at is now +
-the remaining TTL and last_access is the new expiry minus the lead
+the remaining TTL (less TTL_MARGIN) and last_access is the new expiry minus the lead
 (expires_at - last_access as written), which is the idle timeout while that
 governs expiry: within 1.5 s (app servers' clocks must agree, as for
 every store). A touch that moves expiry by less than SLACK plus that error
 (3.5 s) can go unnoticed while the written expiry lies ahead, and
 last_access then lags by at most as much (the session layer touches again
 meanwhile). Once the written expiry has passed, a record memcached still
-holds was touched (or is in its last rounding second): the server's expiry
+holds was touched (or is in its last rounding seconds): the server's expiry
 counts, never earlier than now, and last_access follows it, so a session
 read more often than its timeout stays alive for any timeout of a second or
-more. When the absolute timeout caps expiry a touch cannot move it, and
+more. Idle expiry is then memcached's: never early, at most 2 s late. When the absolute timeout caps expiry a touch cannot move it, and
 last_access stays the last write; a session is then never expired early
 (its record ends at the cap first), but the session layer may touch it
 again on later requests.
 
-TTLs are whole seconds, at least 1; over 30 days memcached reads a TTL as a
-Unix time, so those are sent as one. cleanup() has nothing to do: memcached
-drops expired items itself. Records vanish when memcached evicts them or
+TTLs are whole seconds, rounded up, plus TTL_MARGIN: memcached's clock
+ticks once a second, and a TTL of n seconds ends at its n-th tick, which can
+come as early as n - 1 seconds later. With the margin memcached never drops a
+record before its expires_at (a 1 s timeout with a TTL of 1 could vanish
+before the next read), and keeps it at most 2 s longer. Over 30 days
+memcached reads a TTL as a Unix time, so those are sent as one. cleanup()
+has nothing to do: memcached drops expired items itself. Records vanish when memcached evicts them or
 restarts; sessions on such a node are then simply missing.
 """
 
@@ -113,6 +117,8 @@ RELATIVE_TTL_LIMIT = 30 * 24 * 3600
 #: about 1.5 s): a server expiry this close to the written one means no touch
 #: has moved it since the write
 SLACK = 2.0
+#: seconds added to every TTL, so that memcached's once-a-second clock never ends a record early
+TTL_MARGIN = 1
 MAX_KEY_LENGTH = 250
 
 _FORMAT = 0xF1
@@ -358,7 +364,7 @@ class MemcachedStore(Store):
         return self._prefix + hexkey.encode()
 
     def _ttl(self, expires_at: float, now: float) -> int:
-        seconds = max(1, math.ceil(expires_at - now))
+        seconds = max(1, math.ceil(expires_at - now)) + TTL_MARGIN
         if seconds > RELATIVE_TTL_LIMIT:
             return int(time.time()) + seconds  # memcached's clock is real time, whatever self.clock says
         return seconds
@@ -383,9 +389,10 @@ class MemcachedStore(Store):
         now = self.clock()
         remaining = int(ttl[1:])
         if remaining >= 0:
-            # Whole seconds, truncated on both ends: centre the error. memcached still holds
-            # the record, so it is live now whatever the estimate says.
-            server_expiry = max(now, now + remaining - 0.5)
+            # Whole seconds, truncated on both ends: centre the error, and take off the margin
+            # the TTL was given. memcached still holds the record, so it is live now whatever
+            # the estimate says.
+            server_expiry = max(now, now + remaining - 0.5 - TTL_MARGIN)
             if server_expiry > expires_at + SLACK or now > expires_at:  # touched since the write
                 last_access = min(now, max(last_access, server_expiry - (expires_at - last_access)))
                 expires_at = server_expiry
