@@ -17,7 +17,7 @@ import pytest
 import webtest
 
 from fastsess import SessionMiddleware
-from fastsess.errors import ConfigError, StoreError
+from fastsess.errors import ConfigError, SessionTooLarge, StoreError
 from fastsess.stores.base import CONFLICT, EXISTS, GONE, TOMBSTONE, StoredRecord
 from fastsess.stores.memcached import MemcachedStore, _MetaClient, parse_servers
 from server_memcached import command, memcached_server, memcached_servers, start_server  # noqa: F401 - fixtures
@@ -219,11 +219,27 @@ def test_cas_after_a_touch_still_matches(store, clock):
     assert store.cas(skey("a"), b"three", version, clock() + 60) is CONFLICT
 
 
-def test_a_record_too_large_for_memcached_is_a_store_error_and_the_node_stays_usable(store, clock):
-    with pytest.raises(StoreError, match="refused"):
+def test_a_record_too_large_for_memcached_is_refused_before_it_is_sent(store, clock):
+    sent = []
+    call = store._call
+    store._call = lambda node, command: sent.append(command) or call(node, command)
+    with pytest.raises(SessionTooLarge, match=r"item size limit, memcached -I"):
         store.create(skey("big"), b"x" * (2 * 1024 * 1024), clock() + 60)
+    assert sent == []
     assert isinstance(store.create(skey("small"), b"x", clock() + 60), int)
     assert store.load(skey("small")).blob == b"x"
+
+
+def test_an_oversized_write_leaves_the_stored_session_intact(memcached_server):  # noqa: F811
+    # memcached answers an item over its limit (-I, 1 MiB here) with an error and drops the old item.
+    mw = middleware(memcached_server.address, max_record_size=str(4 * 1024 * 1024))
+    app = webtest.TestApp(mw)
+    assert app.get("/inc").text == "1"
+    with pytest.raises(SessionTooLarge, match="memcached"):
+        app.get("/big")
+    assert app.get("/read").text == "1"
+    assert app.get("/inc").text == "2"
+    mw.close()
 
 
 # ---------------------------------------------------------------- connections
@@ -477,6 +493,10 @@ def counter_app(environ, start_response):
         body = str(session["n"])
     elif path == "/read":
         body = str(session.get("n"))
+    elif path == "/big":
+        session["big"] = "x" * 1_500_000
+        session.save()
+        body = "big"
     else:
         body = "untouched"
     start_response("200 OK", [("Content-Type", "text/plain")])

@@ -33,6 +33,12 @@ The meta commands go over pymemcache Client connections from that pool, read
 with its reply helpers. A server older than 1.6 answers ERROR, which becomes a
 StoreError saying so.
 
+Size. memcached refuses an item above its size limit (-I, 1 MiB by default)
+and drops what the key held before, so an oversized write would destroy the
+session it meant to update. create() and cas() therefore refuse a value the
+node cannot hold with SessionTooLarge before sending it; the limit comes from
+`stats settings`, asked once per node and process at its first write.
+
 Versions are memcached CAS uniques: every write makes a new one and a touch
 keeps it, so a touch never bumps the version. A compare-and-set that meets a
 different CAS is told apart (one more read, only then) into CONFLICT, or GONE
@@ -106,7 +112,7 @@ from pymemcache.exceptions import (
     MemcacheUnknownError,
 )
 
-from ..errors import ConfigError, CorruptRecord, StoreError
+from ..errors import ConfigError, CorruptRecord, SessionTooLarge, StoreError
 from .base import CONFLICT, EXISTS, GONE, TOMBSTONE, LoadResult, Store, StoredRecord, WriteResult
 from .breaker import CircuitBreaker
 
@@ -120,6 +126,8 @@ SLACK = 2.0
 #: seconds added to every TTL, so that memcached's once-a-second clock never ends a record early
 TTL_MARGIN = 1
 MAX_KEY_LENGTH = 250
+#: bytes memcached adds to key and value within its item size limit (59 in 1.6), with room to spare
+ITEM_OVERHEAD = 128
 
 _FORMAT = 0xF1
 _RECORD, _TOMBSTONE = 0, 1
@@ -238,6 +246,18 @@ class _MetaPool:
         self._idle.append(client)
         return reply
 
+    def item_size_max(self) -> int:
+        """The node's item size limit (memcached -I), from `stats settings`."""
+        try:
+            client = self._idle.pop()
+        except IndexError:
+            client = _MetaClient(
+                self._server, connect_timeout=self._connect_timeout, timeout=self._timeout, no_delay=True
+            )
+        settings = client.stats("settings")  # on failure the client closed itself and is dropped here
+        self._idle.append(client)
+        return int(settings.get(b"item_size_max", 1024 * 1024))
+
     def close(self) -> None:
         while self._idle:
             try:
@@ -249,13 +269,15 @@ class _MetaPool:
 class _Node:
     """One memcached server: its name, its connection pool (per process) and its breaker."""
 
-    __slots__ = ("name", "server", "breaker", "pool")
+    __slots__ = ("name", "server", "breaker", "pool", "value_limit")
 
     def __init__(self, name: str, breaker: CircuitBreaker) -> None:
         self.name = name
         self.server = _server_spec(name)
         self.breaker = breaker
         self.pool: _MetaPool | None = None
+        #: the largest value (header and blob) this node stores, learnt at the first write
+        self.value_limit: int | None = None
 
 
 def _flags(line: bytes) -> dict[int, bytes]:
@@ -347,18 +369,43 @@ class MemcachedStore(Store):
         breaker.before_call(f"memcached {node.name}")
         try:
             reply = self._pool(node).meta(command)
-        except _CONNECTION_ERRORS as exc:
-            breaker.failed()
-            reason = "timed out" if isinstance(exc, socket.timeout) else f"{type(exc).__name__}: {exc}"
-            raise StoreError(f"memcached {node.name} failed: {reason}") from None
-        except MemcacheUnknownCommandError:
-            raise StoreError(
-                f"memcached {node.name} does not know meta commands: fastsess needs memcached 1.6 or later"
-            ) from None
-        except MemcacheError as exc:  # the node answered, with an error
-            raise StoreError(f"memcached {node.name} refused a command: {type(exc).__name__}: {exc}") from None
+        except (*_CONNECTION_ERRORS, MemcacheError) as exc:
+            raise self._failure(node, exc) from None
         breaker.succeeded()
         return reply
+
+    def _failure(self, node: _Node, exc: Exception) -> StoreError:
+        if isinstance(exc, _CONNECTION_ERRORS):
+            node.breaker.failed()
+            reason = "timed out" if isinstance(exc, socket.timeout) else f"{type(exc).__name__}: {exc}"
+            return StoreError(f"memcached {node.name} failed: {reason}")
+        if isinstance(exc, MemcacheUnknownCommandError):
+            return StoreError(
+                f"memcached {node.name} does not know meta commands: fastsess needs memcached 1.6 or later"
+            )
+        # the node answered, with an error
+        return StoreError(f"memcached {node.name} refused a command: {type(exc).__name__}: {exc}")
+
+    def _check_size(self, node: _Node, value: bytes) -> None:
+        """SessionTooLarge for a value the node cannot hold, before it is sent.
+
+        memcached answers such a write with an error and drops the item that key
+        held: the session would be lost. The node's limit is asked once per process.
+        """
+        limit = node.value_limit
+        if limit is None:
+            node.breaker.before_call(f"memcached {node.name}")
+            try:
+                item_size_max = self._pool(node).item_size_max()
+            except (*_CONNECTION_ERRORS, MemcacheError) as exc:
+                raise self._failure(node, exc) from None
+            node.breaker.succeeded()
+            limit = node.value_limit = item_size_max - ITEM_OVERHEAD - MAX_KEY_LENGTH
+        if len(value) > limit:
+            raise SessionTooLarge(
+                f"session record is {len(value)} bytes; memcached {node.name} stores at most {limit} "
+                "(its item size limit, memcached -I): lower max_record_size or raise -I"
+            )
 
     def _mkey(self, hexkey: str) -> bytes:
         return self._prefix + hexkey.encode()
@@ -411,6 +458,7 @@ class MemcachedStore(Store):
         node, mkey = self._node(hexkey), self._mkey(hexkey)
         now = self.clock()
         value = _HEADER.pack(_FORMAT, _RECORD, now, expires_at) + blob
+        self._check_size(node, value)
         ttl = self._ttl(expires_at, now)
         for _ in range(3):
             line, _ = self._call(node, b"ms %s %d T%d ME c\r\n%s\r\n" % (mkey, len(value), ttl, value))
@@ -433,6 +481,7 @@ class MemcachedStore(Store):
         node, mkey = self._node(hexkey), self._mkey(hexkey)
         now = self.clock()
         value = _HEADER.pack(_FORMAT, _RECORD, now, expires_at) + blob
+        self._check_size(node, value)
         line, _ = self._call(
             node,
             b"ms %s %d T%d C%d c\r\n%s\r\n" % (mkey, len(value), self._ttl(expires_at, now), expected_version, value),
