@@ -6,6 +6,7 @@ import json
 import logging
 import multiprocessing
 import os
+import signal
 import threading
 import time
 import uuid
@@ -22,7 +23,7 @@ from fastsess.cli import main  # noqa: E402
 from fastsess.errors import ConfigError, StoreError  # noqa: E402
 from fastsess.stores.base import CONFLICT, StoredRecord  # noqa: E402
 from fastsess.stores.breaker import CircuitBreaker  # noqa: E402
-from fastsess.stores.sql import SqlStore, sessions_table  # noqa: E402
+from fastsess.stores.sql import SqlStore, StatementWatchdog, sessions_table  # noqa: E402
 from test_store_contract import T0, TTL, FakeClock, join_or_kill, skey  # noqa: E402
 
 postgres_server = server_postgres.postgres_server  # the session's PostgreSQL server (a fixture)
@@ -442,6 +443,67 @@ def test_postgres_outage_raises_store_error_and_the_breaker_then_fails_fast_and_
     assert (record.blob, record.version) == (b"before", version)
     assert isinstance(store.cas(skey("a"), b"after", version, time.time() + TTL), int)
     store.close()
+
+
+def postgres_processes(server) -> list[int]:
+    """The postmaster and its children (backends and helpers), from /proc."""
+    postmaster = server._server_pid()
+    children = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == postmaster:
+                children.append(int(entry))
+    return [postmaster, *children]
+
+
+def send_signal(pids: list[int], signum: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:  # a backend that was exiting anyway
+            pass
+
+
+@pytest.mark.servers
+@pytest.mark.timeout(30)  # without a client-side bound the load waits until the server resumes
+def test_a_postgres_that_stops_answering_is_a_store_error_within_the_socket_timeout(
+    postgres_server, pg_url, table_name
+):
+    # Stopped processes (a frozen VM or disk): the kernel still ACKs, statement_timeout never runs.
+    store = SqlStore(url=pg_url, table_name=table_name, socket_timeout=1, connect_timeout=1)
+    version = store.create(skey("a"), b"before", time.time() + TTL)
+    frozen = postgres_processes(postgres_server)
+    send_signal(frozen, signal.SIGSTOP)
+    try:
+        with pytest.raises(StoreError, match=r"load failed: the database did not answer within 1\.5 s"):
+            store.load(skey("a"))
+    finally:
+        # runuser, the server's parent, stops itself when its child stops (job control): resume it too.
+        send_signal([*frozen, postgres_server.process.pid], signal.SIGCONT)
+    record = store.load(skey("a"))  # a new connection; the shut one was discarded
+    assert (record.blob, record.version) == (b"before", version)
+    store.close()
+
+
+def test_the_watchdog_never_shuts_a_connection_back_in_the_pool(tmp_path):
+    watchdog = StatementWatchdog(0.05)
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'w.sqlite'}")
+    watchdog.watch(engine)
+    with engine.connect() as conn:
+        conn.execute(sa.text("select 1"))
+        assert len(watchdog._active) == 1
+    assert watchdog._active == {}
+    time.sleep(0.2)
+    with engine.connect() as conn:  # the pooled connection still works
+        assert conn.execute(sa.text("select 1")).scalar() == 1
+    assert not watchdog.fired()
+    watchdog.stop()
+    engine.dispose()
 
 
 def counter_app(environ, start_response):
