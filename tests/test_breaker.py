@@ -59,3 +59,12 @@ def test_a_failed_trial_reopens_the_breaker():
     breaker.failed()
     with pytest.raises(StoreError):
         breaker.before_call("redis")
+
+
+def test_failing_from_a_failure_until_the_next_success():
+    breaker = CircuitBreaker(threshold=3, cooldown=5, clock=Clock())
+    assert not breaker.failing
+    breaker.failed()
+    assert breaker.failing and not breaker.is_open
+    breaker.succeeded()
+    assert not breaker.failing

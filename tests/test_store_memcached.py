@@ -17,7 +17,7 @@ import pytest
 import webtest
 
 from fastsess import SessionMiddleware
-from fastsess.errors import ConfigError, StoreError
+from fastsess.errors import ConfigError, SessionTooLarge, StoreError
 from fastsess.stores.base import CONFLICT, EXISTS, GONE, TOMBSTONE, StoredRecord
 from fastsess.stores.memcached import MemcachedStore, _MetaClient, parse_servers
 from server_memcached import command, memcached_server, memcached_servers, start_server  # noqa: F401 - fixtures
@@ -156,10 +156,30 @@ def test_untouched_record_reports_the_written_values_exactly(store, clock):
     assert (record.expires_at, record.last_access) == (now + 600, now)
 
 
+def test_a_record_memcached_still_holds_past_its_written_expiry_is_live(store, clock, memcached_server):  # noqa: F811
+    # A 3 s timeout: each touch moves memcached's expiry by about a second, less than SLACK,
+    # so the written expiry falls behind while memcached keeps the record.
+    version = store.create(skey("a"), b"data", clock() + 3)
+    clock.advance(3.2)  # past the written expiry
+    reply = command(memcached_server.port, f"mg {mkey(store, skey('a')).decode()} T2")  # a late touch
+    assert reply.startswith(b"HD"), reply
+    record = store.load(skey("a"))
+    assert isinstance(record, StoredRecord) and record.version == version
+    assert record.expires_at >= clock() and clock() - record.last_access <= 3  # live, and not idle too long
+
+
+def test_the_ttl_outlasts_expires_at_by_memcacheds_clock_tick(store, clock, memcached_server):  # noqa: F811
+    # memcached's clock ticks once a second: a TTL of 1 can end at the next tick, at once.
+    store.create(skey("a"), b"short", clock() + 0.9)
+    assert remaining_ttl(memcached_server, mkey(store, skey("a"))) == 2
+    record = store.load(skey("a"))
+    assert record.expires_at == clock() + 0.9  # the margin is the store's own: never reported
+
+
 def test_record_expires_in_real_time_and_can_be_created_again(store, clock):
     store.create(skey("a"), b"short", clock() + 1)
     assert store.load(skey("a")).blob == b"short"
-    time.sleep(2.1)
+    time.sleep(3.1)  # 1 s, plus the margin, plus memcached's clock tick
     assert store.load(skey("a")) is None
     assert store.cas(skey("a"), b"x", 1, clock() + 60) is GONE
     assert isinstance(store.create(skey("a"), b"again", clock() + 60), int)
@@ -168,7 +188,7 @@ def test_record_expires_in_real_time_and_can_be_created_again(store, clock):
 def test_touch_extends_a_record_past_its_first_ttl(store, clock):
     version = store.create(skey("a"), b"data", clock() + 1)
     store.touch(skey("a"), clock() + 5)
-    time.sleep(2.1)
+    time.sleep(3.1)  # the first TTL (1 s, plus the margin, plus a clock tick) is over
     record = store.load(skey("a"))
     assert isinstance(record, StoredRecord) and record.version == version
 
@@ -178,7 +198,7 @@ def test_tombstone_expires_after_tombstone_seconds_even_when_touched(store, cloc
     assert isinstance(store.rotate(skey("old"), skey("new"), b"data", clock() + 60, 1), int)
     store.touch(skey("old"), clock() + 60)  # a late touch must not keep the tombstone for 60 s
     assert store.load(skey("old")) is TOMBSTONE
-    time.sleep(2.1)
+    time.sleep(3.1)  # 1 s, plus the margin, plus memcached's clock tick
     assert store.load(skey("old")) is None
     assert store.load(skey("new")).blob == b"data"
 
@@ -199,11 +219,27 @@ def test_cas_after_a_touch_still_matches(store, clock):
     assert store.cas(skey("a"), b"three", version, clock() + 60) is CONFLICT
 
 
-def test_a_record_too_large_for_memcached_is_a_store_error_and_the_node_stays_usable(store, clock):
-    with pytest.raises(StoreError, match="refused"):
+def test_a_record_too_large_for_memcached_is_refused_before_it_is_sent(store, clock):
+    sent = []
+    call = store._call
+    store._call = lambda node, command: sent.append(command) or call(node, command)
+    with pytest.raises(SessionTooLarge, match=r"item size limit, memcached -I"):
         store.create(skey("big"), b"x" * (2 * 1024 * 1024), clock() + 60)
+    assert sent == []
     assert isinstance(store.create(skey("small"), b"x", clock() + 60), int)
     assert store.load(skey("small")).blob == b"x"
+
+
+def test_an_oversized_write_leaves_the_stored_session_intact(memcached_server):  # noqa: F811
+    # memcached answers an item over its limit (-I, 1 MiB here) with an error and drops the old item.
+    mw = middleware(memcached_server.address, max_record_size=str(4 * 1024 * 1024))
+    app = webtest.TestApp(mw)
+    assert app.get("/inc").text == "1"
+    with pytest.raises(SessionTooLarge, match="memcached"):
+        app.get("/big")
+    assert app.get("/read").text == "1"
+    assert app.get("/inc").text == "2"
+    mw.close()
 
 
 # ---------------------------------------------------------------- connections
@@ -457,6 +493,10 @@ def counter_app(environ, start_response):
         body = str(session["n"])
     elif path == "/read":
         body = str(session.get("n"))
+    elif path == "/big":
+        session["big"] = "x" * 1_500_000
+        session.save()
+        body = "big"
     else:
         body = "untouched"
     start_response("200 OK", [("Content-Type", "text/plain")])
@@ -545,6 +585,28 @@ def test_a_session_kept_alive_by_reads_outlives_its_timeout(memcached_server):  
     assert app.get("/read").text == "1"  # touches: expiry now 10 s after the start
     time.sleep(4)
     assert app.get("/read").text == "1"  # 8 s after the last write
+    mw.close()
+
+
+def test_a_session_read_more_often_than_a_short_timeout_stays_alive(memcached_server):  # noqa: F811
+    # timeout 3 s, a read every second: every touch moves expiry by about a second, within SLACK.
+    mw = middleware(memcached_server.address, timeout="3")
+    app = webtest.TestApp(mw)
+    assert app.get("/inc").text == "1"
+    for _ in range(5):
+        time.sleep(1)
+        assert app.get("/read").text == "1"
+    mw.close()
+
+
+def test_a_session_read_every_half_second_outlives_a_one_second_timeout(memcached_server):  # noqa: F811
+    # A touch sends a TTL of 1 s: without a margin memcached may drop it at its next clock tick.
+    mw = middleware(memcached_server.address, timeout="1")
+    app = webtest.TestApp(mw)
+    assert app.get("/inc").text == "1"
+    for _ in range(6):
+        time.sleep(0.5)
+        assert app.get("/read").text == "1"
     mw.close()
 
 

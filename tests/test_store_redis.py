@@ -621,6 +621,41 @@ def test_cluster_with_a_stopped_node_gives_store_errors_not_hangs(tmp_path):
         cluster.stop()
 
 
+@HANG_LIMIT
+def test_cluster_breaker_is_per_node_so_a_hung_node_fails_fast_while_the_others_serve(tmp_path):
+    cluster = server_redis.RedisCluster(tmp_path).start()
+    hung = cluster.nodes[0]
+    try:
+        made = RedisStore(
+            urls=cluster.urls, key_prefix=prefix(), connect_timeout=0.3, socket_timeout=0.3,
+            breaker=CircuitBreaker(threshold=2, cooldown=60),
+        )
+        client = made._connection()
+
+        def port_of(key: bytes) -> int:
+            return client.nodes_manager.get_node_from_slot(client.keyslot(made._key(key))).port
+
+        keys = [skey(f"k{i}") for i in range(40)]
+        on_hung = next(k for k in keys if port_of(k) == hung.port)
+        elsewhere = next(k for k in keys if port_of(k) != hung.port)
+        for key in (on_hung, elsewhere):
+            made.create(key, b"data", time.time() + 60)
+        os.kill(hung.process.pid, signal.SIGSTOP)
+        try:
+            for _ in range(2):  # failures on the hung node, each followed by a success elsewhere
+                with pytest.raises(StoreError, match="Timeout"):
+                    made.load(on_hung)
+                assert made.load(elsewhere).blob == b"data"
+            with pytest.raises(StoreError, match=f"node 127.0.0.1:{hung.port} is failing; not retrying"):
+                made.load(on_hung)
+            assert made.load(elsewhere).blob == b"data"
+        finally:
+            os.kill(hung.process.pid, signal.SIGCONT)
+        made.close()
+    finally:
+        cluster.stop()
+
+
 # ---------------------------------------------------------------- through SessionMiddleware
 
 

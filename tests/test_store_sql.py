@@ -6,6 +6,7 @@ import json
 import logging
 import multiprocessing
 import os
+import signal
 import threading
 import time
 import uuid
@@ -22,7 +23,7 @@ from fastsess.cli import main  # noqa: E402
 from fastsess.errors import ConfigError, StoreError  # noqa: E402
 from fastsess.stores.base import CONFLICT, StoredRecord  # noqa: E402
 from fastsess.stores.breaker import CircuitBreaker  # noqa: E402
-from fastsess.stores.sql import SqlStore, sessions_table  # noqa: E402
+from fastsess.stores.sql import SqlStore, StatementWatchdog, sessions_table  # noqa: E402
 from test_store_contract import T0, TTL, FakeClock, join_or_kill, skey  # noqa: E402
 
 postgres_server = server_postgres.postgres_server  # the session's PostgreSQL server (a fixture)
@@ -444,6 +445,67 @@ def test_postgres_outage_raises_store_error_and_the_breaker_then_fails_fast_and_
     store.close()
 
 
+def postgres_processes(server) -> list[int]:
+    """The postmaster and its children (backends and helpers), from /proc."""
+    postmaster = server._server_pid()
+    children = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == postmaster:
+                children.append(int(entry))
+    return [postmaster, *children]
+
+
+def send_signal(pids: list[int], signum: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:  # a backend that was exiting anyway
+            pass
+
+
+@pytest.mark.servers
+@pytest.mark.timeout(30)  # without a client-side bound the load waits until the server resumes
+def test_a_postgres_that_stops_answering_is_a_store_error_within_the_socket_timeout(
+    postgres_server, pg_url, table_name
+):
+    # Stopped processes (a frozen VM or disk): the kernel still ACKs, statement_timeout never runs.
+    store = SqlStore(url=pg_url, table_name=table_name, socket_timeout=1, connect_timeout=1)
+    version = store.create(skey("a"), b"before", time.time() + TTL)
+    frozen = postgres_processes(postgres_server)
+    send_signal(frozen, signal.SIGSTOP)
+    try:
+        with pytest.raises(StoreError, match=r"load failed: the database did not answer within 1\.5 s"):
+            store.load(skey("a"))
+    finally:
+        # runuser, the server's parent, stops itself when its child stops (job control): resume it too.
+        send_signal([*frozen, postgres_server.process.pid], signal.SIGCONT)
+    record = store.load(skey("a"))  # a new connection; the shut one was discarded
+    assert (record.blob, record.version) == (b"before", version)
+    store.close()
+
+
+def test_the_watchdog_never_shuts_a_connection_back_in_the_pool(tmp_path):
+    watchdog = StatementWatchdog(0.05)
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'w.sqlite'}")
+    watchdog.watch(engine)
+    with engine.connect() as conn:
+        conn.execute(sa.text("select 1"))
+        assert len(watchdog._active) == 1
+    assert watchdog._active == {}
+    time.sleep(0.2)
+    with engine.connect() as conn:  # the pooled connection still works
+        assert conn.execute(sa.text("select 1")).scalar() == 1
+    assert not watchdog.fired()
+    watchdog.stop()
+    engine.dispose()
+
+
 def counter_app(environ, start_response):
     session = environ["beaker.session"]
     session["n"] = session.get("n", 0) + 1
@@ -497,6 +559,53 @@ def test_with_anonymous_policy_workers_boot_while_postgres_is_down_and_recover(
     mw = SessionMiddleware(counter_app, {**options, "session.on_store_error": "anonymous"})
     app = webtest.TestApp(mw)
     assert [app.get("/").text for _ in range(2)] == ["1", "2"]
+    mw.close()
+
+
+def test_a_table_missing_because_the_database_was_down_at_startup_is_created_once_it_answers(tmp_path, caplog):
+    # The SQLite file's directory does not exist yet: the database cannot be opened, as if it were down.
+    directory = tmp_path / "not-yet"
+    mw = SessionMiddleware(counter_app, {
+        "session.type": "sql", "session.url": f"sqlite:///{directory / 'sessions.sqlite'}",
+        "session.secret": SECRET, "session.secure": "false", "session.on_store_error": "anonymous",
+    })
+    app = webtest.TestApp(mw)
+    served = app.get("/")
+    assert served.text == "1" and "Set-Cookie" not in served.headers  # anonymous while it is down
+    directory.mkdir()  # the database answers now, without the table
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="fastsess"):
+        assert [app.get("/").text for _ in range(3)] == ["1", "2", "3"]  # sessions again, same worker
+    assert [r.fastsess_event for r in caplog.records] == ["table_created"]  # created once, nothing failed
+    assert mw.store.table_created is True
+    mw.close()
+
+
+def test_a_store_built_without_create_table_never_creates_the_table_on_use(tmp_path):
+    store = SqlStore(url=f"sqlite:///{tmp_path / 's.sqlite'}", create_table=False)
+    with pytest.raises(StoreError, match="no such table"):
+        store.create(skey("a"), b"x", time.time() + TTL)
+    assert not sa.inspect(store.engine).has_table("fastsess_sessions")
+    store.close()
+
+
+@pytest.mark.servers
+@pytest.mark.timeout(60)  # a store that hung on the stopped server fails the test outright
+def test_a_worker_booted_while_postgres_was_down_creates_the_table_and_serves_sessions_once_it_answers(
+    postgres_server, pg_url, table_name
+):
+    postgres_server.stop()
+    try:
+        mw = SessionMiddleware(counter_app, {
+            "session.type": "ext:database", "session.url": pg_url, "session.table_name": table_name,
+            "session.secret": SECRET, "session.secure": "false", "session.on_store_error": "anonymous",
+        })
+        app = webtest.TestApp(mw)
+        assert app.get("/").text == "1"
+    finally:
+        postgres_server.start()
+    assert [app.get("/").text for _ in range(3)] == ["1", "2", "3"]
+    assert mw.store.table_created is True
     mw.close()
 
 

@@ -16,7 +16,7 @@ from ..errors import StoreError
 
 
 class CircuitBreaker:
-    """Thread-safe; one per store (and so per process).
+    """Thread-safe; one per store, or per node of a store with several (and so per process).
 
     The closed state is read without the lock: a failure recorded by another
     thread at that moment lets one more call through, which is what a closed
@@ -55,6 +55,11 @@ class CircuitBreaker:
             self._failures += 1
             if self._failures >= self.threshold:
                 self._open_until = self.clock() + self.cooldown
+
+    @property
+    def failing(self) -> bool:
+        """True after a failure that no success has followed yet (read without the lock)."""
+        return self._failures > 0
 
     @property
     def is_open(self) -> bool:

@@ -33,6 +33,12 @@ The meta commands go over pymemcache Client connections from that pool, read
 with its reply helpers. A server older than 1.6 answers ERROR, which becomes a
 StoreError saying so.
 
+Size. memcached refuses an item above its size limit (-I, 1 MiB by default)
+and drops what the key held before, so an oversized write would destroy the
+session it meant to update. create() and cas() therefore refuse a value the
+node cannot hold with SessionTooLarge before sending it; the limit comes from
+`stats settings`, asked once per node and process at its first write.
+
 Versions are memcached CAS uniques: every write makes a new one and a touch
 keeps it, so a touch never bumps the version. A compare-and-set that meets a
 different CAS is told apart (one more read, only then) into CONFLICT, or GONE
@@ -60,20 +66,28 @@ touch changes only the TTL, never the value, so load derives both from the
 remaining TTL. While the server's expiry still matches the written
 expires_at (within SLACK, since memcached counts whole seconds), the header
 values are returned exactly. Once a touch has moved it, expires_at is now +
-the remaining TTL and last_access is the new expiry minus the lead
+the remaining TTL (less TTL_MARGIN) and last_access is the new expiry minus the lead
 (expires_at - last_access as written), which is the idle timeout while that
 governs expiry: within 1.5 s (app servers' clocks must agree, as for
 every store). A touch that moves expiry by less than SLACK plus that error
-(3.5 s) can go unnoticed, and last_access then lags by at most as much;
-touch_interval, a tenth of the timeout by default, keeps touches further
-apart than that for any timeout of a minute or more. When the absolute
-timeout caps expiry a touch cannot move it, and last_access stays the last
-write; a session is then never expired early (its record ends at the cap
-first), but the session layer may touch it again on later requests.
+(3.5 s) can go unnoticed while the written expiry lies ahead, and
+last_access then lags by at most as much (the session layer touches again
+meanwhile). Once the written expiry has passed, a record memcached still
+holds was touched (or is in its last rounding seconds): the server's expiry
+counts, never earlier than now, and last_access follows it, so a session
+read more often than its timeout stays alive for any timeout of a second or
+more. Idle expiry is then memcached's: never early, at most 2 s late. When the absolute timeout caps expiry a touch cannot move it, and
+last_access stays the last write; a session is then never expired early
+(its record ends at the cap first), but the session layer may touch it
+again on later requests.
 
-TTLs are whole seconds, at least 1; over 30 days memcached reads a TTL as a
-Unix time, so those are sent as one. cleanup() has nothing to do: memcached
-drops expired items itself. Records vanish when memcached evicts them or
+TTLs are whole seconds, rounded up, plus TTL_MARGIN: memcached's clock
+ticks once a second, and a TTL of n seconds ends at its n-th tick, which can
+come as early as n - 1 seconds later. With the margin memcached never drops a
+record before its expires_at (a 1 s timeout with a TTL of 1 could vanish
+before the next read), and keeps it at most 2 s longer. Over 30 days
+memcached reads a TTL as a Unix time, so those are sent as one. cleanup()
+has nothing to do: memcached drops expired items itself. Records vanish when memcached evicts them or
 restarts; sessions on such a node are then simply missing.
 """
 
@@ -98,7 +112,7 @@ from pymemcache.exceptions import (
     MemcacheUnknownError,
 )
 
-from ..errors import ConfigError, CorruptRecord, StoreError
+from ..errors import ConfigError, CorruptRecord, SessionTooLarge, StoreError
 from .base import CONFLICT, EXISTS, GONE, TOMBSTONE, LoadResult, Store, StoredRecord, WriteResult
 from .breaker import CircuitBreaker
 
@@ -109,7 +123,11 @@ RELATIVE_TTL_LIMIT = 30 * 24 * 3600
 #: about 1.5 s): a server expiry this close to the written one means no touch
 #: has moved it since the write
 SLACK = 2.0
+#: seconds added to every TTL, so that memcached's once-a-second clock never ends a record early
+TTL_MARGIN = 1
 MAX_KEY_LENGTH = 250
+#: bytes memcached adds to key and value within its item size limit (59 in 1.6), with room to spare
+ITEM_OVERHEAD = 128
 
 _FORMAT = 0xF1
 _RECORD, _TOMBSTONE = 0, 1
@@ -228,6 +246,18 @@ class _MetaPool:
         self._idle.append(client)
         return reply
 
+    def item_size_max(self) -> int:
+        """The node's item size limit (memcached -I), from `stats settings`."""
+        try:
+            client = self._idle.pop()
+        except IndexError:
+            client = _MetaClient(
+                self._server, connect_timeout=self._connect_timeout, timeout=self._timeout, no_delay=True
+            )
+        settings = client.stats("settings")  # on failure the client closed itself and is dropped here
+        self._idle.append(client)
+        return int(settings.get(b"item_size_max", 1024 * 1024))
+
     def close(self) -> None:
         while self._idle:
             try:
@@ -239,13 +269,15 @@ class _MetaPool:
 class _Node:
     """One memcached server: its name, its connection pool (per process) and its breaker."""
 
-    __slots__ = ("name", "server", "breaker", "pool")
+    __slots__ = ("name", "server", "breaker", "pool", "value_limit")
 
     def __init__(self, name: str, breaker: CircuitBreaker) -> None:
         self.name = name
         self.server = _server_spec(name)
         self.breaker = breaker
         self.pool: _MetaPool | None = None
+        #: the largest value (header and blob) this node stores, learnt at the first write
+        self.value_limit: int | None = None
 
 
 def _flags(line: bytes) -> dict[int, bytes]:
@@ -343,24 +375,49 @@ class MemcachedStore(Store):
         breaker.before_call(f"memcached {node.name}")
         try:
             reply = self._pool(node).meta(command)
-        except _CONNECTION_ERRORS as exc:
-            breaker.failed()
-            reason = "timed out" if isinstance(exc, socket.timeout) else f"{type(exc).__name__}: {exc}"
-            raise StoreError(f"memcached {node.name} failed: {reason}") from None
-        except MemcacheUnknownCommandError:
-            raise StoreError(
-                f"memcached {node.name} does not know meta commands: fastsess needs memcached 1.6 or later"
-            ) from None
-        except MemcacheError as exc:  # the node answered, with an error
-            raise StoreError(f"memcached {node.name} refused a command: {type(exc).__name__}: {exc}") from None
+        except (*_CONNECTION_ERRORS, MemcacheError) as exc:
+            raise self._failure(node, exc) from None
         breaker.succeeded()
         return reply
+
+    def _failure(self, node: _Node, exc: Exception) -> StoreError:
+        if isinstance(exc, _CONNECTION_ERRORS):
+            node.breaker.failed()
+            reason = "timed out" if isinstance(exc, socket.timeout) else f"{type(exc).__name__}: {exc}"
+            return StoreError(f"memcached {node.name} failed: {reason}")
+        if isinstance(exc, MemcacheUnknownCommandError):
+            return StoreError(
+                f"memcached {node.name} does not know meta commands: fastsess needs memcached 1.6 or later"
+            )
+        # the node answered, with an error
+        return StoreError(f"memcached {node.name} refused a command: {type(exc).__name__}: {exc}")
+
+    def _check_size(self, node: _Node, value: bytes) -> None:
+        """SessionTooLarge for a value the node cannot hold, before it is sent.
+
+        memcached answers such a write with an error and drops the item that key
+        held: the session would be lost. The node's limit is asked once per process.
+        """
+        limit = node.value_limit
+        if limit is None:
+            node.breaker.before_call(f"memcached {node.name}")
+            try:
+                item_size_max = self._pool(node).item_size_max()
+            except (*_CONNECTION_ERRORS, MemcacheError) as exc:
+                raise self._failure(node, exc) from None
+            node.breaker.succeeded()
+            limit = node.value_limit = item_size_max - ITEM_OVERHEAD - MAX_KEY_LENGTH
+        if len(value) > limit:
+            raise SessionTooLarge(
+                f"session record is {len(value)} bytes; memcached {node.name} stores at most {limit} "
+                "(its item size limit, memcached -I): lower max_record_size or raise -I"
+            )
 
     def _mkey(self, hexkey: str) -> bytes:
         return self._prefix + hexkey.encode()
 
     def _ttl(self, expires_at: float, now: float) -> int:
-        seconds = max(1, math.ceil(expires_at - now))
+        seconds = max(1, math.ceil(expires_at - now)) + TTL_MARGIN
         if seconds > RELATIVE_TTL_LIMIT:
             return int(time.time()) + seconds  # memcached's clock is real time, whatever self.clock says
         return seconds
@@ -385,8 +442,11 @@ class MemcachedStore(Store):
         now = self.clock()
         remaining = int(ttl[1:])
         if remaining >= 0:
-            server_expiry = now + remaining - 0.5  # whole seconds, truncated on both ends: centre the error
-            if server_expiry > expires_at + SLACK:  # touched since the write
+            # Whole seconds, truncated on both ends: centre the error, and take off the margin
+            # the TTL was given. memcached still holds the record, so it is live now whatever
+            # the estimate says.
+            server_expiry = max(now, now + remaining - 0.5 - TTL_MARGIN)
+            if server_expiry > expires_at + SLACK or now > expires_at:  # touched since the write
                 last_access = min(now, max(last_access, server_expiry - (expires_at - last_access)))
                 expires_at = server_expiry
             elif server_expiry < expires_at - SLACK:
@@ -404,6 +464,7 @@ class MemcachedStore(Store):
         node, mkey = self._node(hexkey), self._mkey(hexkey)
         now = self.clock()
         value = _HEADER.pack(_FORMAT, _RECORD, now, expires_at) + blob
+        self._check_size(node, value)
         ttl = self._ttl(expires_at, now)
         for _ in range(3):
             line, _ = self._call(node, b"ms %s %d T%d ME c\r\n%s\r\n" % (mkey, len(value), ttl, value))
@@ -426,6 +487,7 @@ class MemcachedStore(Store):
         node, mkey = self._node(hexkey), self._mkey(hexkey)
         now = self.clock()
         value = _HEADER.pack(_FORMAT, _RECORD, now, expires_at) + blob
+        self._check_size(node, value)
         line, _ = self._call(
             node,
             b"ms %s %d T%d C%d c\r\n%s\r\n" % (mkey, len(value), self._ttl(expires_at, now), expected_version, value),

@@ -29,8 +29,12 @@ its old readers hold.
 
 Failures. Every redis-py error becomes a StoreError whose message never
 contains a key. redis-py's own retries (with backoff) are off, so a failing
-call returns within its connect and socket timeouts, and a CircuitBreaker per
-store fails calls fast after repeated failures. The client (and its pool) is built on first use
+call returns within its connect and socket timeouts, and a CircuitBreaker
+fails calls fast after repeated failures: one per store, or in a cluster one
+per node, so that a node that is down fails its own keys fast while the
+successes of the others do not keep closing its breaker. The node of a key is
+its slot's primary in redis-py's slot table, looked up only while some
+breaker has failures. The client (and its pool) is built on first use
 in each process: a forked child builds its own and never touches the parent's.
 
 Rotation in a cluster. The old and new keys hash to different slots, so no
@@ -239,8 +243,10 @@ class RedisStore(Store):
             "socket_timeout": socket_timeout,
         }
         self._breaker = breaker or CircuitBreaker()
-        # Set by a failure, cleared by the next success: while it is clear the breaker is
-        # closed, and the calls skip its lock.
+        #: cluster mode: a breaker per node name ("host:port"), made like self._breaker
+        self._node_breakers: dict[str, CircuitBreaker] = {}
+        # Set by a failure, cleared once no breaker has failures left: while it is clear
+        # every breaker is closed, and the calls skip them.
         self._failing = False
         if urls:
             self._mode = "cluster"
@@ -350,19 +356,43 @@ class RedisStore(Store):
     def _key(self, key: bytes) -> bytes:
         return self._prefix + key.hex().encode()
 
+    def _breaker_for(self, rkey: bytes) -> tuple[CircuitBreaker, str]:
+        """The breaker that guards rkey, and the name it fails under: its node's, in a cluster."""
+        if self._mode != "cluster" or self._pid != os.getpid():  # no client of this process yet
+            return self._breaker, self._name
+        try:
+            client = self._client
+            node = client.nodes_manager.get_node_from_slot(client.keyslot(rkey)).name
+        except _ERRORS:  # slot not covered (yet): the store's own breaker
+            return self._breaker, self._name
+        breaker = self._node_breakers.get(node)
+        if breaker is None:
+            with self._lock:
+                template = self._breaker
+                breaker = self._node_breakers.setdefault(
+                    node, CircuitBreaker(template.threshold, template.cooldown, template.clock)
+                )
+        return breaker, f"{self._name} node {node}"
+
+    def _before_call(self, rkey: bytes) -> None:
+        """Only while some breaker has failures: StoreError when rkey's breaker is open."""
+        breaker, name = self._breaker_for(rkey)
+        breaker.before_call(name)
+
     def _failed(self, what: str, exc: BaseException, *keys: bytes) -> StoreError:
-        """A StoreError for a failed call; the message never carries a key."""
+        """A StoreError for a failed call, counted against the first key's breaker; never shows a key."""
         self._failing = True
-        self._breaker.failed()
+        self._breaker_for(keys[0])[0].failed()
         detail = str(exc)
         for rkey in keys:
             detail = detail.replace(rkey.decode(errors="replace"), "<key>")
             detail = detail.replace(rkey[len(self._prefix):].decode(), "<key>")
         return StoreError(f"{self._name}: {what} failed: {type(exc).__name__}: {detail}"[:500])
 
-    def _recovered(self) -> None:
-        self._failing = False
-        self._breaker.succeeded()
+    def _recovered(self, *keys: bytes) -> None:
+        for rkey in keys:
+            self._breaker_for(rkey)[0].succeeded()
+        self._failing = self._breaker.failing or any(b.failing for b in list(self._node_breakers.values()))
 
     def _eval(self, client, script: _Script, numkeys: int, *args):
         try:
@@ -375,7 +405,7 @@ class RedisStore(Store):
     def load(self, key: bytes) -> LoadResult:
         rkey = self._prefix + key.hex().encode()
         if self._failing:
-            self._breaker.before_call(self._name)
+            self._before_call(rkey)
         try:
             value = self._connection().get(rkey)
         except ResponseError as exc:
@@ -385,7 +415,7 @@ class RedisStore(Store):
         except _ERRORS as exc:
             raise self._failed("load", exc, rkey) from None
         if self._failing:
-            self._recovered()
+            self._recovered(rkey)
         if value is None:
             return None
         if len(value) < _HEADER_SIZE:
@@ -410,13 +440,13 @@ class RedisStore(Store):
         version = _new_version()
         value = _HEADER.pack(_MAGIC, _LIVE, version, expires_at, now) + blob
         if self._failing:
-            self._breaker.before_call(self._name)
+            self._before_call(rkey)
         try:
             created = self._eval(self._connection(), _CREATE, 1, rkey, value, _ttl_ms(expires_at, now))
         except _ERRORS as exc:
             raise self._failed("create", exc, rkey) from None
         if self._failing:
-            self._recovered()
+            self._recovered(rkey)
         return version if created else EXISTS
 
     def cas(self, key: bytes, blob: bytes, expected_version: int, expires_at: float) -> WriteResult:
@@ -425,7 +455,7 @@ class RedisStore(Store):
         version = _new_version()
         value = _HEADER.pack(_MAGIC, _LIVE, version, expires_at, now) + blob
         if self._failing:
-            self._breaker.before_call(self._name)
+            self._before_call(rkey)
         try:
             outcome = self._eval(
                 self._connection(), _CAS, 1, rkey, _VERSION.pack(expected_version), value,
@@ -434,32 +464,32 @@ class RedisStore(Store):
         except _ERRORS as exc:
             raise self._failed("compare-and-set", exc, rkey) from None
         if self._failing:
-            self._recovered()
+            self._recovered(rkey)
         return _OUTCOME[outcome] or version
 
     def touch(self, key: bytes, expires_at: float) -> None:
         rkey = self._key(key)
         now = self.clock()
         if self._failing:
-            self._breaker.before_call(self._name)
+            self._before_call(rkey)
         try:
             times = _TIMES.pack(expires_at, now)
             self._eval(self._connection(), _TOUCH, 1, rkey, times, _ttl_ms(expires_at, now))
         except _ERRORS as exc:
             raise self._failed("touch", exc, rkey) from None
         if self._failing:
-            self._recovered()
+            self._recovered(rkey)
 
     def delete(self, key: bytes) -> None:
         rkey = self._key(key)
         if self._failing:
-            self._breaker.before_call(self._name)
+            self._before_call(rkey)
         try:
             self._connection().delete(rkey)
         except _ERRORS as exc:
             raise self._failed("delete", exc, rkey) from None
         if self._failing:
-            self._recovered()
+            self._recovered(rkey)
 
     def rotate(self, old_key, new_key, blob, expires_at, tombstone_seconds, expected_version=None):
         old, new = self._key(old_key), self._key(new_key)
@@ -468,25 +498,31 @@ class RedisStore(Store):
         value = _HEADER.pack(_MAGIC, _LIVE, version, expires_at, now) + blob
         tombstone = _HEADER.pack(_MAGIC, _TOMBSTONE, _new_version(), now + tombstone_seconds, now)
         expected = b"" if expected_version is None else _VERSION.pack(expected_version)
-        args = (expected, value, _ttl_ms(expires_at, now), tombstone, _ttl_ms(now + tombstone_seconds, now))
+        ttl, tombstone_ttl = _ttl_ms(expires_at, now), _ttl_ms(now + tombstone_seconds, now)
         if self._failing:
-            self._breaker.before_call(self._name)
+            self._before_call(old)
+            self._before_call(new)
+        blamed = old  # the key whose node a failure counts against
         try:
             client = self._connection()
             if self._atomic_rotate:
-                outcome = self._eval(client, _ROTATE, 2, old, new, *args)
+                outcome = self._eval(client, _ROTATE, 2, old, new, expected, value, ttl, tombstone, tombstone_ttl)
             else:
-                outcome = self._rotate_in_two_steps(client, old, new, *args)
+                # Cluster rotation (see the module docstring): new key first, then the old one's tombstone.
+                blamed = new
+                if not client.set(new, value, nx=True, px=ttl):
+                    outcome = 2
+                else:
+                    blamed = old
+                    outcome = self._retire(client, old, new, expected, tombstone, tombstone_ttl)
         except _ERRORS as exc:
-            raise self._failed("rotate", exc, old, new) from None
+            raise self._failed("rotate", exc, blamed, old, new) from None
         if self._failing:
-            self._recovered()
+            self._recovered(old, new)
         return _OUTCOME[outcome] or version
 
-    def _rotate_in_two_steps(self, client, old, new, expected, value, ttl, tombstone, tombstone_ttl) -> int:
-        """Cluster rotation (see the module docstring): new key first, then the old one's tombstone."""
-        if not client.set(new, value, nx=True, px=ttl):
-            return 2
+    def _retire(self, client, old, new, expected, tombstone, tombstone_ttl) -> int:
+        """Cluster rotation, second step: the old key's tombstone; the new key goes again when it fails."""
         try:
             outcome = self._eval(client, _RETIRE, 1, old, expected, tombstone, tombstone_ttl)
         except _ERRORS:

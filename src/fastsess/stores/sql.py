@@ -44,6 +44,24 @@ of a fork, so the first operation in a child process disposes of the
 inherited pool without closing its connections (`dispose(close=False)`),
 which belong to the parent, and opens its own.
 
+A table still missing. When the database is down while the middleware is
+built, create_table() fails and (with on_store_error = anonymous) the store is
+built anyway. The first operation that then finds the table missing creates
+it, once, under a lock, and runs again: workers serve anonymous sessions until
+the database answers, and sessions from then on, without a restart.
+
+A database that stops answering. socket_timeout becomes PostgreSQL's
+statement_timeout, which a slow but running server enforces itself. A server
+that answers nothing at all (stopped, a frozen VM or disk) cannot: its kernel
+still acknowledges every byte, so neither TCP keepalives nor
+tcp_user_timeout ever fire, and libpq would wait forever. On an engine the
+store made itself for PostgreSQL, a StatementWatchdog therefore shuts down
+the socket of a connection that has waited on one statement (and its commit) for
+socket_timeout plus half of it (at most 1 s more), which ends the wait with
+an error: a StoreError saying the database did not answer, and the
+connection is discarded. An engine passed in (`bind=`) is the application's
+and gets no watchdog.
+
 Errors: database failures raise StoreError, whose message names the operation
 and the database's error class, never a key or data; `hide_parameters=True`
 keeps parameters out of SQLAlchemy's own messages and logs, for an engine
@@ -56,6 +74,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -117,6 +136,18 @@ _DESCRIBED_ERRORS = (*_CONNECTION_ERRORS, sa_exc.ProgrammingError)
 
 class _Changed(Exception):
     """Rolls a transaction back: the row changed although it was locked."""
+
+
+def _missing_table(exc: sa_exc.SQLAlchemyError) -> bool:
+    """True when the database answered that the table does not exist."""
+    orig = getattr(exc, "orig", None)
+    if getattr(orig, "sqlstate", None) == "42P01" or getattr(orig, "pgcode", None) == "42P01":
+        return True  # PostgreSQL's undefined_table (psycopg, psycopg2)
+    text = str(orig if orig is not None else exc).lower()
+    # SQLite, MySQL/MariaDB, SQL Server, Oracle
+    return any(words in text for words in (
+        "no such table", "doesn't exist", "invalid object name", "table or view does not exist",
+    ))
 
 
 def _new_version() -> int:
@@ -291,6 +322,117 @@ def sql_error_detail(exc: sa_exc.SQLAlchemyError) -> str:
     return detail
 
 
+class StatementWatchdog:
+    """Shuts down the socket of a connection that has waited on the database for more than `limit` seconds.
+
+    Pool and engine events keep a table of the connections checked out, each
+    with a deadline that every statement moves on (the commit that follows
+    the last one is fast, and shares its deadline); a daemon thread
+    (one per process, started at the first checkout) looks at the table a few
+    times a second while it is not empty. A connection leaves the table, under
+    the lock the thread holds while it shuts sockets down, when it goes back to
+    the pool or is invalidated, so a socket is never shut down after its use.
+    """
+
+    def __init__(self, limit: float) -> None:
+        self.limit = limit
+        self._tick = max(0.02, min(0.1, limit / 10))
+        self._reset()
+
+    def _reset(self) -> None:
+        self._lock = threading.Lock()
+        self._active: dict[int, list] = {}  # id(DBAPI connection) -> [deadline, connection, thread id]
+        self._fired: set[int] = set()  # threads whose connection was shut down, until they look
+        self._wake = threading.Event()
+        self._pid = 0
+        self._stopped = False
+
+    def watch(self, engine: sa.Engine) -> None:
+        sa.event.listen(engine, "checkout", self._checkout)
+        sa.event.listen(engine, "checkin", self._release)
+        sa.event.listen(engine, "invalidate", self._release)
+        sa.event.listen(engine, "soft_invalidate", self._release)
+        sa.event.listen(engine, "before_cursor_execute", self._statement)
+
+    def after_fork(self) -> None:
+        """In a forked child: the parent's table, lock and thread are not this process's."""
+        self._reset()
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._wake.set()
+
+    def fired(self) -> bool:
+        """True (once) when this thread's connection was shut down for want of an answer."""
+        if not self._fired:
+            return False
+        with self._lock:
+            try:
+                self._fired.remove(threading.get_ident())
+            except KeyError:
+                return False
+            return True
+
+    # -- events
+
+    def _checkout(self, dbapi_connection, connection_record, connection_proxy) -> None:
+        if self._pid != os.getpid():
+            self._start()
+        self._active[id(dbapi_connection)] = [time.monotonic() + self.limit, dbapi_connection, threading.get_ident()]
+        if not self._wake.is_set():
+            self._wake.set()
+
+    def _statement(self, conn, cursor, *rest) -> None:
+        entry = self._active.get(id(cursor.connection))
+        if entry is not None:
+            entry[0] = time.monotonic() + self.limit
+
+    def _release(self, dbapi_connection, *rest) -> None:
+        if dbapi_connection is not None:
+            with self._lock:
+                self._active.pop(id(dbapi_connection), None)
+
+    # -- the thread
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._pid == os.getpid():
+                return
+            self._pid = os.getpid()
+            threading.Thread(target=self._run, name="fastsess-sql-watchdog", daemon=True).start()
+
+    def _run(self) -> None:
+        while not self._stopped:
+            self._wake.wait()
+            time.sleep(self._tick)
+            now = time.monotonic()
+            with self._lock:
+                if not self._active:
+                    self._wake.clear()
+                    if self._active:  # a checkout came in between
+                        self._wake.set()
+                    continue
+                for key, (deadline, connection, thread) in list(self._active.items()):
+                    if deadline <= now:
+                        del self._active[key]
+                        self._shut_down(connection)
+                        self._fired.add(thread)
+
+    @staticmethod
+    def _shut_down(connection) -> None:
+        # The blocked read returns at once with an end of stream; libpq then closes the
+        # connection itself. A duplicate descriptor, because the socket is libpq's to close.
+        try:
+            fd = os.dup(connection.fileno())
+        except Exception:  # noqa: BLE001 - already closed or lost: nothing waits on it
+            return
+        with socket.socket(fileno=fd) as sock:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
 class SqlStore(Store):
     """Records in one SQL table, through SQLAlchemy Core; safe across threads and processes.
 
@@ -350,6 +492,13 @@ class SqlStore(Store):
         self._fork_lock = threading.Lock()
         self._breaker = breaker or CircuitBreaker()
         self._closed = False
+        self._watchdog: StatementWatchdog | None = None
+        if self._owns_engine and dialect == "postgresql":
+            self._watchdog = StatementWatchdog(socket_timeout + min(socket_timeout / 2, 1.0))
+            self._watchdog.watch(self.engine)
+        #: Set when create_table() failed: the first operation that finds the table missing creates it.
+        self._table_pending = False
+        self._table_lock = threading.Lock()
         self._statements()
         #: True when building this store created the table.
         self.table_created = self.create_table() if create_table else False
@@ -397,6 +546,8 @@ class SqlStore(Store):
             else:
                 self.engine.dispose(close=False)
             self._breaker = CircuitBreaker(self._breaker.threshold, self._breaker.cooldown)
+            if self._watchdog is not None:
+                self._watchdog.after_fork()
             self._pid = os.getpid()
 
     def _run(self, what: str, operation: Callable, *args):
@@ -408,17 +559,50 @@ class SqlStore(Store):
         breaker = self._breaker
         breaker.before_call(_NAME)
         try:
-            if self._serial is None:
-                result = operation(*args)
-            else:
-                with self._serial:
-                    result = operation(*args)
+            result = self._call(operation, args)
         except sa_exc.SQLAlchemyError as exc:
-            if isinstance(exc, _CONNECTION_ERRORS) or getattr(exc, "connection_invalidated", False):
-                breaker.failed()
-            raise StoreError(_describe(what, exc)) from None
+            if not (self._table_pending and _missing_table(exc)):
+                raise self._failure(what, exc) from None
+            result = self._call_after_creating_table(what, operation, args)
         breaker.succeeded()
         return result
+
+    def _call(self, operation: Callable, args: tuple):
+        if self._serial is None:
+            return operation(*args)
+        with self._serial:
+            return operation(*args)
+
+    def _failure(self, what: str, exc: sa_exc.SQLAlchemyError) -> StoreError:
+        """The StoreError for a failed operation; connection failures count against the breaker."""
+        if isinstance(exc, _CONNECTION_ERRORS) or getattr(exc, "connection_invalidated", False):
+            self._breaker.failed()
+        if self._watchdog is not None and self._watchdog.fired():
+            return StoreError(
+                f"{_NAME}: {what} failed: the database did not answer within {self._watchdog.limit:g} s "
+                "(connection closed)"
+            )
+        return StoreError(_describe(what, exc))
+
+    def _call_after_creating_table(self, what: str, operation: Callable, args: tuple):
+        """The table create_table() could not make at startup is missing: make it now, then run again."""
+        with self._table_lock:
+            if self._table_pending:
+                try:
+                    created = self._call(self._do_create_table, ())
+                except sa_exc.SQLAlchemyError as exc:
+                    raise self._failure("create table", exc) from None
+                self._table_pending = False
+                self.table_created = self.table_created or created
+                logger.warning(
+                    "sql store: the database answers again; %s the sessions table",
+                    "created" if created else "found",
+                    extra={"fastsess_event": "table_created" if created else "table_found", "sid": None},
+                )
+        try:
+            return self._call(operation, args)
+        except sa_exc.SQLAlchemyError as exc:
+            raise self._failure(what, exc) from None
 
     def _record(self, row):
         """A row as load() reports it, or _DAMAGED."""
@@ -626,12 +810,16 @@ class SqlStore(Store):
         `fastsess create-table` and the application finds the table in place.
         """
         try:
-            return self._run("create table", self._do_create_table)
+            created = self._run("create table", self._do_create_table)
         except StoreError as exc:
+            # Built anyway (on_store_error = anonymous): operations that find the table missing create it.
+            self._table_pending = True
             raise StoreError(
                 f"{exc} (where the application has no DDL rights, "
                 "run `fastsess create-table` as a user who has)"
             ) from None
+        self._table_pending = False
+        return created
 
     def _exists(self) -> bool:
         with self._tx.connect() as conn:
@@ -664,5 +852,7 @@ class SqlStore(Store):
         if self._pid != os.getpid():
             self._after_fork()  # connections inherited from the parent are the parent's to close
         self._closed = True
+        if self._watchdog is not None:
+            self._watchdog.stop()
         if self._owns_engine:
             self.engine.dispose()
