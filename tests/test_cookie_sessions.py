@@ -194,6 +194,14 @@ def test_a_cookie_session_changed_after_the_headers_are_out_is_logged_not_lost_s
     assert [r.fastsess_event for r in caplog.records].count("write_dropped") == 1
 
 
+def test_max_record_size_applies_to_cookie_sessions_too():
+    app = TestApp(make(max_record_size=1000))
+    app.get("/big?800")
+    with pytest.raises(SessionTooLarge, match="max_record_size"):
+        app.get("/big?1200")
+    assert app.get("/").status_int == 200  # the cookie from before still opens
+
+
 def test_a_cookie_session_over_2kb_warns_once(caplog):
     app = TestApp(make())
     with caplog.at_level(logging.WARNING, logger="fastsess"):

@@ -1097,8 +1097,7 @@ class Session:
             s.id = core.new_session_id()
         if data_bytes is None:  # a touch or a reseal: the data as loaded
             data_bytes = s.loaded_data
-        flash_bytes = core.encode_data(s.flash) if s.flash else None
-        record = core.pack_record(s.created, now, s.csrf_gen, s.domain, s.path, flash_bytes, data_bytes)
+        record = self._pack(s, data_bytes, s.flash, now)  # max_record_size holds here too
         payload = core.b64url_decode(s.id) + record
         sealed = service.seal_cookie(s.created, now, service.expires_at(s.created, now), payload)
         size = len(service.config.cookie_name) + len(sealed)  # name plus value, as SPEC 3 counts
