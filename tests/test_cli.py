@@ -45,6 +45,36 @@ def make_cookie(ini_path) -> str:
     return headers["Set-Cookie"].split(";")[0]
 
 
+def test_a_filter_section_with_plain_keys_reads_as_the_paste_filter_reads_it(tmp_path, capsys):
+    # The Paste filter takes its own section's keys without a prefix; the CLI must too.
+    ini = tmp_path / "app.ini"
+    ini.write_text(
+        "[DEFAULT]\n"
+        "debug = true\n"
+        "[filter:session]\n"
+        "use = egg:fastsess#session\n"
+        "type = lmdb\n"
+        "data_dir = %(here)s/sessions\n"
+        f"secret = {SECRET}\n"
+        "timeout = 60\n"
+    )
+    from paste.deploy import loadfilter
+
+    def app(environ, start_response):
+        environ["beaker.session"]["user"] = "ada"
+        environ["beaker.session"].save()
+        start_response("200 OK", [])
+        return [b""]
+
+    mw = loadfilter(f"config:{ini}", name="session")(app)
+    headers = {}
+    mw({"REQUEST_METHOD": "GET", "wsgi.url_scheme": "https"}, lambda s, h, e=None: headers.update(h))
+    mw.close()
+    cookie = headers["Set-Cookie"].split(";")[0]
+    assert main(["inspect", "--config", str(ini), "--section", "filter:session", "--json", cookie]) == 0
+    assert json.loads(capsys.readouterr().out)["data"] == {"user": "ada"}
+
+
 def test_gen_secret_prints_a_long_random_secret(capsys):
     assert main(["gen-secret"]) == 0
     first = capsys.readouterr().out.strip()

@@ -74,7 +74,24 @@ def _load(args: argparse.Namespace) -> Config:
     path = args.config or os.environ.get("FASTSESS_CONFIG")
     if not path:
         raise ConfigError("give --config FILE.ini (or set FASTSESS_CONFIG)")
-    return Config(collect_options(read_ini(path, args.section)))
+    options = read_ini(path, args.section)
+    if args.section.startswith("filter:"):
+        # Paste gives a filter its own section's keys as keyword arguments, where plain
+        # names are allowed (the middleware reads them so); [DEFAULT]'s still need a prefix.
+        own = _own_keys(path, args.section)
+        local = {k: v for k, v in options.items() if k in own and k != "use"}
+        shared = {k: v for k, v in options.items() if k not in own}
+        return Config(collect_options(shared, local))
+    return Config(collect_options(options))
+
+
+def _own_keys(path: str, section: str) -> set[str]:
+    """The option names written in the section itself, not inherited from [DEFAULT]."""
+    parser = configparser.ConfigParser(default_section="\x00", interpolation=None, strict=False)
+    parser.optionxform = str
+    with open(path, encoding="utf-8") as f:
+        parser.read_file(f, source=path)
+    return set(parser[section]) if parser.has_section(section) else set()
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
