@@ -428,8 +428,8 @@ class Session:
                     continue
                 opened = self._open_beaker_id(service, value, now)
                 refused |= opened is None
-            else:
-                opened = service.open_cookie(value)
+            else:  # service.open_cookie, its remembered answers inline: the common case
+                opened = service._verified.get(value) or service.open_cookie(value)
             if opened is not None:
                 session_id, key, key_index = opened
                 break
@@ -590,7 +590,9 @@ class Session:
                     return s
                 refused = True
                 continue
-            opened = service.open_sealed_record(value)
+            opened = service._opened_sealed.get(value)  # service.open_sealed_record's memory, inline
+            if opened is None or opened[5] is _UNPARSED:
+                opened = service.open_sealed_record(value)
             if opened is not None:
                 break
         else:
@@ -611,7 +613,8 @@ class Session:
             s = self._fresh(now)
             s.had_cookie = True
             return s
-        if now > expires_at or service.is_expired(issued_at, last_access, now):
+        timeout, absolute = service._timeout, service._absolute_timeout  # service.is_expired, inline
+        if now > expires_at or (timeout and now - last_access > timeout) or (absolute and now - issued_at > absolute):
             service.events.emit("expired", sid=service.sid(session_id), message="cookie session timed out")
             s = self._fresh(now)
             s.had_cookie = True
@@ -664,7 +667,8 @@ class Session:
             flash_data = core.decode_data(flash) if flash is not None else None
         except (ValueError, TypeError):
             return self._corrupt_record(service, session_id, now)
-        if service.is_expired(created, last_access, now):
+        timeout, absolute = service._timeout, service._absolute_timeout  # service.is_expired, inline
+        if (timeout and now - last_access > timeout) or (absolute and now - created > absolute):
             service.events.emit("expired", sid=service.sid(session_id), message="session timed out")
             return self._fresh(now)
         s = _State(now, data, flash_data)
