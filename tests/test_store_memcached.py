@@ -588,24 +588,19 @@ def test_a_session_kept_alive_by_reads_outlives_its_timeout(memcached_server):  
     mw.close()
 
 
-def test_a_session_read_more_often_than_a_short_timeout_stays_alive(memcached_server):  # noqa: F811
-    # timeout 3 s, a read every second: every touch moves expiry by about a second, within SLACK.
-    mw = middleware(memcached_server.address, timeout="3")
+@pytest.mark.parametrize(
+    ("timeout", "every", "reads"),
+    [
+        ("3", 1.0, 5),  # each touch moves expiry by about a second, within SLACK
+        ("1", 0.5, 6),  # a touch sends a TTL of 1 s: without a margin memcached may drop it at its next tick
+    ],
+)
+def test_a_session_read_more_often_than_a_short_timeout_stays_alive(memcached_server, timeout, every, reads):  # noqa: F811
+    mw = middleware(memcached_server.address, timeout=timeout)
     app = webtest.TestApp(mw)
     assert app.get("/inc").text == "1"
-    for _ in range(5):
-        time.sleep(1)
-        assert app.get("/read").text == "1"
-    mw.close()
-
-
-def test_a_session_read_every_half_second_outlives_a_one_second_timeout(memcached_server):  # noqa: F811
-    # A touch sends a TTL of 1 s: without a margin memcached may drop it at its next clock tick.
-    mw = middleware(memcached_server.address, timeout="1")
-    app = webtest.TestApp(mw)
-    assert app.get("/inc").text == "1"
-    for _ in range(6):
-        time.sleep(0.5)
+    for _ in range(reads):
+        time.sleep(every)
         assert app.get("/read").text == "1"
     mw.close()
 
