@@ -679,3 +679,19 @@ def test_regenerate_id_merges_under_the_row_lock_when_writers_keep_winning(where
         assert stale.get("/cart").text == '{"cart": "full"}'  # the old id loads nothing: a tombstone
     finally:
         mw.close()
+
+
+def test_a_table_name_that_names_beakers_table_is_a_config_error_at_startup(sqlite_url):
+    # Keeping Beaker's session.table_name = beaker_cache built fine, then failed every write.
+    engine = sa.create_engine(sqlite_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text(
+            "CREATE TABLE beaker_cache (namespace VARCHAR(255) PRIMARY KEY, accessed TIMESTAMP, "
+            "created TIMESTAMP, data BLOB)"
+        ))
+    engine.dispose()
+    with pytest.raises(ConfigError, match="beaker_cache.*table_name"):
+        SessionMiddleware(lambda environ, start_response: [], {
+            "session.type": "ext:database", "session.url": sqlite_url, "session.table_name": "beaker_cache",
+            "session.secret": SECRET, "session.timeout": 60, "session.on_store_error": "anonymous",
+        })

@@ -822,8 +822,20 @@ class SqlStore(Store):
         return created
 
     def _exists(self) -> bool:
+        """Whether the table is there; ConfigError when it is, without this store's columns."""
         with self._tx.connect() as conn:
-            return sa.inspect(conn).has_table(self.table.name, schema=self.table.schema)
+            inspector = sa.inspect(conn)
+            if not inspector.has_table(self.table.name, schema=self.table.schema):
+                return False
+            found = {column["name"] for column in inspector.get_columns(self.table.name, schema=self.table.schema)}
+        missing = [name for name in _COLUMNS if name not in found]
+        if missing:
+            raise ConfigError(
+                f"session.table_name {self.table.name!r} names an existing table without the columns fastsess "
+                f"needs (it lacks {', '.join(missing)}; Beaker's beaker_cache table cannot be shared): give "
+                "session.table_name another name, or leave it unset for fastsess_sessions"
+            )
+        return True
 
     def _do_create_table(self) -> bool:
         # Several workers may start at once. SQLite answers "database is locked"
