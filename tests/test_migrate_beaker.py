@@ -21,6 +21,7 @@ from beaker.middleware import SessionMiddleware as BeakerMiddleware
 from webtest import TestApp
 
 from fastsess import SessionMiddleware, core
+from fastsess import migrate as migrate_module
 from fastsess.cli import main, read_ini
 from fastsess.migrate import (
     DELTA_SLACK_SECONDS,
@@ -111,6 +112,8 @@ def fastsess_read(ini: str, cookie: str, path: str = "/") -> tuple[dict, object]
         if environ["PATH_INFO"] == "/set":
             session["fastsess"] = "wrote this"
             session.save()
+        elif environ["PATH_INFO"] == "/logout":
+            session.delete()
         seen.update(data=dict(session.items()), created=session.created, id=session.id)
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [b""]
@@ -296,6 +299,44 @@ def test_a_delta_pass_never_overwrites_what_fastsess_wrote_after_cutover(tmp_pat
     assert fastsess_read(ini, cookie)[0]["data"] == {"n": 1, "fastsess": "wrote this"}
 
 
+def test_a_later_delta_pass_never_brings_back_a_session_fastsess_ended(tmp_path, capsys, monkeypatch):
+    # A logout on fastsess leaves no record; a delta pass after it must not copy Beaker's
+    # (still changing) session back in, or the old cookie would log the user in again.
+    monkeypatch.setattr(migrate_module, "DELTA_SLACK_SECONDS", 0.0)  # no clock skew to allow for here
+    beaker_dir = tmp_path / "beaker"
+    settings = beaker_settings("file", str(beaker_dir))
+    ended, kept = beaker_write(settings, {"user": "bob"}), beaker_write(settings, {"user": "ada"})
+    ini = write_ini(tmp_path)
+    assert migrate(capsys, ini, "--from-type", "file", "--from-data-dir", str(beaker_dir))["migrated"] == 2
+    fastsess_read(ini, ended, "/logout")
+    assert fastsess_read(ini, ended)[0]["data"] == {}
+    beaker_write(settings, {"user": "bob", "cart": 3}, cookie=ended)  # a Beaker node still serving bob
+    beaker_write(settings, {"user": "ada", "cart": 1}, cookie=kept)
+    added = beaker_write(settings, {"user": "cy"})  # started on Beaker after the bulk pass
+    delta = migrate(capsys, ini, "--from-type", "file", "--from-data-dir", str(beaker_dir))
+    assert (delta["mode"], delta["migrated"], delta["updated"]) == ("delta", 1, 1)
+    assert delta["skipped_reasons"] == {"ended in fastsess after an earlier pass copied it": 1}
+    assert fastsess_read(ini, ended)[0]["data"] == {}
+    assert fastsess_read(ini, kept)[0]["data"] == {"user": "ada", "cart": 1}
+    assert fastsess_read(ini, added)[0]["data"] == {"user": "cy"}
+
+
+def test_the_state_file_tells_destinations_apart(tmp_path, capsys):
+    # development.ini beside production.ini: a trial pass into one store must leave the
+    # first pass into the other a bulk pass, or it would copy nothing.
+    beaker_dir = tmp_path / "beaker"
+    cookie = beaker_write(beaker_settings("file", str(beaker_dir)), {"n": 1})
+    age(beaker_file(beaker_dir, cookie[40:]), 2 * DELTA_SLACK_SECONDS)
+    real = write_ini(tmp_path)
+    trial = tmp_path / "development.ini"
+    trial.write_text(open(real).read().replace("%(here)s/fastsess", "%(here)s/trial"))
+    trial = str(trial)
+    assert migrate(capsys, trial, "--from-type", "file", "--from-data-dir", str(beaker_dir))["mode"] == "bulk"
+    report = migrate(capsys, real, "--from-type", "file", "--from-data-dir", str(beaker_dir))
+    assert (report["mode"], report["migrated"]) == ("bulk", 1)
+    assert fastsess_read(real, cookie)[0]["data"] == {"n": 1}
+
+
 def test_since_takes_a_unix_time_or_an_iso_date_and_full_forces_a_bulk_pass(tmp_path, capsys):
     beaker_dir = tmp_path / "beaker"
     beaker_write(beaker_settings("file", str(beaker_dir)), {"n": 1})
@@ -377,6 +418,7 @@ def test_a_dry_run_writes_nothing(tmp_path, capsys):
     report = migrate(capsys, ini, "--from-type", "file", "--from-data-dir", str(beaker_dir), "--dry-run")
     assert (report["dry_run"], report["migrated"]) == (True, 1)
     assert not os.path.exists(tmp_path / ".fastsess-migrate-beaker.json")
+    assert not os.path.exists(tmp_path / "fastsess")  # not even the store's directory
     assert fastsess_read(ini, cookie)[0]["data"] == {}
 
 

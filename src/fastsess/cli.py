@@ -323,6 +323,7 @@ def cmd_migrate_beaker(args: argparse.Namespace) -> int:
     from .migrate import (
         STATE_FILE,
         Migration,
+        describe_destination,
         open_source,
         parse_since,
         read_state,
@@ -342,9 +343,11 @@ def cmd_migrate_beaker(args: argparse.Namespace) -> int:
     elif args.since is not None:
         since = parse_since(args.since)
     else:
-        since = read_state(state_path, source.describe())
+        since = read_state(state_path, source.describe(), describe_destination(config))
     try:
-        store = open_store(config)
+        # Opening a file, lmdb or sql store creates its directory, files or table: a dry run,
+        # which writes nothing, checks the Beaker side only and leaves those untouched.
+        store = None if args.dry_run and config.store_type in ("file", "lmdb", "sql") else open_store(config)
     except BaseException:
         source.close()
         raise
@@ -354,7 +357,8 @@ def cmd_migrate_beaker(args: argparse.Namespace) -> int:
         report = migration.run(since, dry_run=args.dry_run, progress=progress)
     finally:
         source.close()
-        store.close()
+        if store is not None:
+            store.close()
         if progress is not None and sys.stderr.isatty():
             sys.stderr.write("\n")
     if not args.dry_run:
@@ -510,10 +514,10 @@ def _migrate_arguments(p: argparse.ArgumentParser) -> None:
                    "(ext:database, ext:sqla)")
     p.add_argument("--since", metavar="TIME", help="delta pass: sessions changed since a Unix time or an "
                    "ISO 8601 date-time (default: the start of the last pass, from the state file)")
-    p.add_argument("--full", action="store_true", help="a bulk pass, whatever the state file says")
+    p.add_argument("--full", action="store_true", help="a bulk pass, whatever the state file says (it also copies sessions fastsess has ended: before cutover only)")
     p.add_argument("--state", metavar="FILE", help="where passes are remembered (default: "
                    ".fastsess-migrate-beaker.json next to the config file)")
-    p.add_argument("--dry-run", action="store_true", help="read and check everything, write nothing")
+    p.add_argument("--dry-run", action="store_true", help="read and check the Beaker side, write nothing")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

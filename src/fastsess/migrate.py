@@ -62,8 +62,8 @@ SOURCE_TYPES = ("file", "ext:redis", "ext:rediscluster", "ext:database", "ext:sq
 STATE_FILE = ".fastsess-migrate-beaker.json"
 _WRITE_ATTEMPTS = 4
 # What writing one session did.
-_CREATED, _REPLACED, _CURRENT, _REGENERATED, _CONTENDED = (
-    "created", "replaced", "current", "regenerated", "contended"
+_CREATED, _REPLACED, _CURRENT, _REGENERATED, _ENDED, _CONTENDED = (
+    "created", "replaced", "current", "regenerated", "ended", "contended"
 )
 _REFUSALS_LISTED = 100
 #: Seconds to wait for a network source to accept a connection.
@@ -823,6 +823,7 @@ class MigrationReport:
     """What one pass did; `as_dict` is the --json summary."""
 
     source: str
+    destination: str
     mode: str  # "bulk" or "delta"
     since: float | None
     started_at: float
@@ -844,13 +845,30 @@ class MigrationReport:
 
     def as_dict(self) -> dict:
         return {
-            "source": self.source, "mode": self.mode, "since": self.since, "started_at": self.started_at,
+            "source": self.source, "destination": self.destination, "mode": self.mode, "since": self.since, "started_at": self.started_at,
             "dry_run": self.dry_run,
             "seen": self.seen, "migrated": self.migrated, "updated": self.updated,
             "unchanged": self.unchanged, "expired": self.expired,
             "skipped": sum(self.skipped.values()), "skipped_reasons": dict(self.skipped),
             "refused": self.refused_count, "refusals": self.refused, "seconds": round(self.seconds, 3),
         }
+
+
+def describe_destination(config: Config) -> str:
+    """The fastsess store a pass writes to, as the state file names it (no passwords)."""
+    kind = config.store_type
+    if kind in ("file", "lmdb"):
+        return f"{kind} {os.path.abspath(os.path.expanduser(config.data_dir or ''))}"
+    if kind in ("memcached", "redis"):
+        where = config.url or ",".join(config.urls or ())
+        return f"{kind} {_without_password(str(where))} prefix {config.key_prefix!r}"
+    if kind == "sql":
+        where = _without_password(str(config.url)) if config.url else (
+            f"sqlite in {os.path.abspath(config.data_dir)}" if config.data_dir else "an engine passed as bind"
+        )
+        table = f"{config.schema_name}.{config.table_name}" if config.schema_name else config.table_name
+        return f"sql {where} table {table}"
+    return kind
 
 
 def require_server_store(config: Config) -> None:
@@ -875,7 +893,8 @@ class Migration:
             progress: Callable[[MigrationReport], None] | None = None) -> MigrationReport:
         started = self.clock()
         mode = "bulk" if since is None else "delta"
-        report = MigrationReport(self.source.describe(), mode, since, started, dry_run)
+        report = MigrationReport(self.source.describe(), describe_destination(self.config), mode, since, started,
+                                 dry_run)
         cutoff = None if since is None else since - DELTA_SLACK_SECONDS
         last_progress = time.monotonic()
         for item in self.source.items(cutoff):
@@ -923,8 +942,12 @@ class Migration:
         if report.dry_run:
             report.migrated += 1
             return
+        # A delta pass creates only sessions Beaker started after the passes before it: an
+        # older one with no fastsess record was copied then, and fastsess has ended it since
+        # (a logout, or regenerate_id() once its tombstone is gone). It must stay ended.
+        may_create = cutoff is None or session.created >= cutoff
         try:
-            outcome = self._write(key, blob, modified, expires_at)
+            outcome = self._write(key, blob, modified, expires_at, may_create)
         except StoreError as exc:
             raise StoreError(
                 f"the fastsess {self.config.store_type} store failed, so the pass stopped ({exc}); what it "
@@ -938,21 +961,26 @@ class Migration:
             report.unchanged += 1
         elif outcome == _REGENERATED:
             report.skipped["id already regenerated in fastsess"] += 1
+        elif outcome == _ENDED:
+            report.skipped["ended in fastsess after an earlier pass copied it"] += 1
         else:
             report.refuse(ref, "the fastsess record kept changing while it was written")
 
-    def _write(self, key: bytes, blob: bytes, modified: float, expires_at: float) -> str:
-        """Create the record, or replace one that only Beaker changed since it was written."""
+    def _write(self, key: bytes, blob: bytes, modified: float, expires_at: float, may_create: bool = True) -> str:
+        """Create the record (if may_create), or replace one that only Beaker changed since it was written."""
         store = self.service.store
         sealed = self.service.seal_record(key, blob)
         for _ in range(_WRITE_ATTEMPTS):
-            result = store.create(key, sealed, expires_at)
-            if result is not EXISTS:
-                return _CREATED
+            if may_create:
+                result = store.create(key, sealed, expires_at)
+                if result is not EXISTS:
+                    return _CREATED
             current = store.load(key)
             if current is TOMBSTONE:
                 return _REGENERATED
             if not isinstance(current, StoredRecord):
+                if not may_create:
+                    return _ENDED
                 continue  # expired or deleted meanwhile: create again
             try:
                 last_write = core.unpack_record(self.service.open_record(key, current.blob))[1]
@@ -969,8 +997,16 @@ class Migration:
 # ---------------------------------------------------------------- the state file
 
 
-def read_state(path: str, source: str) -> float | None:
-    """When the last pass over `source` started, from the state file; None before the first pass."""
+def _state_key(source: str, destination: str) -> str:
+    return f"{source} -> {destination}"
+
+
+def read_state(path: str, source: str, destination: str) -> float | None:
+    """When the last pass from `source` into `destination` started; None before the first one.
+
+    Keyed by both: a trial pass into another store (a development config beside
+    the production one) must not turn the real first pass into a delta pass.
+    """
     try:
         with open(path, encoding="utf-8") as f:
             state = json.load(f)
@@ -978,13 +1014,13 @@ def read_state(path: str, source: str) -> float | None:
         return None
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot read the migrate-beaker state file {path!r}: {exc}") from None
-    entry = state.get(source) if isinstance(state, dict) else None
+    entry = state.get(_state_key(source, destination)) if isinstance(state, dict) else None
     started = entry.get("started_at") if isinstance(entry, dict) else None
     return float(started) if isinstance(started, (int, float)) else None
 
 
 def write_state(path: str, report: MigrationReport) -> None:
-    """Remember this pass, per source, so the next run is a delta pass from its start."""
+    """Remember this pass, per source and destination, so the next run is a delta pass from its start."""
     try:
         with open(path, encoding="utf-8") as f:
             state = json.load(f)
@@ -992,7 +1028,7 @@ def write_state(path: str, report: MigrationReport) -> None:
             state = {}
     except (OSError, ValueError):
         state = {}
-    state[report.source] = {
+    state[_state_key(report.source, report.destination)] = {
         "started_at": report.started_at, "finished_at": report.started_at + report.seconds,
         "mode": report.mode,
     }
