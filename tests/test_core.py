@@ -854,6 +854,26 @@ def test_decode_memo_decodes_bytes_likes_without_remembering_them(core):
         memo.decode("{}")
 
 
+def test_decode_memo_survives_another_thread_keeping_the_same_bytes_mid_decode(monkeypatch):
+    # Two threads on a blob's second sighting: one keeps it while the other is still
+    # decoding (decoding may run Python code, where threads switch). Staged here in the
+    # reference by decoding again from inside decode_data; the C twin has the same steps.
+    memo = reference.DecodeMemo(1000, 500)
+    blob = reference.encode_data({"cart": [1]})
+    decode, inside = reference.decode_data, []
+
+    def decode_while_another_thread_keeps_it(data):
+        if not inside:
+            inside.append(True)
+            assert memo.decode(blob) == {"cart": [1]}  # the other thread, finishing first
+        return decode(data)
+
+    memo.decode(blob)  # first sighting: noted
+    monkeypatch.setattr(reference, "decode_data", decode_while_another_thread_keeps_it)
+    assert memo.decode(blob) == {"cart": [1]}
+    assert (blob, {"cart": [1]}) in memo.entries()  # kept (and noted again: a harmless double count)
+
+
 def test_decode_memo_fingerprint_collisions_cost_a_decode_not_a_wrong_answer(monkeypatch):
     # Only the reference can be made to collide: the C kernel's xxh3 cannot be replaced.
     monkeypatch.setattr(reference, "fingerprint", lambda blob: 7)

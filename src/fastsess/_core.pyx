@@ -1012,7 +1012,7 @@ cdef class DecodeMemo:
             return data
         noted = self._noted.get(fp)
         if noted is not None and noted == blob:  # the second sighting: keep it
-            del self._noted[fp]
+            self._noted.pop(fp, None)  # not del: another thread may have dropped it meanwhile
             if kept is not None:  # a collision: the newer bytes win
                 self._size -= PyBytes_GET_SIZE((<tuple>kept)[0])
             self._kept[fp] = (blob, _fresh(data))
