@@ -14,10 +14,13 @@ create() replaces it, and cas(), rotate() and locked_update() find it GONE.
 from __future__ import annotations
 
 import functools
+import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import NamedTuple, Union
+
+from ..errors import ConfigError
 
 
 class _Marker:
@@ -157,3 +160,10 @@ class Store(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional: most stores hold nothing to release
         """Release resources; the store may not be used afterwards."""
+
+
+def check_timeouts(connect_timeout: float, socket_timeout: float) -> None:
+    """A network store's timeouts: positive and finite (None would wait forever on a hung server, 0 fails every call)."""
+    for name, value in (("connect_timeout", connect_timeout), ("socket_timeout", socket_timeout)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+            raise ConfigError(f"session.{name} must be a positive, finite number of seconds, got {value!r}")

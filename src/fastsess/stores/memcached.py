@@ -113,7 +113,17 @@ from pymemcache.exceptions import (
 )
 
 from ..errors import ConfigError, CorruptRecord, SessionTooLarge, StoreError
-from .base import CONFLICT, EXISTS, GONE, TOMBSTONE, LoadResult, Store, StoredRecord, WriteResult
+from .base import (
+    CONFLICT,
+    EXISTS,
+    GONE,
+    TOMBSTONE,
+    LoadResult,
+    Store,
+    StoredRecord,
+    WriteResult,
+    check_timeouts,
+)
 from .breaker import CircuitBreaker
 
 DEFAULT_PORT = 11211
@@ -295,13 +305,6 @@ def _parse(value: bytes | None):
     return kind, last_access, expires_at
 
 
-def _check_timeouts(connect_timeout: float, socket_timeout: float) -> None:
-    """Both positive and finite: None would wait forever on a hung server, 0 fails every call."""
-    for name, value in (("connect_timeout", connect_timeout), ("socket_timeout", socket_timeout)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
-            raise ConfigError(f"session.{name} must be a positive, finite number of seconds, got {value!r}")
-
-
 class MemcachedStore(Store):
     """Records on memcached nodes picked by rendezvous hashing; see the module docstring."""
 
@@ -323,7 +326,7 @@ class MemcachedStore(Store):
             raise ConfigError("session.key_prefix must be printable ASCII without spaces")
         if len(key_prefix) + 64 > MAX_KEY_LENGTH:
             raise ConfigError(f"session.key_prefix is longer than {MAX_KEY_LENGTH - 64} characters")
-        _check_timeouts(connect_timeout, socket_timeout)
+        check_timeouts(connect_timeout, socket_timeout)
         self.key_prefix = key_prefix
         self.connect_timeout = connect_timeout
         self.socket_timeout = socket_timeout

@@ -69,7 +69,17 @@ from redis.exceptions import NoScriptError, RedisClusterException, RedisError, R
 from redis.retry import Retry
 
 from ..errors import ConfigError, CorruptRecord, StoreError
-from .base import CONFLICT, EXISTS, GONE, TOMBSTONE, LoadResult, Store, StoredRecord, WriteResult
+from .base import (
+    CONFLICT,
+    EXISTS,
+    GONE,
+    TOMBSTONE,
+    LoadResult,
+    Store,
+    StoredRecord,
+    WriteResult,
+    check_timeouts,
+)
 from .breaker import CircuitBreaker
 
 _HEADER = struct.Struct("<3sBQdd")
@@ -199,13 +209,6 @@ def parse_cluster_urls(urls: list[str]) -> tuple[list[tuple[str, int]], dict]:
     return nodes, auth
 
 
-def _check_timeouts(connect_timeout: float, socket_timeout: float) -> None:
-    """Both positive and finite: redis-py takes None as "wait forever", and 0 fails every call."""
-    for name, value in (("connect_timeout", connect_timeout), ("socket_timeout", socket_timeout)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
-            raise ConfigError(f"session.{name} must be a positive, finite number of seconds, got {value!r}")
-
-
 _open_stores: weakref.WeakSet = weakref.WeakSet()
 
 
@@ -235,7 +238,7 @@ class RedisStore(Store):
         breaker: CircuitBreaker | None = None,
     ) -> None:
         super().__init__(clock)
-        _check_timeouts(connect_timeout, socket_timeout)
+        check_timeouts(connect_timeout, socket_timeout)
         self.key_prefix = key_prefix
         self._prefix = key_prefix.encode()
         self._options = {

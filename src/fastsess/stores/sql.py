@@ -98,6 +98,7 @@ from .base import (
     StoredRecord,
     UpdateFn,
     WriteResult,
+    check_timeouts,
 )
 from .breaker import CircuitBreaker
 
@@ -249,10 +250,7 @@ def create_engine(
     owned=False is for a database fastsess only reads (migrate-beaker's
     source): a SQLite file keeps its journal mode and settings.
     """
-    for name, value in (("connect_timeout", connect_timeout), ("socket_timeout", socket_timeout)):
-        # PostgreSQL reads statement_timeout = 0 as no limit at all
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
-            raise ConfigError(f"session.{name} must be a positive, finite number of seconds, got {value!r}")
+    check_timeouts(connect_timeout, socket_timeout)  # PostgreSQL reads statement_timeout = 0 as no limit at all
     options = _engine_options(sa_opts)
     url = options.pop("url", None) if url is None else url
     if not url:
@@ -736,12 +734,8 @@ class SqlStore(Store):
         old, new = self._key(old_key), self._key(new_key)
         try:
             with self._tx.begin() as conn:
-                if self._sqlite:
-                    conn.execute(self._lock_db, {"k": old})
-                row = conn.execute(self._load_for_update, {"k": old}).first()
-                now = self.clock()
-                record = self._record(row) if self._is_live(row, now) else None
-                if not isinstance(record, StoredRecord):
+                record, now = self._locked_record(conn, old)
+                if record is None:
                     return GONE
                 blob, expires_at = fn(record)  # an exception here rolls back: nothing written
                 bury = {"k": old, "e": now + tombstone_seconds, "now": now, "old": record.version}
@@ -776,22 +770,28 @@ class SqlStore(Store):
     def locked_update(self, key: bytes, fn: UpdateFn) -> WriteResult:
         return self._run("locked update", self._do_locked_update, key, fn)
 
+    def _locked_record(self, conn, k) -> tuple[StoredRecord | None, float]:
+        """(the live record under k, locked until the transaction ends, or None; now)."""
+        if self._sqlite:
+            conn.execute(self._lock_db, {"k": k})
+        row = conn.execute(self._load_for_update, {"k": k}).first()
+        now = self.clock()
+        if not self._is_live(row, now):
+            return None, now
+        record = self._record(row)
+        if record is _DAMAGED:
+            logger.warning(
+                "sql store: a damaged session record was treated as missing by a write",
+                extra={"fastsess_event": "store_error", "sid": None},
+            )
+            return None, now
+        return record, now
+
     def _do_locked_update(self, key: bytes, fn: UpdateFn) -> WriteResult:
         k = self._key(key)
         with self._tx.begin() as conn:
-            if self._sqlite:
-                conn.execute(self._lock_db, {"k": k})
-            row = conn.execute(self._load_for_update, {"k": k}).first()
-            now = self.clock()
-            if not self._is_live(row, now):
-                return GONE
-            record = self._record(row)
-            if not isinstance(record, StoredRecord):
-                if record is _DAMAGED:
-                    logger.warning(
-                        "sql store: a damaged session record was treated as missing by a write",
-                        extra={"fastsess_event": "store_error", "sid": None},
-                    )
+            record, now = self._locked_record(conn, k)
+            if record is None:
                 return GONE
             result = fn(record)  # an exception here rolls back: nothing written
             if result is None:
