@@ -378,7 +378,7 @@ class _ReportsCorruption:
     def __init__(self, env) -> None:
         self.env = env
 
-    def begin(self, **kwargs):
+    def begin(self, *args, **kwargs):
         raise lmdb.CorruptedError("mdb_txn_begin: MDB_CORRUPTED: Located page was wrong type")
 
     def close(self) -> None:

@@ -116,6 +116,9 @@ _MAINTAIN_EVERY = 1000  # operations between reader_check() and moved-file check
 _MAP_GRANULE = 1 << 16  # map sizes stay multiples of every common page size
 _ATTEMPTS = 5
 _RETRY = object()  # load(): the fast path hit something only _run() handles
+# The per-request paths call py-lmdb positionally, as begin(db, parent, write),
+# get(key, default, db), put(key, value, dupdata, overwrite, append, db) and
+# delete(key, value, db): it parses keyword arguments slowly (~70 ns a call).
 
 _CORRUPTION: tuple = tuple(
     cls
@@ -139,13 +142,19 @@ _graveyard: list = []
 _graveyard_lock = threading.Lock()  # taken last, never while waiting for another lock
 
 
-def _index_key(expires_at: float, key: bytes) -> bytes:
-    """The expiry index entry: the start of the expiry's granule, then the store key."""
-    if not expires_at * 1000 < _MAX_MS:  # also catches inf and nan
+def _granule(expires_at: float) -> int:
+    """The start of expires_at's expiry granule, in whole milliseconds."""
+    ms = expires_at * 1000
+    if not ms < _MAX_MS:  # also catches inf and nan
         ms = _MAX_MS
     else:
-        ms = max(int(expires_at * 1000), 0)
-    return _MS.pack(ms - ms % _GRANULE_MS) + key
+        ms = int(ms) if ms > 0 else 0
+    return ms - ms % _GRANULE_MS
+
+
+def _index_key(expires_at: float, key: bytes) -> bytes:
+    """The expiry index entry: the start of the expiry's granule, then the store key."""
+    return _MS.pack(_granule(expires_at)) + key
 
 
 def _parse_meta(raw: bytes | None) -> tuple | None:
@@ -168,13 +177,13 @@ def _parse_meta(raw: bytes | None) -> tuple | None:
 
 def _reindex(txn, shared, key: bytes, old: tuple | None, expires_at: float) -> None:
     """Keep key's one expiry index entry in expires_at's granule; old: the metadata it replaces."""
-    index_key = _index_key(expires_at, key)
+    granule = _granule(expires_at)
     if old is not None:
-        old_index_key = _index_key(old[3], key)
-        if old_index_key == index_key:
+        old_granule = _granule(old[3])
+        if old_granule == granule:
             return  # the same granule: the expiry index is not written at all
-        txn.delete(old_index_key, db=shared.expiry)
-    txn.put(index_key, b"", db=shared.expiry)
+        txn.delete(_MS.pack(old_granule) + key, b"", shared.expiry)
+    txn.put(_MS.pack(granule) + key, b"", True, True, False, shared.expiry)
 
 
 def _log_damaged() -> None:
@@ -566,7 +575,9 @@ class LmdbStore(Store):
 
         need: bytes this write adds, so a map that must grow grows enough.
         """
-        shared = self._shared()
+        shared = self._shared_env
+        if shared is None or shared.pid != os.getpid():
+            shared = self._shared()
         growths = 0
         readers_cleared = False
         for _ in range(_ATTEMPTS):
@@ -574,7 +585,7 @@ class LmdbStore(Store):
             env, lock = shared.enter()
             seen_size = shared.map_size
             try:
-                txn = env.begin(write=write)
+                txn = env.begin(None, None, write)
                 try:
                     result = body(txn, shared, *args)
                 except BaseException:
@@ -623,7 +634,7 @@ class LmdbStore(Store):
         return (old[2] + 1) & _U64
 
     def _live(self, txn, shared: _SharedEnv, key: bytes, now: float) -> tuple | None:
-        meta = _parse_meta(txn.get(key, db=shared.meta))
+        meta = _parse_meta(txn.get(key, None, shared.meta))
         if meta is None or now > meta[3]:
             return None
         return meta
@@ -631,7 +642,8 @@ class LmdbStore(Store):
     @staticmethod
     def _put(txn, shared, key, old, kind, version, blob, expires_at, last_access) -> None:
         """Write the entry; move the index entry when the expiry left its granule."""
-        txn.put(key, _META.pack(_FORMAT, kind, len(blob), version, expires_at, last_access) + blob, db=shared.meta)
+        entry = _META.pack(_FORMAT, kind, len(blob), version, expires_at, last_access) + blob
+        txn.put(key, entry, True, True, False, shared.meta)
         if old is not None and old[5]:
             txn.delete(key, db=shared.data)
         _reindex(txn, shared, key, old, expires_at)
@@ -660,7 +672,7 @@ class LmdbStore(Store):
                 try:
                     txn = env.begin()
                     try:
-                        raw = txn.get(key, None, shared.meta)  # positional: py-lmdb parses keywords slowly
+                        raw = txn.get(key, None, shared.meta)
                         blob = None
                         if raw is not None and raw[:1] == _SPLIT_PREFIX:
                             blob = txn.get(key, db=shared.data)
