@@ -1,5 +1,6 @@
 # Declarations for fastsess._request, the compiled build of _request_py.py:
-# Middleware and Response become extension types whose attributes are C struct fields.
+# Middleware and Response become extension types whose attributes are C struct fields,
+# and what the request cycle calls internally is called as C, not looked up by name.
 
 cdef class Middleware:
     cdef public object app, service, environ_key, _bound_get_session, _webtest_varname
@@ -8,3 +9,8 @@ cdef class Response:
     cdef Middleware mw
     cdef object environ, session, server_start_response, status, headers, exc_info, server_write
     cdef bint sent
+    cpdef send_headers(self)
+    cpdef finish(self, result)
+
+cpdef bint no_app_code_left(object result, dict environ) except -1
+cpdef cache_headers(list headers, bint setting_cookie, object mw)
