@@ -28,6 +28,8 @@ untouched sets no cookie. A broken path is an error, never a fast number.
 
 Profile one contender (the kernel follows FASTSESS_NO_EXTENSIONS, as in the app):
     python bench/harness.py fastsess-c-lmdb read -n 10000
+Count its instructions per request, which noisy neighbours do not change:
+    bench/instructions.sh fastsess-c-lmdb read
 """
 
 from __future__ import annotations
@@ -805,13 +807,9 @@ def profile(slug: str, scenario: str, payload: str = "300B", requests: int = 10_
     import cProfile
     import pstats
 
-    by_slug = {c.slug: c for c in CONTENDERS}
-    if slug not in by_slug:
-        raise SystemExit(f"unknown contender {slug!r} (this process runs the {KERNEL} kernel); "
-                         f"choose from: {', '.join(by_slug)}")
+    contender = _contender(slug)
     lab = Lab()
     try:
-        contender = by_slug[slug]
         call, seen = lab.prepare(Case(contender, scenario, None if scenario in ("untouched", "new") else payload))
         for _ in range(1000):  # warm caches and the store before measuring
             call()
@@ -827,6 +825,35 @@ def profile(slug: str, scenario: str, payload: str = "300B", requests: int = 10_
         lab.close()
 
 
+def loop(slug: str, scenario: str, payload: str = "300B", requests: int = 10_000) -> None:
+    """Only make `requests` calls, after a warm-up: for counting instructions (bench/instructions.sh).
+
+    The slug `bare-wsgi` is the bare WSGI app that fastsess's overhead is measured over.
+    """
+    lab = Lab()
+    try:
+        if slug == "bare-wsgi":
+            call, seen = lab.prepare_baseline("wsgi")
+        else:
+            contender = _contender(slug)
+            call, seen = lab.prepare(Case(contender, scenario, None if scenario in ("untouched", "new") else payload))
+        for _ in range(1000):
+            call()
+        for _ in range(requests):
+            call()
+        check_status(Response(seen[0], seen[1], b""), slug)
+    finally:
+        lab.close()
+
+
+def _contender(slug: str) -> Contender:
+    by_slug = {c.slug: c for c in CONTENDERS}
+    if slug not in by_slug:
+        raise SystemExit(f"unknown contender {slug!r} (this process runs the {KERNEL} kernel); "
+                         f"choose from: {', '.join(by_slug)}")
+    return by_slug[slug]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Profile one benchmark contender and scenario.")
     parser.add_argument("contender", help="e.g. fastsess-c-lmdb, beaker-file, django-cache-locmem")
@@ -834,8 +861,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--payload", choices=tuple(PAYLOADS), default="300B")
     parser.add_argument("-n", "--requests", type=int, default=10_000)
     parser.add_argument("--top", type=int, default=15)
+    parser.add_argument("--loop", action="store_true", help="make the calls without profiling them")
     args = parser.parse_args(argv)
-    profile(args.contender, args.scenario, args.payload, args.requests, args.top)
+    if args.loop:
+        loop(args.contender, args.scenario, args.payload, args.requests)
+    else:
+        profile(args.contender, args.scenario, args.payload, args.requests, args.top)
     return 0
 
 

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Instructions per request of one contender and scenario, and of the bare WSGI
+# app under it: callgrind counts two runs of 1000 and 6000 requests, and the
+# difference divided by 5000 leaves out start-up, building and warm-up. Unlike
+# time, the count hardly moves when other programs share the machine, so it
+# shows a change of a few percent. It counts user-space instructions only:
+# time spent in the kernel (a store's system calls) is not in it.
+#
+#   bench/instructions.sh fastsess-c-memory read [--payload 4KB]
+#
+# Needs valgrind. PYTHON defaults to .venv/bin/python when present.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ $# -ge 2 ] || { echo "usage: $0 CONTENDER SCENARIO [--payload 300B|4KB]" >&2; exit 2; }
+command -v valgrind >/dev/null || { echo "valgrind is not installed" >&2; exit 2; }
+python=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+
+count() {  # contender scenario requests [args...]: total instructions of one run
+    local log="$out/log"
+    PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} valgrind --tool=callgrind --callgrind-out-file="$out/cg.out" \
+        "$python" bench/harness.py "$1" "$2" --loop -n "$3" "${@:4}" >"$log" 2>&1 || { cat "$log" >&2; exit 1; }
+    grep -o "Collected : [0-9]*" "$log" | grep -o "[0-9]*$"
+}
+
+per_request() {
+    local a b
+    a=$(count "$1" "$2" 1000 "${@:3}")
+    b=$(count "$1" "$2" 6000 "${@:3}")
+    echo $(((b - a) / 5000))
+}
+
+contender=$(per_request "$@")
+bare=$(per_request bare-wsgi "$2")
+echo "$1 $2: $contender instructions per request; the bare WSGI app $bare; overhead $((contender - bare))"
