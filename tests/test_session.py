@@ -283,6 +283,15 @@ def test_non_str_keys_are_refused(env):
         session[1] = "x"
 
 
+def test_key_that_is_not_valid_utf8_is_refused_at_setitem(env):
+    session = env.request()
+    with pytest.raises(TypeError, match="UTF-8"):
+        session["\ud800"] = "x"
+    assert "\ud800" not in session
+    session["caf\u00e9"] = 1  # any other str key is a key
+    assert session["caf\u00e9"] == 1
+
+
 # ---------------------------------------------------------------- truthiness and laziness
 
 

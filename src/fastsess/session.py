@@ -865,6 +865,11 @@ class Session:
     def __setitem__(self, key: str, value: Any) -> None:
         if type(key) is not str:
             raise TypeError(f"session keys must be str, not {type(key).__name__}")
+        if not key.isascii():  # a lone surrogate cannot be encoded: refuse it here, not at persist
+            try:
+                key.encode("utf-8")
+            except UnicodeEncodeError:
+                raise TypeError(f"session key {key!r} is not valid UTF-8") from None
         core.check_value(key, value)
         s = self._writable()
         s.data[key] = value
