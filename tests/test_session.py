@@ -947,6 +947,18 @@ def test_domain_and_path_are_kept_with_the_session_and_reissue_the_cookie(env):
     assert again.path == "/app"
 
 
+@pytest.mark.parametrize("attribute", ["domain", "path"])
+def test_domain_or_path_too_long_for_the_record_is_refused_when_set(env, attribute):
+    session = env.request()
+    session["a"] = 1
+    with pytest.raises(ValueError, match=attribute):
+        setattr(session, attribute, "/" + "x" * 255)
+    setattr(session, attribute, "/" + "x" * 254)  # 255 characters: the most a record holds
+    session.save()
+    session.persist()
+    assert getattr(env.request(session.id), attribute) == "/" + "x" * 254
+
+
 def test_domain_and_path_default_to_the_configuration():
     env = Env(cookie_domain="example.com", cookie_path="/shop")
     session = env.request()

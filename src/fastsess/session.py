@@ -1359,6 +1359,8 @@ def _cookie_attribute(what: str, value: str | None) -> str | None:
         return None
     if not isinstance(value, str) or any(c == ";" or c < " " or c > "~" for c in value):
         raise ValueError(f"invalid cookie {what}")
+    if len(value) > 255:  # the record holds it behind a 1-byte length (docs/FORMATS.md, "Record")
+        raise ValueError(f"cookie {what} longer than 255 characters")
     return value
 
 
