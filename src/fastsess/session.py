@@ -742,6 +742,8 @@ class Session:
     def domain(self, value: str | None) -> None:
         """Kept with the session and sent on this response's cookie, as Beaker re-emits it."""
         value = _cookie_attribute("domain", value)
+        if value is not None and self._service.cookie_name.startswith("__Host-"):
+            raise ValueError("a __Host- cookie may not have a Domain: browsers drop it")
         s = self._writable()
         if value != s.domain:
             s.domain = value
@@ -756,6 +758,8 @@ class Session:
     def path(self, value: str | None) -> None:
         """Kept with the session and sent on this response's cookie, as Beaker re-emits it."""
         value = _cookie_attribute("path", value)
+        if value not in (None, "/") and self._service.cookie_name.startswith("__Host-"):
+            raise ValueError("a __Host- cookie must have Path=/: browsers drop it otherwise")
         s = self._writable()
         if value != s.path:
             s.path = value
