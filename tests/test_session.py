@@ -1086,6 +1086,14 @@ def test_flash_refuses_values_outside_spec(env):
         env.request().flash(object())
 
 
+@pytest.mark.parametrize("queue", [1, None, b"errors", "\ud800"])
+def test_flash_refuses_a_queue_name_that_is_not_a_str_when_flashing(env, queue):
+    session = env.request()
+    with pytest.raises(TypeError, match="queue"):
+        session.flash("hi", queue=queue)
+    session.persist()  # nothing was queued, so nothing fails here
+
+
 def test_concurrent_pop_and_flash_lose_nothing_and_show_nothing_twice(env):
     writer = env.request()
     writer.flash("old")

@@ -869,11 +869,8 @@ class Session:
     def __setitem__(self, key: str, value: Any) -> None:
         if type(key) is not str:
             raise TypeError(f"session keys must be str, not {type(key).__name__}")
-        if not key.isascii():  # a lone surrogate cannot be encoded: refuse it here, not at persist
-            try:
-                key.encode("utf-8")
-            except UnicodeEncodeError:
-                raise TypeError(f"session key {key!r} is not valid UTF-8") from None
+        if not key.isascii() and not _is_utf8(key):  # a lone surrogate: refused here, not at persist
+            raise TypeError(f"session key {key!r} is not valid UTF-8")
         core.check_value(key, value)
         s = self._writable()
         s.data[key] = value
@@ -962,6 +959,8 @@ class Session:
     def flash(self, msg: Any, queue: str = "") -> None:
         """Queue a message for a later request; marks the session for saving."""
         core.check_value("flash", msg)
+        if type(queue) is not str or (not queue.isascii() and not _is_utf8(queue)):
+            raise TypeError("flash queue must be a str that is valid UTF-8")
         s = self._writable()
         if s.flash is _NO_FLASH:
             s.flash = {}
@@ -1356,6 +1355,15 @@ def _reload(store: Store, key: bytes):
 def _backoff(attempt: int) -> None:
     """Jittered exponential backoff between compare-and-set retries, each at most MAX_BACKOFF."""
     time.sleep(random.uniform(0, min(0.0002 * (2 ** attempt), MAX_BACKOFF)))
+
+
+def _is_utf8(text: str) -> bool:
+    """False for a str holding a lone surrogate, which no record can encode."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _cookie_attribute(what: str, value: str | None) -> str | None:
