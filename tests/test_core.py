@@ -911,6 +911,10 @@ def test_copy_data_refuses_what_is_not_a_dict(core, value):
         b'{"a":NaN}',  # NaN literal
         b'{"a":Infinity}',
         b'{"a":-Infinity}',
+        b'{"a":1e999}',  # a number that is infinite as a float
+        b'{"a":-1e999}',
+        b'{"a":"\\ud800"}',  # an escape for a lone surrogate
+        b'{"\\udc80":1}',
         b'{"a":1}x',
         b'{"a":{"~t":1}}',  # malformed payloads
         b'{"a":{"~s":[[1]]}}',

@@ -283,6 +283,15 @@ def test_non_str_keys_are_refused(env):
         session[1] = "x"
 
 
+def test_key_that_is_not_valid_utf8_is_refused_at_setitem(env):
+    session = env.request()
+    with pytest.raises(TypeError, match="UTF-8"):
+        session["\ud800"] = "x"
+    assert "\ud800" not in session
+    session["caf\u00e9"] = 1  # any other str key is a key
+    assert session["caf\u00e9"] == 1
+
+
 # ---------------------------------------------------------------- truthiness and laziness
 
 
@@ -938,6 +947,30 @@ def test_domain_and_path_are_kept_with_the_session_and_reissue_the_cookie(env):
     assert again.path == "/app"
 
 
+@pytest.mark.parametrize("attribute", ["domain", "path"])
+def test_domain_or_path_too_long_for_the_record_is_refused_when_set(env, attribute):
+    session = env.request()
+    session["a"] = 1
+    with pytest.raises(ValueError, match=attribute):
+        setattr(session, attribute, "/" + "x" * 255)
+    setattr(session, attribute, "/" + "x" * 254)  # 255 characters: the most a record holds
+    session.save()
+    session.persist()
+    assert getattr(env.request(session.id), attribute) == "/" + "x" * 254
+
+
+def test_host_prefixed_cookie_refuses_a_per_session_domain_or_path():
+    env = Env(key="__Host-session")
+    session = env.request()
+    with pytest.raises(ValueError, match="__Host-"):
+        session.domain = ".example.com"
+    with pytest.raises(ValueError, match="__Host-"):
+        session.path = "/app"
+    session.path = "/"
+    session.domain = None
+    assert session.domain is None and session.path == "/"
+
+
 def test_domain_and_path_default_to_the_configuration():
     env = Env(cookie_domain="example.com", cookie_path="/shop")
     session = env.request()
@@ -1051,6 +1084,14 @@ def test_peek_flash_and_pop_of_an_empty_queue_write_nothing(env):
 def test_flash_refuses_values_outside_spec(env):
     with pytest.raises(TypeError):
         env.request().flash(object())
+
+
+@pytest.mark.parametrize("queue", [1, None, b"errors", "\ud800"])
+def test_flash_refuses_a_queue_name_that_is_not_a_str_when_flashing(env, queue):
+    session = env.request()
+    with pytest.raises(TypeError, match="queue"):
+        session.flash("hi", queue=queue)
+    session.persist()  # nothing was queued, so nothing fails here
 
 
 def test_concurrent_pop_and_flash_lose_nothing_and_show_nothing_twice(env):

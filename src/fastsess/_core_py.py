@@ -389,14 +389,29 @@ def _dump_plain(obj) -> bytes:
 def _load_plain(blob):
     if _orjson is not None:
         return _orjson.loads(blob)
+    # What orjson refuses, json must refuse too (SPEC 1): non-finite numbers, and
+    # escapes that decode to a lone surrogate, which no UTF-8 text can hold.
     try:
-        return _json.loads(bytes(blob).decode("utf-8"), parse_constant=_bad_constant)
-    except (UnicodeDecodeError, RecursionError) as exc:
+        tree = _json.loads(bytes(blob).decode("utf-8"), parse_constant=_bad_constant, parse_float=_finite_float)
+        if b"\\u" in blob:
+            _json.dumps(tree, ensure_ascii=False).encode("utf-8")
+    except (UnicodeError, RecursionError) as exc:
         raise ValueError("invalid record data") from exc
+    return tree
 
 
 def _bad_constant(name):
     raise ValueError(f"invalid JSON constant {name}")
+
+
+def _finite_float(text):
+    value = float(text)
+    if value in (_INF, -_INF):
+        raise ValueError("JSON number out of float range")
+    return value
+
+
+_INF = float("inf")
 
 
 def _set_items(value, depth: int) -> list:

@@ -742,6 +742,8 @@ class Session:
     def domain(self, value: str | None) -> None:
         """Kept with the session and sent on this response's cookie, as Beaker re-emits it."""
         value = _cookie_attribute("domain", value)
+        if value is not None and self._service.cookie_name.startswith("__Host-"):
+            raise ValueError("a __Host- cookie may not have a Domain: browsers drop it")
         s = self._writable()
         if value != s.domain:
             s.domain = value
@@ -756,6 +758,8 @@ class Session:
     def path(self, value: str | None) -> None:
         """Kept with the session and sent on this response's cookie, as Beaker re-emits it."""
         value = _cookie_attribute("path", value)
+        if value not in (None, "/") and self._service.cookie_name.startswith("__Host-"):
+            raise ValueError("a __Host- cookie must have Path=/: browsers drop it otherwise")
         s = self._writable()
         if value != s.path:
             s.path = value
@@ -865,6 +869,8 @@ class Session:
     def __setitem__(self, key: str, value: Any) -> None:
         if type(key) is not str:
             raise TypeError(f"session keys must be str, not {type(key).__name__}")
+        if not key.isascii() and not _is_utf8(key):  # a lone surrogate: refused here, not at persist
+            raise TypeError(f"session key {key!r} is not valid UTF-8")
         core.check_value(key, value)
         s = self._writable()
         s.data[key] = value
@@ -953,6 +959,8 @@ class Session:
     def flash(self, msg: Any, queue: str = "") -> None:
         """Queue a message for a later request; marks the session for saving."""
         core.check_value("flash", msg)
+        if type(queue) is not str or (not queue.isascii() and not _is_utf8(queue)):
+            raise TypeError("flash queue must be a str that is valid UTF-8")
         s = self._writable()
         if s.flash is _NO_FLASH:
             s.flash = {}
@@ -1349,11 +1357,22 @@ def _backoff(attempt: int) -> None:
     time.sleep(random.uniform(0, min(0.0002 * (2 ** attempt), MAX_BACKOFF)))
 
 
+def _is_utf8(text: str) -> bool:
+    """False for a str holding a lone surrogate, which no record can encode."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _cookie_attribute(what: str, value: str | None) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or any(c == ";" or c < " " or c > "~" for c in value):
         raise ValueError(f"invalid cookie {what}")
+    if len(value) > 255:  # the record holds it behind a 1-byte length (docs/FORMATS.md, "Record")
+        raise ValueError(f"cookie {what} longer than 255 characters")
     return value
 
 
