@@ -75,6 +75,42 @@ def test_a_filter_section_with_plain_keys_reads_as_the_paste_filter_reads_it(tmp
     assert json.loads(capsys.readouterr().out)["data"] == {"user": "ada"}
 
 
+def test_a_filter_app_section_with_plain_keys_reads_as_paste_reads_it(tmp_path, capsys):
+    # [filter-app:...] is the other Paste form of the filter: plain keys, and a "next" that is Paste's own.
+    ini = tmp_path / "app.ini"
+    ini.write_text(
+        "[app:main]\n"
+        f"use = call:{__name__}:saving_app_factory\n"
+        "[filter-app:site]\n"
+        "use = egg:fastsess#session\n"
+        "next = main\n"
+        "type = lmdb\n"
+        "data_dir = %(here)s/sessions\n"
+        f"secret = {SECRET}\n"
+        "timeout = 60\n"
+    )
+    from paste.deploy import loadapp
+
+    mw = loadapp(f"config:{ini}", name="site")
+    headers = {}
+    mw({"REQUEST_METHOD": "GET", "wsgi.url_scheme": "https"}, lambda s, h, e=None: headers.update(h))
+    mw.close()
+    cookie = headers["Set-Cookie"].split(";")[0]
+    assert main(["inspect", "--config", str(ini), "--section", "filter-app:site", "--json", cookie]) == 0
+    assert json.loads(capsys.readouterr().out)["data"] == {"user": "ada"}
+
+
+def saving_app_factory(global_conf, **local_conf):
+    """A Paste app factory whose app saves one key."""
+    def app(environ, start_response):
+        environ["beaker.session"]["user"] = "ada"
+        environ["beaker.session"].save()
+        start_response("200 OK", [])
+        return [b""]
+
+    return app
+
+
 def test_gen_secret_prints_a_long_random_secret(capsys):
     assert main(["gen-secret"]) == 0
     first = capsys.readouterr().out.strip()

@@ -75,11 +75,12 @@ def _load(args: argparse.Namespace) -> Config:
     if not path:
         raise ConfigError("give --config FILE.ini (or set FASTSESS_CONFIG)")
     options = read_ini(path, args.section)
-    if args.section.startswith("filter:"):
-        # Paste gives a filter its own section's keys as keyword arguments, where plain
-        # names are allowed (the middleware reads them so); [DEFAULT]'s still need a prefix.
+    if args.section.startswith(("filter:", "filter-app:")):
+        # Paste gives a filter (or filter-app) its own section's keys as keyword arguments, where
+        # plain names are allowed (the middleware reads them so); [DEFAULT]'s still need a prefix.
+        # "use" and a filter-app's "next" are Paste's own keys, never passed on.
         own = _own_keys(path, args.section)
-        local = {k: v for k, v in options.items() if k in own and k != "use"}
+        local = {k: v for k, v in options.items() if k in own and k not in ("use", "next")}
         shared = {k: v for k, v in options.items() if k not in own}
         return Config(collect_options(shared, local))
     return Config(collect_options(options))
