@@ -141,6 +141,12 @@ def test_inspect_rejects_a_forged_cookie(ini, capsys):
     assert "does not verify" in capsys.readouterr().out
 
 
+def test_inspect_json_reports_a_forged_cookie_as_json(ini, capsys):
+    forged = "session=" + core.b64url_encode(b"\x01" * 50)
+    assert main(["inspect", "--config", str(ini), "--json", forged]) == 1
+    assert json.loads(capsys.readouterr().out) == {"verified": False}
+
+
 def id_keys(ini_path):
     """The id-cookie keys a middleware built from ini_path verifies with."""
     mw = SessionMiddleware(lambda e, s: [], read_ini(str(ini_path)))

@@ -245,7 +245,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         if service.store is not None:
             service.store.close()
     if report is None:
-        print("cookie does not verify with the configured keys (forged, truncated or another secret)")
+        if args.json:
+            print(json.dumps({"verified": False}))
+        else:
+            print("cookie does not verify with the configured keys (forged, truncated or another secret)")
         return 1
     print(json.dumps(report, indent=None if args.json else 2, default=str))
     return 0
