@@ -421,3 +421,11 @@ def test_migrate_beaker_checks_its_state_file_before_migrating_anything(tmp_path
     assert main(["migrate-beaker", "--config", ini, *source, "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert (report["mode"], report["seen"], report["migrated"]) == ("bulk", 1, 1)  # nothing was migrated before
+
+
+def test_version_names_the_kernel_in_use(capsys):
+    # The README points here to tell whether an install got the C kernel or fell back.
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert f"({core.IMPLEMENTATION} kernel)" in capsys.readouterr().out
