@@ -253,6 +253,29 @@ def test_cleanup_of_a_ttl_store_says_the_server_expires_sessions_without_connect
     assert report["removed"] == 0 and "server TTL" in report["note"]
 
 
+@pytest.fixture
+def memory_ini(tmp_path):
+    path = tmp_path / "memory.ini"
+    path.write_text(f"[app:main]\nsession.type = memory\nsession.secret = {SECRET}\nsession.timeout = 60\n")
+    return path
+
+
+def test_cleanup_of_memory_sessions_is_an_error_not_removed_zero(memory_ini, capsys):
+    # The command's own memory store is empty; the application's lives in the application's process.
+    assert main(["cleanup", "--config", str(memory_ini)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("fastsess: ") and "session.type = memory" in captured.err
+
+
+def test_inspect_of_a_memory_session_verifies_the_cookie_and_does_not_claim_it_is_missing(memory_ini, capsys):
+    cookie = make_cookie(memory_ini)
+    assert main(["inspect", "--config", str(memory_ini), "--json", cookie]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["verified"] is True
+    assert report["state"].startswith("unknown")
+
+
 def test_inspect_decodes_a_cookie_session_without_a_store(cookie_ini, capsys):
     cookie = make_cookie(cookie_ini)
     assert main(["inspect", "--config", str(cookie_ini), "--json", cookie]) == 0

@@ -202,6 +202,11 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
         raise ConfigError("cleanup has nothing to clean: session.type = cookie keeps each session in its "
                           "cookie, with no server-side store (give the config of an app with a store, or "
                           "remove this cleanup job)")
+    if config.store_type == "memory":
+        # This process would open a store of its own, always empty: "removed 0" would be a lie.
+        raise ConfigError("cleanup cannot reach memory sessions: session.type = memory keeps them inside each "
+                          "application process, which expires them itself (give the config of an app with a "
+                          "file, lmdb or sql store, or remove this cleanup job)")
     if config.store_type in _SELF_EXPIRING:
         # Nothing to remove, and nothing to connect to: say so rather than "removed 0",
         # which would read the same whether or not the server is up.
@@ -273,6 +278,9 @@ def _inspect(service: SessionService, value: str) -> dict | None:
     session_id, key_index = opened
     key = core.store_key(session_id)
     report: dict = {"verified": True, "key_index": key_index, "sid": service.sid(session_id)}
+    if config.store_type == "memory":  # this process's memory store is not the application's
+        report["state"] = "unknown (memory sessions live inside the application's process)"
+        return report
     try:
         record = service.store.load(key)
     except CorruptRecord:  # the answer inspect is for: the cookie is good, its record is not
