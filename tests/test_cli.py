@@ -75,6 +75,42 @@ def test_a_filter_section_with_plain_keys_reads_as_the_paste_filter_reads_it(tmp
     assert json.loads(capsys.readouterr().out)["data"] == {"user": "ada"}
 
 
+def test_a_filter_app_section_with_plain_keys_reads_as_paste_reads_it(tmp_path, capsys):
+    # [filter-app:...] is the other Paste form of the filter: plain keys, and a "next" that is Paste's own.
+    ini = tmp_path / "app.ini"
+    ini.write_text(
+        "[app:main]\n"
+        f"use = call:{__name__}:saving_app_factory\n"
+        "[filter-app:site]\n"
+        "use = egg:fastsess#session\n"
+        "next = main\n"
+        "type = lmdb\n"
+        "data_dir = %(here)s/sessions\n"
+        f"secret = {SECRET}\n"
+        "timeout = 60\n"
+    )
+    from paste.deploy import loadapp
+
+    mw = loadapp(f"config:{ini}", name="site")
+    headers = {}
+    mw({"REQUEST_METHOD": "GET", "wsgi.url_scheme": "https"}, lambda s, h, e=None: headers.update(h))
+    mw.close()
+    cookie = headers["Set-Cookie"].split(";")[0]
+    assert main(["inspect", "--config", str(ini), "--section", "filter-app:site", "--json", cookie]) == 0
+    assert json.loads(capsys.readouterr().out)["data"] == {"user": "ada"}
+
+
+def saving_app_factory(global_conf, **local_conf):
+    """A Paste app factory whose app saves one key."""
+    def app(environ, start_response):
+        environ["beaker.session"]["user"] = "ada"
+        environ["beaker.session"].save()
+        start_response("200 OK", [])
+        return [b""]
+
+    return app
+
+
 def test_gen_secret_prints_a_long_random_secret(capsys):
     assert main(["gen-secret"]) == 0
     first = capsys.readouterr().out.strip()
@@ -103,6 +139,12 @@ def test_inspect_rejects_a_forged_cookie(ini, capsys):
     forged = "session=" + core.b64url_encode(b"\x01" * 50)
     assert main(["inspect", "--config", str(ini), forged]) == 1
     assert "does not verify" in capsys.readouterr().out
+
+
+def test_inspect_json_reports_a_forged_cookie_as_json(ini, capsys):
+    forged = "session=" + core.b64url_encode(b"\x01" * 50)
+    assert main(["inspect", "--config", str(ini), "--json", forged]) == 1
+    assert json.loads(capsys.readouterr().out) == {"verified": False}
 
 
 def id_keys(ini_path):
@@ -209,6 +251,29 @@ def test_cleanup_of_a_ttl_store_says_the_server_expires_sessions_without_connect
     assert main(["cleanup", "--config", str(path), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["removed"] == 0 and "server TTL" in report["note"]
+
+
+@pytest.fixture
+def memory_ini(tmp_path):
+    path = tmp_path / "memory.ini"
+    path.write_text(f"[app:main]\nsession.type = memory\nsession.secret = {SECRET}\nsession.timeout = 60\n")
+    return path
+
+
+def test_cleanup_of_memory_sessions_is_an_error_not_removed_zero(memory_ini, capsys):
+    # The command's own memory store is empty; the application's lives in the application's process.
+    assert main(["cleanup", "--config", str(memory_ini)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("fastsess: ") and "session.type = memory" in captured.err
+
+
+def test_inspect_of_a_memory_session_verifies_the_cookie_and_does_not_claim_it_is_missing(memory_ini, capsys):
+    cookie = make_cookie(memory_ini)
+    assert main(["inspect", "--config", str(memory_ini), "--json", cookie]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["verified"] is True
+    assert report["state"].startswith("unknown")
 
 
 def test_inspect_decodes_a_cookie_session_without_a_store(cookie_ini, capsys):
@@ -379,3 +444,11 @@ def test_migrate_beaker_checks_its_state_file_before_migrating_anything(tmp_path
     assert main(["migrate-beaker", "--config", ini, *source, "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert (report["mode"], report["seen"], report["migrated"]) == ("bulk", 1, 1)  # nothing was migrated before
+
+
+def test_version_names_the_kernel_in_use(capsys):
+    # The README points here to tell whether an install got the C kernel or fell back.
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert f"({core.IMPLEMENTATION} kernel)" in capsys.readouterr().out

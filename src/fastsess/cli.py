@@ -75,11 +75,12 @@ def _load(args: argparse.Namespace) -> Config:
     if not path:
         raise ConfigError("give --config FILE.ini (or set FASTSESS_CONFIG)")
     options = read_ini(path, args.section)
-    if args.section.startswith("filter:"):
-        # Paste gives a filter its own section's keys as keyword arguments, where plain
-        # names are allowed (the middleware reads them so); [DEFAULT]'s still need a prefix.
+    if args.section.startswith(("filter:", "filter-app:")):
+        # Paste gives a filter (or filter-app) its own section's keys as keyword arguments, where
+        # plain names are allowed (the middleware reads them so); [DEFAULT]'s still need a prefix.
+        # "use" and a filter-app's "next" are Paste's own keys, never passed on.
         own = _own_keys(path, args.section)
-        local = {k: v for k, v in options.items() if k in own and k != "use"}
+        local = {k: v for k, v in options.items() if k in own and k not in ("use", "next")}
         shared = {k: v for k, v in options.items() if k not in own}
         return Config(collect_options(shared, local))
     return Config(collect_options(options))
@@ -201,6 +202,11 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
         raise ConfigError("cleanup has nothing to clean: session.type = cookie keeps each session in its "
                           "cookie, with no server-side store (give the config of an app with a store, or "
                           "remove this cleanup job)")
+    if config.store_type == "memory":
+        # This process would open a store of its own, always empty: "removed 0" would be a lie.
+        raise ConfigError("cleanup cannot reach memory sessions: session.type = memory keeps them inside each "
+                          "application process, which expires them itself (give the config of an app with a "
+                          "file, lmdb or sql store, or remove this cleanup job)")
     if config.store_type in _SELF_EXPIRING:
         # Nothing to remove, and nothing to connect to: say so rather than "removed 0",
         # which would read the same whether or not the server is up.
@@ -244,7 +250,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         if service.store is not None:
             service.store.close()
     if report is None:
-        print("cookie does not verify with the configured keys (forged, truncated or another secret)")
+        if args.json:
+            print(json.dumps({"verified": False}))
+        else:
+            print("cookie does not verify with the configured keys (forged, truncated or another secret)")
         return 1
     print(json.dumps(report, indent=None if args.json else 2, default=str))
     return 0
@@ -269,6 +278,9 @@ def _inspect(service: SessionService, value: str) -> dict | None:
     session_id, key_index = opened
     key = core.store_key(session_id)
     report: dict = {"verified": True, "key_index": key_index, "sid": service.sid(session_id)}
+    if config.store_type == "memory":  # this process's memory store is not the application's
+        report["state"] = "unknown (memory sessions live inside the application's process)"
+        return report
     try:
         record = service.store.load(key)
     except CorruptRecord:  # the answer inspect is for: the cookie is good, its record is not
