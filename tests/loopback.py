@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -10,12 +11,41 @@ import sys
 import time
 from pathlib import Path
 
+_handed_out: set[int] = set()
+
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A TCP port on 127.0.0.1 that nothing uses now, for a server this run starts.
+
+    Not one the kernel would pick: a port from its ephemeral range can be taken
+    by any outgoing connection between this check and the server's bind. And
+    never the same one twice in a process, since a cluster picks all its ports
+    before its first node binds one.
+    """
+    low, high = _ephemeral_range()
+    choices = range(max(1024, low - 12000), low) if low > 2048 else range(high + 1, 65536)
+    for _ in range(500):
+        port = random.choice(choices)
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port on 127.0.0.1 in {choices.start}-{choices.stop - 1}")
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    """The ports the kernel gives outgoing connections (Linux says; elsewhere the IANA range)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range", encoding="ascii") as f:
+            low, high = (int(part) for part in f.read().split())
+        return low, high
+    except (OSError, ValueError):
+        return 49152, 65535
 
 
 def die_with_parent() -> None:
