@@ -1133,15 +1133,16 @@ class Session:
         """Best-effort write at the end of a streamed body, when the headers are already out.
 
         Only an existing record under the same id can still be written; a change
-        that would need a new cookie (new session, new id, deletion) is logged
-        and dropped.
+        that would need a new cookie (new session, new id, deletion, a new domain
+        or path) is logged and dropped.
         """
         s = self._sess
         if s is None or self._suppressed:
             return
         service: SessionService = self._service
         pending = s.modified or s.mutable_out or s.flash_modified or s.save_requested or s.doomed or s.dead
-        if service.cookie_only or s.is_new or s.rotate_from is not None or s.dead or s.doomed or s.invalidated:
+        rescoped = s.domain != s.loaded_domain or s.path != s.loaded_path  # the cookie's scope changed
+        if service.cookie_only or s.is_new or s.rotate_from is not None or s.dead or s.doomed or s.invalidated or rescoped:
             if pending:
                 service.events.emit(
                     "write_dropped", sid=service.sid(s.id), message="change after the headers needs a new cookie"
