@@ -945,6 +945,34 @@ def test_domain_and_path_default_to_the_configuration():
     assert session.path == "/shop"
 
 
+@pytest.mark.parametrize(
+    ("attribute", "value"),
+    [("domain", "exa mple.com"), ("domain", "example.com:8080"), ("domain", "a,b.com"), ("path", "app")],
+)
+def test_a_per_session_domain_or_path_follows_the_rules_of_the_configured_one(env, attribute, value):
+    # The configuration refuses these, since browsers drop such a cookie; so does the setter.
+    session = env.request(env.existing(a=1))
+    assert session["a"] == 1
+    with pytest.raises(ValueError):
+        setattr(session, attribute, value)
+    session.persist()
+    assert cookie_action(session) is None
+
+
+def test_a_host_prefixed_cookie_refuses_a_per_session_domain_or_path():
+    # Browsers drop a __Host- cookie that has a Domain, or a Path other than /: the
+    # session would silently never come back. The configuration refuses the same.
+    env = Env(key="__Host-session", secure=True)
+    session = env.request()
+    with pytest.raises(ValueError, match="__Host-"):
+        session.domain = ".example.com"
+    with pytest.raises(ValueError, match="__Host-"):
+        session.path = "/app"
+    session.path = "/"
+    session.persist()
+    assert session.domain is None and session.path == "/"
+
+
 # ---------------------------------------------------------------- get_by_id and read_only
 
 

@@ -17,7 +17,7 @@ from types import MappingProxyType
 from typing import Any
 
 from . import beaker_compat, core
-from .config import TOMBSTONE_SECONDS, Config
+from .config import _DOMAIN, TOMBSTONE_SECONDS, Config
 from .errors import ConflictError, CorruptRecord, SessionTooLarge, StoreError
 from .events import EventLog
 from .keys import KeyRing
@@ -741,7 +741,7 @@ class Session:
     @domain.setter
     def domain(self, value: str | None) -> None:
         """Kept with the session and sent on this response's cookie, as Beaker re-emits it."""
-        value = _cookie_attribute("domain", value)
+        value = _cookie_attribute("domain", value, self._service.cookie_name)
         s = self._writable()
         if value != s.domain:
             s.domain = value
@@ -755,7 +755,7 @@ class Session:
     @path.setter
     def path(self, value: str | None) -> None:
         """Kept with the session and sent on this response's cookie, as Beaker re-emits it."""
-        value = _cookie_attribute("path", value)
+        value = _cookie_attribute("path", value, self._service.cookie_name)
         s = self._writable()
         if value != s.path:
             s.path = value
@@ -1350,11 +1350,18 @@ def _backoff(attempt: int) -> None:
     time.sleep(random.uniform(0, min(0.0002 * (2 ** attempt), MAX_BACKOFF)))
 
 
-def _cookie_attribute(what: str, value: str | None) -> str | None:
+def _cookie_attribute(what: str, value: str | None, cookie_name: str) -> str | None:
+    """A per-session domain or path, held to the rules the configured one meets: browsers drop the rest."""
     if value is None:
         return None
     if not isinstance(value, str) or any(c == ";" or c < " " or c > "~" for c in value):
         raise ValueError(f"invalid cookie {what}")
+    if what == "domain" and not _DOMAIN.fullmatch(value):
+        raise ValueError("a cookie domain is a host name: letters, digits, '-', '_' and '.', no port")
+    if what == "path" and not value.startswith("/"):
+        raise ValueError("a cookie path must start with '/'")
+    if cookie_name.startswith("__Host-") and (what == "domain" or value != "/"):
+        raise ValueError("a __Host- cookie may not have a Domain, and its Path must be /")
     return value
 
 
