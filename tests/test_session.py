@@ -469,6 +469,16 @@ def test_nested_mutation_of_a_dict_value_is_written(env):
     assert env.data(sid) == {"profile": {"name": "bob"}}
 
 
+def test_nested_mutation_of_a_list_inside_a_tuple_is_written(env):
+    # A tuple can hold a list: handing one out may lead to an in-place change, as a list does.
+    sid = env.existing(pair=(1, [2]))
+    session = env.request(sid)
+    session["pair"][1].append(3)
+    session.save()
+    session.persist()
+    assert env.data(sid) == {"pair": (1, [2, 3])}
+
+
 @pytest.mark.parametrize("take_cart", ACCESSORS)
 def test_unsaved_in_place_changes_never_reach_another_request(env, take_cart):
     # Decoded data is remembered per process: each request must still get its own containers.

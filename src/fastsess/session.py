@@ -24,7 +24,8 @@ from .keys import KeyRing
 from .stores.base import CONFLICT, EXISTS, EXPIRED, GONE, TOMBSTONE, Store, StoredRecord
 
 _MISSING = object()
-_MUTABLE = (dict, list, set)
+#: values that can change in place once handed out (a tuple may hold a list)
+_MUTABLE = (dict, list, set, tuple)
 #: compare-and-set attempts for stores without a lock (memcached, redis), and the
 #: longest pause between two: about 0.2 s of waiting in all, at worst
 MAX_CAS_ATTEMPTS = 16
@@ -331,7 +332,7 @@ class _State:
         # What persist checks on every request (see the class docstring).
         self.read_only = self.anonymous = False
         self.save_requested = self.modified = self.flash_modified = False
-        self.mutable_out = False  # a dict, list or set value was handed out: it may be mutated in place
+        self.mutable_out = False  # a dict, list, set or tuple value was handed out: it may be mutated in place
         self.dead = False  # delete() was called and nothing was written since
         self.deleted = False  # delete() was called: expire the cookie unless a new one is written
         self.invalidated = self.retag = False
