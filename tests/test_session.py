@@ -478,6 +478,16 @@ def test_nested_mutation_of_a_dict_value_is_written(env):
     assert env.data(sid) == {"profile": {"name": "bob"}}
 
 
+def test_nested_mutation_of_a_list_inside_a_tuple_is_written(env):
+    # A tuple can hold a list: handing one out may lead to an in-place change, as a list does.
+    sid = env.existing(pair=(1, [2]))
+    session = env.request(sid)
+    session["pair"][1].append(3)
+    session.save()
+    session.persist()
+    assert env.data(sid) == {"pair": (1, [2, 3])}
+
+
 @pytest.mark.parametrize("take_cart", ACCESSORS)
 def test_unsaved_in_place_changes_never_reach_another_request(env, take_cart):
     # Decoded data is remembered per process: each request must still get its own containers.
@@ -951,12 +961,13 @@ def test_domain_and_path_are_kept_with_the_session_and_reissue_the_cookie(env):
 def test_domain_or_path_too_long_for_the_record_is_refused_when_set(env, attribute):
     session = env.request()
     session["a"] = 1
+    first = "/" if attribute == "path" else "x"  # a path starts with '/', a domain is a host name
     with pytest.raises(ValueError, match=attribute):
-        setattr(session, attribute, "/" + "x" * 255)
-    setattr(session, attribute, "/" + "x" * 254)  # 255 characters: the most a record holds
+        setattr(session, attribute, first + "x" * 255)
+    setattr(session, attribute, first + "x" * 254)  # 255 characters: the most a record holds
     session.save()
     session.persist()
-    assert getattr(env.request(session.id), attribute) == "/" + "x" * 254
+    assert getattr(env.request(session.id), attribute) == first + "x" * 254
 
 
 def test_host_prefixed_cookie_refuses_a_per_session_domain_or_path():
@@ -976,6 +987,34 @@ def test_domain_and_path_default_to_the_configuration():
     session = env.request()
     assert session.domain == "example.com"
     assert session.path == "/shop"
+
+
+@pytest.mark.parametrize(
+    ("attribute", "value"),
+    [("domain", "exa mple.com"), ("domain", "example.com:8080"), ("domain", "a,b.com"), ("path", "app")],
+)
+def test_a_per_session_domain_or_path_follows_the_rules_of_the_configured_one(env, attribute, value):
+    # The configuration refuses these, since browsers drop such a cookie; so does the setter.
+    session = env.request(env.existing(a=1))
+    assert session["a"] == 1
+    with pytest.raises(ValueError):
+        setattr(session, attribute, value)
+    session.persist()
+    assert cookie_action(session) is None
+
+
+def test_a_host_prefixed_cookie_refuses_a_per_session_domain_or_path():
+    # Browsers drop a __Host- cookie that has a Domain, or a Path other than /: the
+    # session would silently never come back. The configuration refuses the same.
+    env = Env(key="__Host-session", secure=True)
+    session = env.request()
+    with pytest.raises(ValueError, match="__Host-"):
+        session.domain = ".example.com"
+    with pytest.raises(ValueError, match="__Host-"):
+        session.path = "/app"
+    session.path = "/"
+    session.persist()
+    assert session.domain is None and session.path == "/"
 
 
 # ---------------------------------------------------------------- get_by_id and read_only

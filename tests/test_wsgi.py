@@ -981,6 +981,63 @@ def test_change_made_while_streaming_is_dropped_and_logged_for_a_new_session(cap
     assert record.levelno >= logging.INFO
 
 
+def test_change_made_while_streaming_is_not_saved_when_the_body_then_raises():
+    # A body that fails part way is a failed request, as an exception before the
+    # first byte is: the changes it made are not written at close().
+    app = App(inc)
+    mw = make_mw(app)
+    cookie = f"session={call(mw).cookie_value()}"
+
+    def failing(environ, start_response):
+        session = environ["beaker.session"]
+        start_response("200 OK", [("Content-Type", "text/plain")])
+
+        def body():
+            yield b"a"
+            session["n"] = 99
+            session.save()
+            raise RuntimeError("the body failed")
+
+        return body()
+
+    streaming = make_mw(failing)
+    use_store(streaming, mw.store)
+    with pytest.raises(RuntimeError):
+        call(streaming, cookie=cookie)
+    app.action = read
+    assert call(mw, cookie=cookie).body == b"1"
+
+
+@pytest.mark.parametrize("attribute", ["domain", "path"])
+def test_a_domain_or_path_change_made_while_streaming_is_dropped_and_logged(attribute, caplog):
+    # The new scope needs a new cookie, and the headers are out: storing it would
+    # leave the record naming a scope the client's cookie does not have (a later
+    # delete() would then expire a cookie the browser does not hold).
+    caplog.set_level(logging.DEBUG, logger="fastsess")
+    app = App(inc)
+    mw = make_mw(app)
+    cookie = f"session={call(mw).cookie_value()}"
+
+    def rescoping(environ, start_response):
+        session = environ["beaker.session"]
+        start_response("200 OK", [("Content-Type", "text/plain")])
+
+        def body():
+            yield b"a"
+            setattr(session, attribute, "example.com" if attribute == "domain" else "/sub")
+            yield b"b"
+
+        return body()
+
+    streaming = make_mw(rescoping)
+    use_store(streaming, mw.store)
+    served = call(streaming, cookie=cookie)
+    assert served.set_cookies() == []
+    assert events(caplog, "write_dropped")
+    app.action = lambda session: (session.domain, session.path)
+    assert call(mw, cookie=cookie).body == b"(None, '/')"
+
+
 def test_legacy_write_callable_persists_the_session_before_the_first_write():
     ids, records_at_write = [], []
 

@@ -136,7 +136,7 @@ def no_app_code_left(result: Any, environ: dict) -> bool:
 
 
 class StreamingBody:
-    """Passes a streamed body through and writes late session changes when closed."""
+    """Passes a streamed body through and writes late session changes when closed, unless it raised."""
 
     __slots__ = ("result", "first", "session", "iterator")
 
@@ -154,7 +154,13 @@ class StreamingBody:
             chunk = self.first[0]
             self.first = None
             return chunk
-        return next(self.iterator)
+        try:
+            return next(self.iterator)
+        except StopIteration:
+            raise
+        except BaseException:
+            self.session._suppressed = True  # a body that failed part way: its changes are not saved
+            raise
 
     def close(self) -> None:
         try:

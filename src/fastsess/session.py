@@ -17,14 +17,15 @@ from types import MappingProxyType
 from typing import Any
 
 from . import beaker_compat, core
-from .config import TOMBSTONE_SECONDS, Config
+from .config import _DOMAIN, TOMBSTONE_SECONDS, Config
 from .errors import ConflictError, CorruptRecord, SessionTooLarge, StoreError
 from .events import EventLog
 from .keys import KeyRing
 from .stores.base import CONFLICT, EXISTS, EXPIRED, GONE, TOMBSTONE, Store, StoredRecord
 
 _MISSING = object()
-_MUTABLE = (dict, list, set)
+#: values that can change in place once handed out (a tuple may hold a list)
+_MUTABLE = (dict, list, set, tuple)
 #: compare-and-set attempts for stores without a lock (memcached, redis), and the
 #: longest pause between two: about 0.2 s of waiting in all, at worst
 MAX_CAS_ATTEMPTS = 16
@@ -331,7 +332,7 @@ class _State:
         # What persist checks on every request (see the class docstring).
         self.read_only = self.anonymous = False
         self.save_requested = self.modified = self.flash_modified = False
-        self.mutable_out = False  # a dict, list or set value was handed out: it may be mutated in place
+        self.mutable_out = False  # a dict, list, set or tuple value was handed out: it may be mutated in place
         self.dead = False  # delete() was called and nothing was written since
         self.deleted = False  # delete() was called: expire the cookie unless a new one is written
         self.invalidated = self.retag = False
@@ -741,9 +742,7 @@ class Session:
     @domain.setter
     def domain(self, value: str | None) -> None:
         """Kept with the session and sent on this response's cookie, as Beaker re-emits it."""
-        value = _cookie_attribute("domain", value)
-        if value is not None and self._service.cookie_name.startswith("__Host-"):
-            raise ValueError("a __Host- cookie may not have a Domain: browsers drop it")
+        value = _cookie_attribute("domain", value, self._service.cookie_name)
         s = self._writable()
         if value != s.domain:
             s.domain = value
@@ -757,9 +756,7 @@ class Session:
     @path.setter
     def path(self, value: str | None) -> None:
         """Kept with the session and sent on this response's cookie, as Beaker re-emits it."""
-        value = _cookie_attribute("path", value)
-        if value not in (None, "/") and self._service.cookie_name.startswith("__Host-"):
-            raise ValueError("a __Host- cookie must have Path=/: browsers drop it otherwise")
+        value = _cookie_attribute("path", value, self._service.cookie_name)
         s = self._writable()
         if value != s.path:
             s.path = value
@@ -1141,15 +1138,16 @@ class Session:
         """Best-effort write at the end of a streamed body, when the headers are already out.
 
         Only an existing record under the same id can still be written; a change
-        that would need a new cookie (new session, new id, deletion) is logged
-        and dropped.
+        that would need a new cookie (new session, new id, deletion, a new domain
+        or path) is logged and dropped.
         """
         s = self._sess
         if s is None or self._suppressed:
             return
         service: SessionService = self._service
         pending = s.modified or s.mutable_out or s.flash_modified or s.save_requested or s.doomed or s.dead
-        if service.cookie_only or s.is_new or s.rotate_from is not None or s.dead or s.doomed or s.invalidated:
+        rescoped = s.domain != s.loaded_domain or s.path != s.loaded_path  # the cookie's scope changed
+        if service.cookie_only or s.is_new or s.rotate_from is not None or s.dead or s.doomed or s.invalidated or rescoped:
             if pending:
                 service.events.emit(
                     "write_dropped", sid=service.sid(s.id), message="change after the headers needs a new cookie"
@@ -1366,13 +1364,20 @@ def _is_utf8(text: str) -> bool:
     return True
 
 
-def _cookie_attribute(what: str, value: str | None) -> str | None:
+def _cookie_attribute(what: str, value: str | None, cookie_name: str) -> str | None:
+    """A per-session domain or path, held to the rules the configured one meets: browsers drop the rest."""
     if value is None:
         return None
     if not isinstance(value, str) or any(c == ";" or c < " " or c > "~" for c in value):
         raise ValueError(f"invalid cookie {what}")
     if len(value) > 255:  # the record holds it behind a 1-byte length (docs/FORMATS.md, "Record")
         raise ValueError(f"cookie {what} longer than 255 characters")
+    if what == "domain" and not _DOMAIN.fullmatch(value):
+        raise ValueError("a cookie domain is a host name: letters, digits, '-', '_' and '.', no port")
+    if what == "path" and not value.startswith("/"):
+        raise ValueError("a cookie path must start with '/'")
+    if cookie_name.startswith("__Host-") and (what == "domain" or value != "/"):
+        raise ValueError("a __Host- cookie may not have a Domain, and its Path must be /")
     return value
 
 
