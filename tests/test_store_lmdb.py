@@ -73,21 +73,6 @@ def test_full_map_grows_and_keeps_every_record(data_dir, clock):
         store.close()
 
 
-def test_map_keeps_its_size_across_reopens_and_the_file_stays_sparse(data_dir, clock):
-    """The map is writable, so data.mdb is as large as the map: reopening adopts that size, never more."""
-    map_size = 4 << 20
-    for round_ in range(3):
-        store = LmdbStore(data_dir, map_size=map_size, clock=clock)
-        try:
-            store.create(skey(f"k{round_}"), b"x" * 1000, T0 + TTL)
-            assert store._environment().info()["map_size"] == map_size
-        finally:
-            store.close()
-    stat = os.stat(os.path.join(data_dir, "data.mdb"))
-    assert stat.st_size == map_size
-    assert stat.st_blocks * 512 < map_size // 4  # sparse: the disk holds the data, not the map
-
-
 FILL = """
 import sys
 from fastsess.stores.lmdb import LmdbStore

@@ -34,15 +34,16 @@ An environment written by an older fastsess may hold a "state" sub-database
 (a global version counter) and index entries in exact milliseconds; the
 first is ignored and cleanup() re-files the second.
 
-Durability: the map is writable (MDB_WRITEMAP), so a commit changes the
-page cache directly instead of copying dirty pages into it with one write()
-each; that makes a write transaction about four times cheaper. Commits
-survive a crash of the process. With sync=True every commit is flushed to
-disk as well (msync) and survives a power loss; with sync=False a power loss
-may lose the last commits or damage the file, which is then moved aside
-(below). With a writable map LMDB sizes data.mdb to the whole map: the file
-is sparse, so its apparent size is lmdb_map_size while the disk it uses
-grows as the data does.
+Durability: commits write through the page cache, so they survive a crash of
+the process. With sync=True every commit is flushed to disk as well and
+survives a power loss; with sync=False a power loss may lose the last
+commits or damage the file, which is then moved aside (below).
+
+The map stays read-only. A writable one (MDB_WRITEMAP) makes a write
+transaction about four times cheaper, but a write into the sparse file on a
+full disk is then SIGBUS instead of an error, and LMDB truncates the file to
+the opening process's map size, so a process opening or adopting a size while
+another grows the map can cut the file under the other's writes (SIGBUS too).
 
 Processes and forks. The environment is opened lazily, once per process id
 (checked with os.getpid() on every operation) and data directory, and shared
@@ -308,9 +309,7 @@ class _SharedEnv:
                 size = os.stat(os.path.join(self.path, "data.mdb")).st_size
             except OSError:
                 size = 0
-            # With a writable map the file is as large as the map, which another
-            # process may have grown: adopt that size.
-            map_size = max(self.map_size, -(-size // _MAP_GRANULE) * _MAP_GRANULE)
+            map_size = max(self.map_size, -(-2 * size // _MAP_GRANULE) * _MAP_GRANULE)
             try:
                 self._open_sized(map_size)
                 return
@@ -325,7 +324,6 @@ class _SharedEnv:
             subdir=True,
             sync=self.sync,
             metasync=self.sync,
-            writemap=True,  # see "Durability" above
             mode=0o700,
             readahead=False,  # random access: readahead only evicts useful pages
             max_readers=self.max_readers,
@@ -519,8 +517,7 @@ class LmdbStore(Store):
     ) -> None:
         """Create data_dir if missing; the environment itself opens on first use.
 
-        map_size is address space, not disk: data.mdb is a sparse file of that
-        size, whose disk use grows as the data does.
+        map_size is address space, not disk: the file grows as data does.
         max_readers bounds concurrent reads across all processes (workers x
         threads); the first process to open the environment sets it.
         Options of the first store on a directory in a process apply to all.
