@@ -4,8 +4,8 @@
 The Cython twin of `_core_py.py`: the same functions with the same signatures,
 exceptions and byte-identical output, so the two read side by side. The hot
 paths work on str and bytes buffers directly (base64url, the Cookie header
-scan, the codec walk, the sealed envelopes); HMAC stays in OpenSSL through the
-standard library, AES-GCM in `cryptography` and JSON in orjson. Byte layouts
+scan, the codec walk, the sealed envelopes); HMAC is built on OpenSSL's SHA-256
+through the standard library, AES-GCM is `cryptography`'s and JSON orjson's. Byte layouts
 are documented in docs/FORMATS.md.
 """
 
@@ -55,13 +55,10 @@ cdef extern from "Python.h":
     int __Pyx_PyUnicode_READY(object o) except -1
 
 try:
-    # What hmac.digest and hmac.new call for a hash name, minus the Python frames
-    # of the hmac module on every tag.
+    # What hmac.digest calls for a hash name, minus the Python frames of the hmac module.
     from _hashlib import hmac_digest as _stdlib_hmac_digest
-    from _hashlib import hmac_new as _stdlib_hmac_new
 except ImportError:  # a CPython built without OpenSSL's _hashlib
     _stdlib_hmac_digest = hmac.digest
-    _stdlib_hmac_new = hmac.new
 
 FORMAT_VERSION = 1
 ID_BYTES = 32
@@ -268,29 +265,43 @@ def store_key(session_id) -> bytes:
 # ---------------------------------------------------------------- HMAC and HKDF
 
 
-# OpenSSL HMAC contexts keyed once per key and copied per tag: a copy skips the
-# key setup that a one-shot hmac.digest repeats on every call.
+# HMAC (RFC 2104) from two SHA-256 states keyed once per key, the inner one
+# after key XOR ipad and the outer one after key XOR opad: a tag copies both
+# and hashes the message, then the inner digest. Copying two hash states costs
+# less than copying OpenSSL's HMAC context (0.8 against 1.2 us for a
+# 400-byte message), and neither repeats the key setup of a one-shot digest.
 cdef Py_ssize_t _KEYED_LIMIT = 64
-cdef dict _keyed = {}
-cdef object _hmac_new = _stdlib_hmac_new
+cdef dict _keyed = {}  # key -> (inner state, outer state)
+
+
+cdef tuple _hmac_states(bytes key):
+    if len(key) > 64:  # SHA-256's block size: longer keys are hashed first
+        key = _sha256(key).digest()
+    cdef bytes padded = key + bytes(64 - len(key))
+    return (
+        _sha256(bytes([b ^ 0x36 for b in padded])),
+        _sha256(bytes([b ^ 0x5C for b in padded])),
+    )
 
 
 cdef object _mac(object key, object msg):
     if type(key) is not bytes:
         return _hmac_digest(key, msg, "sha256")
-    keyed = _keyed.get(key)
-    if keyed is None:
+    states = _keyed.get(key)
+    if states is None:
         if len(_keyed) >= _KEYED_LIMIT:
             _keyed.clear()
-        keyed = _hmac_new(key, digestmod="sha256")
-        _keyed[key] = keyed
-    mac = keyed.copy()
-    mac.update(msg)
-    return mac.digest()
+        states = _hmac_states(key)
+        _keyed[key] = states
+    inner = (<tuple>states)[0].copy()
+    inner.update(msg)
+    outer = (<tuple>states)[1].copy()
+    outer.update(inner.digest())
+    return outer.digest()
 
 
 def hmac_sha256(key, msg) -> bytes:
-    """HMAC-SHA256 through OpenSSL."""
+    """HMAC-SHA256 on the standard library's SHA-256 (OpenSSL's)."""
     return _mac(key, msg)
 
 

@@ -128,29 +128,39 @@ def store_key(session_id: str) -> bytes:
 # ---------------------------------------------------------------- HMAC and HKDF
 
 
-# OpenSSL HMAC contexts keyed once per key and copied per tag: a copy skips the
-# key setup that a one-shot hmac.digest repeats on every call. _hashlib's own
-# context is what hmac.new wraps, without the wrapper's Python frames per call.
+# HMAC (RFC 2104) from two SHA-256 states keyed once per key, the inner one
+# after key XOR ipad and the outer one after key XOR opad: a tag copies both
+# and hashes the message, then the inner digest. Copying two hash states costs
+# less than copying OpenSSL's HMAC context, and neither repeats the key setup
+# of a one-shot digest.
 _KEYED_LIMIT = 64
-_keyed: dict = {}
-try:
-    from _hashlib import hmac_new as _hmac_new
-except ImportError:  # pragma: no cover - a Python without OpenSSL's _hashlib
-    _hmac_new = hmac.new
+_keyed: dict = {}  # key -> (inner state, outer state)
+
+
+def _hmac_states(key: bytes) -> tuple:
+    if len(key) > 64:  # SHA-256's block size: longer keys are hashed first
+        key = hashlib.sha256(key).digest()
+    padded = key.ljust(64, b"\0")
+    return (
+        hashlib.sha256(bytes(b ^ 0x36 for b in padded)),
+        hashlib.sha256(bytes(b ^ 0x5C for b in padded)),
+    )
 
 
 def hmac_sha256(key: bytes, msg: bytes) -> bytes:
-    """HMAC-SHA256 through OpenSSL."""
+    """HMAC-SHA256 on the standard library's SHA-256 (OpenSSL's)."""
     if type(key) is not bytes:
         return hmac.digest(key, msg, "sha256")
-    keyed = _keyed.get(key)
-    if keyed is None:
+    states = _keyed.get(key)
+    if states is None:
         if len(_keyed) >= _KEYED_LIMIT:
             _keyed.clear()
-        keyed = _keyed[key] = _hmac_new(key, digestmod="sha256")
-    mac = keyed.copy()
-    mac.update(msg)
-    return mac.digest()
+        states = _keyed[key] = _hmac_states(key)
+    inner = states[0].copy()
+    inner.update(msg)
+    outer = states[1].copy()
+    outer.update(inner.digest())
+    return outer.digest()
 
 
 def constant_time_equal(a: bytes, b: bytes) -> bool:
