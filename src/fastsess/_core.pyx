@@ -613,6 +613,15 @@ cdef int _check_attribute(str what, object text) except -1:
     return 0
 
 
+cdef inline Py_ssize_t _put_text(Py_UCS1* out, Py_ssize_t at, const char* label, Py_ssize_t label_len, str text):
+    """Write label, then text (ASCII, checked by the caller), at out + at; return the end."""
+    memcpy(out + at, label, label_len)
+    at += label_len
+    cdef Py_ssize_t n = PyUnicode_GET_LENGTH(text)
+    memcpy(out + at, PyUnicode_1BYTE_DATA(text), n)
+    return at + n
+
+
 def build_set_cookie(
     name,
     value,
@@ -628,27 +637,68 @@ def build_set_cookie(
     """A Set-Cookie value with attributes spelled and ordered as http.cookies.Morsel does."""
     _check_attribute("name", name)
     _check_attribute("value", value)
-    cdef list parts = [name + "=" + value]
+    cdef str date = None, age = None
     if domain:
         _check_attribute("domain", domain)
-        parts.append("Domain=" + domain)
+    else:
+        domain = None
     if expires is not None:
-        parts.append("expires=" + http_date(expires))
-    if httponly:
-        parts.append("HttpOnly")
+        date = http_date(expires)
     if max_age is not None:
-        parts.append("Max-Age=%d" % max_age)
-    if partitioned:
-        parts.append("Partitioned")
+        age = "%d" % max_age
     if path:
         _check_attribute("path", path)
-        parts.append("Path=" + path)
+    else:
+        path = None
     if samesite:
         _check_attribute("samesite", samesite)
-        parts.append("SameSite=" + samesite)
-    if secure:
-        parts.append("Secure")
-    return "; ".join(parts)
+    else:
+        samesite = None
+    cdef bint with_httponly = bool(httponly), with_partitioned = bool(partitioned), with_secure = bool(secure)
+    # Every piece is ASCII: the attributes are checked above, and dates and numbers are
+    # digits, letters and punctuation. So the value is sized first and written in one go.
+    cdef Py_ssize_t size = PyUnicode_GET_LENGTH(name) + 1 + PyUnicode_GET_LENGTH(value)
+    if domain is not None:
+        size += 9 + PyUnicode_GET_LENGTH(domain)
+    if date is not None:
+        if not PyUnicode_IS_ASCII(date):
+            raise ValueError("invalid cookie expires")
+        size += 10 + PyUnicode_GET_LENGTH(date)
+    if with_httponly:
+        size += 10
+    if age is not None:
+        size += 10 + PyUnicode_GET_LENGTH(age)
+    if with_partitioned:
+        size += 13
+    if path is not None:
+        size += 7 + PyUnicode_GET_LENGTH(path)
+    if samesite is not None:
+        size += 11 + PyUnicode_GET_LENGTH(samesite)
+    if with_secure:
+        size += 8
+    cdef str out = PyUnicode_New(size, 127)
+    cdef Py_UCS1* p = PyUnicode_1BYTE_DATA(out)
+    cdef Py_ssize_t at = _put_text(p, 0, "", 0, name)
+    at = _put_text(p, at, "=", 1, value)
+    if domain is not None:
+        at = _put_text(p, at, "; Domain=", 9, domain)
+    if date is not None:
+        at = _put_text(p, at, "; expires=", 10, date)
+    if with_httponly:
+        memcpy(p + at, b"; HttpOnly", 10)
+        at += 10
+    if age is not None:
+        at = _put_text(p, at, "; Max-Age=", 10, age)
+    if with_partitioned:
+        memcpy(p + at, b"; Partitioned", 13)
+        at += 13
+    if path is not None:
+        at = _put_text(p, at, "; Path=", 7, path)
+    if samesite is not None:
+        at = _put_text(p, at, "; SameSite=", 11, samesite)
+    if with_secure:
+        memcpy(p + at, b"; Secure", 8)
+    return out
 
 
 # ---------------------------------------------------------------- the value codec
