@@ -30,8 +30,9 @@ from .base import (
 #: False on a free-threaded build, where load() takes the lock like every other method
 _GIL = getattr(sys, "_is_gil_enabled", lambda: True)()
 
-# An entry: [blob or None for a tombstone, version, expires_at, last_access]
-_BLOB, _VERSION, _EXPIRES, _ACCESS = range(4)
+# An entry is a StoredRecord whose blob is None for a tombstone. Entries are
+# replaced, never changed, so load() hands a live one out as it is.
+_BLOB, _VERSION, _EXPIRES = range(3)
 
 
 class MemoryStore(Store):
@@ -44,11 +45,11 @@ class MemoryStore(Store):
         if max_sessions < 1:
             raise ValueError("max_sessions must be at least 1")
         self.max_sessions = max_sessions
-        self._entries: OrderedDict[bytes, list] = OrderedDict()
+        self._entries: OrderedDict[bytes, StoredRecord] = OrderedDict()
         self._lock = threading.Lock()
         self._next_version = 0
 
-    def _live(self, key: bytes, now: float) -> list | None:
+    def _live(self, key: bytes, now: float) -> StoredRecord | None:
         """The entry for key if not expired (tombstones included); drops expired ones."""
         entry = self._entries.get(key)
         if entry is not None and now > entry[_EXPIRES]:
@@ -60,7 +61,7 @@ class MemoryStore(Store):
         self._next_version += 1
         return self._next_version
 
-    def _put(self, key: bytes, entry: list) -> None:
+    def _put(self, key: bytes, entry: StoredRecord) -> None:
         self._entries[key] = entry
         self._entries.move_to_end(key)
         while len(self._entries) > self.max_sessions:
@@ -69,9 +70,8 @@ class MemoryStore(Store):
     def load(self, key: bytes) -> LoadResult:
         if not _GIL:
             return self._load_locked(key)
-        # Without the lock: with the GIL each step below is one atomic operation. A
-        # write replaces an entry's list; touch() changes two of its items in place,
-        # and record_from copies all four in one step. Expiry removes under the lock.
+        # Without the lock: with the GIL each step below is one atomic operation, and
+        # every write replaces the entry it changes. Expiry removes under the lock.
         entry = self._entries.get(key)
         if entry is None:
             return None
@@ -84,7 +84,7 @@ class MemoryStore(Store):
             self._entries.move_to_end(key)
         except KeyError:  # deleted or evicted meanwhile: this read still saw it live
             pass
-        return record_from(entry)  # a copy: touch() changes the entry in place
+        return entry
 
     def _load_locked(self, key: bytes) -> LoadResult:
         now = self.clock()
@@ -98,7 +98,7 @@ class MemoryStore(Store):
             if entry[_BLOB] is None:
                 return TOMBSTONE
             self._entries.move_to_end(key)
-            return record_from(entry)
+            return entry
 
     def _drop_expired(self, key: bytes) -> None:
         """Remove key's entry if it is still expired (a write may have replaced it meanwhile)."""
@@ -111,7 +111,7 @@ class MemoryStore(Store):
             if self._live(key, now) is not None:
                 return EXISTS
             version = self._version()
-            self._put(key, [bytes(blob), version, expires_at, now])
+            self._put(key, record_from((bytes(blob), version, expires_at, now)))
             return version
 
     def cas(self, key: bytes, blob: bytes, expected_version: int, expires_at: float) -> WriteResult:
@@ -123,7 +123,7 @@ class MemoryStore(Store):
             if entry[_VERSION] != expected_version:
                 return CONFLICT
             version = self._version()
-            self._put(key, [bytes(blob), version, expires_at, now])
+            self._put(key, record_from((bytes(blob), version, expires_at, now)))
             return version
 
     def touch(self, key: bytes, expires_at: float) -> None:
@@ -131,8 +131,7 @@ class MemoryStore(Store):
             now = self.clock()
             entry = self._live(key, now)
             if entry is not None and entry[_BLOB] is not None:
-                entry[_EXPIRES] = expires_at
-                entry[_ACCESS] = now
+                self._entries[key] = record_from((entry[_BLOB], entry[_VERSION], expires_at, now))  # keeps its place
 
     def delete(self, key: bytes) -> None:
         with self._lock:
@@ -149,8 +148,8 @@ class MemoryStore(Store):
             if self._live(new_key, now) is not None:
                 return CONFLICT
             version = self._version()
-            self._put(old_key, [None, self._version(), now + tombstone_seconds, now])
-            self._put(new_key, [bytes(blob), version, expires_at, now])
+            self._put(old_key, record_from((None, self._version(), now + tombstone_seconds, now)))
+            self._put(new_key, record_from((bytes(blob), version, expires_at, now)))
             return version
 
     def cleanup(self, now: float, budget: int) -> int:
@@ -183,12 +182,12 @@ class MemoryStore(Store):
             entry = self._live(key, now)
             if entry is None or entry[_BLOB] is None:
                 return GONE
-            result = fn(StoredRecord(entry[_BLOB], entry[_VERSION], entry[_EXPIRES], entry[_ACCESS]))
+            result = fn(entry)
             if result is None:
                 return entry[_VERSION]
             blob, expires_at = result
             version = self._version()
-            self._put(key, [bytes(blob), version, expires_at, now])
+            self._put(key, record_from((bytes(blob), version, expires_at, now)))
             return version
 
     def __len__(self) -> int:
