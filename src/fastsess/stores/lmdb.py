@@ -684,6 +684,12 @@ class LmdbStore(Store):
         shared.ops += 1
         if shared.ops >= _MAINTAIN_EVERY:
             shared.maintain()
+        if blob is None and raw is not None and len(raw) > _HEADER:  # a format-2 record, as nearly always
+            fmt, kind, size, version, expires_at, last_access = _unpack_meta(raw)
+            if fmt == _FORMAT and kind == _RECORD and len(raw) == _HEADER + size:
+                if self.clock() > expires_at:
+                    return EXPIRED
+                return record_from((raw[_HEADER:], version, expires_at, last_access))
         return self._loaded(raw, blob)
 
     def _load(self, txn, shared, key):
@@ -695,12 +701,6 @@ class LmdbStore(Store):
         """The record in an entry; blob: a format-1 entry's blob from the data sub-database."""
         if raw is None:
             return None
-        if len(raw) > _HEADER:  # a format-2 record, as nearly always: read without _parse_meta's tuple
-            fmt, kind, size, version, expires_at, last_access = _unpack_meta(raw)
-            if fmt == _FORMAT and kind == _RECORD and len(raw) == _HEADER + size:
-                if self.clock() > expires_at:
-                    return EXPIRED
-                return record_from((raw[_HEADER:], version, expires_at, last_access))
         meta = _parse_meta(raw)
         if meta is None:
             raise self._damaged()
