@@ -505,6 +505,17 @@ def test_build_set_cookie_defaults_and_partitioned(core):
     )
 
 
+def test_build_set_cookie_takes_str_subclasses(core):
+    class Text(str):
+        pass
+
+    header = core.build_set_cookie(
+        Text("n"), Text("v"), path=Text("/"), domain=Text("example.com"), samesite=Text("Lax"), max_age=5
+    )
+    assert header == "n=v; Domain=example.com; HttpOnly; Max-Age=5; Path=/; SameSite=Lax; Secure"
+    assert type(header) is str
+
+
 @pytest.mark.parametrize("field", ["name", "value", "domain", "path", "samesite"])
 @pytest.mark.parametrize("bad", ["a;b", "a\r\nSet-Cookie: x=1", "a\x00", "a\x7f", "é", "\u20ac"])
 def test_build_set_cookie_refuses_injection(core, field, bad):

@@ -970,18 +970,6 @@ def test_domain_or_path_too_long_for_the_record_is_refused_when_set(env, attribu
     assert getattr(env.request(session.id), attribute) == first + "x" * 254
 
 
-def test_host_prefixed_cookie_refuses_a_per_session_domain_or_path():
-    env = Env(key="__Host-session")
-    session = env.request()
-    with pytest.raises(ValueError, match="__Host-"):
-        session.domain = ".example.com"
-    with pytest.raises(ValueError, match="__Host-"):
-        session.path = "/app"
-    session.path = "/"
-    session.domain = None
-    assert session.domain is None and session.path == "/"
-
-
 def test_domain_and_path_default_to_the_configuration():
     env = Env(cookie_domain="example.com", cookie_path="/shop")
     session = env.request()

@@ -613,13 +613,43 @@ cdef int _check_attribute(str what, object text) except -1:
     return 0
 
 
-cdef inline Py_ssize_t _put_text(Py_UCS1* out, Py_ssize_t at, const char* label, Py_ssize_t label_len, str text):
-    """Write label, then text (ASCII, checked by the caller), at out + at; return the end."""
-    memcpy(out + at, label, label_len)
-    at += label_len
-    cdef Py_ssize_t n = PyUnicode_GET_LENGTH(text)
-    memcpy(out + at, PyUnicode_1BYTE_DATA(text), n)
-    return at + n
+cdef inline Py_ssize_t _put(Py_UCS1* out, Py_ssize_t at, const char* label, Py_ssize_t label_len, object text):
+    """Write label, then text (a str or subclass, ASCII, checked by the caller; or None), at out + at.
+
+    Returns where that ends. With out NULL nothing is written: the same calls measure.
+    """
+    cdef Py_ssize_t n = 0 if text is None else PyUnicode_GET_LENGTH(text)
+    if out != NULL:
+        memcpy(out + at, label, label_len)
+        if n:
+            memcpy(out + at + label_len, PyUnicode_1BYTE_DATA(text), n)
+    return at + label_len + n
+
+
+cdef Py_ssize_t _put_cookie(
+    Py_UCS1* out, object name, object value, object domain, object date, bint httponly, object age,
+    bint partitioned, object path, object samesite, bint secure,
+):
+    """The Set-Cookie value in Morsel's order, at out (or only its length, with out NULL)."""
+    cdef Py_ssize_t at = _put(out, 0, "", 0, name)
+    at = _put(out, at, "=", 1, value)
+    if domain is not None:
+        at = _put(out, at, "; Domain=", 9, domain)
+    if date is not None:
+        at = _put(out, at, "; expires=", 10, date)
+    if httponly:
+        at = _put(out, at, "; HttpOnly", 10, None)
+    if age is not None:
+        at = _put(out, at, "; Max-Age=", 10, age)
+    if partitioned:
+        at = _put(out, at, "; Partitioned", 13, None)
+    if path is not None:
+        at = _put(out, at, "; Path=", 7, path)
+    if samesite is not None:
+        at = _put(out, at, "; SameSite=", 11, samesite)
+    if secure:
+        at = _put(out, at, "; Secure", 8, None)
+    return at
 
 
 def build_set_cookie(
@@ -644,6 +674,8 @@ def build_set_cookie(
         domain = None
     if expires is not None:
         date = http_date(expires)
+        if not PyUnicode_IS_ASCII(date):
+            raise ValueError("invalid cookie expires")
     if max_age is not None:
         age = "%d" % max_age
     if path:
@@ -654,50 +686,15 @@ def build_set_cookie(
         _check_attribute("samesite", samesite)
     else:
         samesite = None
-    cdef bint with_httponly = bool(httponly), with_partitioned = bool(partitioned), with_secure = bool(secure)
-    # Every piece is ASCII: the attributes are checked above, and dates and numbers are
-    # digits, letters and punctuation. So the value is sized first and written in one go.
-    cdef Py_ssize_t size = PyUnicode_GET_LENGTH(name) + 1 + PyUnicode_GET_LENGTH(value)
-    if domain is not None:
-        size += 9 + PyUnicode_GET_LENGTH(domain)
-    if date is not None:
-        if not PyUnicode_IS_ASCII(date):
-            raise ValueError("invalid cookie expires")
-        size += 10 + PyUnicode_GET_LENGTH(date)
-    if with_httponly:
-        size += 10
-    if age is not None:
-        size += 10 + PyUnicode_GET_LENGTH(age)
-    if with_partitioned:
-        size += 13
-    if path is not None:
-        size += 7 + PyUnicode_GET_LENGTH(path)
-    if samesite is not None:
-        size += 11 + PyUnicode_GET_LENGTH(samesite)
-    if with_secure:
-        size += 8
+    # Every piece is ASCII (the attributes are checked above; dates and numbers are
+    # letters, digits and punctuation): measure the value, then write it in one go.
+    cdef bint flags[3]
+    flags[0], flags[1], flags[2] = bool(httponly), bool(partitioned), bool(secure)
+    cdef Py_ssize_t size = _put_cookie(
+        NULL, name, value, domain, date, flags[0], age, flags[1], path, samesite, flags[2]
+    )
     cdef str out = PyUnicode_New(size, 127)
-    cdef Py_UCS1* p = PyUnicode_1BYTE_DATA(out)
-    cdef Py_ssize_t at = _put_text(p, 0, "", 0, name)
-    at = _put_text(p, at, "=", 1, value)
-    if domain is not None:
-        at = _put_text(p, at, "; Domain=", 9, domain)
-    if date is not None:
-        at = _put_text(p, at, "; expires=", 10, date)
-    if with_httponly:
-        memcpy(p + at, b"; HttpOnly", 10)
-        at += 10
-    if age is not None:
-        at = _put_text(p, at, "; Max-Age=", 10, age)
-    if with_partitioned:
-        memcpy(p + at, b"; Partitioned", 13)
-        at += 13
-    if path is not None:
-        at = _put_text(p, at, "; Path=", 7, path)
-    if samesite is not None:
-        at = _put_text(p, at, "; SameSite=", 11, samesite)
-    if with_secure:
-        memcpy(p + at, b"; Secure", 8)
+    _put_cookie(PyUnicode_1BYTE_DATA(out), name, value, domain, date, flags[0], age, flags[1], path, samesite, flags[2])
     return out
 
 
