@@ -37,6 +37,7 @@ from fastsess._core_py import _id_mac_input
 from fastsess.beaker_compat import is_beaker_value
 from fastsess.beaker_compat import open_id_cookie as open_beaker_id_cookie
 from fastsess.config import load_config
+from fastsess.events import RATE_LIMIT_PER_SECOND
 from fastsess.session import MAX_COOKIE_BYTES
 
 
@@ -400,6 +401,21 @@ def test_events_never_carry_the_beaker_id_or_the_cookie(caplog):
     assert [name for name, _ in seen] == ["beaker_cookie_accepted", "invalid_cookie"]
     text = caplog.text + repr(seen) + repr([r.__dict__ for r in caplog.records])
     assert beaker_id not in text and cookie[:40] not in text
+
+
+def test_replaying_a_beaker_cookie_cannot_flood_the_logs(caplog):
+    # Until beaker_compat_until a client may send its Beaker cookie on every request:
+    # each one is counted, but the log lines are rate-limited like bad cookies.
+    mw = make()
+    beaker_id = uuid.uuid4().hex
+    seed(mw, beaker_id, {"user": "ada"})
+    cookie = beaker_id_cookie(beaker_id)
+    with caplog.at_level(logging.DEBUG, logger="fastsess"):
+        for _ in range(50):
+            get(mw, "/", cookie)
+    assert mw.service.events.counts["beaker_cookie_accepted"] == 50
+    logged = [r for r in caplog.records if getattr(r, "fastsess_event", None) == "beaker_cookie_accepted"]
+    assert len(logged) <= 2 * RATE_LIMIT_PER_SECOND  # the replays may span two seconds
 
 
 # ---------------------------------------------------------------- Beaker cookie sessions
