@@ -54,6 +54,8 @@ def app(environ, start_response):
         body = session.id
     elif path == "/csrf":
         body = session.get_csrf_token()
+    elif path == "/logout":
+        session.invalidate()
     if not body:
         body = repr(sorted(dict(session.items()).items()))
     start_response("200 OK", [("Content-Type", "text/plain")])
@@ -458,6 +460,15 @@ def test_beakers_bookkeeping_keys_move_into_the_record_header():
     issued_at, _, _, payload, _ = mw.service.open_sealed(set_cookie_value(response))
     created, _, _, domain, path, _, _ = core.unpack_record(payload[core.ID_BYTES:])
     assert before - 1 <= created == issued_at <= time.time() and domain is None and path == "/app"
+
+
+def test_logging_out_of_a_beaker_cookie_session_expires_the_cookie_and_issues_no_new_one():
+    # invalidate() without a write leaves a new, empty, unsaved session: it gets no
+    # cookie of its own, and the Beaker cookie is expired rather than resealed.
+    mw = make("cookie")
+    response = get(mw, "/logout", beaker_cookie_session({"user": "ada"}))
+    [header] = response.headers.getall("Set-Cookie")
+    assert header.startswith(f"{NAME}=;") and "01 Jan 1970" in header
 
 
 @pytest.mark.parametrize("quoted", [False, True])
