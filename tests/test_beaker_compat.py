@@ -37,6 +37,7 @@ from fastsess._core_py import _id_mac_input
 from fastsess.beaker_compat import is_beaker_value
 from fastsess.beaker_compat import open_id_cookie as open_beaker_id_cookie
 from fastsess.config import load_config
+from fastsess.events import RATE_LIMIT_PER_SECOND
 from fastsess.session import MAX_COOKIE_BYTES
 
 
@@ -53,6 +54,8 @@ def app(environ, start_response):
         body = session.id
     elif path == "/csrf":
         body = session.get_csrf_token()
+    elif path == "/logout":
+        session.invalidate()
     if not body:
         body = repr(sorted(dict(session.items()).items()))
     start_response("200 OK", [("Content-Type", "text/plain")])
@@ -402,6 +405,21 @@ def test_events_never_carry_the_beaker_id_or_the_cookie(caplog):
     assert beaker_id not in text and cookie[:40] not in text
 
 
+def test_replaying_a_beaker_cookie_cannot_flood_the_logs(caplog):
+    # Until beaker_compat_until a client may send its Beaker cookie on every request:
+    # each one is counted, but the log lines are rate-limited like bad cookies.
+    mw = make()
+    beaker_id = uuid.uuid4().hex
+    seed(mw, beaker_id, {"user": "ada"})
+    cookie = beaker_id_cookie(beaker_id)
+    with caplog.at_level(logging.DEBUG, logger="fastsess"):
+        for _ in range(50):
+            get(mw, "/", cookie)
+    assert mw.service.events.counts["beaker_cookie_accepted"] == 50
+    logged = [r for r in caplog.records if getattr(r, "fastsess_event", None) == "beaker_cookie_accepted"]
+    assert len(logged) <= 2 * RATE_LIMIT_PER_SECOND  # the replays may span two seconds
+
+
 # ---------------------------------------------------------------- Beaker cookie sessions
 
 
@@ -442,6 +460,15 @@ def test_beakers_bookkeeping_keys_move_into_the_record_header():
     issued_at, _, _, payload, _ = mw.service.open_sealed(set_cookie_value(response))
     created, _, _, domain, path, _, _ = core.unpack_record(payload[core.ID_BYTES:])
     assert before - 1 <= created == issued_at <= time.time() and domain is None and path == "/app"
+
+
+def test_logging_out_of_a_beaker_cookie_session_expires_the_cookie_and_issues_no_new_one():
+    # invalidate() without a write leaves a new, empty, unsaved session: it gets no
+    # cookie of its own, and the Beaker cookie is expired rather than resealed.
+    mw = make("cookie")
+    response = get(mw, "/logout", beaker_cookie_session({"user": "ada"}))
+    [header] = response.headers.getall("Set-Cookie")
+    assert header.startswith(f"{NAME}=;") and "01 Jan 1970" in header
 
 
 @pytest.mark.parametrize("quoted", [False, True])

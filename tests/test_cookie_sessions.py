@@ -34,6 +34,8 @@ def counter_app(environ, start_response):
         session.save()
     elif path == "/delete":
         session.delete()
+    elif path == "/invalidate":
+        session.invalidate()
     elif path == "/csrf":
         token = session.get_csrf_token()
         session.save()
@@ -140,6 +142,22 @@ def test_key_rotation_opens_old_cookies_and_reseals_with_the_first_key(caplog):
     fresh = TestApp(make(validate_key=NEW_KEY))
     fresh.set_cookie("session", resealed)
     assert fresh.get("/").text == "1"
+
+
+@pytest.mark.parametrize("sealed_with", ["current key", "old key"])
+def test_invalidate_without_a_write_expires_the_cookie_whichever_key_sealed_it(sealed_with):
+    # A cookie that needed resealing (an old key) must not turn the new, empty and
+    # unsaved session after invalidate() into a new cookie: it is expired, as any other is.
+    sealing = make(validate_key=OLD_KEY if sealed_with == "old key" else NEW_KEY)
+    value = cookie_value(TestApp(sealing).get("/inc"))
+    rotated = make(validate_key=NEW_KEY + "\n" + OLD_KEY)
+    events = []
+    rotated.service.events.hook = lambda name, **fields: events.append(name)
+    app = TestApp(rotated)
+    app.set_cookie("session", value)
+    [header] = app.get("/invalidate").headers.getall("Set-Cookie")
+    assert header.startswith("session=;")
+    assert "created" not in events
 
 
 def test_the_same_string_as_secret_and_validate_key_still_separates_purposes():

@@ -58,3 +58,18 @@ def test_a_readme_ini_example_loads_as_written(line, example, tmp_path, monkeypa
     load_config(options)
     for key, value in options.items():  # nor a comment swallowed into a value that takes any text
         assert not re.search(r"\s[#;]", value), f"README.md:{line}: {key} = {value!r}"
+
+
+def differences_from_beaker() -> dict[str, tuple[str, str]]:
+    """The README's "Differences from Beaker" table: Beaker's side -> (fastsess's side, why)."""
+    text = README.read_text(encoding="utf-8").split("## Differences from Beaker", 1)[1].split("\n## ", 1)[0]
+    rows = [line.strip().strip("|").split("|") for line in text.splitlines() if line.startswith("|")]
+    return {beaker.strip(): (fastsess.strip(), why.strip()) for beaker, fastsess, why in rows[2:]}
+
+
+@pytest.mark.parametrize("refused", ["data_serializer = pickle", "type = dbm", "ext:mongodb"])
+def test_differences_from_beaker_say_why_each_refusal_and_what_to_use(refused):
+    # SPEC 3, "Beaker migration": the table lists pickle, MongoDB and dbm, and why.
+    [(fastsess, why)] = [cells for beaker, cells in differences_from_beaker().items() if refused in beaker]
+    assert fastsess.startswith("refused") and why
+    assert "use" in fastsess or "JSON" in fastsess

@@ -21,6 +21,7 @@ import pytest
 import webtest
 
 from fastsess import SessionMiddleware, StoreError, core
+from fastsess.events import RATE_LIMIT_PER_SECOND
 from fastsess.stores.base import TOMBSTONE, StoredRecord
 from fastsess.stores.memory import MemoryStore
 from fastsess.wsgi import filter_app_factory, filter_factory
@@ -568,6 +569,20 @@ def test_cookie_tagged_with_an_old_secret_is_accepted_and_re_tagged_once(caplog)
     assert events(caplog, "old_key_used")
     again = call(after, cookie=f"session={new}")
     assert again.body == b"1" and again.set_cookies() == []
+
+
+def test_replaying_an_old_key_cookie_cannot_flood_the_logs(caplog):
+    # A client may send the same old-key cookie again and again, as it may a bad one:
+    # every replay is counted, but the log lines are rate-limited.
+    caplog.set_level(logging.DEBUG, logger="fastsess")
+    before = make_mw(App(inc))
+    after = make_mw(App(read), secret=f"{OTHER_SECRET}\n{SECRET}")
+    use_store(after, before.store)
+    old = call(before).cookie_value()
+    for _ in range(50):
+        assert call(after, cookie=f"session={old}").body == b"1"
+    assert after.service.events.counts["old_key_used"] == 50
+    assert len(events(caplog, "old_key_used")) <= 2 * RATE_LIMIT_PER_SECOND  # the replays may span two seconds
 
 
 @pytest.fixture

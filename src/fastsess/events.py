@@ -17,7 +17,10 @@ from typing import Any
 log = logging.getLogger("fastsess")
 
 #: Events a client can cause at will; rate-limited so they cannot flood the logs.
-CLIENT_EVENTS = frozenset({"invalid_cookie", "expired", "tombstone_hit", "unknown_id"})
+#: A client can replay an old-key or a Beaker cookie as often as a bad one.
+CLIENT_EVENTS = frozenset(
+    {"invalid_cookie", "expired", "tombstone_hit", "unknown_id", "old_key_used", "beaker_cookie_accepted"}
+)
 _LEVELS = {
     "store_error": logging.ERROR,
     "corrupt_record": logging.ERROR,

@@ -1098,7 +1098,7 @@ class Session:
         touch_due = (
             not s.is_new and service.touch_interval is not None and now - s.last_access > service.touch_interval
         )
-        if not (write or touch_due or s.retag):
+        if not (write or touch_due or (s.retag and not s.is_new)):  # a reseal never issues an unsaved new session
             if (s.deleted or (s.invalidated and s.had_cookie)) and s.cookie_action != SET_COOKIE:
                 s.cookie_action = EXPIRE_COOKIE
             return
