@@ -3,7 +3,8 @@
 # app under it: callgrind counts two runs of 1000 and 6000 requests, and the
 # difference divided by 5000 leaves out start-up, building and warm-up. Unlike
 # time, the count hardly moves when other programs share the machine, so it
-# shows a change of a few percent. It counts user-space instructions only:
+# shows a change of a few percent (string hashing is seeded the same every run,
+# so dict layouts repeat too). It counts user-space instructions only:
 # time spent in the kernel (a store's system calls) is not in it.
 #
 #   bench/instructions.sh fastsess-c-memory read [--payload 4KB]
@@ -19,7 +20,7 @@ trap 'rm -rf "$out"' EXIT
 
 count() {  # contender scenario requests [args...]: total instructions of one run
     local log="$out/log"
-    PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} valgrind --tool=callgrind --callgrind-out-file="$out/cg.out" \
+    PYTHONHASHSEED=0 PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} valgrind --tool=callgrind --callgrind-out-file="$out/cg.out" \
         "$python" bench/harness.py "$1" "$2" --loop -n "$3" "${@:4}" >"$log" 2>&1 || { cat "$log" >&2; exit 1; }
     grep -o "Collected : [0-9]*" "$log" | grep -o "[0-9]*$"
 }
