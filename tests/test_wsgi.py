@@ -1290,14 +1290,20 @@ def test_store_error_on_load_with_anonymous_serves_an_empty_session():
 
 
 @pytest.mark.parametrize("fail_loads", [False, True], ids=["delete-fails", "load-fails"])
-def test_delete_with_anonymous_policy_still_expires_the_cookie_while_the_store_is_down(fail_loads):
-    # SPEC 3: delete() always sends an expiring cookie. The record outlives the
-    # outage until its TTL, but the browser forgets it: a logout is not silently lost.
+@pytest.mark.parametrize("logout", ["delete", "invalidate", "delete-then-flash"])
+def test_logout_with_anonymous_policy_still_expires_the_cookie_while_the_store_is_down(logout, fail_loads):
+    # SPEC 3: delete() always sends an expiring cookie, and after delete() or
+    # invalidate() the old cookie loads nothing. The record outlives the outage
+    # until its TTL, but the browser forgets it: a logout is not silently lost.
     app = App(inc)
     mw, store = _flaky(app, on_store_error="anonymous")
     cookie = f"session={call(mw).cookie_value()}"
     store.failing, store.fail_loads = True, fail_loads
-    app.action = lambda s: s.delete()
+    app.action = {
+        "delete": lambda s: s.delete(),
+        "invalidate": lambda s: s.invalidate(),
+        "delete-then-flash": lambda s: (s.delete(), s.flash("bye")),
+    }[logout]
     served = call(mw, cookie=cookie)
     assert served.status.startswith("200")
     [header] = served.set_cookies()
