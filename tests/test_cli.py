@@ -160,7 +160,8 @@ def id_keys(ini_path):
     "entry",
     [
         b"garbage",  # the store cannot parse it
-        struct.pack("<BBxxIQdd", 2, 0, 4, 1, time.time() + 60, time.time()) + b"junk",  # a record that does not unpack
+        # a record that does not unpack; built at collection, so its expiry must outlast the whole run
+        struct.pack("<BBxxIQdd", 2, 0, 4, 1, time.time() + 30 * 86400, time.time()) + b"junk",
     ],
     ids=["entry", "blob"],
 )

@@ -490,6 +490,43 @@ def test_a_postgres_that_stops_answering_is_a_store_error_within_the_socket_time
     store.close()
 
 
+@pytest.mark.servers
+@pytest.mark.timeout(60)
+def test_threads_queued_for_a_pooled_connection_to_a_frozen_postgres_fail_within_the_timeouts(
+    postgres_server, pg_url, table_name
+):
+    # More threads than pooled connections (gthread, waitress): the ones waiting for a
+    # connection must not wait out SQLAlchemy's 30 s pool_timeout, nor pass a dead
+    # connection on to each other, one connect timeout after another.
+    store = SqlStore(url=pg_url, table_name=table_name, socket_timeout=1, connect_timeout=2,
+                     sa_opts={"pool_size": 1, "max_overflow": 0}, breaker=CircuitBreaker(threshold=100))
+    store.create(skey("a"), b"before", time.time() + TTL)
+    frozen = postgres_processes(postgres_server)
+    send_signal(frozen, signal.SIGSTOP)
+    elapsed = []
+
+    def load():
+        started = time.monotonic()
+        try:
+            store.load(skey("a"))
+        except StoreError:
+            pass
+        elapsed.append(time.monotonic() - started)
+
+    threads = [threading.Thread(target=load) for _ in range(6)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(40)
+    finally:
+        send_signal([*frozen, postgres_server.process.pid], signal.SIGCONT)
+    # at worst: the pool wait (connect_timeout), then one connect attempt (connect_timeout)
+    assert len(elapsed) == 6 and max(elapsed) < 5.5, sorted(elapsed)
+    assert store.load(skey("a")).blob == b"before"
+    store.close()
+
+
 def test_the_watchdog_never_shuts_a_connection_back_in_the_pool(tmp_path):
     watchdog = StatementWatchdog(0.05)
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'w.sqlite'}")

@@ -1234,6 +1234,10 @@ class FlakyStore(MemoryStore):
         self._check()
         return super().cas(key, blob, expected_version, expires_at)
 
+    def delete(self, key):
+        self._check()
+        return super().delete(key)
+
     def load(self, key):
         if self.fail_loads:
             self._check()
@@ -1298,6 +1302,27 @@ def test_store_error_on_load_with_anonymous_serves_an_empty_session():
     served = call(mw, cookie=cookie)
     assert served.body == b"(None, 1)"
     assert served.set_cookies() == []
+
+
+@pytest.mark.parametrize("fail_loads", [False, True], ids=["delete-fails", "load-fails"])
+@pytest.mark.parametrize("logout", ["delete", "invalidate", "delete-then-flash"])
+def test_logout_with_anonymous_policy_still_expires_the_cookie_while_the_store_is_down(logout, fail_loads):
+    # SPEC 3: delete() always sends an expiring cookie, and after delete() or
+    # invalidate() the old cookie loads nothing. The record outlives the outage
+    # until its TTL, but the browser forgets it: a logout is not silently lost.
+    app = App(inc)
+    mw, store = _flaky(app, on_store_error="anonymous")
+    cookie = f"session={call(mw).cookie_value()}"
+    store.failing, store.fail_loads = True, fail_loads
+    app.action = {
+        "delete": lambda s: s.delete(),
+        "invalidate": lambda s: s.invalidate(),
+        "delete-then-flash": lambda s: (s.delete(), s.flash("bye")),
+    }[logout]
+    served = call(mw, cookie=cookie)
+    assert served.status.startswith("200")
+    [header] = served.set_cookies()
+    assert header.startswith("session=;") and EPOCH_EXPIRES in header
 
 
 def test_store_error_on_load_fails_the_request_by_default():

@@ -1039,6 +1039,8 @@ class Session:
                 if not s.dropped:
                     service.events.emit("write_dropped", sid=service.sid(s.id), message="session is read-only")
                 s.dropped = True
+            if s.anonymous and not s.read_only and (s.deleted or (s.invalidated and s.had_cookie)):
+                s.cookie_action = EXPIRE_COOKIE  # the store is down; the client still forgets the old id
             return
         if not (
             s.save_requested or s.modified or s.mutable_out or s.doomed or s.dead or s.deleted
@@ -1081,6 +1083,8 @@ class Session:
             if service.config.on_store_error != "anonymous":
                 raise
             s.anonymous = True
+            if s.deleted or (s.invalidated and s.had_cookie):
+                s.cookie_action = EXPIRE_COOKIE  # the record outlives the outage; the client forgets it
 
     def _persist_sealed(self, s: _State, service: SessionService) -> None:
         """Cookie-only sessions: reseal when the data changed, the key rotated or the expiry must slide.

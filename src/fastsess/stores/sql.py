@@ -293,6 +293,10 @@ def create_engine(
             for name, value in timeouts.items():
                 if name not in parsed.query:  # the URL's own settings win
                     connect_args.setdefault(name, value)
+        if "poolclass" not in options and "pool" not in options:
+            # Waiting for a pooled connection is part of connecting: without a bound, threads
+            # queued behind a database that stopped answering wait SQLAlchemy's 30 s each.
+            options.setdefault("pool_timeout", connect_timeout)
     options["hide_parameters"] = True  # session bytes never reach logs or messages
     try:
         engine = sa.create_engine(parsed, connect_args=connect_args, **options)
