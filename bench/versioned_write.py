@@ -62,7 +62,7 @@ def _memory(directory: str):
 
     def blind(blob: bytes, expires_at: float) -> None:
         with store._lock:
-            store._put(KEY, [bytes(blob), store._version(), expires_at, time.time()])
+            store._put(KEY, StoredRecord(bytes(blob), store._version(), expires_at, time.time()))
 
     return store, blind
 
