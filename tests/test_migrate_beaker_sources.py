@@ -408,6 +408,32 @@ def test_memcached_keys_one_key_dump_missed_are_found_by_the_next(monkeypatch):
     assert list(source.items(None)) == [] and len(calls) == 2  # an empty server: twice, not three times
 
 
+def test_memcached_dump_waits_out_a_busy_crawler_then_gives_a_clear_error(monkeypatch):
+    """memcached starts a crawl of its own when its crawler is switched on: wait, never fail at once."""
+    import fastsess.migrate as migrate_module
+    from fastsess.errors import StoreError
+    from fastsess.migrate import MemcachedSource
+
+    monkeypatch.setattr(migrate_module, "_MC_BUSY_WAITS", (0, 0, 0))
+    source = object.__new__(MemcachedSource)
+    busy = b"BUSY currently processing crawler request"
+    replies = iter([busy, busy, None])
+    key = f"{uuid.uuid4().hex}_session"
+
+    def scripted_dump_once(name):
+        reply = next(replies)
+        if reply is not None:
+            raise source._dump_refused(name, reply)
+        yield key, None
+
+    monkeypatch.setattr(source, "_dump_once", scripted_dump_once)
+    assert list(source._dump("127.0.0.1:1")) == [(key, None)]
+
+    replies = iter([busy] * 4)
+    with pytest.raises(StoreError, match="busy with another crawl"):
+        list(source._dump("127.0.0.1:1"))
+
+
 class _OldMemcached(socketserver.StreamRequestHandler):
     """Answers `version` as memcached 1.4.25 would, and nothing else."""
 

@@ -585,11 +585,18 @@ _MC_PICKLE, _MC_INTEGER, _MC_LONG, _MC_COMPRESSED, _MC_TEXT = 1, 2, 4, 8, 16
 #: key dumps per server at most; the last one listed nothing new, or this many ran
 _MC_DUMP_PASSES = 3
 _MC_DUMP_TIMEOUT = 30.0
+#: How long a dump waits out the crawler's own crawls (it answers BUSY meanwhile), in
+#: seconds between tries: memcached starts one whenever the crawler is switched on.
+_MC_BUSY_WAITS = (0.1, 0.2, 0.4, 0.8, 1.6, 3.2)
 
 
 def _raw_value(key: bytes, value: bytes, flags: int) -> tuple[bytes, int]:
     """A pymemcache deserializer that decodes nothing: the stored bytes and the client's flags."""
     return value, flags
+
+
+class _CrawlerBusy(StoreError):
+    """memcached's crawler is busy with another crawl: worth waiting for."""
 
 
 class MemcachedSource(BeakerSource):
@@ -698,7 +705,20 @@ class MemcachedSource(BeakerSource):
             yield BeakerItem(key[: -len(self.SUFFIX)], None, lambda v=value, f=flags: self._read(v, f))
 
     def _dump(self, name: str) -> Iterator[tuple[str, int | None]]:
-        """(key, last access) for every key server `name` holds in memory."""
+        """(key, last access) for every key server `name` holds in memory, once the crawler is free."""
+        for wait in (*_MC_BUSY_WAITS, None):
+            listed = False
+            try:
+                for entry in self._dump_once(name):
+                    listed = True
+                    yield entry
+                return
+            except _CrawlerBusy as busy:  # memcached says so before the first key
+                if wait is None or listed:
+                    raise StoreError(str(busy)) from None
+                time.sleep(wait)
+
+    def _dump_once(self, name: str) -> Iterator[tuple[str, int | None]]:
         from pymemcache.client.base import normalize_server_spec
 
         spec = normalize_server_spec(name)
@@ -739,7 +759,7 @@ class MemcachedSource(BeakerSource):
                 "send it `lru_crawler enable` (no restart needed), then run migrate-beaker again"
             )
         if reply.startswith("BUSY"):
-            return StoreError(f"memcached at {name} is busy with another crawl ({reply}); try again shortly")
+            return _CrawlerBusy(f"memcached at {name} is busy with another crawl ({reply}); try again shortly")
         return StoreError(f"memcached at {name} refused to list its keys: {reply}")
 
     @staticmethod
