@@ -539,7 +539,7 @@ class Config:
             raise ConfigError(f"session.key {self.cookie_name!r} is not a valid cookie name")
         self.cookie_domain = _as_str("cookie_domain", get("cookie_domain")) or None
         self.cookie_path = _as_str("cookie_path", get("cookie_path")) or "/"
-        if self.cookie_domain is not None and not _DOMAIN.fullmatch(self.cookie_domain):
+        if self.cookie_domain is not None and not COOKIE_DOMAIN.fullmatch(self.cookie_domain):
             raise ConfigError(
                 f"session.cookie_domain {self.cookie_domain!r} is not a domain name: letters, digits, '-' and '.', "
                 "with an optional leading dot; no port, spaces, ';' or ','; an internationalised name in its "
@@ -693,7 +693,7 @@ class Config:
 
 #: A Domain attribute: dot-separated labels of letters, digits, '-' (and '_', which some hosts
 #: use), with the optional leading dot Beaker users write.
-_DOMAIN = re.compile(r"\.?[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
+COOKIE_DOMAIN = re.compile(r"\.?[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
 
 
 def _is_token(name: str) -> bool:

@@ -17,7 +17,7 @@ from types import MappingProxyType
 from typing import Any
 
 from . import beaker_compat, core
-from .config import _DOMAIN, TOMBSTONE_SECONDS, Config
+from .config import COOKIE_DOMAIN, TOMBSTONE_SECONDS, Config
 from .errors import ConflictError, CorruptRecord, SessionTooLarge, StoreError
 from .events import EventLog
 from .keys import KeyRing
@@ -1376,7 +1376,7 @@ def _cookie_attribute(what: str, value: str | None, cookie_name: str) -> str | N
         raise ValueError(f"invalid cookie {what}")
     if len(value) > 255:  # the record holds it behind a 1-byte length (docs/FORMATS.md, "Record")
         raise ValueError(f"cookie {what} longer than 255 characters")
-    if what == "domain" and not _DOMAIN.fullmatch(value):
+    if what == "domain" and not COOKIE_DOMAIN.fullmatch(value):
         raise ValueError("a cookie domain is a host name: letters, digits, '-', '_' and '.', no port")
     if what == "path" and not value.startswith("/"):
         raise ValueError("a cookie path must start with '/'")
