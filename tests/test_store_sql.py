@@ -618,6 +618,23 @@ def test_a_table_missing_because_the_database_was_down_at_startup_is_created_onc
     mw.close()
 
 
+@pytest.mark.parametrize("with_data_dir", [False, True])
+def test_beaker_sa_url_names_the_database_when_session_url_is_absent(tmp_path, with_data_dir):
+    # Beaker's ext:database takes session.sa.url (SQLAlchemy's own option) in place of session.url.
+    database = tmp_path / "beaker-style.sqlite"
+    options = {
+        "session.type": "ext:database", "session.sa.url": f"sqlite:///{database}",
+        "session.secret": SECRET, "session.secure": "false",
+    }
+    if with_data_dir:  # would otherwise name the default SQLite file
+        options["session.data_dir"] = str(tmp_path / "data")
+    mw = SessionMiddleware(counter_app, options)
+    app = webtest.TestApp(mw)
+    assert [app.get("/").text for _ in range(2)] == ["1", "2"]
+    assert str(mw.store.engine.url) == f"sqlite:///{database}"
+    mw.close()
+
+
 def test_a_store_built_without_create_table_never_creates_the_table_on_use(tmp_path):
     store = SqlStore(url=f"sqlite:///{tmp_path / 's.sqlite'}", create_table=False)
     with pytest.raises(StoreError, match="no such table"):

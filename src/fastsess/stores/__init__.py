@@ -84,14 +84,19 @@ def _open(config) -> Store | None:
     if kind == "sql":
         from .sql import SqlStore
 
-        url = config.url
+        # As Beaker's ext:database: session.url, else session.sa.url (the engine's own option).
+        sa_opts = dict(config.sa_opts)
+        url = config.url or sa_opts.get("url")
+        sa_opts.pop("url", None)
         if not url and config.bind is None and config.data_dir:
             url = "sqlite:///" + os.path.join(prepare_data_dir(config.data_dir), "sessions.sqlite")
         if not url and config.bind is None:
-            raise ConfigError("session.type = sql needs session.url (an SQLAlchemy URL) or session.bind")
+            raise ConfigError(
+                "session.type = sql needs session.url (an SQLAlchemy URL; session.sa.url also works) or session.bind"
+            )
         store = SqlStore(
             url=url, bind=config.bind, table_name=config.table_name, schema_name=config.schema_name,
-            sa_opts=config.sa_opts, table=config.table, create_table=False,
+            sa_opts=sa_opts, table=config.table, create_table=False,
             connect_timeout=max(config.connect_timeout or 2.0, 2.0), socket_timeout=config.socket_timeout or 5.0,
         )
         try:
