@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import functools
 import math
+import os
+import threading
 import time
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import NamedTuple, Union
@@ -167,3 +170,28 @@ def check_timeouts(connect_timeout: float, socket_timeout: float) -> None:
     for name, value in (("connect_timeout", connect_timeout), ("socket_timeout", socket_timeout)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
             raise ConfigError(f"session.{name} must be a positive, finite number of seconds, got {value!r}")
+
+
+# ---------------------------------------------------------------- locks across fork()
+
+_relocked_in_child: weakref.WeakSet = weakref.WeakSet()
+
+
+def fork_safe_lock(owner: object) -> threading.Lock:
+    """A new lock for owner._lock, which a forked child replaces with a fresh one.
+
+    A fork taken while another thread holds a lock copies it held into the
+    child, where no thread will ever release it: the child's first use of the
+    owner would wait forever.
+    """
+    _relocked_in_child.add(owner)
+    return threading.Lock()
+
+
+def _fresh_locks_in_child() -> None:
+    for owner in list(_relocked_in_child):
+        owner._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_fresh_locks_in_child)

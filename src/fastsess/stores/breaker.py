@@ -8,11 +8,11 @@ trial call goes through (half-open): success closes it, failure reopens it.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 
 from ..errors import StoreError
+from .base import fork_safe_lock
 
 
 class CircuitBreaker:
@@ -29,7 +29,7 @@ class CircuitBreaker:
         self.clock = clock
         self._failures = 0
         self._open_until = 0.0
-        self._lock = threading.Lock()
+        self._lock = fork_safe_lock(self)
 
     def before_call(self, what: str) -> None:
         """Raise StoreError while the breaker is open; let one trial call through after the cooldown."""

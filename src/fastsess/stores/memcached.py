@@ -98,7 +98,6 @@ import math
 import os
 import socket
 import struct
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -123,6 +122,7 @@ from .base import (
     StoredRecord,
     WriteResult,
     check_timeouts,
+    fork_safe_lock,
 )
 from .breaker import CircuitBreaker
 
@@ -337,7 +337,7 @@ class MemcachedStore(Store):
         }
         self._single = self._nodes[names[0]] if len(names) == 1 else None
         self._ring = RendezvousHash(list(names), hash_function=_rendezvous_score)
-        self._lock = threading.Lock()
+        self._lock = fork_safe_lock(self)
         self._pid = os.getpid()
 
     @property

@@ -57,9 +57,7 @@ import math
 import os
 import random
 import struct
-import threading
 import time
-import weakref
 from collections.abc import Callable
 from urllib.parse import unquote, urlsplit
 
@@ -79,6 +77,7 @@ from .base import (
     StoredRecord,
     WriteResult,
     check_timeouts,
+    fork_safe_lock,
 )
 from .breaker import CircuitBreaker
 
@@ -209,17 +208,6 @@ def parse_cluster_urls(urls: list[str]) -> tuple[list[tuple[str, int]], dict]:
     return nodes, auth
 
 
-_open_stores: weakref.WeakSet = weakref.WeakSet()
-
-
-def _fresh_locks_in_child() -> None:
-    # A fork while another thread held a store's lock (building a client) would leave
-    # the child's copy locked forever.
-    for store in list(_open_stores):
-        store._lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_fresh_locks_in_child)
 
 
 class RedisStore(Store):
@@ -273,13 +261,12 @@ class RedisStore(Store):
         else:
             raise ConfigError("the redis store needs session.url, or session.urls for a cluster")
         self._atomic_rotate = self._mode != "cluster" or _hash_tagged(key_prefix)
-        self._lock = threading.Lock()
+        self._lock = fork_safe_lock(self)  # building a client takes it
         self._pid = 0
         self._client = None
         self._sentinel = None
         self._inherited: list = []  # clients from before a fork: kept referenced, never used
         self._closed = False
-        _open_stores.add(self)
 
     # -------------------------------------------------- configuration
 
