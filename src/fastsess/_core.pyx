@@ -613,6 +613,14 @@ cdef int _check_attribute(str what, object text) except -1:
     return 0
 
 
+cdef object _attribute_or_none(str what, object text):
+    """A set optional attribute, checked; None for an unset (empty or missing) one."""
+    if not text:
+        return None
+    _check_attribute(what, text)
+    return text
+
+
 cdef inline Py_ssize_t _put(Py_UCS1* out, Py_ssize_t at, const char* label, Py_ssize_t label_len, object text):
     """Write label, then text (a str or subclass, ASCII, checked by the caller; or None), at out + at.
 
@@ -668,24 +676,15 @@ def build_set_cookie(
     _check_attribute("name", name)
     _check_attribute("value", value)
     cdef str date = None, age = None
-    if domain:
-        _check_attribute("domain", domain)
-    else:
-        domain = None
+    domain = _attribute_or_none("domain", domain)
     if expires is not None:
         date = http_date(expires)
         if not PyUnicode_IS_ASCII(date):
             raise ValueError("invalid cookie expires")
     if max_age is not None:
         age = "%d" % max_age
-    if path:
-        _check_attribute("path", path)
-    else:
-        path = None
-    if samesite:
-        _check_attribute("samesite", samesite)
-    else:
-        samesite = None
+    path = _attribute_or_none("path", path)
+    samesite = _attribute_or_none("samesite", samesite)
     # Every piece is ASCII (the attributes are checked above; dates and numbers are
     # letters, digits and punctuation): measure the value, then write it in one go.
     cdef bint flags[3]

@@ -342,6 +342,10 @@ class _State:
             self.flash = flash
             self.loaded_flash = {q: list(m) for q, m in flash.items()}
 
+    def forgets_cookie(self) -> bool:
+        """delete(), or invalidate() of a session the client sent a cookie for: that cookie must go."""
+        return self.deleted or (self.invalidated and self.had_cookie)
+
     def store_key(self) -> bytes:
         """The store key of the current id, computed once per id (ids change on regenerate)."""
         keyed = self.keyed
@@ -1039,7 +1043,7 @@ class Session:
                 if not s.dropped:
                     service.events.emit("write_dropped", sid=service.sid(s.id), message="session is read-only")
                 s.dropped = True
-            if s.anonymous and not s.read_only and (s.deleted or (s.invalidated and s.had_cookie)):
+            if s.anonymous and not s.read_only and s.forgets_cookie():
                 s.cookie_action = EXPIRE_COOKIE  # the store is down; the client still forgets the old id
             return
         if not (
@@ -1083,7 +1087,7 @@ class Session:
             if service.config.on_store_error != "anonymous":
                 raise
             s.anonymous = True
-            if s.deleted or (s.invalidated and s.had_cookie):
+            if s.forgets_cookie():
                 s.cookie_action = EXPIRE_COOKIE  # the record outlives the outage; the client forgets it
 
     def _persist_sealed(self, s: _State, service: SessionService) -> None:
@@ -1103,7 +1107,7 @@ class Session:
             not s.is_new and service.touch_interval is not None and now - s.last_access > service.touch_interval
         )
         if not (write or touch_due or (s.retag and not s.is_new)):  # a reseal never issues an unsaved new session
-            if (s.deleted or (s.invalidated and s.had_cookie)) and s.cookie_action != SET_COOKIE:
+            if s.forgets_cookie() and s.cookie_action != SET_COOKIE:
                 s.cookie_action = EXPIRE_COOKIE
             return
         if s.id is None:
