@@ -525,6 +525,21 @@ def test_build_set_cookie_refuses_injection(core, field, bad):
         core.build_set_cookie(**kwargs)
 
 
+@pytest.mark.parametrize("bad", ["\x00", "\x1f", ";", "\x7f", "\x80", "\xff"])
+def test_build_set_cookie_finds_a_bad_character_anywhere_in_a_long_value(core, bad):
+    # Long values are checked several characters at a time: a bad one is found at
+    # every offset, in a whole group and in the tail, next to the edge characters.
+    for size in (1, 7, 8, 9, 16, 23, 64, 65):
+        for at in range(size):
+            for fill in (" ", "~", ":", "<"):
+                value = fill * at + bad + fill * (size - at - 1)
+                with pytest.raises(ValueError):
+                    core.build_set_cookie("s", value)
+        assert core.build_set_cookie("s", " ~:<" * size, secure=False, httponly=False, samesite=None) == (
+            "s=" + " ~:<" * size
+        )
+
+
 def test_build_set_cookie_wrong_types(core):
     with pytest.raises(TypeError):
         core.build_set_cookie("s", b"v")

@@ -44,7 +44,7 @@ from cpython.unicode cimport (
     PyUnicode_Substring,
 )
 from libc.math cimport isfinite
-from libc.stdint cimport uint8_t, uint32_t, uint64_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memchr, memcpy
 
 
@@ -136,6 +136,7 @@ def random_bytes(Py_ssize_t n) -> bytes:
 
 cdef const char* _B64_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 cdef signed char _B64_VALUES[256]  # -1 outside the alphabet
+cdef uint8_t _B64_PAIRS[4096][2]  # the two characters of each 12-bit group
 
 
 cdef void _fill_b64_values() noexcept:
@@ -144,6 +145,9 @@ cdef void _fill_b64_values() noexcept:
         _B64_VALUES[i] = -1
     for i in range(64):
         _B64_VALUES[<uint8_t>_B64_CHARS[i]] = i
+    for i in range(4096):
+        _B64_PAIRS[i][0] = <uint8_t>_B64_CHARS[i >> 6]
+        _B64_PAIRS[i][1] = <uint8_t>_B64_CHARS[i & 63]
 
 
 _fill_b64_values()
@@ -157,12 +161,10 @@ cdef str _b64_encode(const uint8_t* src, Py_ssize_t n):
     cdef Py_UCS1* dst = PyUnicode_1BYTE_DATA(out)
     cdef Py_ssize_t i = 0, o = 0
     cdef uint32_t v
-    while i + 3 <= n:
+    while i + 3 <= n:  # 3 bytes are two 12-bit groups: two table reads give 4 characters
         v = (<uint32_t>src[i] << 16) | (<uint32_t>src[i + 1] << 8) | src[i + 2]
-        dst[o] = _B64_CHARS[v >> 18]
-        dst[o + 1] = _B64_CHARS[(v >> 12) & 63]
-        dst[o + 2] = _B64_CHARS[(v >> 6) & 63]
-        dst[o + 3] = _B64_CHARS[v & 63]
+        memcpy(dst + o, _B64_PAIRS[v >> 12], 2)
+        memcpy(dst + o + 2, _B64_PAIRS[v & 4095], 2)
         i += 3
         o += 4
     if rem == 1:
@@ -595,6 +597,9 @@ def http_date(timestamp) -> str:
     return out
 
 
+cdef uint64_t _EVERY_BYTE = 0x0101010101010101  # times c: c in every byte of a 64-bit word
+
+
 cdef int _check_attribute(str what, object text) except -1:
     cdef Py_ssize_t i, n
     cdef const Py_UCS1* chars
@@ -606,10 +611,23 @@ cdef int _check_attribute(str what, object text) except -1:
     if PyUnicode_KIND(text) != 1:  # holds a character above U+00FF, so above "~"
         raise ValueError(f"invalid character in cookie {what}")
     chars = PyUnicode_1BYTE_DATA(text)
-    for i in range(n):
+    cdef uint64_t word, semis, bad = 0
+    i = 0
+    while i + 8 <= n:  # eight characters per step: a value is hundreds long
+        memcpy(&word, chars + i, 8)
+        semis = word ^ _EVERY_BYTE * 59
+        bad |= (
+            ((word - _EVERY_BYTE * 32) & ~word)  # a byte below ' '
+            | ((word + _EVERY_BYTE) | word)  # a byte above '~'
+            | ((semis - _EVERY_BYTE) & ~semis)  # a ';'
+        )
+        i += 8
+    for i in range(i, n):
         ch = chars[i]
         if ch == 59 or ch < 32 or ch > 126:  # ';', controls, DEL and beyond
             raise ValueError(f"invalid character in cookie {what}")
+    if bad & (_EVERY_BYTE * 128):  # each test sets a byte's top bit exactly when that byte is bad
+        raise ValueError(f"invalid character in cookie {what}")
     return 0
 
 
