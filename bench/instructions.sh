@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Instructions per request of one contender and scenario, and of the bare WSGI
-# app under it: callgrind counts two runs of 1000 and 6000 requests, and the
-# difference divided by 5000 leaves out start-up, building and warm-up. Unlike
+# app under it: callgrind counts two runs of 2000 and 22000 requests, and the
+# difference divided by 20000 leaves out start-up, building and warm-up. Unlike
 # time, the count hardly moves when other programs share the machine, so it
 # shows a change of a few percent (string hashing is seeded the same every run,
 # so dict layouts repeat too). It counts user-space instructions only:
@@ -27,9 +27,9 @@ count() {  # contender scenario requests [args...]: total instructions of one ru
 
 per_request() {
     local a b
-    a=$(count "$1" "$2" 1000 "${@:3}")
-    b=$(count "$1" "$2" 6000 "${@:3}")
-    echo $(((b - a) / 5000))
+    a=$(count "$1" "$2" 2000 "${@:3}")
+    b=$(count "$1" "$2" 22000 "${@:3}")
+    echo $(((b - a) / 20000))
 }
 
 contender=$(per_request "$@")
