@@ -51,14 +51,16 @@ install: $(INSTALL_STAMP)
 
 # Editable: Python files are used from src/, and the compiled modules are built
 # into src/fastsess/. A change to their sources needs a new install, hence the
-# dependency: _request_py.py runs compiled as fastsess._request with the C kernel.
+# dependency: _request_py.py and _session_py.py run compiled as fastsess._request
+# and fastsess._session with the C kernel.
 $(INSTALL_STAMP): $(VENV_STAMP) pyproject.toml setup.py \
-		$(wildcard src/fastsess/_core.pyx src/fastsess/_request_py.py src/fastsess/_request.pxd)
+		$(wildcard src/fastsess/_core.pyx src/fastsess/_request_py.py src/fastsess/_request.pxd \
+			src/fastsess/_session_py.py src/fastsess/_session.pxd)
 	rm -f $(VENV)/.installed-*
 	$(PY) -m pip install -e '.[test,all]'
 	@if [ "$(KERNEL)" = python ]; then \
 		echo "fastsess: C kernel skipped (FASTSESS_NO_EXTENSIONS=1)"; \
-	elif $(PY) -c 'import fastsess._core, fastsess._request' 2>/dev/null; then \
+	elif $(PY) -c 'import fastsess._core, fastsess._request, fastsess._session' 2>/dev/null; then \
 		echo "fastsess: C kernel built"; \
 	else \
 		echo "WARNING: fastsess: the C kernel did not build; only the pure-Python kernel is there"; \

@@ -1,5 +1,7 @@
-"""Build the optional C kernel: fastsess._core from src/fastsess/_core.pyx, and
-fastsess._request, the request cycle compiled from src/fastsess/_request_py.py.
+"""Build the optional C kernel: fastsess._core from src/fastsess/_core.pyx, and two
+pure-Python modules compiled as they are: fastsess._request, the request cycle, from
+src/fastsess/_request_py.py, and fastsess._session, the session object, from
+src/fastsess/_session_py.py.
 
 Everything else about the package is declared in pyproject.toml. The kernel also
 exists in pure Python (fastsess._core_py), so a machine that cannot compile it
@@ -123,7 +125,7 @@ class OptionalBuildExt(build_ext):
 
 
 def c_kernel() -> list[Extension]:
-    """The kernel, and the request cycle compiled from its pure-Python source (declared in _request.pxd)."""
+    """The kernel, and the request cycle and session compiled from their pure-Python sources (see the .pxd files)."""
     if NO_EXTENSIONS:
         return []
     return [
@@ -137,6 +139,7 @@ def c_kernel() -> list[Extension]:
         for name, source in (
             ("fastsess._core", "src/fastsess/_core.pyx"),
             ("fastsess._request", "src/fastsess/_request_py.py"),
+            ("fastsess._session", "src/fastsess/_session_py.py"),
         )
     ]
 

@@ -1557,3 +1557,28 @@ def test_the_request_cycle_is_compiled_exactly_when_the_c_kernel_is_selected():
     # The compiled Response keeps its state in C fields: no per-instance dict.
     response = _request.Response(None, {}, None, None)
     assert not hasattr(response, "__dict__")
+
+
+def test_the_session_module_is_compiled_exactly_when_the_c_kernel_is_selected():
+    """fastsess.session is _session_py.py, compiled as fastsess._session with the C kernel."""
+    import fastsess.session
+    from fastsess import _session_py, core, wsgi
+
+    if core.IMPLEMENTATION == "python":
+        assert fastsess.session is _session_py
+    else:
+        try:
+            from fastsess import _session
+        except ImportError:
+            assert not core.REQUIRE_EXTENSIONS, "FASTSESS_REQUIRE_EXTENSIONS=1 but fastsess._session is not built"
+            assert fastsess.session is _session_py
+        else:
+            assert fastsess.session is _session
+            assert _session.__file__ != _session_py.__file__
+            # The loaded state keeps its attributes in C fields: no per-instance dict.
+            assert not hasattr(_session._State(0.0), "__dict__")
+    # Every importer sees one module, whichever it is: the middleware builds the class
+    # applications see, and a constant set on fastsess.session is the one the code reads.
+    assert wsgi.Session is fastsess.session.Session
+    assert fastsess.Session is fastsess.session.Session
+    assert fastsess.session.Session.__module__ == "fastsess.session"
