@@ -344,6 +344,27 @@ def test_env_and_file_secrets_mix_with_literal_lines(tmp_path, monkeypatch):
     assert cfg.secrets == [SECRET, OTHER_SECRET, "f" * 40]
 
 
+@pytest.mark.parametrize("option", ["secret", "validate_key"])
+def test_an_old_key_from_an_empty_environment_variable_is_a_config_error_naming_it(option, monkeypatch):
+    """Dropping it would silently log out everyone whose cookie that old key sealed."""
+    monkeypatch.setenv("FASTSESS_TEST_OLD_KEY", "  \n")
+    with pytest.raises(ConfigError, match=f"session.{option} .*'FASTSESS_TEST_OLD_KEY', which is empty"):
+        config(**{option: f"{OTHER_SECRET}\nenv:FASTSESS_TEST_OLD_KEY"})
+
+
+def test_a_secret_from_an_empty_environment_variable_is_a_config_error_naming_it(monkeypatch):
+    monkeypatch.setenv("FASTSESS_TEST_SECRET", "")
+    with pytest.raises(ConfigError, match="'FASTSESS_TEST_SECRET', which is empty"):
+        load_config({"session.secret": "env:FASTSESS_TEST_SECRET", "session.type": "memory", "session.timeout": "60"})
+
+
+def test_a_secret_from_an_empty_file_is_a_config_error_naming_it(tmp_path):
+    path = tmp_path / "old-secret"
+    path.write_text("\n")
+    with pytest.raises(ConfigError, match=f"secret file '{path}' is empty"):
+        config(secret=f"{SECRET}\nfile:{path}")
+
+
 def test_unreadable_secret_file_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="secret"):
         config(secret=f"file:{tmp_path / 'missing'}")

@@ -254,19 +254,29 @@ def _as_timeout(name: str, value: Any) -> float:
 
 
 def _resolve_secret(name: str, text: str) -> str:
-    """`env:NAME` and `file:/path` keep secrets out of INI files."""
+    """`env:NAME` and `file:/path` keep secrets out of INI files.
+
+    One that holds nothing is an error: dropping it would silently leave a
+    rotation without its old key, or fall back to "secret is required".
+    """
     if text.startswith("env:"):
         var = text[4:]
         if var not in os.environ:
             raise ConfigError(f"session.{name} names environment variable {var!r}, which is not set")
-        return os.environ[var].strip()
+        value = os.environ[var].strip()
+        if not value:
+            raise ConfigError(f"session.{name} names environment variable {var!r}, which is empty")
+        return value
     if text.startswith("file:"):
         path = text[5:]
         try:
             with open(path, encoding="utf-8") as f:
-                return f.read().strip()
+                value = f.read().strip()
         except OSError as exc:
             raise ConfigError(f"session.{name}: cannot read secret file {path!r}: {exc.strerror}") from None
+        if not value:
+            raise ConfigError(f"session.{name}: secret file {path!r} is empty")
+        return value
     return text
 
 
