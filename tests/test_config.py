@@ -562,6 +562,19 @@ def test_file_and_lmdb_without_data_dir_are_a_config_error(kind):
         config(type=kind)
 
 
+@pytest.mark.parametrize("size", [str(1 << 62), str(1 << 70)])
+def test_an_lmdb_map_size_no_process_can_map_is_a_config_error_at_build(size, tmp_path):
+    """The environment opens lazily in each worker: unchecked, every request would fail instead."""
+    with pytest.raises(ConfigError, match=f"session.lmdb_map_size is {size} bytes, more address space"):
+        SessionMiddleware(app, {**{f"session.{k}": v for k, v in BASE.items()}, "session.type": "lmdb",
+                                "session.data_dir": str(tmp_path / "sessions"), "session.lmdb_map_size": size})
+
+
+def test_a_large_lmdb_map_size_that_can_be_mapped_is_accepted(tmp_path):
+    cfg = config(type="lmdb", data_dir=str(tmp_path), lmdb_map_size=str(1 << 40))
+    assert cfg.lmdb_map_size == 1 << 40
+
+
 @pytest.mark.parametrize(
     "name, store",
     [

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
+import mmap
 import os
 import re
 import time
@@ -367,6 +368,21 @@ def _check_expiry_date(when: _dt.datetime) -> None:
                           "session cookie on arrival")
 
 
+def _can_map(size: int) -> bool:
+    """Whether this process can reserve `size` bytes of address space, as LMDB's map needs.
+
+    The environment opens lazily in each worker, so a size no mmap can take would
+    otherwise fail every request; an inaccessible private mapping commits no memory.
+    """
+    if not hasattr(mmap, "MAP_ANONYMOUS"):  # not a POSIX mmap: LMDB reports it when it opens
+        return True
+    try:
+        mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, prot=0).close()
+    except (OSError, OverflowError, ValueError):
+        return False
+    return True
+
+
 def _as_date(value: Any) -> _dt.date | None:
     if value is None or value == "":
         return None
@@ -453,6 +469,11 @@ class Config:
         self.lmdb_map_size = _as_int("lmdb_map_size", get("lmdb_map_size", 1 << 30))
         if self.lmdb_map_size < 1 << 16:
             raise ConfigError("session.lmdb_map_size must be at least 65536 bytes")
+        if store_type == "lmdb" and not _can_map(self.lmdb_map_size):
+            raise ConfigError(
+                f"session.lmdb_map_size is {self.lmdb_map_size} bytes, more address space than this process "
+                "can map; the map grows by itself when it fills, so the default (1 GiB) is enough to start"
+            )
         self.url = _as_url(get("url"), store_type)
         self.urls = _as_urls("urls", get("urls")) if get("urls") is not None else []
         key_prefix = _as_str("key_prefix", get("key_prefix"))
