@@ -192,6 +192,13 @@ def test_a_url_that_is_not_an_sqlalchemy_url_is_a_config_error():
         SqlStore(url="not a url at all")
 
 
+@pytest.mark.parametrize("url", ["nosuchdialect://host/db", "postgresql+nosuchdriver://host/db"])
+def test_a_url_naming_a_dialect_sqlalchemy_lacks_is_a_config_error_about_the_url(url):
+    """Not about sa_opts, which the application may not even set."""
+    with pytest.raises(ConfigError, match="session.url names a database SQLAlchemy has no dialect for"):
+        SessionMiddleware(lambda environ, start_response: [], type="sql", url=url, secret=SECRET, timeout=60)
+
+
 # ---------------------------------------------------------------- engine options
 
 

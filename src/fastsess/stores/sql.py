@@ -300,6 +300,11 @@ def create_engine(
     options["hide_parameters"] = True  # session bytes never reach logs or messages
     try:
         engine = sa.create_engine(parsed, connect_args=connect_args, **options)
+    except sa_exc.NoSuchModuleError:
+        raise ConfigError(
+            f"session.url names a database SQLAlchemy has no dialect for: {parsed.drivername!r} "
+            "(dialect+driver://user:pass@host/db)"
+        ) from None
     except (TypeError, sa_exc.ArgumentError) as exc:
         raise ConfigError(f"session.sa_opts: {exc}") from None
     for name, listener in events:
