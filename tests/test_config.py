@@ -832,6 +832,19 @@ def test_touch_interval_defaults_to_a_tenth_of_the_timeout():
     assert config(timeout="600").touch_interval == 60.0
 
 
+@pytest.mark.parametrize("interval", ["600", "900"])
+def test_a_touch_interval_not_shorter_than_the_timeout_logs_a_startup_warning(interval, caplog):
+    """Reads would never slide the expiry in time: the session times out while in use."""
+    config(timeout="600", touch_interval=interval)
+    assert [m for m in warnings_of(caplog) if "touch_interval" in m and "times out while in use" in m]
+
+
+@pytest.mark.parametrize("options", [{"touch_interval": "599"}, {"touch_interval": "900", "save_accessed_time": "false"}])
+def test_a_touch_interval_that_slides_in_time_or_is_unused_gives_no_warning(options, caplog):
+    config(timeout="600", **options)
+    assert not [m for m in warnings_of(caplog) if "touch_interval" in m]
+
+
 def test_absolute_timeout_defaults_to_30_days():
     assert config().absolute_timeout == 30 * 24 * 3600
 

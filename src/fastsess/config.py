@@ -556,6 +556,13 @@ class Config:
             base = self.timeout or self.absolute_timeout or DEFAULT_ABSOLUTE_TIMEOUT
             interval = base / 10.0
         self.touch_interval = interval
+        if self.timeout is not None and self.save_accessed_time and interval >= self.timeout:
+            log.warning(
+                "session.touch_interval (%g s) is not shorter than session.timeout (%g s): a session that "
+                "requests only read times out while in use",
+                interval, self.timeout,
+                extra={"fastsess_event": "config_warning", "sid": None},
+            )
         if self.timeout is None:
             log.warning(
                 "session.timeout is not set: sessions expire only after absolute_timeout (%s s)",
