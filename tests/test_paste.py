@@ -159,6 +159,20 @@ def test_explicit_filter_app_factory_gives_its_next_app_sessions(tmp_path):
     assert_counts_in_a_session(app, tmp_path)
 
 
+@pytest.mark.parametrize(
+    "make_ini, use_line",
+    [
+        (pipeline_ini, "use = call:fastsess.wsgi:filter_factory"),
+        (filter_app_ini, "paste.filter_app_factory = fastsess.wsgi:filter_app_factory"),
+    ],
+)
+def test_plain_option_names_in_the_filter_section_are_read_and_coerced(make_ini, use_line, tmp_path):
+    """Paste passes a filter's own keys as keyword arguments, where the prefix is optional."""
+    plain = SESSION_SETTINGS.replace("\nsession.", "\n")
+    app = load(tmp_path, make_ini(use_line, plain))
+    assert_counts_in_a_session(app, tmp_path)
+
+
 def test_session_keys_in_the_default_section_reach_the_filter(tmp_path):
     settings = SESSION_SETTINGS.replace(f"session.secret = {SECRET}\n", "")
     use = "use = call:fastsess.wsgi:filter_factory"
