@@ -645,6 +645,30 @@ def test_data_serializer_json_is_accepted():
     assert config(data_serializer=" JSON ")
 
 
+def on_event_hook(name, **fields):
+    """An on_event hook an INI file can name as test_config:on_event_hook."""
+
+
+def test_on_event_from_an_ini_file_is_a_module_and_attribute_that_is_imported():
+    assert config(on_event=f"{__name__}:on_event_hook").on_event is on_event_hook
+    assert config(on_event=" ").on_event is None
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("on_event_hook", "give module:function"),
+        ("fastsess_no_such_module:hook", "cannot import 'fastsess_no_such_module'"),
+        (f"{__name__}:no_such_hook", f"module '{__name__}' has no 'no_such_hook'"),
+        (f"{__name__}:SECRET", "must be a callable"),
+        (42, "must be a callable"),
+    ],
+)
+def test_an_on_event_that_names_no_callable_is_a_config_error_saying_what_is_wrong(value, message):
+    with pytest.raises(ConfigError, match=f"session.on_event.*{message}"):
+        config(on_event=value)
+
+
 @pytest.mark.parametrize("option", ["namespace_class", "session_class"])
 def test_namespace_and_session_classes_are_refused(option):
     with pytest.raises(ConfigError, match=option) as info:

@@ -9,6 +9,7 @@ raised here, never at request time.
 from __future__ import annotations
 
 import datetime as _dt
+import importlib
 import logging
 import mmap
 import os
@@ -368,6 +369,28 @@ def _check_expiry_date(when: _dt.datetime) -> None:
                           "session cookie on arrival")
 
 
+def _as_hook(name: str, value: Any) -> Callable[..., Any] | None:
+    """A callable, or from an INI file its `module:attribute` name, which is imported (as Paste's `call:`)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, str):
+        module_name, _, attribute = value.strip().partition(":")
+        if not module_name or not attribute:
+            raise ConfigError(f"session.{name} = {value!r}: give module:function, as in mypackage.metrics:on_event")
+        try:
+            found: Any = importlib.import_module(module_name)
+            for part in attribute.split("."):
+                found = getattr(found, part)
+        except ImportError as exc:
+            raise ConfigError(f"session.{name}: cannot import {module_name!r} ({exc})") from None
+        except AttributeError:
+            raise ConfigError(f"session.{name}: module {module_name!r} has no {attribute!r}") from None
+        value = found
+    if not callable(value):
+        raise ConfigError(f"session.{name} must be a callable {name}(name, **fields)")
+    return value
+
+
 def _can_map(size: int) -> bool:
     """Whether this process can reserve `size` bytes of address space, as LMDB's map needs.
 
@@ -632,10 +655,7 @@ class Config:
             raise ConfigError("session.on_store_error must be raise or anonymous")
         self.webtest_varname = _as_str("webtest_varname", get("webtest_varname")) or None
         self.enabled = as_bool("enabled", get("enabled", True))
-        on_event = get("on_event")
-        if on_event is not None and not callable(on_event):
-            raise ConfigError("session.on_event must be a callable on_event(name, **fields)")
-        self.on_event: Callable[..., Any] | None = on_event
+        self.on_event: Callable[..., Any] | None = _as_hook("on_event", get("on_event"))
 
     def _beaker_options(self, get: Callable[..., Any]) -> None:
         """beaker_compat and its beaker_compat_* options (SPEC 3, "Beaker migration").
