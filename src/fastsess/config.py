@@ -139,6 +139,8 @@ REFUSED_TYPES = {
 
 #: Where a short key that Beaker used belongs, when it is kept only to read what Beaker wrote.
 _SHORT_BEAKER_KEY_HINTS = {
+    "secret": "; generate one with `fastsess gen-secret` (a Beaker secret kept only to read Beaker's "
+              "signed cookies goes in session.beaker_compat_secrets, of any length)",
     "validate_key": " (a Beaker validate_key kept only to read Beaker's sessions goes in "
                     "session.beaker_compat_secrets, of any length)",
     "encrypt_key": " (a Beaker encrypt_key kept only to read Beaker's sessions goes in "
