@@ -84,6 +84,15 @@ def test_unprefixed_config_keys_are_ignored_silently(caplog):
     assert not any("debug" in m or "sqlalchemy" in m or "cache.type" in m for m in warnings_of(caplog))
 
 
+def test_a_beaker_style_session_underscore_key_is_a_config_warning_event(caplog):
+    """Beaker still reads session_type (deprecated); fastsess says it ignores it, as every config warning."""
+    caplog.set_level(logging.DEBUG, logger="fastsess")
+    load_config({"session_type": "file", "session.type": "memory", "session.secret": SECRET, "session.timeout": "60"})
+    [record] = [r for r in caplog.records if "session_type" in r.getMessage()]
+    assert record.levelno == logging.WARNING
+    assert (record.fastsess_event, record.sid) == ("config_warning", None)
+
+
 def test_unprefixed_secret_in_the_config_dict_does_not_count():
     with pytest.raises(ConfigError, match="secret"):
         load_config({"secret": SECRET, "session.type": "memory", "session.timeout": "60"})
