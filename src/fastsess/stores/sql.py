@@ -472,7 +472,8 @@ class SqlStore(Store):
         super().__init__(clock)
         if bind is not None:
             if not isinstance(bind, sa.Engine):
-                raise ConfigError("session.bind must be an SQLAlchemy Engine")
+                hint = " (a database URL goes in session.url)" if isinstance(bind, str) else ""
+                raise ConfigError(f"session.bind must be an SQLAlchemy Engine{hint}")
             self.engine = bind
             self._owns_engine = False
         else:
