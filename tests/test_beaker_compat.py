@@ -219,6 +219,12 @@ def test_beaker_compat_secrets_may_be_short_and_default_to_secret_and_validate_k
     assert config.beaker_keys == [SECRET.encode(), (SECRET + "!").encode()]
 
 
+def test_a_short_beaker_secret_in_secret_says_where_it_belongs():
+    """Beaker signed its id cookies with `secret` and never required a length."""
+    with pytest.raises(ConfigError, match="is 13 characters.*session.beaker_compat_secrets, of any length"):
+        load_config({"session.secret": BEAKER_SECRET, "session.beaker_compat": "true", "session.type": "memory"})
+
+
 def test_beaker_compat_until_is_a_date_and_inclusive():
     config = load_config({"session.secret": SECRET, "session.beaker_compat": "true",
                           "session.beaker_compat_until": "2031-03-04"})

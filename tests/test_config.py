@@ -84,6 +84,15 @@ def test_unprefixed_config_keys_are_ignored_silently(caplog):
     assert not any("debug" in m or "sqlalchemy" in m or "cache.type" in m for m in warnings_of(caplog))
 
 
+def test_a_beaker_style_session_underscore_key_is_a_config_warning_event(caplog):
+    """Beaker still reads session_type (deprecated); fastsess says it ignores it, as every config warning."""
+    caplog.set_level(logging.DEBUG, logger="fastsess")
+    load_config({"session_type": "file", "session.type": "memory", "session.secret": SECRET, "session.timeout": "60"})
+    [record] = [r for r in caplog.records if "session_type" in r.getMessage()]
+    assert record.levelno == logging.WARNING
+    assert (record.fastsess_event, record.sid) == ("config_warning", None)
+
+
 def test_unprefixed_secret_in_the_config_dict_does_not_count():
     with pytest.raises(ConfigError, match="secret"):
         load_config({"secret": SECRET, "session.type": "memory", "session.timeout": "60"})
@@ -344,6 +353,27 @@ def test_env_and_file_secrets_mix_with_literal_lines(tmp_path, monkeypatch):
     assert cfg.secrets == [SECRET, OTHER_SECRET, "f" * 40]
 
 
+@pytest.mark.parametrize("option", ["secret", "validate_key"])
+def test_an_old_key_from_an_empty_environment_variable_is_a_config_error_naming_it(option, monkeypatch):
+    """Dropping it would silently log out everyone whose cookie that old key sealed."""
+    monkeypatch.setenv("FASTSESS_TEST_OLD_KEY", "  \n")
+    with pytest.raises(ConfigError, match=f"session.{option} .*'FASTSESS_TEST_OLD_KEY', which is empty"):
+        config(**{option: f"{OTHER_SECRET}\nenv:FASTSESS_TEST_OLD_KEY"})
+
+
+def test_a_secret_from_an_empty_environment_variable_is_a_config_error_naming_it(monkeypatch):
+    monkeypatch.setenv("FASTSESS_TEST_SECRET", "")
+    with pytest.raises(ConfigError, match="'FASTSESS_TEST_SECRET', which is empty"):
+        load_config({"session.secret": "env:FASTSESS_TEST_SECRET", "session.type": "memory", "session.timeout": "60"})
+
+
+def test_a_secret_from_an_empty_file_is_a_config_error_naming_it(tmp_path):
+    path = tmp_path / "old-secret"
+    path.write_text("\n")
+    with pytest.raises(ConfigError, match=f"secret file '{path}' is empty"):
+        config(secret=f"{SECRET}\nfile:{path}")
+
+
 def test_unreadable_secret_file_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="secret"):
         config(secret=f"file:{tmp_path / 'missing'}")
@@ -541,6 +571,19 @@ def test_file_and_lmdb_without_data_dir_are_a_config_error(kind):
         config(type=kind)
 
 
+@pytest.mark.parametrize("size", [str(1 << 62), str(1 << 70)])
+def test_an_lmdb_map_size_no_process_can_map_is_a_config_error_at_build(size, tmp_path):
+    """The environment opens lazily in each worker: unchecked, every request would fail instead."""
+    with pytest.raises(ConfigError, match=f"session.lmdb_map_size is {size} bytes, more address space"):
+        SessionMiddleware(app, {**{f"session.{k}": v for k, v in BASE.items()}, "session.type": "lmdb",
+                                "session.data_dir": str(tmp_path / "sessions"), "session.lmdb_map_size": size})
+
+
+def test_a_large_lmdb_map_size_that_can_be_mapped_is_accepted(tmp_path):
+    cfg = config(type="lmdb", data_dir=str(tmp_path), lmdb_map_size=str(1 << 40))
+    assert cfg.lmdb_map_size == 1 << 40
+
+
 @pytest.mark.parametrize(
     "name, store",
     [
@@ -609,6 +652,30 @@ def test_data_serializer_other_than_json_is_refused_with_the_reason(serializer):
 def test_data_serializer_json_is_accepted():
     assert config(data_serializer="json")
     assert config(data_serializer=" JSON ")
+
+
+def on_event_hook(name, **fields):
+    """An on_event hook an INI file can name as test_config:on_event_hook."""
+
+
+def test_on_event_from_an_ini_file_is_a_module_and_attribute_that_is_imported():
+    assert config(on_event=f"{__name__}:on_event_hook").on_event is on_event_hook
+    assert config(on_event=" ").on_event is None
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("on_event_hook", "give module:function"),
+        ("fastsess_no_such_module:hook", "cannot import 'fastsess_no_such_module'"),
+        (f"{__name__}:no_such_hook", f"module '{__name__}' has no 'no_such_hook'"),
+        (f"{__name__}:SECRET", "must be a callable"),
+        (42, "must be a callable"),
+    ],
+)
+def test_an_on_event_that_names_no_callable_is_a_config_error_saying_what_is_wrong(value, message):
+    with pytest.raises(ConfigError, match=f"session.on_event.*{message}"):
+        config(on_event=value)
 
 
 @pytest.mark.parametrize("option", ["namespace_class", "session_class"])
@@ -796,6 +863,19 @@ def test_timeout_set_gives_no_timeout_warning(caplog):
 
 def test_touch_interval_defaults_to_a_tenth_of_the_timeout():
     assert config(timeout="600").touch_interval == 60.0
+
+
+@pytest.mark.parametrize("interval", ["600", "900"])
+def test_a_touch_interval_not_shorter_than_the_timeout_logs_a_startup_warning(interval, caplog):
+    """Reads would never slide the expiry in time: the session times out while in use."""
+    config(timeout="600", touch_interval=interval)
+    assert [m for m in warnings_of(caplog) if "touch_interval" in m and "times out while in use" in m]
+
+
+@pytest.mark.parametrize("options", [{"touch_interval": "599"}, {"touch_interval": "900", "save_accessed_time": "false"}])
+def test_a_touch_interval_that_slides_in_time_or_is_unused_gives_no_warning(options, caplog):
+    config(timeout="600", **options)
+    assert not [m for m in warnings_of(caplog) if "touch_interval" in m]
 
 
 def test_absolute_timeout_defaults_to_30_days():

@@ -55,6 +55,14 @@ def app_factory(global_conf, greeting="n", **local_conf):
     return counter
 
 
+EVENTS: list = []
+
+
+def record_event(name, **fields):
+    """An on_event hook, named in the INI file as test_paste:record_event."""
+    EVENTS.append(name)
+
+
 APP_SECTION = f"""
 [app:counter]
 use = call:{__name__}:app_factory
@@ -157,6 +165,28 @@ def test_call_filter_in_a_pipeline_gives_the_app_sessions(tmp_path):
 def test_explicit_filter_app_factory_gives_its_next_app_sessions(tmp_path):
     app = load(tmp_path, filter_app_ini("paste.filter_app_factory = fastsess.wsgi:filter_app_factory"))
     assert_counts_in_a_session(app, tmp_path)
+
+
+@pytest.mark.parametrize(
+    "make_ini, use_line",
+    [
+        (pipeline_ini, "use = call:fastsess.wsgi:filter_factory"),
+        (filter_app_ini, "paste.filter_app_factory = fastsess.wsgi:filter_app_factory"),
+    ],
+)
+def test_plain_option_names_in_the_filter_section_are_read_and_coerced(make_ini, use_line, tmp_path):
+    """Paste passes a filter's own keys as keyword arguments, where the prefix is optional."""
+    plain = SESSION_SETTINGS.replace("\nsession.", "\n")
+    app = load(tmp_path, make_ini(use_line, plain))
+    assert_counts_in_a_session(app, tmp_path)
+
+
+def test_an_on_event_hook_named_in_the_ini_file_receives_the_events(tmp_path):
+    EVENTS.clear()
+    settings = SESSION_SETTINGS + f"session.on_event = {__name__}:record_event\n"
+    app = load(tmp_path, pipeline_ini("use = call:fastsess.wsgi:filter_factory", settings))
+    assert_counts_in_a_session(app, tmp_path)
+    assert "created" in EVENTS
 
 
 def test_session_keys_in_the_default_section_reach_the_filter(tmp_path):

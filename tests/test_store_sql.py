@@ -187,9 +187,24 @@ def test_bind_must_be_an_engine():
         SqlStore(bind="sqlite://")
 
 
+def test_a_url_given_as_bind_in_an_ini_file_says_it_belongs_in_url():
+    """An INI file can only give bind a string: Beaker's ext:sqla users may write the URL there."""
+    with pytest.raises(ConfigError, match=r"session.bind must be an SQLAlchemy Engine \(a database URL goes in session.url\)"):
+        SessionMiddleware(lambda environ, start_response: [], {
+            "session.type": "ext:sqla", "session.bind": "sqlite://", "session.secret": SECRET, "session.timeout": "60",
+        })
+
+
 def test_a_url_that_is_not_an_sqlalchemy_url_is_a_config_error():
     with pytest.raises(ConfigError, match="not an SQLAlchemy URL"):
         SqlStore(url="not a url at all")
+
+
+@pytest.mark.parametrize("url", ["nosuchdialect://host/db", "postgresql+nosuchdriver://host/db"])
+def test_a_url_naming_a_dialect_sqlalchemy_lacks_is_a_config_error_about_the_url(url):
+    """Not about sa_opts, which the application may not even set."""
+    with pytest.raises(ConfigError, match="session.url names a database SQLAlchemy has no dialect for"):
+        SessionMiddleware(lambda environ, start_response: [], type="sql", url=url, secret=SECRET, timeout=60)
 
 
 # ---------------------------------------------------------------- engine options

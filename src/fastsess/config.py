@@ -9,7 +9,9 @@ raised here, never at request time.
 from __future__ import annotations
 
 import datetime as _dt
+import importlib
 import logging
+import mmap
 import os
 import re
 import time
@@ -137,6 +139,8 @@ REFUSED_TYPES = {
 
 #: Where a short key that Beaker used belongs, when it is kept only to read what Beaker wrote.
 _SHORT_BEAKER_KEY_HINTS = {
+    "secret": "; generate one with `fastsess gen-secret` (a Beaker secret kept only to read Beaker's "
+              "signed cookies goes in session.beaker_compat_secrets, of any length)",
     "validate_key": " (a Beaker validate_key kept only to read Beaker's sessions goes in "
                     "session.beaker_compat_secrets, of any length)",
     "encrypt_key": " (a Beaker encrypt_key kept only to read Beaker's sessions goes in "
@@ -254,19 +258,29 @@ def _as_timeout(name: str, value: Any) -> float:
 
 
 def _resolve_secret(name: str, text: str) -> str:
-    """`env:NAME` and `file:/path` keep secrets out of INI files."""
+    """`env:NAME` and `file:/path` keep secrets out of INI files.
+
+    One that holds nothing is an error: dropping it would silently leave a
+    rotation without its old key, or fall back to "secret is required".
+    """
     if text.startswith("env:"):
         var = text[4:]
         if var not in os.environ:
             raise ConfigError(f"session.{name} names environment variable {var!r}, which is not set")
-        return os.environ[var].strip()
+        value = os.environ[var].strip()
+        if not value:
+            raise ConfigError(f"session.{name} names environment variable {var!r}, which is empty")
+        return value
     if text.startswith("file:"):
         path = text[5:]
         try:
             with open(path, encoding="utf-8") as f:
-                return f.read().strip()
+                value = f.read().strip()
         except OSError as exc:
             raise ConfigError(f"session.{name}: cannot read secret file {path!r}: {exc.strerror}") from None
+        if not value:
+            raise ConfigError(f"session.{name}: secret file {path!r} is empty")
+        return value
     return text
 
 
@@ -357,6 +371,43 @@ def _check_expiry_date(when: _dt.datetime) -> None:
                           "session cookie on arrival")
 
 
+def _as_hook(name: str, value: Any) -> Callable[..., Any] | None:
+    """A callable, or from an INI file its `module:attribute` name, which is imported (as Paste's `call:`)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, str):
+        module_name, _, attribute = value.strip().partition(":")
+        if not module_name or not attribute:
+            raise ConfigError(f"session.{name} = {value!r}: give module:function, as in mypackage.metrics:on_event")
+        try:
+            found: Any = importlib.import_module(module_name)
+            for part in attribute.split("."):
+                found = getattr(found, part)
+        except ImportError as exc:
+            raise ConfigError(f"session.{name}: cannot import {module_name!r} ({exc})") from None
+        except AttributeError:
+            raise ConfigError(f"session.{name}: module {module_name!r} has no {attribute!r}") from None
+        value = found
+    if not callable(value):
+        raise ConfigError(f"session.{name} must be a callable {name}(name, **fields)")
+    return value
+
+
+def _can_map(size: int) -> bool:
+    """Whether this process can reserve `size` bytes of address space, as LMDB's map needs.
+
+    The environment opens lazily in each worker, so a size no mmap can take would
+    otherwise fail every request; an inaccessible private mapping commits no memory.
+    """
+    if not hasattr(mmap, "MAP_ANONYMOUS"):  # not a POSIX mmap: LMDB reports it when it opens
+        return True
+    try:
+        mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, prot=0).close()
+    except (OSError, OverflowError, ValueError):
+        return False
+    return True
+
+
 def _as_date(value: Any) -> _dt.date | None:
     if value is None or value == "":
         return None
@@ -387,7 +438,10 @@ def collect_options(config: Mapping | None = None, kwargs: Mapping | None = None
                 if plain_allowed:
                     options[raw_key] = value
                 elif raw_key.startswith("sa.") is False and raw_key.startswith("session_"):
-                    log.warning("ignoring %r: session options start with 'session.'", raw_key)
+                    log.warning(
+                        "ignoring %r: session options start with 'session.'", raw_key,
+                        extra={"fastsess_event": "config_warning", "sid": None},
+                    )
     return options
 
 
@@ -443,6 +497,11 @@ class Config:
         self.lmdb_map_size = _as_int("lmdb_map_size", get("lmdb_map_size", 1 << 30))
         if self.lmdb_map_size < 1 << 16:
             raise ConfigError("session.lmdb_map_size must be at least 65536 bytes")
+        if store_type == "lmdb" and not _can_map(self.lmdb_map_size):
+            raise ConfigError(
+                f"session.lmdb_map_size is {self.lmdb_map_size} bytes, more address space than this process "
+                "can map; the map grows by itself when it fills, so the default (1 GiB) is enough to start"
+            )
         self.url = _as_url(get("url"), store_type)
         self.urls = _as_urls("urls", get("urls")) if get("urls") is not None else []
         key_prefix = _as_str("key_prefix", get("key_prefix"))
@@ -525,6 +584,13 @@ class Config:
             base = self.timeout or self.absolute_timeout or DEFAULT_ABSOLUTE_TIMEOUT
             interval = base / 10.0
         self.touch_interval = interval
+        if self.timeout is not None and self.save_accessed_time and interval >= self.timeout:
+            log.warning(
+                "session.touch_interval (%g s) is not shorter than session.timeout (%g s): a session that "
+                "requests only read times out while in use",
+                interval, self.timeout,
+                extra={"fastsess_event": "config_warning", "sid": None},
+            )
         if self.timeout is None:
             log.warning(
                 "session.timeout is not set: sessions expire only after absolute_timeout (%s s)",
@@ -594,10 +660,7 @@ class Config:
             raise ConfigError("session.on_store_error must be raise or anonymous")
         self.webtest_varname = _as_str("webtest_varname", get("webtest_varname")) or None
         self.enabled = as_bool("enabled", get("enabled", True))
-        on_event = get("on_event")
-        if on_event is not None and not callable(on_event):
-            raise ConfigError("session.on_event must be a callable on_event(name, **fields)")
-        self.on_event: Callable[..., Any] | None = on_event
+        self.on_event: Callable[..., Any] | None = _as_hook("on_event", get("on_event"))
 
     def _beaker_options(self, get: Callable[..., Any]) -> None:
         """beaker_compat and its beaker_compat_* options (SPEC 3, "Beaker migration").

@@ -300,6 +300,11 @@ def create_engine(
     options["hide_parameters"] = True  # session bytes never reach logs or messages
     try:
         engine = sa.create_engine(parsed, connect_args=connect_args, **options)
+    except sa_exc.NoSuchModuleError:
+        raise ConfigError(
+            f"session.url names a database SQLAlchemy has no dialect for: {parsed.drivername!r} "
+            "(dialect+driver://user:pass@host/db)"
+        ) from None
     except (TypeError, sa_exc.ArgumentError) as exc:
         raise ConfigError(f"session.sa_opts: {exc}") from None
     for name, listener in events:
@@ -467,7 +472,8 @@ class SqlStore(Store):
         super().__init__(clock)
         if bind is not None:
             if not isinstance(bind, sa.Engine):
-                raise ConfigError("session.bind must be an SQLAlchemy Engine")
+                hint = " (a database URL goes in session.url)" if isinstance(bind, str) else ""
+                raise ConfigError(f"session.bind must be an SQLAlchemy Engine{hint}")
             self.engine = bind
             self._owns_engine = False
         else:
