@@ -867,6 +867,25 @@ def test_request_with_a_tombstoned_id_gets_an_empty_session_and_no_cookie_even_w
     assert call(mw, cookie=f"session={new}").body == b"1"
 
 
+@pytest.mark.parametrize("end", ["regenerate_id", "invalidate", "delete"])
+def test_a_parallel_login_or_logout_with_a_tombstoned_id_changes_nothing_and_never_fails(end, caplog):
+    # The user double-clicked "log in": the second request carries the id the first just rotated away.
+    caplog.set_level(logging.DEBUG, logger="fastsess")
+    app = App(inc)
+    mw = make_mw(app)
+    old = call(mw).cookie_value()
+    app.action = lambda s: s.regenerate_id()
+    new = call(mw, cookie=f"session={old}").cookie_value()
+
+    app.action = lambda s: (s.get("n"), getattr(s, end)(), s.__setitem__("user", "ann"), s.save())
+    served = call(mw, cookie=f"session={old}")
+    assert served.status.startswith("200")
+    assert served.set_cookies() == []
+    assert events(caplog, "write_dropped")
+    app.action = lambda s: sorted(dict(s).items())
+    assert call(mw, cookie=f"session={new}").body == b"[('n', 1)]"
+
+
 # ---------------------------------------------------------------- when the write happens
 
 

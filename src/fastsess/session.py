@@ -798,7 +798,7 @@ class Session:
     def regenerate_id(self) -> None:
         """Keep the data under a new id; the old id becomes a 60-second tombstone."""
         s = self._writable()
-        if not s.is_new and s.rotate_from is None:
+        if not s.is_new and s.id is not None and s.rotate_from is None:  # a tombstoned id's stand-in has none
             s.rotate_from = (s.store_key(), s.version)
         s.id = core.new_session_id()
         s.save_requested = True
