@@ -10,7 +10,9 @@ write that merges with concurrent changes on conflict.
 
 from __future__ import annotations
 
+import os
 import random
+import threading
 import time
 from collections.abc import Iterator, MutableMapping
 from types import MappingProxyType
@@ -30,6 +32,8 @@ _MUTABLE = (dict, list, set, tuple)
 #: longest pause between two: about 0.2 s of waiting in all, at worst
 MAX_CAS_ATTEMPTS = 16
 MAX_BACKOFF = 0.02
+#: stripes of the per-process locks under which one process's threads take turns merging
+MERGE_LOCK_STRIPES = 64
 #: automatic cleanup: this much work every CLEANUP_EVERY writes, per process.
 CLEANUP_EVERY = 500
 CLEANUP_BUDGET = 200
@@ -168,6 +172,22 @@ class SessionService:
         self.cookie_name = config.cookie_name
         self.beaker_compat = config.beaker_compat
         self.records_encrypted = bool(self.keys.record_enc_prks)
+        self._merge_locks: list = []
+        self._merge_locks_pid = 0
+
+    def merge_lock(self, key: bytes) -> threading.Lock:
+        """The lock this process's threads take in turn to merge into the record under key.
+
+        Stores without a lock of their own (memcached, redis) merge by retrying
+        compare-and-set. Threads of one process retrying on one hot session would
+        mostly lose to each other (gthread, waitress); taking turns leaves them to
+        race only other processes. A forked child makes its own locks: one copied
+        while held would never be released there.
+        """
+        if self._merge_locks_pid != os.getpid():
+            self._merge_locks = [threading.Lock() for _ in range(MERGE_LOCK_STRIPES)]
+            self._merge_locks_pid = os.getpid()
+        return self._merge_locks[key[0] % MERGE_LOCK_STRIPES]
 
     def expires_at(self, created: float, now: float) -> float:
         """min(idle expiry, absolute expiry): the store TTL."""
@@ -1286,15 +1306,16 @@ class Session:
                 key,
                 lambda current: (service.seal_record(key, self._merged_blob(s, service, key, current, now)), expires_at),
             )
-        for attempt in range(MAX_CAS_ATTEMPTS):
-            current = _reload(store, key)
-            if not isinstance(current, StoredRecord):
-                return GONE
-            blob = self._merged_blob(s, service, key, current, now)
-            result = store.cas(key, service.seal_record(key, blob), current.version, expires_at)
-            if result is not CONFLICT:
-                return result
-            _backoff(attempt)
+        with service.merge_lock(key):
+            for attempt in range(MAX_CAS_ATTEMPTS):
+                current = _reload(store, key)
+                if not isinstance(current, StoredRecord):
+                    return GONE
+                blob = self._merged_blob(s, service, key, current, now)
+                result = store.cas(key, service.seal_record(key, blob), current.version, expires_at)
+                if result is not CONFLICT:
+                    return result
+                _backoff(attempt)
         return self._give_up(s, service)
 
     def _give_up(self, s: _State, service: SessionService):
