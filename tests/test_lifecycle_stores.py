@@ -237,6 +237,29 @@ def test_request_that_loaded_before_the_rotation_neither_writes_nor_expires_the_
     assert site.get(dump, cookie=box["new"]).text == "[('n', 1)]"
 
 
+def test_a_touch_that_meets_a_rotation_never_resends_the_old_persistent_cookie(kind, tmp_path):
+    # The reading request loaded the session before the login rotated its id and
+    # touches it after: its cookie must not replace the login's in the browser.
+    needs_time_travel(kind)
+    site = Site(kind, tmp_path, cookie_expires=False)
+    try:
+        old = cookie_value(site.get(setter(n=1)))
+        site.clock.advance(61)  # a touch is due
+        box = {}
+
+        def reader(session):
+            session.get("n")
+            box["new"] = cookie_value(site.get(lambda s: s.regenerate_id(), cookie=old))
+            return "ok"
+
+        response = site.get(reader, cookie=old)
+        assert set_cookies(response) == []
+        assert site.get(dump, cookie=box["new"]).text == "[('n', 1)]"
+        assert site.get(dump, cookie=old).text == "[]"
+    finally:
+        site.close()
+
+
 def test_invalidate_then_write_gives_a_new_session_and_the_old_cookie_loads_nothing(site):
     old = cookie_value(site.get(setter(n=1)))
     new = cookie_value(site.get(lambda s: (s.invalidate(), setter(m=2)(s)), cookie=old))

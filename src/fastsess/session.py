@@ -1360,14 +1360,16 @@ class Session:
         if now - s.last_access <= service.touch_interval:
             return
         try:
-            service.store.touch(s.store_key(), service.expires_at(s.created, now))
+            touched = service.store.touch(s.store_key(), service.expires_at(s.created, now))
         except StoreError as exc:
             service.events.emit("store_error", sid=service.sid(s.id), message=f"touch failed: {exc}")
             if service.config.on_store_error != "anonymous":
                 raise
             return
         s.last_access = now
-        if service.persistent_cookie:
+        # A record deleted or rotated away since this request loaded it: re-sending the
+        # old cookie could replace the one a concurrent login just set.
+        if service.persistent_cookie and touched is not False:
             s.cookie_action = SET_COOKIE
 
 
