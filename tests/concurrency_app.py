@@ -20,6 +20,7 @@ Routes (the session work happens before start_response, as Beaker needs):
     /flash?v=V      session.flash(V)
     /pop            session.pop_flash(): the messages shown, as JSON
     /login          session.regenerate_id()
+    /logout         session.delete()
     /data           the session's data as JSON (Beaker's own "_..." keys left out)
     /stats          no session: this worker's pid and fastsess event counts, as JSON
     /raise/...      the same routes under a middleware with on_conflict = raise
@@ -106,6 +107,9 @@ def session_routes(environ: dict, start_response: Callable) -> list[bytes]:
         body = session.pop_flash()
     elif path == "/login":
         session.regenerate_id()
+        body = "ok"
+    elif path == "/logout":
+        session.delete()
         body = "ok"
     elif path == "/data":
         body = {name: session[name] for name in list(session.keys()) if not name.startswith("_")}

@@ -14,7 +14,8 @@ threads) fires 200 requests at once, all with the same session cookie:
   ConflictError (the app answers 409), and the record holds a winner's value;
 - flashes and pops mixed: no message is lost, none popped comes back;
 - a login (regenerate_id) among requests with the old id: only the login
-  response sets a cookie, and the old id loads nothing afterwards.
+  response sets a cookie, and the old id loads nothing afterwards;
+- a logout (delete) among writers: no write brings the session back.
 
 No request may fail with a 5xx in any round. The first round runs once more
 under gunicorn's gthread workers (2 processes x 16 threads), where most racing
@@ -31,6 +32,7 @@ from collections import Counter
 import pytest
 
 from concurrency_app import (
+    COOKIE_NAME,
     GunicornServer,
     ThreadedServer,
     fire,
@@ -266,3 +268,22 @@ def test_threads_of_a_few_processes_setting_their_own_keys_all_land(gthread_serv
     assert_all_ok(replies, server)
     assert_several_processes(replies, server)
     assert session_data(server, cookie) == {"seed": "0", **{f"key{i}": f"v{i}" for i in range(REQUESTS)}}
+
+
+def test_writes_racing_a_logout_never_bring_the_session_back(server):
+    """A compare-and-set never becomes an insert: requests that loaded the session before a
+    logout (delete) and save after it write nothing and fail nothing. Those that arrive after
+    it start fresh sessions (strict mode) that hold nothing of the old one."""
+    cookie = new_session(server.port)
+    paths = [f"/set?k=w{i}&hold={HOLD}" for i in range(60)]
+    paths.insert(20, f"/logout?hold={HOLD}")
+
+    replies = fire(server.port, paths, cookie)
+
+    assert_all_ok(replies, server)
+    assert replies[20].cookie == f"{COOKIE_NAME}="  # the logout expires the cookie
+    assert session_data(server, cookie) == {}
+    for path, reply in zip(paths, replies, strict=True):
+        if reply.cookie not in (None, f"{COOKIE_NAME}="):
+            key = path.split("k=")[1].split("&")[0]
+            assert session_data(server, reply.cookie) == {key: "1"}, f"{server.label}: old data came back"

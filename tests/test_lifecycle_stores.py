@@ -280,6 +280,17 @@ def test_delete_of_a_session_the_client_never_had_sends_an_expiring_cookie(site)
     assert is_expiring(header)
 
 
+@pytest.mark.parametrize("logout", ["delete", "invalidate"])
+def test_log_out_then_flash_goodbye_starts_a_new_session_that_shows_it_once(site, logout):
+    old = cookie_value(site.get(setter(user="ann")))
+    response = site.get(lambda s: (getattr(s, logout)(), s.flash("goodbye")), cookie=old)
+    new = cookie_value(response)
+    assert new not in (old, "")
+    assert site.get(lambda s: (s.pop_flash(), dump(s)), cookie=new).text == str((["goodbye"], "[]"))
+    assert site.get(lambda s: s.pop_flash(), cookie=new).text == "[]"
+    assert site.get(dump, cookie=old).text == "[]"
+
+
 def test_delete_after_regenerate_in_one_request_removes_both_ids(site):
     old = cookie_value(site.get(setter(n=1)))
     [header] = set_cookies(site.get(lambda s: (s.regenerate_id(), s.delete()), cookie=old))
