@@ -450,15 +450,21 @@ def concurrent(site, cookie, inner, outer_before, outer_after):
     return action
 
 
-def test_save_after_a_concurrent_delete_writes_nothing_and_expires_the_cookie(site):
-    value = cookie_value(site.get(setter(n=1)))
-    response = site.get(concurrent(site, value, lambda s: s.delete(), lambda s: s.get("n"), setter(n=2)), cookie=value)
-    [header] = set_cookies(response)
-    assert is_expiring(header)
-    assert "save_gone" in site.events
-    session_id = site.mw.service.open_cookie(value)[0]
-    assert site.mw.store.load(core.store_key(session_id)) is None
-    assert site.get(dump, cookie=value).text == "[]"
+@pytest.mark.parametrize("on_conflict", ["merge", "raise"])
+@pytest.mark.parametrize("persistent", [False, True], ids=["browser-cookie", "persistent-cookie"])
+def test_save_after_a_concurrent_delete_writes_nothing_and_expires_the_cookie(kind, tmp_path, on_conflict, persistent):
+    site = Site(kind, tmp_path, on_conflict=on_conflict, cookie_expires=not persistent)
+    try:
+        value = cookie_value(site.get(setter(n=1)))
+        action = concurrent(site, value, lambda s: s.delete(), lambda s: s.get("n"), setter(n=2, m=2))
+        [header] = set_cookies(site.get(action, cookie=value))
+        assert is_expiring(header)
+        assert "save_gone" in site.events
+        session_id = site.mw.service.open_cookie(value)[0]
+        assert site.mw.store.load(core.store_key(session_id)) is None
+        assert site.get(dump, cookie=value).text == "[]"
+    finally:
+        site.close()
 
 
 def test_different_keys_changed_concurrently_both_land(site):
