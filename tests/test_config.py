@@ -798,6 +798,20 @@ def test_touch_interval_defaults_to_a_tenth_of_the_timeout():
     assert config(timeout="600").touch_interval == 60.0
 
 
+@pytest.mark.parametrize("touch_interval", ["600", "900"])
+def test_touch_interval_not_shorter_than_the_timeout_warns_that_sessions_cannot_slide(touch_interval, caplog):
+    caplog.set_level(logging.WARNING, logger="fastsess")
+    config(timeout="600", touch_interval=touch_interval)
+    assert [m for m in warnings_of(caplog) if "touch_interval" in m]
+
+
+@pytest.mark.parametrize("options", [{"touch_interval": "599"}, {"touch_interval": "900", "save_accessed_time": "false"}])
+def test_touch_interval_that_lets_sessions_slide_gives_no_warning(options, caplog):
+    caplog.set_level(logging.WARNING, logger="fastsess")
+    config(timeout="600", **options)
+    assert not [m for m in warnings_of(caplog) if "touch_interval" in m]
+
+
 def test_absolute_timeout_defaults_to_30_days():
     assert config().absolute_timeout == 30 * 24 * 3600
 

@@ -525,6 +525,13 @@ class Config:
             base = self.timeout or self.absolute_timeout or DEFAULT_ABSOLUTE_TIMEOUT
             interval = base / 10.0
         self.touch_interval = interval
+        if self.save_accessed_time and self.timeout and interval >= self.timeout:
+            log.warning(
+                "session.touch_interval (%s s) is not shorter than session.timeout (%s s): a session read "
+                "more often than its timeout still expires, as no read comes late enough to slide it",
+                f"{interval:g}", f"{self.timeout:g}",
+                extra={"fastsess_event": "config_warning", "sid": None},
+            )
         if self.timeout is None:
             log.warning(
                 "session.timeout is not set: sessions expire only after absolute_timeout (%s s)",
