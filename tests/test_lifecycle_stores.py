@@ -26,7 +26,8 @@ HTTPS = {"wsgi.url_scheme": "https", "HTTP_HOST": "example.com"}
 #: every server-side store; those that need a server of their own are marked for it
 SERVER_STORES = [
     "memory", "file", "lmdb", "sql-sqlite",
-    *(pytest.param(kind, marks=pytest.mark.servers) for kind in ("sql-postgresql", "memcached", "redis")),
+    *(pytest.param(kind, marks=pytest.mark.servers)
+      for kind in ("sql-postgresql", "memcached", "redis", "redis-cluster")),
 ]
 _serial = itertools.count()
 
@@ -64,6 +65,11 @@ def store_options(kind: str, tmp_path) -> dict:
 
         url = server_redis.shared_server().url
         return {"type": "redis", "url": url, "key_prefix": f"lc{uuid.uuid4().hex[:8]}:"}
+    if kind == "redis-cluster":
+        import server_redis
+
+        urls = ",".join(server_redis.shared_cluster().urls)
+        return {"type": "redis", "urls": urls, "key_prefix": f"lc{uuid.uuid4().hex[:8]}:"}
     raise AssertionError(kind)
 
 
