@@ -172,8 +172,8 @@ class SessionService:
         self.cookie_name = config.cookie_name
         self.beaker_compat = config.beaker_compat
         self.records_encrypted = bool(self.keys.record_enc_prks)
-        self._merge_locks: list = []
-        self._merge_locks_pid = 0
+        self._merge_locks = [threading.Lock() for _ in range(MERGE_LOCK_STRIPES)]
+        self._merge_locks_pid = os.getpid()
 
     def merge_lock(self, key: bytes) -> threading.Lock:
         """The lock this process's threads take in turn to merge into the record under key.
