@@ -339,6 +339,7 @@ class _State:
     had_cookie = False
     sealed: str | None = None  # cookie-only sessions: the value to send
     dropped = False
+    tombstoned = False  # served for an id rotated away: read-only, and its dropped writes are the client's doing
     merge_from = None  # (base, ours) as this request first merged them: every retry merges from these
     flash: Any = _NO_FLASH  # queue -> [[message id, message], ...]
     loaded_flash: Any = _NO_FLASH
@@ -680,7 +681,7 @@ class Session:
         if record is TOMBSTONE:
             service.events.emit("tombstone_hit", sid=service.sid(session_id), message="id was rotated away")
             s = self._fresh(now)
-            s.read_only = True
+            s.read_only = s.tombstoned = True
             s.is_new = False
             return s
         blob, version, _, last_access = record
@@ -1061,7 +1062,9 @@ class Session:
         if s.read_only or s.anonymous:
             if s.modified or s.flash_modified or s.save_requested or s.doomed or s.dead:
                 if not s.dropped:
-                    service.events.emit("write_dropped", sid=service.sid(s.id), message="session is read-only")
+                    service.events.emit(
+                        "write_dropped", sid=service.sid(s.id), message="session is read-only", client=s.tombstoned
+                    )
                 s.dropped = True
             if s.anonymous and not s.read_only and s.forgets_cookie():
                 s.cookie_action = EXPIRE_COOKIE  # the store is down; the client still forgets the old id
