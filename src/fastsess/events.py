@@ -2,8 +2,8 @@
 
 Events that clients can trigger (bad or expired cookies, writes by a request
 replaying a rotated-away id) are logged at DEBUG or INFO behind a per-process
-rate limit; every event is counted. Raw ids, cookie
-values, tokens and session data never reach a log line: `sid` is a keyed hash.
+rate limit; every event is counted. Raw ids, cookie values, tokens and session
+data never reach a log line: `sid` is a keyed hash.
 """
 
 from __future__ import annotations
