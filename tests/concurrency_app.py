@@ -17,6 +17,10 @@ Routes (the session work happens before start_response, as Beaker needs):
     /del?k=K        del session[K]; save
     /get?k=K        read session[K]: a read-only request
     /append?v=V     session["shared"] = session["shared"] + [V]; save
+    /flash?v=V      session.flash(V)
+    /pop            session.pop_flash(): the messages shown, as JSON
+    /login          session.regenerate_id()
+    /logout         session.delete()
     /data           the session's data as JSON (Beaker's own "_..." keys left out)
     /stats          no session: this worker's pid and fastsess event counts, as JSON
     /raise/...      the same routes under a middleware with on_conflict = raise
@@ -95,6 +99,17 @@ def session_routes(environ: dict, start_response: Callable) -> list[bytes]:
     elif path == "/append":
         session[SHARED_LIST] = list(session.get(SHARED_LIST, [])) + [query["v"]]
         session.save()
+        body = "ok"
+    elif path == "/flash":
+        session.flash(query["v"])
+        body = "ok"
+    elif path == "/pop":
+        body = session.pop_flash()
+    elif path == "/login":
+        session.regenerate_id()
+        body = "ok"
+    elif path == "/logout":
+        session.delete()
         body = "ok"
     elif path == "/data":
         body = {name: session[name] for name in list(session.keys()) if not name.startswith("_")}
@@ -189,13 +204,18 @@ if os.environ.get("FASTSESS_CONCURRENCY_STORE"):
 
 
 class GunicornServer:
-    """`python -m gunicorn -w WORKERS` (sync workers) on 127.0.0.1 serving one store's app; stopped by pid."""
+    """`python -m gunicorn -w WORKERS` on 127.0.0.1 serving one store's app; stopped by pid.
+
+    Sync workers, or with threads > 1 gthread workers of that many threads each.
+    """
 
     def __init__(
-        self, env: dict[str, str], workers: int = 4, directory: str | None = None, label: str = "gunicorn"
+        self, env: dict[str, str], workers: int = 4, directory: str | None = None, label: str = "gunicorn",
+        threads: int = 1,
     ) -> None:
         self.label = label
         self.workers = workers
+        self.worker_class = ["-k", "gthread", "--threads", str(threads)] if threads > 1 else ["-k", "sync"]
         self.directory = directory or tempfile.mkdtemp(prefix="fastsess-gunicorn-")
         self.port = free_port()
         self.env = {
@@ -209,7 +229,7 @@ class GunicornServer:
 
     def start(self) -> GunicornServer:
         argv = [
-            sys.executable, "-m", "gunicorn", "-w", str(self.workers), "-k", "sync",
+            sys.executable, "-m", "gunicorn", "-w", str(self.workers), *self.worker_class,
             "-b", f"127.0.0.1:{self.port}", "--timeout", "60", "--graceful-timeout", "5",
             "--log-level", "warning", "--error-logfile", "-", "concurrency_app:app",
         ]

@@ -1,4 +1,4 @@
-"""No lost updates (SPEC 3, "Concurrency"): 200 concurrent requests on one session, on each server-side store.
+"""No lost updates (SPEC 3, "Concurrency"): up to 200 concurrent requests on one session, on each server-side store.
 
 Each store runs tests/concurrency_app.py: under gunicorn with 4 sync worker
 processes on 127.0.0.1, or, for the memory store (which lives in one
@@ -11,9 +11,15 @@ threads) fires 200 requests at once, all with the same session cookie:
 - everyone appends to one shared list: last writer wins by design, and the
   test pins down that this never fails a request nor corrupts the record;
 - everyone sets the same key with on_conflict = raise: the losers get
-  ConflictError (the app answers 409), and the record holds a winner's value.
+  ConflictError (the app answers 409), and the record holds a winner's value;
+- flashes and pops mixed: no message is lost, none popped comes back;
+- a login (regenerate_id) among requests with the old id: only the login
+  response sets a cookie, and the old id loads nothing afterwards;
+- a logout (delete) among writers: no write brings the session back.
 
-No request may fail with a 5xx in any round.
+No request may fail with a 5xx in any round. The first round runs once more
+under gunicorn's gthread workers (2 processes x 16 threads), where most racing
+writers share a process.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from collections import Counter
 import pytest
 
 from concurrency_app import (
+    COOKIE_NAME,
     GunicornServer,
     ThreadedServer,
     fire,
@@ -72,6 +79,19 @@ def _require_gunicorn() -> None:
         pytest.skip(reason)
 
 
+def _gunicorn(kind: str, tmp_path_factory, workers: int, threads: int = 1) -> GunicornServer:
+    _require_gunicorn()
+    directory = tmp_path_factory.mktemp(kind)
+    env = {
+        "FASTSESS_CONCURRENCY_STORE": kind.split("-")[0],
+        "FASTSESS_CONCURRENCY_DATA_DIR": str(directory / "data"),
+        "FASTSESS_CONCURRENCY_URL": _server_url(kind, directory) or "",
+        "FASTSESS_CONCURRENCY_NAMESPACE": f"concurrency_{uuid.uuid4().hex[:12]}",
+    }
+    label = kind if threads == 1 else f"{kind} ({workers} workers x {threads} threads)"
+    return GunicornServer(env, workers=workers, directory=str(directory), label=label, threads=threads).start()
+
+
 @pytest.fixture(scope="module", params=STORES)
 def server(request, tmp_path_factory):
     """The concurrency app for one store: a threaded server for memory, gunicorn -w 4 for the rest."""
@@ -79,15 +99,15 @@ def server(request, tmp_path_factory):
     if kind == "memory":
         running = ThreadedServer(make_app("memory"), label=kind).start()
     else:
-        _require_gunicorn()
-        directory = tmp_path_factory.mktemp(kind)
-        env = {
-            "FASTSESS_CONCURRENCY_STORE": kind.split("-")[0],
-            "FASTSESS_CONCURRENCY_DATA_DIR": str(directory / "data"),
-            "FASTSESS_CONCURRENCY_URL": _server_url(kind, directory) or "",
-            "FASTSESS_CONCURRENCY_NAMESPACE": f"concurrency_{uuid.uuid4().hex[:12]}",
-        }
-        running = GunicornServer(env, workers=4, directory=str(directory), label=kind).start()
+        running = _gunicorn(kind, tmp_path_factory, workers=4)
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module", params=[kind for kind in STORES if kind != "memory"])
+def gthread_server(request, tmp_path_factory):
+    """gunicorn with 2 gthread workers of 16 threads each: 32 requests in flight, 16 in one process."""
+    running = _gunicorn(request.param, tmp_path_factory, workers=2, threads=16)
     yield running
     running.stop()
 
@@ -194,3 +214,76 @@ def test_on_conflict_raise_surfaces_conflict_error_and_keeps_a_winner(server):
     winners = {f"w{i}" for i, r in enumerate(replies) if r.status == 200}
     assert set(data) == {"seed", "same"} and data["seed"] == "0"
     assert data["same"] in winners, f"{server.label}: {data['same']!r} comes from a request that failed"
+
+
+def test_concurrent_flashes_and_pops_lose_no_message_and_never_bring_one_back(server):
+    """Flash queues merge as sets of message ids: every message flashed concurrently is shown,
+    and one a finished request popped never comes back. (Two pops that load the same
+    messages at once both show them: nothing can prevent that short of a lock at read time.)"""
+    cookie = new_session(server.port)
+    flashed = [f"m{i}" for i in range(100)]
+    paths = [f"/flash?v={m}&hold={HOLD}" for m in flashed] + [f"/pop?hold={HOLD}"] * 20
+    random.Random(7).shuffle(paths)
+
+    replies = fire(server.port, paths, cookie)
+
+    assert_all_ok(replies, server)
+    assert_several_processes(replies, server)
+    popped = {m for r, path in zip(replies, paths, strict=True) if path.startswith("/pop") for m in r.json()}
+    rest = request(server.port, "/pop", cookie).json()
+    assert len(rest) == len(set(rest)), f"{server.label}: a message is queued twice"
+    back = sorted(popped & set(rest))
+    lost = sorted(set(flashed) - popped - set(rest))
+    assert not back and not lost, f"{server.label}: popped messages back: {back[:10]}, lost: {lost[:10]}"
+    assert request(server.port, "/pop", cookie).json() == []
+
+
+def test_parallel_requests_during_regenerate_id_never_touch_the_login_cookie(server):
+    """A login (regenerate_id) races requests fired with the old id: only the login response
+    sets a cookie, no request fails, the new id holds the session and the old one loads nothing."""
+    cookie = new_session(server.port)
+    paths = [f"/set?k=p{i}&hold={HOLD}" for i in range(60)]
+    paths.insert(20, f"/login?hold={HOLD}")
+
+    replies = fire(server.port, paths, cookie)
+
+    assert_all_ok(replies, server)
+    login = replies[20]
+    assert login.cookie is not None and login.cookie != cookie
+    others = [r.cookie for i, r in enumerate(replies) if i != 20 and r.cookie is not None]
+    assert not others, f"{server.label}: parallel requests set cookies: {others[:3]}"
+    data = session_data(server, login.cookie)
+    assert data["seed"] == "0" and set(data) <= {"seed", *(f"p{i}" for i in range(60))}
+    assert session_data(server, cookie) == {}
+
+
+def test_threads_of_a_few_processes_setting_their_own_keys_all_land(gthread_server):
+    """One middleware serves many threads (gthread, waitress): 16 threads of one process that
+    all merge into one session must not keep losing compare-and-set races to each other."""
+    server = gthread_server
+    cookie = new_session(server.port)
+
+    replies = fire(server.port, [f"/set?k=key{i}&v=v{i}&hold={HOLD}" for i in range(REQUESTS)], cookie)
+
+    assert_all_ok(replies, server)
+    assert_several_processes(replies, server)
+    assert session_data(server, cookie) == {"seed": "0", **{f"key{i}": f"v{i}" for i in range(REQUESTS)}}
+
+
+def test_writes_racing_a_logout_never_bring_the_session_back(server):
+    """A compare-and-set never becomes an insert: requests that loaded the session before a
+    logout (delete) and save after it write nothing and fail nothing. Those that arrive after
+    it start fresh sessions (strict mode) that hold nothing of the old one."""
+    cookie = new_session(server.port)
+    paths = [f"/set?k=w{i}&hold={HOLD}" for i in range(60)]
+    paths.insert(20, f"/logout?hold={HOLD}")
+
+    replies = fire(server.port, paths, cookie)
+
+    assert_all_ok(replies, server)
+    assert replies[20].cookie == f"{COOKIE_NAME}="  # the logout expires the cookie
+    assert session_data(server, cookie) == {}
+    for path, reply in zip(paths, replies, strict=True):
+        if reply.cookie not in (None, f"{COOKIE_NAME}="):
+            key = path.split("k=")[1].split("&")[0]
+            assert session_data(server, reply.cookie) == {key: "1"}, f"{server.label}: old data came back"

@@ -13,6 +13,7 @@ import decimal
 import enum
 import hashlib
 import logging
+import os
 import uuid
 from collections import Counter
 from collections.abc import MutableMapping
@@ -1496,6 +1497,21 @@ def test_a_write_lands_after_many_lost_races_and_gives_up_only_past_the_limit(mo
         with pytest.raises(ConflictError):
             session.persist()
         assert "conflict_raised" in env.event_names()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_merge_lock_held_when_the_process_forks_does_not_block_the_child(env):
+    key = store_key(env.existing(a=1))
+    held = env.service.merge_lock(key)
+    held.acquire()
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: its merges must not wait for a lock nobody there will release
+            os._exit(0 if env.service.merge_lock(key).acquire(timeout=5) else 1)
+        _, status = os.waitpid(pid, 0)
+    finally:
+        held.release()
+    assert os.waitstatus_to_exitcode(status) == 0
 
 
 def test_concurrent_delete_makes_the_other_save_gone_without_raising(env):

@@ -229,7 +229,7 @@ def test_stale_cas_fails_against_a_recreated_record(store):
 def test_touch_refreshes_expiry_and_access_without_new_version(store, clock):
     version = store.create(skey("a"), b"data", T0 + TTL)
     clock.advance(300)
-    assert store.touch(skey("a"), clock.now + TTL) is None
+    assert store.touch(skey("a"), clock.now + TTL) is True
     record = assert_record(store.load(skey("a")), b"data", clock.now + TTL, clock.now)
     assert record.version == version
 
@@ -248,7 +248,7 @@ def test_touch_to_a_capped_expiry_keeps_blob_and_version(store, clock):
 
 
 def test_touch_on_missing_record_does_not_create_it(store):
-    store.touch(skey("a"), T0 + TTL)
+    assert store.touch(skey("a"), T0 + TTL) is False
     assert store.load(skey("a")) is None
     assert isinstance(store.create(skey("a"), b"data", T0 + TTL), int)
 
@@ -256,16 +256,22 @@ def test_touch_on_missing_record_does_not_create_it(store):
 def test_touch_on_expired_record_does_not_revive_it(store, clock):
     store.create(skey("a"), b"data", T0 + 10)
     clock.advance(10.5)
-    store.touch(skey("a"), clock.now + TTL)
+    assert store.touch(skey("a"), clock.now + TTL) is False
     assert store.load(skey("a")) in (None, EXPIRED)
 
 
 def test_touch_on_tombstone_keeps_the_tombstone(store, clock):
     store.create(skey("old"), b"data", T0 + TTL)
     store.rotate(skey("old"), skey("new"), b"data", T0 + TTL, 60)
-    store.touch(skey("old"), T0 + TTL)
+    assert store.touch(skey("old"), T0 + TTL) is False  # the session layer then keeps the old cookie back
     clock.advance(61)
     assert store.load(skey("old")) is None
+
+
+def test_touch_after_a_delete_reports_no_record(store):
+    store.create(skey("a"), b"data", T0 + TTL)
+    store.delete(skey("a"))
+    assert store.touch(skey("a"), T0 + TTL) is False
 
 
 def test_delete_removes_the_record_and_ignores_missing_keys(store):

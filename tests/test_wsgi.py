@@ -867,6 +867,51 @@ def test_request_with_a_tombstoned_id_gets_an_empty_session_and_no_cookie_even_w
     assert call(mw, cookie=f"session={new}").body == b"1"
 
 
+@pytest.mark.parametrize("end", ["regenerate_id", "invalidate", "delete"])
+def test_a_parallel_login_or_logout_with_a_tombstoned_id_changes_nothing_and_never_fails(end, caplog):
+    # The user double-clicked "log in": the second request carries the id the first just rotated away.
+    caplog.set_level(logging.DEBUG, logger="fastsess")
+    app = App(inc)
+    mw = make_mw(app)
+    old = call(mw).cookie_value()
+    app.action = lambda s: s.regenerate_id()
+    new = call(mw, cookie=f"session={old}").cookie_value()
+
+    app.action = lambda s: (s.get("n"), getattr(s, end)(), s.__setitem__("user", "ann"), s.save())
+    served = call(mw, cookie=f"session={old}")
+    assert served.status.startswith("200")
+    assert served.set_cookies() == []
+    assert events(caplog, "write_dropped")
+    app.action = lambda s: sorted(dict(s).items())
+    assert call(mw, cookie=f"session={new}").body == b"[('n', 1)]"
+
+
+def test_replaying_a_tombstoned_cookie_on_a_writing_page_cannot_flood_the_logs(caplog):
+    # Any client can send its pre-login cookie again for 60 s: the writes it drops are
+    # counted, but logged as a client-triggered event (INFO at most, rate-limited).
+    caplog.set_level(logging.DEBUG, logger="fastsess")
+    app = App(inc)
+    mw = make_mw(app)
+    old = call(mw).cookie_value()
+    app.action = lambda s: s.regenerate_id()
+    call(mw, cookie=f"session={old}")
+    app.action = inc
+    for _ in range(50):
+        assert call(mw, cookie=f"session={old}").set_cookies() == []
+    assert mw.service.events.counts["write_dropped"] == 50
+    dropped = events(caplog, "write_dropped")
+    assert dropped and len(dropped) <= 2 * RATE_LIMIT_PER_SECOND  # the replays may span two seconds
+    assert all(r.levelno <= logging.INFO for r in dropped)
+
+
+def test_a_write_the_application_makes_to_a_read_only_session_is_a_warning(caplog):
+    caplog.set_level(logging.DEBUG, logger="fastsess")
+    mw = make_mw(App(lambda s: (s.read_only(), inc(s))))
+    call(mw)
+    [dropped] = events(caplog, "write_dropped")
+    assert dropped.levelno == logging.WARNING
+
+
 # ---------------------------------------------------------------- when the write happens
 
 

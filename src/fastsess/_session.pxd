@@ -17,6 +17,6 @@ cdef class _State:
     cdef public object created, last_access, doomed, cookie_action
     cdef public dict data
     cdef public bint had_cookie, dropped, is_new, read_only, anonymous, save_requested, modified
-    cdef public bint flash_modified, mutable_out, dead, deleted, invalidated, retag
+    cdef public bint flash_modified, mutable_out, dead, deleted, invalidated, retag, tombstoned
     cpdef bint forgets_cookie(self)
     cpdef bytes store_key(self)

@@ -11,7 +11,9 @@ write that merges with concurrent changes on conflict.
 
 from __future__ import annotations
 
+import os
 import random
+import threading
 import time
 from collections.abc import Iterator, MutableMapping
 from types import MappingProxyType
@@ -36,6 +38,8 @@ _MUTABLE = (dict, list, set, tuple)
 #: longest pause between two: about 0.2 s of waiting in all, at worst
 MAX_CAS_ATTEMPTS = 16
 MAX_BACKOFF = 0.02
+#: stripes of the per-process locks under which one process's threads take turns merging
+MERGE_LOCK_STRIPES = 64
 #: automatic cleanup: this much work every CLEANUP_EVERY writes, per process.
 CLEANUP_EVERY = 500
 CLEANUP_BUDGET = 200
@@ -174,6 +178,22 @@ class SessionService:
         self.cookie_name = config.cookie_name
         self.beaker_compat = config.beaker_compat
         self.records_encrypted = bool(self.keys.record_enc_prks)
+        self._merge_locks = [threading.Lock() for _ in range(MERGE_LOCK_STRIPES)]
+        self._merge_locks_pid = os.getpid()
+
+    def merge_lock(self, key: bytes) -> threading.Lock:
+        """The lock this process's threads take in turn to merge into the record under key.
+
+        Stores without a lock of their own (memcached, redis) merge by retrying
+        compare-and-set. Threads of one process retrying on one hot session would
+        mostly lose to each other (gthread, waitress); taking turns leaves them to
+        race only other processes. A forked child makes its own locks: one copied
+        while held would never be released there.
+        """
+        if self._merge_locks_pid != os.getpid():
+            self._merge_locks = [threading.Lock() for _ in range(MERGE_LOCK_STRIPES)]
+            self._merge_locks_pid = os.getpid()
+        return self._merge_locks[key[0] % MERGE_LOCK_STRIPES]
 
     def expires_at(self, created: float, now: float) -> float:
         """min(idle expiry, absolute expiry): the store TTL."""
@@ -322,6 +342,7 @@ class _State:
         self.csrf_gen = self.loaded_csrf_gen = 0
         self.rotate_from = None  # (old store key, old version) after regenerate_id()
         self.had_cookie = self.dropped = False
+        self.tombstoned = False  # served for an id rotated away: read-only, and its dropped writes are the client's doing
         self.sealed = None  # cookie-only sessions: the value to send
         self.merge_from = None  # (base, ours) as this request first merged them: every retry merges from these
         self.keyed = None  # (id, store key): the SHA-256 computed last, for that id
@@ -669,7 +690,7 @@ class Session:
         if record is TOMBSTONE:
             service.events.emit("tombstone_hit", sid=service.sid(session_id), message="id was rotated away")
             s = self._fresh(now)
-            s.read_only = True
+            s.read_only = s.tombstoned = True
             s.is_new = False
             return s
         blob, version, _, last_access = record
@@ -818,7 +839,7 @@ class Session:
     def regenerate_id(self) -> None:
         """Keep the data under a new id; the old id becomes a 60-second tombstone."""
         s = self._writable()
-        if not s.is_new and s.rotate_from is None:
+        if not s.is_new and s.id is not None and s.rotate_from is None:  # a tombstoned id's stand-in has none
             s.rotate_from = (s.store_key(), s.version)
         s.id = core.new_session_id()
         s.save_requested = True
@@ -1085,7 +1106,9 @@ class Session:
         if s.read_only or s.anonymous:
             if s.modified or s.flash_modified or s.save_requested or s.doomed or s.dead:
                 if not s.dropped:
-                    service.events.emit("write_dropped", sid=service.sid(s.id), message="session is read-only")
+                    service.events.emit(
+                        "write_dropped", sid=service.sid(s.id), message="session is read-only", client=s.tombstoned
+                    )
                 s.dropped = True
             if s.anonymous and not s.read_only and s.forgets_cookie():
                 s.cookie_action = EXPIRE_COOKIE  # the store is down; the client still forgets the old id
@@ -1336,15 +1359,16 @@ class Session:
                 key,
                 lambda current: (service.seal_record(key, self._merged_blob(s, service, key, current, now)), expires_at),
             )
-        for attempt in range(MAX_CAS_ATTEMPTS):
-            current = _reload(store, key)
-            if not isinstance(current, StoredRecord):
-                return GONE
-            blob = self._merged_blob(s, service, key, current, now)
-            result = store.cas(key, service.seal_record(key, blob), current.version, expires_at)
-            if result is not CONFLICT:
-                return result
-            _backoff(attempt)
+        with service.merge_lock(key):
+            for attempt in range(MAX_CAS_ATTEMPTS):
+                current = _reload(store, key)
+                if not isinstance(current, StoredRecord):
+                    return GONE
+                blob = self._merged_blob(s, service, key, current, now)
+                result = store.cas(key, service.seal_record(key, blob), current.version, expires_at)
+                if result is not CONFLICT:
+                    return result
+                _backoff(attempt)
         return self._give_up(s, service)
 
     @cython.locals(s=_State, service=SessionService)
@@ -1392,14 +1416,16 @@ class Session:
         if now - s.last_access <= service.touch_interval:
             return
         try:
-            service.store.touch(s.store_key(), service.expires_at(s.created, now))
+            touched = service.store.touch(s.store_key(), service.expires_at(s.created, now))
         except StoreError as exc:
             service.events.emit("store_error", sid=service.sid(s.id), message=f"touch failed: {exc}")
             if service.config.on_store_error != "anonymous":
                 raise
             return
         s.last_access = now
-        if service.persistent_cookie:
+        # A record deleted or rotated away since this request loaded it: re-sending the
+        # old cookie could replace the one a concurrent login just set.
+        if service.persistent_cookie and touched is not False:
             s.cookie_action = SET_COOKIE
 
 

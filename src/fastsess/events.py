@@ -1,8 +1,9 @@
 """Session events: one logger ("fastsess"), one event name per kind, an optional hook.
 
-Events that clients can trigger (bad or expired cookies) are logged at DEBUG or
-INFO behind a per-process rate limit; every event is counted. Raw ids, cookie
-values, tokens and session data never reach a log line: `sid` is a keyed hash.
+Events that clients can trigger (bad or expired cookies, writes by a request
+replaying a rotated-away id) are logged at DEBUG or INFO behind a per-process
+rate limit; every event is counted. Raw ids, cookie values, tokens and session
+data never reach a log line: `sid` is a keyed hash.
 """
 
 from __future__ import annotations
@@ -59,11 +60,17 @@ class EventLog:
             self._in_window[name] += 1
             return self._in_window[name] <= RATE_LIMIT_PER_SECOND
 
-    def emit(self, name: str, sid: str | None = None, message: str = "", **fields: Any) -> None:
-        """Record event `name`; fields must never hold ids, cookie values or session data."""
+    def emit(self, name: str, sid: str | None = None, message: str = "", client: bool = False, **fields: Any) -> None:
+        """Record event `name`; fields must never hold ids, cookie values or session data.
+
+        client: this occurrence is one a client can cause at will (as CLIENT_EVENTS
+        always are): logged at INFO at most, and rate-limited.
+        """
         self.counts[name] += 1
         level = _LEVELS.get(name, logging.DEBUG)
-        if log.isEnabledFor(level) and (name not in CLIENT_EVENTS or self._allowed(name)):
+        if client:
+            level = min(level, logging.INFO)
+        if log.isEnabledFor(level) and (not (client or name in CLIENT_EVENTS) or self._allowed(name)):
             text = f"{name}: {message}" if message else name
             log.log(level, text, extra={"fastsess_event": name, "sid": sid, **fields})
         if self.hook is not None:

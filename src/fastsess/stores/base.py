@@ -103,8 +103,13 @@ class Store(ABC):
         """Replace when the stored version matches: new version, CONFLICT or GONE."""
 
     @abstractmethod
-    def touch(self, key: bytes, expires_at: float) -> None:
-        """Refresh expiry and last access; never bumps the version or rewrites data."""
+    def touch(self, key: bytes, expires_at: float) -> bool | None:
+        """Refresh expiry and last access; never bumps the version or rewrites data.
+
+        True when a live record was touched; False when there was none (missing,
+        expired or a tombstone: deleted or rotated away since it was loaded), so
+        the client is not sent its old cookie again. None means the store cannot tell.
+        """
 
     @abstractmethod
     def delete(self, key: bytes) -> None:

@@ -451,24 +451,25 @@ class FileStore(Store):
             self._write(path, _RECORD, version, blob, expires_at, now)
             return version
 
-    def touch(self, key: bytes, expires_at: float) -> None:
+    def touch(self, key: bytes, expires_at: float) -> bool:
         path = self._path(key)
         with self._holding((key[0],)):
             now = self.clock()
             stored = self._current(path, now)
             if stored is None or stored.kind == _TOMBSTONE:
-                return
+                return False
             lead = stored.written_expires - stored.written_access
             if abs((expires_at - now) - lead) <= _TOUCH_SLACK:
                 mtime = _ns(expires_at)
                 try:
                     os.utime(path, ns=(mtime + 1, mtime))
                 except FileNotFoundError:
-                    pass
+                    return False
                 except OSError as exc:
                     raise self._error("touch a session file", exc) from None
             else:
                 self._write(path, _RECORD, stored.version, stored.blob, expires_at, now)
+            return True
 
     def delete(self, key: bytes) -> None:
         path = self._path(key)

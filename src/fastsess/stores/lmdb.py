@@ -749,22 +749,23 @@ class LmdbStore(Store):
         self._put(txn, shared, key, old, _RECORD, version, blob, expires_at, now)
         return version
 
-    def touch(self, key: bytes, expires_at: float) -> None:
+    def touch(self, key: bytes, expires_at: float) -> bool:
         self._check_key(key)
-        self._run(True, self._touch, key, expires_at)
+        return self._run(True, self._touch, key, expires_at)
 
-    def _touch(self, txn, shared, key, expires_at):
+    def _touch(self, txn, shared, key, expires_at) -> bool:
         now = self.clock()
         raw = txn.get(key, db=shared.meta)
         old = _parse_meta(raw)
         if old is None or now > old[3] or old[0] == _TOMBSTONE:
-            return
+            return False
         kind, size, version, _, _, split = old
         if split:  # the blob stays where it is
             txn.put(key, _META.pack(_FORMAT_SPLIT, kind, size, version, expires_at, now), db=shared.meta)
             _reindex(txn, shared, key, old, expires_at)
         else:
             self._put(txn, shared, key, old, kind, version, raw[_HEADER:], expires_at, now)
+        return True
 
     def delete(self, key: bytes) -> None:
         self._check_key(key)

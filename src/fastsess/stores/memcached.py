@@ -507,15 +507,18 @@ class MemcachedStore(Store):
         parsed = _parse(current)
         return CONFLICT if parsed is not None and parsed[0] == _RECORD else GONE
 
-    def touch(self, key: bytes, expires_at: float) -> None:
+    def touch(self, key: bytes, expires_at: float) -> bool:
         hexkey = key.hex()
         node, mkey = self._node(hexkey), self._mkey(hexkey)
         now = self.clock()
         line, _ = self._call(node, b"mg %s f T%d\r\n" % (mkey, self._ttl(expires_at, now)))
-        if line.startswith(b"HD"):
-            tombstone_expiry = int(_flags(line)[ord("f")])
-            if tombstone_expiry:  # lengthened a tombstone: give it back its own expiry
-                self._call(node, b"mg %s T%d\r\n" % (mkey, self._ttl(tombstone_expiry, now)))
+        if not line.startswith(b"HD"):
+            return False
+        tombstone_expiry = int(_flags(line)[ord("f")])
+        if tombstone_expiry:  # lengthened a tombstone: give it back its own expiry
+            self._call(node, b"mg %s T%d\r\n" % (mkey, self._ttl(tombstone_expiry, now)))
+            return False
+        return True
 
     def delete(self, key: bytes) -> None:
         hexkey = key.hex()

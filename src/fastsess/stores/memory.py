@@ -126,12 +126,14 @@ class MemoryStore(Store):
             self._put(key, record_from((bytes(blob), version, expires_at, now)))
             return version
 
-    def touch(self, key: bytes, expires_at: float) -> None:
+    def touch(self, key: bytes, expires_at: float) -> bool:
         with self._lock:
             now = self.clock()
             entry = self._live(key, now)
-            if entry is not None and entry[_BLOB] is not None:
-                self._entries[key] = record_from((entry[_BLOB], entry[_VERSION], expires_at, now))  # keeps its place
+            if entry is None or entry[_BLOB] is None:
+                return False
+            self._entries[key] = record_from((entry[_BLOB], entry[_VERSION], expires_at, now))  # keeps its place
+            return True
 
     def delete(self, key: bytes) -> None:
         with self._lock:

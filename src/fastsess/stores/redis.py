@@ -124,11 +124,13 @@ redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return 0
 """)
 
-# KEYS[1] key; ARGV expires_at and last_access (16 bytes: header offset 12), ttl_ms. Live records only.
+# KEYS[1] key; ARGV expires_at and last_access (16 bytes: header offset 12), ttl_ms. Live records
+# only. Returns 1 touched, 0 no live record.
 _TOUCH = _Script(_READ_HEADER + """
 if kind == 'R' then
   redis.call('SETRANGE', KEYS[1], 12, ARGV[1])
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
 end
 return 0
 """)
@@ -457,18 +459,19 @@ class RedisStore(Store):
             self._recovered(rkey)
         return _OUTCOME[outcome] or version
 
-    def touch(self, key: bytes, expires_at: float) -> None:
+    def touch(self, key: bytes, expires_at: float) -> bool:
         rkey = self._key(key)
         now = self.clock()
         if self._failing:
             self._before_call(rkey)
         try:
             times = _TIMES.pack(expires_at, now)
-            self._eval(self._connection(), _TOUCH, 1, rkey, times, _ttl_ms(expires_at, now))
+            touched = self._eval(self._connection(), _TOUCH, 1, rkey, times, _ttl_ms(expires_at, now))
         except _ERRORS as exc:
             raise self._failed("touch", exc, rkey) from None
         if self._failing:
             self._recovered(rkey)
+        return touched == 1
 
     def delete(self, key: bytes) -> None:
         rkey = self._key(key)

@@ -686,12 +686,12 @@ class SqlStore(Store):
     def _is_live(row, now: float) -> bool:
         return row is not None and row[1] == _RECORD and row[2] is not None and row[2] >= now
 
-    def touch(self, key: bytes, expires_at: float) -> None:
-        self._run("touch", self._do_touch, key, expires_at)
+    def touch(self, key: bytes, expires_at: float) -> bool:
+        return self._run("touch", self._do_touch, key, expires_at)
 
-    def _do_touch(self, key: bytes, expires_at: float) -> None:
+    def _do_touch(self, key: bytes, expires_at: float) -> bool:
         with self._single.begin() as conn:
-            conn.execute(self._touch, {"k": self._key(key), "e": expires_at, "now": self.clock()})
+            return conn.execute(self._touch, {"k": self._key(key), "e": expires_at, "now": self.clock()}).rowcount > 0
 
     def delete(self, key: bytes) -> None:
         self._run("delete", self._do_delete, key)
