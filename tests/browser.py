@@ -6,16 +6,20 @@ FASTSESS_REQUIRE_SERVERS=1 (set by .ci/run, which installs them) it fails.
 
 The browser resolves every *.example.test name to 127.0.0.1, so a test can
 serve a "public" host (not loopback, so no secure context over plain HTTP)
-and sibling subdomains for Domain cookies from one local server.
+and sibling subdomains for Domain cookies from one local server. A Site
+started with tls=True serves HTTPS with a self-signed certificate for
+*.example.test, which the browser accepts.
 """
 
 from __future__ import annotations
 
+import datetime
 import http.client
 import json
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -63,6 +67,7 @@ def chromium():
     for argument in (
         "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
         "--host-resolver-rules=MAP *.example.test 127.0.0.1",
+        "--ignore-certificate-errors",  # the TLS sites' certificates are self-signed
     ):
         options.add_argument(argument)
     return webdriver.Chrome(options=options, service=Service(driver))
@@ -97,9 +102,10 @@ class Site:
     hold a sync worker until its timeout.
     """
 
-    def __init__(self, options: dict, directory: Path, workers: int = 1) -> None:
+    def __init__(self, options: dict, directory: Path, workers: int = 1, tls: bool = False) -> None:
         require_gunicorn()
         self.options = options
+        self.tls = tls
         self.workers = workers
         self.directory = directory
         self.port = free_port()
@@ -107,7 +113,7 @@ class Site:
         self.process: subprocess.Popen | None = None
 
     def url(self, path: str = "/", host: str = "127.0.0.1") -> str:
-        return f"http://{host}:{self.port}{path}"
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}{path}"
 
     def start(self) -> Site:
         env = {
@@ -122,6 +128,9 @@ class Site:
             "-b", f"127.0.0.1:{self.port}", "--graceful-timeout", "1", "--log-level", "warning",
             "--error-logfile", "-", "browser_app:app",
         ]
+        if self.tls:
+            argv[-1:-1] = ["--certfile", str(self.directory / "cert.pem"), "--keyfile", str(self.directory / "key.pem")]
+            self_signed_certificate(self.directory)
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 argv, env=env, cwd=self.directory, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent
@@ -129,7 +138,7 @@ class Site:
         deadline = time.monotonic() + 30
         while True:
             try:
-                if request(self.port, "/stats")[0] == 200:
+                if request(self.port, "/stats", tls=self.tls)[0] == 200:
                     return self
             except OSError:
                 pass
@@ -160,14 +169,19 @@ class Site:
 
     def events(self) -> dict:
         """fastsess event counts of the worker that answers (tests that read them run one worker)."""
-        status, _, body = request(self.port, "/stats")
+        status, _, body = request(self.port, "/stats", tls=self.tls)
         assert status == 200, body
         return json.loads(body)["events"]
 
 
-def request(port: int, path: str, headers: list[tuple[str, str]] = (), host: str = "127.0.0.1"):
+def request(port: int, path: str, headers: list[tuple[str, str]] = (), host: str = "127.0.0.1", tls: bool = False):
     """One raw HTTP/1.1 request: (status, headers as a list of pairs, body). Header values go out as latin-1."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    if tls:
+        context = ssl.create_default_context()
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE  # self-signed, ours
+        connection = http.client.HTTPSConnection("127.0.0.1", port, timeout=30, context=context)
+    else:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
         connection.putrequest("GET", path, skip_host=True, skip_accept_encoding=True)
         connection.putheader("Host", f"{host}:{port}")
@@ -182,3 +196,26 @@ def request(port: int, path: str, headers: list[tuple[str, str]] = (), host: str
 
 def header_values(headers: list[tuple[str, str]], name: str) -> list[str]:
     return [v for k, v in headers if k.lower() == name.lower()]
+
+
+def self_signed_certificate(directory: Path) -> None:
+    """cert.pem and key.pem in directory: a certificate for *.example.test, valid for two days."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, PUBLIC_HOST)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("*.example.test")]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    (directory / "cert.pem").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    (directory / "key.pem").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )

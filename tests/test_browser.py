@@ -53,10 +53,10 @@ def site(tmp_path):
     """Starts gunicorn on browser_app with the given options (timeout 600 unless given); stops it after."""
     started: list[Site] = []
 
-    def start(workers: int = 1, **options) -> Site:
+    def start(workers: int = 1, tls: bool = False, **options) -> Site:
         directory = tmp_path / f"site{len(started)}"
         directory.mkdir()
-        running = Site({"timeout": 600, **options}, directory, workers).start()
+        running = Site({"timeout": 600, **options}, directory, workers, tls).start()
         started.append(running)
         return running
 
@@ -230,6 +230,27 @@ def test_secure_cookie_for_a_public_host_over_plain_http_is_dropped_by_chromium_
     # Loopback is a secure context: the same Secure cookie works there, without a warning.
     assert [visit(chrome, running, "/inc", "app.localhost")["n"] for _ in range(2)] == [1, 2]
     assert running.events()["insecure_cookie"] == 1
+
+
+def test_over_https_a_host_prefixed_secure_cookie_works_and_no_sibling_can_plant_one(chrome, site, tmp_path):
+    running = site(tls=True, **lmdb(tmp_path, key="__Host-session"))
+    assert [visit(chrome, running, "/inc", PUBLIC_HOST)["n"] for _ in range(2)] == [1, 2]
+    [cookie] = session_cookies(chrome, "__Host-session")
+    assert (cookie["secure"], cookie["domain"], cookie["path"]) == (True, PUBLIC_HOST, "/")
+    # A sibling subdomain cannot plant a __Host- cookie for the whole domain (README, "Security").
+    plant(chrome, running, "planted; Secure; Domain=.example.test", name="__Host-session", host="shop.example.test")
+    assert [c["value"] for c in browser_cookies(chrome)] == [cookie["value"]]
+    visit(chrome, running, "/login?user=ada", PUBLIC_HOST)
+    assert session_value(chrome, "__Host-session") != cookie["value"]
+    visit(chrome, running, "/logout", PUBLIC_HOST)
+    assert browser_cookies(chrome) == []
+    assert running.events().get("insecure_cookie") is None
+
+
+def test_secure_auto_over_real_https_sets_a_secure_cookie(chrome, site):
+    running = site(tls=True, type="memory", secure="auto")
+    assert [visit(chrome, running, "/inc", PUBLIC_HOST)["n"] for _ in range(2)] == [1, 2]
+    assert session_cookies(chrome)[0]["secure"] is True
 
 
 def test_secure_false_cookie_works_on_a_public_host_over_plain_http(chrome, site):
