@@ -259,6 +259,30 @@ def test_secure_false_cookie_works_on_a_public_host_over_plain_http(chrome, site
     assert running.events().get("insecure_cookie") is None
 
 
+# ---------------------------------------------------------------- cache headers
+
+
+def test_cache_headers_as_gunicorn_sends_them(site):
+    running = site(type="memory", secure="auto")
+    cases = [
+        # (the session: 0 untouched, 1 read, 2 written), the app's Vary and Cache-Control -> what is sent
+        ("0", None, None, [], []),
+        ("1", None, None, ["Cookie"], ["private"]),
+        ("1", "Accept-Encoding", "max-age=60", ["Accept-Encoding, Cookie"], ["max-age=60"]),
+        ("1", "*", None, ["*"], ["private"]),
+        ("2", "accept-encoding, cookie", "public, max-age=60", ["accept-encoding, cookie"], ["private, no-store"]),
+        ("2", None, "s-maxage=10", ["Cookie"], ["private, no-store"]),
+        ("2", None, "no-cache", ["Cookie"], ["private, no-store"]),
+    ]
+    for touch, vary, cache_control, sent_vary, sent_cache_control in cases:
+        query = {"touch": touch, **({"vary": vary} if vary else {}), **({"cache-control": cache_control} if cache_control else {})}
+        _, headers, _ = request(running.port, "/headers?" + urllib.parse.urlencode(query))
+        assert header_values(headers, "Vary") == sent_vary, query
+        assert header_values(headers, "Cache-Control") == sent_cache_control, query
+        assert len(header_values(headers, "Set-Cookie")) == (touch == "2"), query
+    assert running.log().count("cache_control_overridden") == 2  # public and s-maxage, each logged
+
+
 # ---------------------------------------------------------------- per-session domain and path
 
 
