@@ -700,7 +700,7 @@ COOKIE_DOMAIN = re.compile(r"\.?[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
 
 
 def cookie_name_prefix(name: str) -> str | None:
-    """"__Host-" or "__Secure-" when the cookie name starts with it in any case, else None.
+    """The prefix browsers enforce that the cookie name carries, in any case: "__Host-", "__Secure-" or None.
 
     Browsers enforce the prefixes case-insensitively (RFC 6265bis): a cookie named
     __host-session without Secure is dropped just as __Host-session would be.
