@@ -824,6 +824,31 @@ def test_host_prefixed_cookie_with_root_path_is_accepted():
     assert config(key="__Host-session", cookie_path="/").cookie_path == "/"
 
 
+@pytest.mark.parametrize("name", ["__host-session", "__HOST-session", "__secure-session", "__SeCuRe-session"])
+def test_prefixed_cookie_name_in_any_case_without_secure_true_is_a_config_error(name):
+    # Browsers match the prefixes in any case (RFC 6265bis) and drop such a cookie
+    # without Secure: the session would silently never come back.
+    with pytest.raises(ConfigError, match="secure = true"):
+        config(key=name, secure="auto")
+
+
+@pytest.mark.parametrize("option", [{"cookie_domain": ".example.com"}, {"cookie_path": "/app"}])
+def test_host_prefix_in_another_case_still_refuses_a_domain_or_path(option):
+    with pytest.raises(ConfigError, match="__Host-"):
+        config(key="__host-session", secure="true", **option)
+
+
+@pytest.mark.parametrize("secure", ["false", "auto"])
+def test_partitioned_without_secure_true_is_a_config_error(secure):
+    # Browsers drop a Partitioned cookie that lacks Secure (CHIPS), as they drop SameSite=None.
+    with pytest.raises(ConfigError, match="partitioned needs session.secure = true"):
+        config(partitioned="true", secure=secure)
+
+
+def test_partitioned_with_secure_is_accepted():
+    assert config(partitioned="true").partitioned is True
+
+
 def test_secure_prefixed_cookie_may_have_a_domain_and_path():
     cfg = config(key="__Secure-session", cookie_domain=".example.com", cookie_path="/app")
     assert (cfg.cookie_domain, cfg.cookie_path) == (".example.com", "/app")

@@ -116,3 +116,48 @@ def test_demo_rejects_a_form_without_the_csrf_token(demo):
     with pytest.raises(urllib.error.HTTPError) as excinfo:
         browser.post(demo + "/login", {"name": "mallory", "csrf": "forged"})
     assert excinfo.value.code == 403
+
+
+def test_demo_in_chromium_counts_logs_in_with_a_new_id_and_logs_out(demo):
+    from browser import browser_cookies, chromium
+
+    driver = chromium()
+
+    def session_cookie() -> dict:
+        [cookie] = browser_cookies(driver)  # the demo sets exactly one cookie
+        assert cookie["name"] == "session"
+        return cookie
+
+    def replay(value: str) -> tuple[str, list]:
+        """A parallel request still carrying an old cookie: its page and its Set-Cookie headers."""
+        request = urllib.request.Request(demo + "/", headers={"Cookie": f"session={value}"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.read().decode(), response.headers.get_all("Set-Cookie") or []
+
+    try:
+        for expected in (1, 2, 3):
+            driver.get(demo + "/")
+            assert count(driver.page_source) == expected
+        cookie = session_cookie()
+        # secure = auto over plain HTTP: no Secure, so the browser keeps it; HttpOnly, Lax, a session cookie
+        assert (cookie["secure"], cookie["httpOnly"], cookie["sameSite"], cookie["session"]) == (False, True, "Lax", True)
+        before = cookie["value"]
+
+        driver.find_element("name", "name").send_keys("ada")
+        driver.find_element("css selector", "form button").click()
+        page = driver.page_source
+        assert "Welcome, ada!" in page and 'id="user">ada<' in page
+        assert count(page) == 4  # the data survived the new id
+        logged_in = session_cookie()["value"]
+        assert logged_in != before
+        page, set_cookies = replay(before)
+        assert "ada" not in page and set_cookies == []  # the tombstone cannot overwrite the login cookie
+
+        driver.find_element("css selector", "form button").click()
+        page = driver.page_source
+        assert "Goodbye, ada." in page and "Log in" in page
+        assert session_cookie()["value"] not in (before, logged_in)
+        page, _ = replay(logged_in)
+        assert "ada" not in page and count(page) == 1  # the logged-in cookie is dead
+    finally:
+        driver.quit()

@@ -1006,6 +1006,15 @@ def test_a_host_prefixed_cookie_refuses_a_per_session_domain_or_path():
     assert session.domain is None and session.path == "/"
 
 
+def test_a_host_prefix_in_another_case_refuses_a_per_session_domain_or_path():
+    # Browsers match the prefix in any case: __host-session is held to the __Host- rules.
+    session = Env(key="__host-session", secure=True).request()
+    with pytest.raises(ValueError, match="__Host-"):
+        session.domain = ".example.com"
+    with pytest.raises(ValueError, match="__Host-"):
+        session.path = "/app"
+
+
 # ---------------------------------------------------------------- get_by_id and read_only
 
 

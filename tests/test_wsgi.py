@@ -20,6 +20,7 @@ from wsgiref.util import FileWrapper
 import pytest
 import webtest
 
+import fastsess.wsgi
 from fastsess import SessionMiddleware, StoreError, core
 from fastsess.events import RATE_LIMIT_PER_SECOND
 from fastsess.stores.base import TOMBSTONE, StoredRecord
@@ -467,7 +468,13 @@ def test_secure_auto_follows_the_url_scheme(scheme, secure):
     assert ("; Secure" in header) is secure
 
 
-def test_secure_cookie_over_plain_http_to_a_public_host_warns_once(caplog):
+@pytest.fixture
+def unwarned(monkeypatch):
+    """A process that has not yet logged the plain-HTTP warning (it is logged once per process)."""
+    monkeypatch.setattr(fastsess.wsgi, "_insecure_warned", False)
+
+
+def test_secure_cookie_over_plain_http_to_a_public_host_warns_once(unwarned, caplog):
     caplog.set_level(logging.DEBUG, logger="fastsess")
     mw = make_mw(App(inc))
     for _ in range(3):
@@ -478,15 +485,24 @@ def test_secure_cookie_over_plain_http_to_a_public_host_warns_once(caplog):
 
 
 @pytest.mark.parametrize(
-    "host", ["localhost", "localhost:8080", "127.0.0.1", "127.0.0.1:8000", "[::1]:8000", "[::1]"]
+    "host",
+    [
+        "localhost", "localhost:8080", "127.0.0.1", "127.0.0.1:8000", "[::1]:8000", "[::1]",
+        # Browsers keep Secure cookies from these too (Secure Contexts: localhost names, 127.0.0.0/8)
+        "app.localhost:8000", "LOCALHOST", "localhost.:8000", "127.0.0.2:8000",
+    ],
 )
-def test_secure_cookie_over_plain_http_to_loopback_does_not_warn(host, caplog):
+def test_secure_cookie_over_plain_http_to_loopback_does_not_warn(host, unwarned, caplog):
     caplog.set_level(logging.DEBUG, logger="fastsess")
-    call(make_mw(App(inc)), **{"wsgi.url_scheme": "http", "HTTP_HOST": host})
+    mw = make_mw(App(inc))
+    call(mw, **{"wsgi.url_scheme": "http", "HTTP_HOST": host})
     assert events(caplog, "insecure_cookie") == []
+    # ... and the one warning a process gives is still there for a host that needs it
+    call(mw, **{"wsgi.url_scheme": "http", "HTTP_HOST": "www.example.com"})
+    assert len(events(caplog, "insecure_cookie")) == 1
 
 
-def test_secure_cookie_over_https_does_not_warn(caplog):
+def test_secure_cookie_over_https_does_not_warn(unwarned, caplog):
     caplog.set_level(logging.DEBUG, logger="fastsess")
     call(make_mw(App(inc)))
     assert events(caplog, "insecure_cookie") == []

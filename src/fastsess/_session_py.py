@@ -20,7 +20,7 @@ from types import MappingProxyType
 from typing import Any
 
 from . import beaker_compat, core
-from .config import COOKIE_DOMAIN, TOMBSTONE_SECONDS, Config
+from .config import COOKIE_DOMAIN, TOMBSTONE_SECONDS, Config, cookie_name_prefix
 from .errors import ConflictError, CorruptRecord, SessionTooLarge, StoreError
 from .events import EventLog
 from .keys import KeyRing
@@ -1463,7 +1463,7 @@ def _cookie_attribute(what: str, value: str | None, cookie_name: str) -> str | N
         raise ValueError("a cookie domain is a host name: letters, digits, '-', '_' and '.', no port")
     if what == "path" and not value.startswith("/"):
         raise ValueError("a cookie path must start with '/'")
-    if cookie_name.startswith("__Host-") and (what == "domain" or value != "/"):
+    if cookie_name_prefix(cookie_name) == "__Host-" and (what == "domain" or value != "/"):
         raise ValueError("a __Host- cookie may not have a Domain, and its Path must be /")
     return value
 

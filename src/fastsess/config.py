@@ -634,9 +634,10 @@ class Config:
             self.samesite = normalized
         if self.samesite == "None" and self.secure is not True:
             raise ConfigError("session.samesite = None needs session.secure = true: browsers drop such a cookie")
-        if self.cookie_name.startswith(("__Host-", "__Secure-")) and self.secure is not True:
-            raise ConfigError(f"a cookie named {self.cookie_name.split('-')[0]}-... needs session.secure = true")
-        if self.cookie_name.startswith("__Host-") and (self.cookie_domain or self.cookie_path != "/"):
+        prefix = cookie_name_prefix(self.cookie_name)
+        if prefix is not None and self.secure is not True:
+            raise ConfigError(f"a cookie named {prefix}... (in any case) needs session.secure = true")
+        if prefix == "__Host-" and (self.cookie_domain or self.cookie_path != "/"):
             raise ConfigError("a __Host- cookie may not have a Domain, and its Path must be /")
         self.cookie_expires = _as_expires(get("cookie_expires", True))
         max_age = get("max_age")
@@ -644,6 +645,8 @@ class Config:
         if self.max_age is not None:
             _check_cookie_lifetime("max_age", self.max_age)
         self.partitioned = as_bool("partitioned", get("partitioned", False))
+        if self.partitioned and self.secure is not True:
+            raise ConfigError("session.partitioned needs session.secure = true: browsers drop such a cookie")
 
         # Behaviour
         self.auto = as_bool("auto", get("auto", False))
@@ -757,6 +760,20 @@ class Config:
 #: A Domain attribute: dot-separated labels of letters, digits, '-' (and '_', which some hosts
 #: use), with the optional leading dot Beaker users write.
 COOKIE_DOMAIN = re.compile(r"\.?[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
+
+
+def cookie_name_prefix(name: str) -> str | None:
+    """The prefix browsers enforce that the cookie name carries, in any case: "__Host-", "__Secure-" or None.
+
+    Browsers enforce the prefixes case-insensitively (RFC 6265bis): a cookie named
+    __host-session without Secure is dropped just as __Host-session would be.
+    """
+    lowered = name[:9].lower()
+    if lowered.startswith("__host-"):
+        return "__Host-"
+    if lowered == "__secure-":
+        return "__Secure-"
+    return None
 
 
 def _is_token(name: str) -> bool:

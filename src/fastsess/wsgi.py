@@ -12,6 +12,7 @@ while a generator streams are written, best effort, when the iterable is closed.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections.abc import Callable, Mapping
 from datetime import timezone
@@ -37,7 +38,6 @@ else:
 
 log = logging.getLogger("fastsess")
 
-_LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 _insecure_warned = False  # the plain-HTTP warning is logged once per process
 
 
@@ -53,6 +53,21 @@ def _host_name(environ: dict) -> str:
     if host.startswith("["):
         return host[1 : host.find("]")] if "]" in host else host
     return host.rsplit(":", 1)[0]
+
+
+def _is_loopback(host: str) -> bool:
+    """A host browsers treat as a secure context over plain HTTP, so they keep Secure cookies from it.
+
+    That is localhost and any name under it, in any case, and the loopback
+    addresses 127.0.0.0/8 and ::1 (the W3C Secure Contexts rules Chromium follows).
+    """
+    host = host.lower().rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class SessionMiddleware(_request.Middleware):
@@ -114,7 +129,7 @@ class SessionMiddleware(_request.Middleware):
         elif secure == "auto":
             secure = environ.get("wsgi.url_scheme") == "https"
         elif secure and not _insecure_warned and environ.get("wsgi.url_scheme") != "https":
-            if _host_name(environ) not in _LOOPBACK_HOSTS:
+            if not _is_loopback(_host_name(environ)):
                 _warn_insecure_once()
                 self.service.events.emit(
                     "insecure_cookie",
