@@ -62,8 +62,11 @@ LMDB, and the graveyard lets go of the old one first.
 Failure handling: MapResizedError (another process grew the map) adopts the
 new size and retries; MapFullError doubles the map and retries (raising
 StoreError if the write still does not fit after two growths); a full
-reader table is cleared of dead readers and retried once. An environment that
-cannot be opened because it is damaged, or that reports corruption in use, is
+reader table is cleared of dead readers and retried once. A map that cannot
+grow at all (no address space or memory for it) fails that write with a
+StoreError, and the environment reopens at a size that maps: what is stored
+stays readable, and writes that fit go on. An environment that cannot be
+opened because it is damaged, or that reports corruption in use, is
 renamed to data.mdb.corrupt-<time> (and lock.mdb likewise) and replaced by an
 empty one, with an error logged: sessions are disposable, an outage is not.
 One record whose metadata or blob is damaged makes load() raise
@@ -309,9 +312,13 @@ class _SharedEnv:
                 size = os.stat(os.path.join(self.path, "data.mdb")).st_size
             except OSError:
                 size = 0
-            map_size = max(self.map_size, -(-2 * size // _MAP_GRANULE) * _MAP_GRANULE)
+            needed = max(self.map_size, -(-size // _MAP_GRANULE) * _MAP_GRANULE)
             try:
-                self._open_sized(map_size)
+                try:
+                    self._open_sized(max(needed, -(-2 * size // _MAP_GRANULE) * _MAP_GRANULE))
+                except lmdb.MemoryError:
+                    # No address space (or memory) for room to grow: map what the data needs.
+                    self._open_sized(needed)
                 return
             except lmdb.MapResizedError:
                 continue
@@ -347,6 +354,29 @@ class _SharedEnv:
         if self.env is not None:
             self.env.close()
         self.env = self.meta = self.data = self.expiry = None
+
+    def repair(self, fn: Callable[[], None]) -> None:
+        """Run one of _run's repairs exclusively; LMDB failing it is a StoreError.
+
+        A map that cannot be resized (the address space or memory is exhausted)
+        leaves the environment unusable: py-lmdb invalidates it. It is closed,
+        and the next operation opens it again at a size that maps, so records
+        stay readable and writes that fit keep working.
+        """
+        self.gate.acquire_exclusive()
+        try:
+            fn()
+        except lmdb.Error as exc:
+            try:
+                self.close_env()
+            except lmdb.Error:
+                self.env = self.meta = self.data = self.expiry = None
+            raise StoreError(
+                f"lmdb store: the map in {self.path} could not be resized or repaired "
+                f"(at {self.map_size} bytes): {exc}"
+            ) from None
+        finally:
+            self.gate.release_exclusive()
 
     def recover(self, failing: lmdb.Environment, reason: str) -> None:
         """Replace an environment that reported corruption, unless someone already did."""
@@ -619,7 +649,7 @@ class LmdbStore(Store):
                 if shared.ops >= _MAINTAIN_EVERY:
                     shared.maintain()
                 return result
-            shared.exclusively(repair)
+            shared.repair(repair)
         raise StoreError(f"lmdb store: gave up on {self.data_dir} after {_ATTEMPTS} attempts")
 
     @staticmethod
