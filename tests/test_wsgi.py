@@ -10,8 +10,11 @@ from __future__ import annotations
 import datetime as dt
 import http.cookies
 import io
+import json
 import logging
+import os
 import re
+import subprocess
 import sys
 import time
 from email.utils import formatdate
@@ -1518,6 +1521,148 @@ def test_a_session_read_then_reset_like_turbogears_still_varies_on_cookie():
     assert headers["Vary"] == "Cookie"
     assert headers["Cache-Control"] == "private"
     assert "Set-Cookie" not in headers
+
+
+# ---------------------------------------------------------------- a full filesystem
+
+# One process per scenario: a store that mishandles a full disk may kill its
+# process (SIGBUS through a shared mapping), and must not take pytest with it.
+FULL_DISK = r"""
+import json, os, sys
+from fastsess import SessionMiddleware
+
+mount, kind, policy, scenario = sys.argv[1:]
+filler = os.path.join(mount, "filler")
+
+
+def fill():
+    os.makedirs(filler, exist_ok=True)
+    for chunk in (1 << 16, 512, 1):
+        try:
+            n = 0
+            while True:
+                with open(os.path.join(filler, f"{chunk}-{n}"), "wb") as f:
+                    while True:
+                        f.write(b"\0" * chunk)
+                        f.flush()
+                n += 1
+        except OSError:
+            pass
+
+
+def free():
+    for name in os.listdir(filler):
+        os.unlink(os.path.join(filler, name))
+
+
+def app(environ, start_response):
+    session = environ["beaker.session"]
+    if environ["QUERY_STRING"]:
+        session["v"] = environ["QUERY_STRING"]
+        session.save()
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [session.get("v", "-").encode()]
+
+
+def build():
+    return SessionMiddleware(app, {
+        "session.type": kind, "session.data_dir": os.path.join(mount, "sessions"), "session.secret": "d" * 40,
+        "session.timeout": 600, "session.on_store_error": policy,
+    })
+
+
+def call(mw, query="", cookie=None):
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "QUERY_STRING": query, "SERVER_NAME": "localhost",
+               "SERVER_PORT": "443", "HTTP_HOST": "localhost", "wsgi.url_scheme": "https"}
+    if cookie:
+        environ["HTTP_COOKIE"] = cookie
+    out = {}
+
+    def start_response(status, headers, exc_info=None):
+        out["status"] = status
+        out["cookie"] = next((v.split(";")[0] for k, v in headers if k == "Set-Cookie"), None)
+
+    try:
+        out["body"] = b"".join(mw(environ, start_response)).decode()
+    except Exception as exc:
+        out = {"error": type(exc).__name__}
+    return out
+
+
+result = {}
+if scenario == "boot":
+    fill()
+    mw = build()
+    result["full"] = call(mw, "new")
+else:
+    mw = build()
+    cookie = call(mw, "before")["cookie"]
+    fill()
+    result["read"] = call(mw, cookie=cookie)
+    result["full"] = call(mw, "during", cookie)
+    result["new"] = call(mw, "new")
+free()
+result["kept"] = call(mw, cookie=cookie)["body"] if scenario == "run" else None
+result["after"] = call(mw, "after")
+print(json.dumps(result))
+"""
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 1 MiB tmpfs: a filesystem the test can fill. Needs root."""
+    if not sys.platform.startswith("linux") or os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root on Linux")
+    mount = tmp_path / "tmpfs"
+    mount.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def run_on_a_full_disk(mount, kind: str, policy: str, scenario: str) -> dict:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    ran = subprocess.run(
+        [sys.executable, "-c", FULL_DISK, str(mount), kind, policy, scenario],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert ran.returncode == 0, f"exit status {ran.returncode}: {ran.stderr[-2000:]}"
+    return json.loads(ran.stdout.splitlines()[-1])
+
+
+def failed_write(policy: str) -> dict:
+    """What a request that writes gets while the disk is full."""
+    return {"error": "StoreError"} if policy == "raise" else {"status": "200 OK", "cookie": None, "body": ANY}
+
+
+ANY = object()
+
+
+def matches(got: dict, expected: dict) -> bool:
+    return got.keys() == expected.keys() and all(v is ANY or got[k] == v for k, v in expected.items())
+
+
+@pytest.mark.parametrize("policy", ["raise", "anonymous"])
+@pytest.mark.parametrize("kind", ["file", "lmdb", "sql"])
+def test_a_full_disk_fails_writes_cleanly_and_loses_no_stored_session(small_tmpfs, kind, policy):
+    result = run_on_a_full_disk(small_tmpfs, kind, policy, "run")
+    assert result["read"]["body"] == "before"  # reading needs no space
+    assert matches(result["full"], failed_write(policy)), result["full"]
+    assert matches(result["new"], failed_write(policy)), result["new"]
+    assert result["kept"] == "before"  # the failed write left the record as it was
+    assert result["after"]["cookie"] and result["after"]["body"] == "after"
+
+
+@pytest.mark.parametrize("policy", ["raise", "anonymous"])
+@pytest.mark.parametrize("kind", ["file"])
+def test_the_middleware_starts_on_a_full_disk_and_stores_sessions_once_there_is_room(small_tmpfs, kind, policy):
+    # A full disk is an outage, not a configuration mistake: workers restarted
+    # meanwhile must boot, and on_store_error decides what requests get.
+    result = run_on_a_full_disk(small_tmpfs, kind, policy, "boot")
+    assert matches(result["full"], failed_write(policy)), result["full"]
+    assert result["after"]["cookie"] and result["after"]["body"] == "after"
 
 
 # ---------------------------------------------------------------- the compiled request cycle
