@@ -1656,7 +1656,7 @@ def test_a_full_disk_fails_writes_cleanly_and_loses_no_stored_session(small_tmpf
 
 
 @pytest.mark.parametrize("policy", ["raise", "anonymous"])
-@pytest.mark.parametrize("kind", ["file"])
+@pytest.mark.parametrize("kind", ["file", "lmdb"])
 def test_the_middleware_starts_on_a_full_disk_and_stores_sessions_once_there_is_room(small_tmpfs, kind, policy):
     # A full disk is an outage, not a configuration mistake: workers restarted
     # meanwhile must boot, and on_store_error decides what requests get.

@@ -76,6 +76,7 @@ Other failures raise StoreError.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import functools
 import logging
@@ -120,6 +121,8 @@ _MAINTAIN_EVERY = 1000  # operations between reader_check() and moved-file check
 _MAP_GRANULE = 1 << 16  # map sizes stay multiples of every common page size
 _ATTEMPTS = 5
 _RETRY = object()  # load(): the fast path hit something only _run() handles
+_LOCK_PAGE = 4096  # lock.mdb's first page: LMDB's header and the first reader slots
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 # The per-request paths call py-lmdb positionally, as begin(db, parent, write),
 # get(key, default, db), put(key, value, dupdata, overwrite, append, db) and
 # delete(key, value, db): it parses keyword arguments slowly (~70 ns a call).
@@ -188,6 +191,38 @@ def _reindex(txn, shared, key: bytes, old: tuple | None, expires_at: float) -> N
             return  # the same granule: the expiry index is not written at all
         txn.delete(_MS.pack(old_granule) + key, b"", shared.expiry)
     txn.put(_MS.pack(granule) + key, b"", True, True, False, shared.expiry)
+
+
+def _allocate_lock_file(path: str) -> None:
+    """Give lock.mdb disk blocks before LMDB opens it; never while this process has it open.
+
+    LMDB sizes its lock file with ftruncate (a sparse file) and writes its
+    header and reader slots through a shared mapping: on a full disk, the first
+    write to a page without a block is SIGBUS, which kills the process. With
+    the blocks allocated first, a full disk is a StoreError here instead. A
+    file in use gets blocks for its size, never a new size (LMDB reads the
+    number of reader slots from it); a new one gets its first page, where LMDB
+    writes its header and the first slots. Only before lmdb.open(): closing
+    any descriptor of the file drops this process's POSIX locks on it, LMDB's
+    own included.
+    """
+    fallocate = getattr(os, "posix_fallocate", None)
+    if fallocate is None:
+        return
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)  # as lmdb.open() would: it may have been removed
+        fd = os.open(os.path.join(path, "lock.mdb"), os.O_RDWR | os.O_CREAT | _O_CLOEXEC, 0o600)
+        try:
+            fallocate(fd, 0, os.fstat(fd).st_size or _LOCK_PAGE)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            return  # a filesystem that cannot allocate ahead: nothing to gain here
+        raise StoreError(
+            f"lmdb store: cannot allocate the lock file in {path}: "
+            f"{errno.errorcode.get(exc.errno or 0, 'error')} ({exc.strerror})"
+        ) from None
 
 
 def _log_damaged() -> None:
@@ -325,6 +360,7 @@ class _SharedEnv:
         raise lmdb.Error(f"{self.path}: the map kept growing while it was being opened")
 
     def _open_sized(self, map_size: int) -> None:
+        _allocate_lock_file(self.path)
         env = lmdb.open(
             self.path,
             map_size=map_size,
