@@ -14,9 +14,11 @@ import json
 import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
+import traceback
 from email.utils import formatdate
 from wsgiref.util import FileWrapper
 
@@ -1477,6 +1479,174 @@ def test_no_raw_id_or_cookie_value_appears_in_any_log_record(caplog):
         assert not leaked, f"{record.getMessage()!r} leaks a raw id or cookie value"
         sid = getattr(record, "sid", None)
         assert sid is None or re.fullmatch(r"[0-9a-f]{16}", sid)
+
+
+class Capture(logging.Handler):
+    """Every record the fastsess logger emits, whatever the configured levels."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def __enter__(self) -> Capture:
+        logger = logging.getLogger("fastsess")
+        self.level_before = logger.level
+        logger.setLevel(logging.DEBUG)
+        logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        logger = logging.getLogger("fastsess")
+        logger.removeHandler(self)
+        logger.setLevel(self.level_before)
+
+
+def damage_record(kind: str, store, key: bytes) -> None:
+    from test_store_contract import STORE_KINDS
+
+    STORE_KINDS["sql-sqlite-file" if kind == "sql" else kind].damage(store, key)
+
+
+def break_store(kind: str, mw, cookie: str) -> None:
+    """Make the store fail for this session: what a broken disk or database looks like to it."""
+    if kind == "file":
+        name = mw.service.open_cookie(cookie)[1].hex()
+        shard = os.path.join(mw.store.data_dir, name[:2], name[2:4])
+        shutil.rmtree(shard)
+        with open(shard, "wb") as f:
+            f.write(b"a file where the store wants a directory")
+    elif kind == "sql":
+        mw.store.table.drop(mw.store.engine)
+    else:
+        mw.store.close()
+
+
+def _leak_app(secrets: set, leaked_exceptions: list):
+    """An app whose PATH_INFO picks what the request does; it remembers every id, token and value it sees."""
+
+    def app(environ, start_response):
+        session = environ["beaker.session"]
+        action = environ["PATH_INFO"].strip("/")
+        marker = f"DATA-{action}-{core.new_session_id()[:12]}"
+        secrets.add(marker)
+        if action == "write":
+            session["card"] = marker
+            session.flash(f"{marker}-flash")
+            secrets.update({session.get_csrf_token(), session.csrf_token_for_form(), session.new_csrf_token()})
+        elif action == "conflict":
+            # Another request writes the same session while this one runs: merged, or raised.
+            other = environ["beaker.get_session"](session.id)
+            other["card"] = marker + "-other"
+            other.save()
+            session["card"] = marker
+            session.save()
+        elif action == "regenerate":
+            session["user"] = marker
+            session.regenerate_id()
+        elif action == "big":
+            session["big"] = marker * 2000
+            session.save()
+        elif action == "nested":
+            session["cart"] = [marker]
+            session["cart"].append(float("nan"))
+            session.save()
+        elif action == "delete":
+            session.delete()
+        if session.id is not None:
+            secrets.add(session.id)
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    return app
+
+
+@pytest.mark.parametrize("kind", ["file", "lmdb", "sql"])
+def test_no_log_record_or_exception_carries_an_id_cookie_token_or_session_data(kind, tmp_path):
+    secrets: set = set()
+    raised: list = []
+    with Capture() as capture:
+        app = _leak_app(secrets, raised)
+        mw = make_mw(app, type=kind, data_dir=str(tmp_path / "sessions"), max_record_size=4096)
+        strict = make_mw(app, type=kind, data_dir=str(tmp_path / "strict"), on_conflict="raise",
+                         invalidate_corrupt="false")
+        clock = freeze(mw)
+
+        def request(path, cookie=None, target=mw):
+            environ = environ_for(f"session={cookie}" if cookie is not None else None)
+            environ["PATH_INFO"] = path
+            served = Served()
+            try:
+                result = target(environ, served.start_response)
+                served.chunks.extend(result)
+            except Exception as exc:  # noqa: BLE001 - every error's text is checked below
+                raised.append(exc)
+            for header in served.set_cookies():
+                value = header.split(";")[0].split("=", 1)[1]
+                if value:
+                    secrets.add(value)
+            return served.cookie_value() if served.set_cookies() and served.cookie_value() else cookie
+
+        try:
+            good = request("/write")
+            request("/", good)
+            for name, make in BAD_COOKIES.items():
+                bad = make(good)
+                if len(bad) >= 12 and name != "garbage":
+                    secrets.add(bad)
+                request("/write", bad)
+            request("/conflict", good)
+            strict_cookie = request("/write", target=strict)
+            request("/conflict", strict_cookie, target=strict)  # ConflictError
+            request("/big", good)  # SessionTooLarge
+            request("/nested", good)  # TypeError from the codec
+            new = request("/regenerate", good)
+            request("/write", good)  # tombstoned: write_dropped
+            clock.advance(601)
+            request("/write", new)  # expired
+            request("/delete", request("/write"))
+            # A damaged record, under both invalidate_corrupt settings.
+            damaged = request("/write")
+            other = request("/write", target=strict)
+            for target, cookie in ((mw, damaged), (strict, other)):
+                key = target.service.open_cookie(cookie)[1]
+                damage_record(kind, target.store, key)
+                request("/write", cookie, target=target)
+            # The store failing.
+            cookie = request("/write")
+            break_store(kind, mw, cookie)
+            request("/write", cookie)
+            # Configuration errors, and a configuration warning.
+            base = {"session.type": "memory", "session.timeout": 60, "session.secret": SECRET}
+            for options in ({"session.secret": "DATA-short-secret"}, {"session.validate_key": "DATA-short-key"},
+                            {"session.encrypt_key": "DATA-short-encrypt-key"}, {"session_secret": "DATA-session-"}):
+                secrets.update(options.values())
+                try:
+                    SessionMiddleware(app, {**base, **options})
+                except Exception as exc:  # noqa: BLE001
+                    raised.append(exc)
+        finally:
+            mw.close()
+            strict.close()
+
+    kinds = {type(exc).__name__ for exc in raised}
+    assert {"ConflictError", "SessionTooLarge", "TypeError", "CorruptRecord", "StoreError", "ConfigError"} <= kinds
+    events = {getattr(r, "fastsess_event", None) for r in capture.records}
+    assert {"created", "invalid_cookie", "expired", "regenerated", "tombstone_hit", "write_dropped",
+            "conflict_merged", "conflict_raised", "corrupt_record", "store_error", "config_warning"} <= events
+    secrets = {s for s in secrets if s}
+    assert len(secrets) > 30
+    texts = [r.getMessage() + repr(vars(r)) for r in capture.records]
+    texts += ["".join(traceback.format_exception(exc)) + repr(exc.args) for exc in raised]
+    for text in texts:
+        leaked = sorted(s for s in secrets if s in text)
+        assert not leaked, f"{text[:300]!r} leaks {leaked}"
+        assert "DATA-" not in text, text[:300]
+    for record in capture.records:
+        assert hasattr(record, "fastsess_event") and hasattr(record, "sid"), record.getMessage()
+        assert record.sid is None or re.fullmatch(r"[0-9a-f]{16}", record.sid)
 
 
 # ---------------------------------------------------------------- every store of this release

@@ -387,7 +387,10 @@ def collect_options(config: Mapping | None = None, kwargs: Mapping | None = None
                 if plain_allowed:
                     options[raw_key] = value
                 elif raw_key.startswith("sa.") is False and raw_key.startswith("session_"):
-                    log.warning("ignoring %r: session options start with 'session.'", raw_key)
+                    log.warning(
+                        "ignoring %r: session options start with 'session.'", raw_key,
+                        extra={"fastsess_event": "config_warning", "sid": None},
+                    )
     return options
 
 
