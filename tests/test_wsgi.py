@@ -590,6 +590,43 @@ def test_replaying_an_old_key_cookie_cannot_flood_the_logs(caplog):
     assert len(events(caplog, "old_key_used")) <= 2 * RATE_LIMIT_PER_SECOND  # the replays may span two seconds
 
 
+def test_replaying_a_cookie_whose_record_is_damaged_cannot_flood_the_logs(caplog, tmp_path):
+    # The damage is the server's (logged as an error), but the client may replay
+    # the cookie at will: every replay is counted, the log lines are rate-limited.
+    from test_store_contract import STORE_KINDS
+
+    caplog.set_level(logging.DEBUG, logger="fastsess")
+    mw = make_mw(App(inc), type="file", data_dir=str(tmp_path / "sessions"))
+    try:
+        cookie = call(mw).cookie_value()
+        STORE_KINDS["file"].damage(mw.store, mw.service.open_cookie(cookie)[1])
+        mw.app.action = read
+        for _ in range(50):
+            assert call(mw, cookie=f"session={cookie}").body == b""
+        assert mw.service.events.counts["corrupt_record"] == 50
+        records = events(caplog, "corrupt_record")
+        assert 1 <= len(records) <= 2 * RATE_LIMIT_PER_SECOND
+        assert all(record.levelno >= logging.WARNING for record in records)
+    finally:
+        mw.close()
+
+
+def test_replaying_a_tombstoned_cookie_to_a_page_that_writes_cannot_flood_the_logs(caplog):
+    # Every login leaves the old id tombstoned for a minute: a client can send it
+    # to a page that writes as often as it likes.
+    caplog.set_level(logging.DEBUG, logger="fastsess")
+    app = App(inc)
+    mw = make_mw(app)
+    old = call(mw).cookie_value()
+    app.action = lambda s: s.regenerate_id()
+    call(mw, cookie=f"session={old}")
+    app.action = inc
+    for _ in range(50):
+        assert call(mw, cookie=f"session={old}").set_cookies() == []
+    assert mw.service.events.counts["write_dropped"] == 50
+    assert 1 <= len(events(caplog, "write_dropped")) <= 2 * RATE_LIMIT_PER_SECOND
+
+
 @pytest.fixture
 def eastern_time(monkeypatch):
     """Run in a timezone five hours west of UTC, so naive and aware datetimes differ."""

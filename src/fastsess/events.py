@@ -1,8 +1,9 @@
 """Session events: one logger ("fastsess"), one event name per kind, an optional hook.
 
 Events that clients can trigger (bad or expired cookies) are logged at DEBUG or
-INFO behind a per-process rate limit; every event is counted. Raw ids, cookie
-values, tokens and session data never reach a log line: `sid` is a keyed hash.
+INFO behind a per-process rate limit, as are the warnings a client can replay;
+every event is counted. Raw ids, cookie values, tokens and session data never
+reach a log line: `sid` is a keyed hash.
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ log = logging.getLogger("fastsess")
 CLIENT_EVENTS = frozenset(
     {"invalid_cookie", "expired", "tombstone_hit", "unknown_id", "old_key_used", "beaker_cookie_accepted"}
 )
+#: Logged as warnings or errors, yet a client can replay what causes them: a cookie
+#: whose record is damaged, or the id every login tombstones, sent to a page that writes.
+REPLAYABLE_EVENTS = frozenset({"corrupt_record", "write_dropped"})
+_RATE_LIMITED = CLIENT_EVENTS | REPLAYABLE_EVENTS
 _LEVELS = {
     "store_error": logging.ERROR,
     "corrupt_record": logging.ERROR,
@@ -63,7 +68,7 @@ class EventLog:
         """Record event `name`; fields must never hold ids, cookie values or session data."""
         self.counts[name] += 1
         level = _LEVELS.get(name, logging.DEBUG)
-        if log.isEnabledFor(level) and (name not in CLIENT_EVENTS or self._allowed(name)):
+        if log.isEnabledFor(level) and (name not in _RATE_LIMITED or self._allowed(name)):
             text = f"{name}: {message}" if message else name
             log.log(level, text, extra={"fastsess_event": name, "sid": sid, **fields})
         if self.hook is not None:
