@@ -1393,6 +1393,26 @@ def test_on_event_hook_receives_events_with_a_hashed_sid():
     assert good not in repr(received)
 
 
+def test_on_event_hook_receives_what_the_store_notices_itself(tmp_path, caplog):
+    # A damaged LMDB environment is moved aside, losing every session: the
+    # operator's on_event hook (metrics, alerts) must hear of it, not only the log.
+    caplog.set_level(logging.DEBUG, logger="fastsess")
+    data_dir = tmp_path / "sessions"
+    data_dir.mkdir()
+    (data_dir / "data.mdb").write_bytes(b"this is not an lmdb file " * 1000)
+    received = []
+    mw = make_mw(App(inc), type="lmdb", data_dir=str(data_dir),
+                 on_event=lambda name, **fields: received.append((name, fields)))
+    try:
+        assert call(mw).body == b"1"
+    finally:
+        mw.close()
+    [store_error] = [fields for name, fields in received if name == "store_error"]
+    assert store_error == {"sid": None, "store": "lmdb"}
+    assert mw.service.events.counts["store_error"] == 1
+    assert len(events(caplog, "store_error")) == 1  # logged once, not once more by the store
+
+
 def test_a_failing_on_event_hook_does_not_break_requests():
     def hook(name, **fields):
         raise RuntimeError("metrics are down")

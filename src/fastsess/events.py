@@ -34,6 +34,8 @@ _LEVELS = {
     "cookie_too_large": logging.WARNING,
     "insecure_cookie": logging.WARNING,
     "cache_control_overridden": logging.WARNING,
+    "table_created": logging.WARNING,
+    "table_found": logging.WARNING,
     "save_gone": logging.INFO,
     "conflict_merged": logging.INFO,
     "old_key_used": logging.INFO,

@@ -94,8 +94,6 @@ from .base import (
     WriteResult,
 )
 
-logger = logging.getLogger("fastsess")
-
 _MAGIC = b"FSSF"
 _FORMAT = 1
 _RECORD, _TOMBSTONE = 0, 1
@@ -192,6 +190,7 @@ class FileStore(Store):
     """Sessions as files under data_dir; see the module docstring for the layout."""
 
     has_locked_update = True
+    kind = "file"
 
     def __init__(self, data_dir: str, clock: Callable[[], float] = time.time, fsync: bool = False) -> None:
         super().__init__(clock)
@@ -361,10 +360,8 @@ class FileStore(Store):
         try:
             return self._live(path, now)
         except CorruptRecord:
-            logger.warning(
-                "file store: a damaged session file was treated as missing by a write",
-                extra={"fastsess_event": "store_error", "sid": None},
-            )
+            self._report("store_error", "file store: a damaged session file was treated as missing by a write",
+                         logging.WARNING)
             return None
 
     def _write(

@@ -104,8 +104,6 @@ from .base import (
     record_from,
 )
 
-logger = logging.getLogger("fastsess")
-
 _META = struct.Struct("<BBxxIQdd")
 _HEADER = _META.size
 _unpack_meta = _META.unpack_from
@@ -225,13 +223,6 @@ def _allocate_lock_file(path: str) -> None:
         ) from None
 
 
-def _log_damaged() -> None:
-    logger.warning(
-        "lmdb store: a damaged session record was treated as missing by a write",
-        extra={"fastsess_event": "store_error", "sid": None},
-    )
-
-
 class _Gate:
     """Many transactions at once, or one exclusive holder (map resize, reopen, fork).
 
@@ -290,6 +281,10 @@ class _SharedEnv:
         self.identity: tuple | None = None
         self.users = 0
         self.ops = 0
+        #: the stores on this environment, and what it noticed for them to report
+        #: (outside its locks: an on_event hook may use the store)
+        self.stores: weakref.WeakSet = weakref.WeakSet()
+        self.reports: list[str] = []
 
     # -- called with the gate held exclusively
 
@@ -452,12 +447,9 @@ class _SharedEnv:
             raise StoreError(f"lmdb store: cannot recover {self.path}: {exc.strerror}") from None
         finally:
             os.close(fd)
-        logger.error(
-            "lmdb store: the environment in %s %s; moved it aside as data.mdb%s and started empty",
-            self.path,
-            reason,
-            suffix,
-            extra={"fastsess_event": "store_error", "sid": None},
+        self.reports.append(
+            f"lmdb store: the environment in {self.path} {reason}; moved it aside as data.mdb{suffix} "
+            "and started empty"
         )
 
     def grow(self, failing: lmdb.Environment, seen_size: int, need: int) -> None:
@@ -572,6 +564,7 @@ class LmdbStore(Store):
     """Sessions in an LMDB environment; see the module docstring for the layout."""
 
     has_locked_update = True
+    kind = "lmdb"
 
     def __init__(
         self,
@@ -624,6 +617,7 @@ class LmdbStore(Store):
                 shared = _SharedEnv(self.data_dir, self.map_size, self.sync, self.max_readers)
                 _registry[(self.data_dir, pid)] = shared
             shared.users += 1
+            shared.stores.add(self)
             self._shared_env = shared
             return shared
 
@@ -633,6 +627,20 @@ class LmdbStore(Store):
         lock.release()
         return env
 
+    def _report_damaged(self) -> None:
+        self._report("store_error", "lmdb store: a damaged session record was treated as missing by a write",
+                     logging.WARNING)
+
+    def _deliver_reports(self, shared: _SharedEnv) -> None:
+        """Report what the environment noticed to every store on it with a reporter (else log it once)."""
+        while shared.reports:
+            try:
+                message = shared.reports.pop(0)
+            except IndexError:  # another thread delivered it
+                return
+            for store in [store for store in shared.stores if store.report is not None] or [self]:
+                store._report("store_error", message)
+
     def _run(self, write: bool, body: Callable, *args, need: int = 0):
         """Run body(txn, shared, *args) in one transaction, recovering from LMDB's soft failures.
 
@@ -641,6 +649,13 @@ class LmdbStore(Store):
         shared = self._shared_env
         if shared is None or shared.pid != os.getpid():
             shared = self._shared()
+        try:
+            return self._attempt(shared, write, body, args, need)
+        finally:
+            if shared.reports:
+                self._deliver_reports(shared)
+
+    def _attempt(self, shared: _SharedEnv, write: bool, body: Callable, args: tuple, need: int):
         growths = 0
         readers_cleared = False
         for _ in range(_ATTEMPTS):
@@ -750,6 +765,8 @@ class LmdbStore(Store):
         shared.ops += 1
         if shared.ops >= _MAINTAIN_EVERY:
             shared.maintain()
+            if shared.reports:
+                self._deliver_reports(shared)
         if blob is None and raw is not None and len(raw) > _HEADER:  # a format-2 record, as nearly always
             fmt, kind, size, version, expires_at, last_access = _unpack_meta(raw)
             if fmt == _FORMAT and kind == _RECORD and len(raw) == _HEADER + size:
@@ -890,12 +907,12 @@ class LmdbStore(Store):
         old = _parse_meta(raw)
         if old is None or now > old[3] or old[0] == _TOMBSTONE:
             if raw is not None and old is None:
-                _log_damaged()
+                self._report_damaged()
             return GONE
         kind, size, version, expires_at, last_access, split = old
         blob = txn.get(key, db=shared.data) if split else raw[_HEADER:]
         if blob is None or len(blob) != size:
-            _log_damaged()
+            self._report_damaged()
             return GONE
         if seen and seen[0] == version:
             result = seen[1]
