@@ -25,7 +25,7 @@ from wsgiref.util import FileWrapper
 import pytest
 import webtest
 
-from fastsess import SessionMiddleware, StoreError, core
+from fastsess import ConfigError, SessionMiddleware, StoreError, core
 from fastsess.events import RATE_LIMIT_PER_SECOND
 from fastsess.stores.base import TOMBSTONE, StoredRecord
 from fastsess.stores.memory import MemoryStore
@@ -1835,18 +1835,37 @@ print(json.dumps(result))
 """
 
 
-@pytest.fixture
-def small_tmpfs(tmp_path):
-    """A 1 MiB tmpfs: a filesystem the test can fill. Needs root."""
+def _tmpfs(tmp_path, options: str):
+    """A tmpfs mounted for one test (needs root), unmounted after it."""
     if not sys.platform.startswith("linux") or os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root on Linux")
     mount = tmp_path / "tmpfs"
     mount.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount)], capture_output=True)
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
     yield mount
     subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 1 MiB tmpfs: a filesystem the test can fill."""
+    yield from _tmpfs(tmp_path, "size=1m")
+
+
+@pytest.fixture
+def read_only_tmpfs(tmp_path):
+    """A read-only filesystem, which even root cannot write."""
+    yield from _tmpfs(tmp_path, "size=1m,ro")
+
+
+@pytest.mark.parametrize("below", ["", "sessions"])
+@pytest.mark.parametrize("kind", ["file", "lmdb", "sql"])
+def test_a_data_dir_on_a_read_only_filesystem_is_a_config_error(read_only_tmpfs, kind, below):
+    data_dir = str(read_only_tmpfs / below)
+    with pytest.raises(ConfigError, match="data_dir .*(not writable|cannot be created).*Read-only file system"):
+        make_mw(App(), type=kind, data_dir=data_dir, on_store_error="anonymous")
 
 
 def run_on_a_full_disk(mount, kind: str, policy: str, scenario: str) -> dict:
