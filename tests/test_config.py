@@ -470,6 +470,13 @@ def test_cookie_mode_is_case_and_space_insensitive(mode):
     assert config(type="cookie", cookie_mode=mode).cookie_mode == mode.strip().lower()
 
 
+@pytest.mark.parametrize("size", [10**20, "100000000000000000000", sys.maxsize + 1])
+def test_an_lmdb_map_size_beyond_what_lmdb_takes_is_a_config_error(size, tmp_path):
+    # Not an OverflowError from the first request's lmdb.open(), past on_store_error.
+    with pytest.raises(ConfigError, match="lmdb_map_size must be at most"):
+        SessionMiddleware(app, type="lmdb", data_dir=str(tmp_path), secret=SECRET, timeout=60, lmdb_map_size=size)
+
+
 @pytest.mark.parametrize(
     "option, value, setup",
     [

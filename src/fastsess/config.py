@@ -12,6 +12,7 @@ import datetime as _dt
 import logging
 import os
 import re
+import sys
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -446,6 +447,11 @@ class Config:
         self.lmdb_map_size = _as_int("lmdb_map_size", get("lmdb_map_size", 1 << 30))
         if self.lmdb_map_size < 1 << 16:
             raise ConfigError("session.lmdb_map_size must be at least 65536 bytes")
+        if self.lmdb_map_size > sys.maxsize:  # LMDB takes a size_t, and could never map more
+            raise ConfigError(
+                f"session.lmdb_map_size must be at most {sys.maxsize} bytes, got {self.lmdb_map_size} "
+                "(it is address space, not disk: the default, 1 GiB, grows as needed)"
+            )
         self.url = _as_url(get("url"), store_type)
         self.urls = _as_urls("urls", get("urls")) if get("urls") is not None else []
         key_prefix = _as_str("key_prefix", get("key_prefix"))
