@@ -194,6 +194,63 @@ def test_corrupt_environment_is_moved_aside_and_store_starts_empty(data_dir, clo
         store.close()
 
 
+TRUNCATED = """
+import json, os, sys
+from fastsess import SessionMiddleware
+
+data_dir = sys.argv[1]
+
+
+def app(environ, start_response):
+    session = environ["beaker.session"]
+    if environ["PATH_INFO"] == "/write":
+        session["blob"] = "x" * 3000
+        session.save()
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [str(len(session.get("blob", ""))).encode()]
+
+
+def middleware():
+    return SessionMiddleware(app, {"session.type": "lmdb", "session.data_dir": data_dir,
+                                   "session.secret": "t" * 40, "session.timeout": 600})
+
+
+def call(mw, path, cookie=None):
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": path, "SERVER_NAME": "localhost", "SERVER_PORT": "443",
+               "wsgi.url_scheme": "https", "HTTP_HOST": "localhost"}
+    if cookie:
+        environ["HTTP_COOKIE"] = cookie
+    out = {}
+    out["body"] = b"".join(mw(environ, lambda status, headers, exc_info=None: out.update(
+        status=status, cookie=next((v.split(";")[0] for k, v in headers if k == "Set-Cookie"), None)))).decode()
+    return out
+
+
+mw = middleware()
+cookies = [call(mw, "/write")["cookie"] for _ in range(300)]
+mw.close()
+path = os.path.join(data_dir, "data.mdb")
+os.truncate(path, os.stat(path).st_size // 3 + 1000)  # a copy cut off: inside a page
+mw = middleware()
+served = [call(mw, "/", cookie) for cookie in cookies]
+print(json.dumps({"bodies": sorted({s["body"] for s in served}), "new": call(mw, "/write"),
+                  "moved": sorted(n for n in os.listdir(data_dir) if n.startswith("data.mdb.corrupt-"))}))
+"""
+
+
+def test_a_data_file_cut_short_is_moved_aside_instead_of_crashing_the_process(data_dir):
+    # Reading a mapped page past the end of the file is SIGBUS: a copy cut off
+    # must not make every worker die on its first request, again and again.
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    ran = subprocess.run([sys.executable, "-c", TRUNCATED, data_dir], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert ran.returncode == 0, f"exit status {ran.returncode}: {ran.stderr[-2000:]}"
+    result = json.loads(ran.stdout.splitlines()[-1])
+    assert result["bodies"] == ["0"]  # every session lost with the damaged file, none served from it
+    assert result["new"]["cookie"] and result["new"]["body"] == "3000"
+    assert len(result["moved"]) == 1
+
+
 def test_damaged_blob_raises_corrupt_record(store):
     store.create(skey("a"), b"some session data", T0 + TTL)
     shared = store._shared()

@@ -66,7 +66,8 @@ reader table is cleared of dead readers and retried once. A map that cannot
 grow at all (no address space or memory for it) fails that write with a
 StoreError, and the environment reopens at a size that maps: what is stored
 stays readable, and writes that fit go on. An environment that cannot be
-opened because it is damaged, or that reports corruption in use, is
+opened because it is damaged (a data file that ends inside a page included:
+reading past its end would be SIGBUS), or that reports corruption in use, is
 renamed to data.mdb.corrupt-<time> (and lock.mdb likewise) and replaced by an
 empty one, with an error logged: sessions are disposable, an outage is not.
 One record whose metadata or blob is damaged makes load() raise
@@ -372,6 +373,12 @@ class _SharedEnv:
             data = env.open_db(b"data")
             expiry = env.open_db(b"expiry")
             env.reader_check()
+            # LMDB writes whole pages: a data file that ends inside one was cut
+            # short (a copy cut off, say), and reading a page mapped past its end
+            # would be SIGBUS. (Its last pages may legitimately be unwritten free
+            # pages, so a length short of last_pgno proves nothing.)
+            if os.stat(os.path.join(self.path, "data.mdb")).st_size % env.stat()["psize"]:
+                raise lmdb.CorruptedError(f"{self.path}: data.mdb ends inside a page")
             # Another process may have grown the map beyond our request.
             self.map_size = env.info()["map_size"]
         except BaseException:
