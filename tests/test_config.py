@@ -500,6 +500,13 @@ def test_cookie_mode_is_case_and_space_insensitive(mode):
     assert config(type="cookie", cookie_mode=mode).cookie_mode == mode.strip().lower()
 
 
+@pytest.mark.parametrize("size", [10**20, "100000000000000000000", sys.maxsize + 1])
+def test_an_lmdb_map_size_beyond_what_lmdb_takes_is_a_config_error(size, tmp_path):
+    # Not an OverflowError from the first request's lmdb.open(), past on_store_error.
+    with pytest.raises(ConfigError, match="lmdb_map_size must be at most"):
+        SessionMiddleware(app, type="lmdb", data_dir=str(tmp_path), secret=SECRET, timeout=60, lmdb_map_size=size)
+
+
 @pytest.mark.parametrize(
     "option, value, setup",
     [
@@ -574,7 +581,8 @@ def test_file_and_lmdb_without_data_dir_are_a_config_error(kind):
 @pytest.mark.parametrize("size", [str(1 << 62), str(1 << 70)])
 def test_an_lmdb_map_size_no_process_can_map_is_a_config_error_at_build(size, tmp_path):
     """The environment opens lazily in each worker: unchecked, every request would fail instead."""
-    with pytest.raises(ConfigError, match=f"session.lmdb_map_size is {size} bytes, more address space"):
+    # Beyond a size_t it is refused for any store type; below, when no mmap can take it.
+    with pytest.raises(ConfigError, match=rf"session.lmdb_map_size (is|must be at most \d+ bytes, got) {size}"):
         SessionMiddleware(app, {**{f"session.{k}": v for k, v in BASE.items()}, "session.type": "lmdb",
                                 "session.data_dir": str(tmp_path / "sessions"), "session.lmdb_map_size": size})
 

@@ -118,6 +118,18 @@ def test_demo_rejects_a_form_without_the_csrf_token(demo):
     assert excinfo.value.code == 403
 
 
+def submit_and_wait(driver, text: str) -> str:
+    """Click the page's form button and return the next page once it shows text.
+
+    A click returns before the browser has loaded the page the form posts to.
+    """
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.find_element("css selector", "form button").click()
+    WebDriverWait(driver, 30).until(lambda d: text in d.page_source)
+    return driver.page_source
+
+
 def test_demo_in_chromium_counts_logs_in_with_a_new_id_and_logs_out(demo):
     from browser import browser_cookies, chromium
 
@@ -144,8 +156,7 @@ def test_demo_in_chromium_counts_logs_in_with_a_new_id_and_logs_out(demo):
         before = cookie["value"]
 
         driver.find_element("name", "name").send_keys("ada")
-        driver.find_element("css selector", "form button").click()
-        page = driver.page_source
+        page = submit_and_wait(driver, "Welcome, ada!")
         assert "Welcome, ada!" in page and 'id="user">ada<' in page
         assert count(page) == 4  # the data survived the new id
         logged_in = session_cookie()["value"]
@@ -153,8 +164,7 @@ def test_demo_in_chromium_counts_logs_in_with_a_new_id_and_logs_out(demo):
         page, set_cookies = replay(before)
         assert "ada" not in page and set_cookies == []  # the tombstone cannot overwrite the login cookie
 
-        driver.find_element("css selector", "form button").click()
-        page = driver.page_source
+        page = submit_and_wait(driver, "Goodbye, ada.")
         assert "Goodbye, ada." in page and "Log in" in page
         assert session_cookie()["value"] not in (before, logged_in)
         page, _ = replay(logged_in)

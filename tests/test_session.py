@@ -1635,7 +1635,7 @@ def test_damaged_record_raises_when_invalidate_corrupt_is_off_whatever_on_store_
 
 
 @pytest.mark.parametrize("invalidate_corrupt", [True, False])
-@pytest.mark.parametrize("kind", ["file", "lmdb"])
+@pytest.mark.parametrize("kind", ["file", "lmdb", "sql-sqlite-file"])
 def test_record_damaged_on_disk_follows_invalidate_corrupt(tmp_path, kind, invalidate_corrupt):
     from test_store_contract import STORE_KINDS
 

@@ -10,15 +10,17 @@ import logging
 import os
 import re
 import resource
+import shutil
 import threading
 from pathlib import Path
 
 import pytest
+import webtest
 
 from fastsess import SessionMiddleware
 from fastsess.errors import CorruptRecord, StoreError
 from fastsess.stores import file as file_module
-from fastsess.stores.base import EXPIRED
+from fastsess.stores.base import EXPIRED, StoredRecord
 from fastsess.stores.file import FileStore
 from test_store_contract import T0, TTL, FakeClock, skey
 
@@ -313,6 +315,56 @@ def test_requests_while_out_of_descriptors_fail_cleanly_and_later_ones_complete(
     # Enough new sessions to cover every stripe, almost surely the ones that failed too.
     served = finishes(lambda: [request() for _ in range(2000)], timeout=60)
     assert all(len(set_cookies(headers)) == 1 for headers in served)
+
+
+# -- sessions cleared by hand while the store runs
+
+
+def _clear_by_hand(data_dir: str, how: str) -> None:
+    """What an operator does to log everybody out: rm -rf data_dir, or rm -rf data_dir/*."""
+    if how == "directory":
+        shutil.rmtree(data_dir)
+        return
+    for entry in os.scandir(data_dir):
+        shutil.rmtree(entry.path) if entry.is_dir() else os.unlink(entry.path)
+
+
+@pytest.mark.parametrize("how", ["directory", "contents"])
+def test_sessions_cleared_by_hand_while_running_leave_the_middleware_working(tmp_path, how):
+    def counter(environ, start_response):
+        session = environ["beaker.session"]
+        session["n"] = session.get("n", 0) + 1
+        session.save()
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [str(session["n"]).encode()]
+
+    data_dir = str(tmp_path / "sessions")
+    mw = SessionMiddleware(counter, type="file", data_dir=data_dir, secret="f" * 32, timeout=600)
+    clients = [webtest.TestApp(mw, extra_environ={"wsgi.url_scheme": "https"}) for _ in range(40)]
+    try:
+        assert [client.get("/").text for client in clients[:5]] == ["1"] * 5
+        _clear_by_hand(data_dir, how)
+        # The cleared sessions start again; new ones (on any stripe) are stored as before.
+        assert [client.get("/").text for client in clients] == ["1"] * 40
+        assert [client.get("/").text for client in clients] == ["2"] * 40
+    finally:
+        mw.close()
+
+
+def test_a_lock_file_removed_by_hand_is_replaced_and_still_excludes_other_processes(store):
+    key = skey("a")
+    store.create(key, b"v1", T0 + TTL)  # this process now holds the stripe's lock file open
+    _clear_by_hand(store.data_dir, "contents")
+    assert isinstance(store.create(key, b"v2", T0 + TTL), int)
+    excluded: list = []
+
+    def check(record: StoredRecord):
+        # Another process opens the lock file now at the stripe's path: it must wait for us.
+        excluded.append(not free_for_other_processes(store, key[0]))
+        return None
+
+    store.locked_update(key, check)
+    assert excluded == [True]
 
 
 # ---------------------------------------------------------------- moving a written file in place

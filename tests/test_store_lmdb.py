@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import json
 import logging
 import multiprocessing
 import os
@@ -73,6 +74,85 @@ def test_full_map_grows_and_keeps_every_record(data_dir, clock):
         store.close()
 
 
+# A middleware on an lmdb store whose map cannot grow: the process may map little
+# more than the store's map (RLIMIT_AS), so the second doubling fails.
+MAP_CANNOT_GROW = """
+import json, re, resource, sys
+from fastsess import SessionMiddleware
+
+MAP = 32 << 20
+
+
+def app(environ, start_response):
+    session = environ["beaker.session"]
+    if environ["PATH_INFO"] == "/write":
+        session["blob"] = "x" * 60000
+        session.save()
+    elif environ["PATH_INFO"] == "/logout":
+        session.delete()
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [session.get("blob", "-")[:1].encode()]
+
+
+mw = SessionMiddleware(app, {
+    "session.type": "lmdb", "session.data_dir": sys.argv[1], "session.secret": "s" * 40,
+    "session.timeout": 600, "session.lmdb_map_size": MAP, "session.on_store_error": sys.argv[2],
+})
+
+
+def call(path, cookie=None):
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": path, "SERVER_NAME": "localhost", "SERVER_PORT": "443",
+               "wsgi.url_scheme": "https", "HTTP_HOST": "localhost"}
+    if cookie:
+        environ["HTTP_COOKIE"] = cookie
+    out = {}
+    def start_response(status, headers, exc_info=None):
+        out["status"] = status
+        out["cookie"] = next((v.split(";")[0] for k, v in headers if k == "Set-Cookie"), None)
+    try:
+        out["body"] = b"".join(mw(environ, start_response)).decode()
+    except Exception as exc:
+        out["error"] = f"{type(exc).__module__}.{type(exc).__name__}: {exc}"
+    return out
+
+
+vm = int(re.search(r"VmSize:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (vm + 7 * MAP // 2, resource.getrlimit(resource.RLIMIT_AS)[1]))
+cookies = []
+for _ in range(3000):
+    response = call("/write")
+    if "error" in response or not response["cookie"]:
+        break
+    cookies.append(response["cookie"])
+failed = response
+read_back = call("/", cookies[0])
+freed = [call("/logout", cookie) for cookie in cookies[-40:]]
+after = call("/write")
+print(json.dumps({"written": len(cookies), "failed": failed, "read_back": read_back, "after": after}))
+"""
+
+
+@pytest.mark.parametrize("policy", ["raise", "anonymous"])
+def test_a_map_that_cannot_grow_is_a_store_error_and_the_store_keeps_serving(tmp_path, policy):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), MALLOC_ARENA_MAX="1")
+    ran = subprocess.run(
+        [sys.executable, "-c", MAP_CANNOT_GROW, str(tmp_path / "sessions"), policy],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert ran.returncode == 0, ran.stderr
+    result = json.loads(ran.stdout.splitlines()[-1])
+    assert result["written"] > 100  # the map grew once, then could not
+    failed = result["failed"]
+    if policy == "raise":
+        assert failed["error"].startswith("fastsess.errors.StoreError: lmdb store: "), failed
+    else:
+        assert failed == {"status": "200 OK", "cookie": None, "body": "x"}
+    # The environment survives: stored sessions still load, and once space is
+    # freed new sessions are written again.
+    assert result["read_back"]["body"] == "x", result["read_back"]
+    assert result["after"]["cookie"], result["after"]
+
+
 FILL = """
 import sys
 from fastsess.stores.lmdb import LmdbStore
@@ -112,6 +192,63 @@ def test_corrupt_environment_is_moved_aside_and_store_starts_empty(data_dir, clo
         assert store.load(skey("a")).blob == b"fresh"
     finally:
         store.close()
+
+
+TRUNCATED = """
+import json, os, sys
+from fastsess import SessionMiddleware
+
+data_dir = sys.argv[1]
+
+
+def app(environ, start_response):
+    session = environ["beaker.session"]
+    if environ["PATH_INFO"] == "/write":
+        session["blob"] = "x" * 3000
+        session.save()
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [str(len(session.get("blob", ""))).encode()]
+
+
+def middleware():
+    return SessionMiddleware(app, {"session.type": "lmdb", "session.data_dir": data_dir,
+                                   "session.secret": "t" * 40, "session.timeout": 600})
+
+
+def call(mw, path, cookie=None):
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": path, "SERVER_NAME": "localhost", "SERVER_PORT": "443",
+               "wsgi.url_scheme": "https", "HTTP_HOST": "localhost"}
+    if cookie:
+        environ["HTTP_COOKIE"] = cookie
+    out = {}
+    out["body"] = b"".join(mw(environ, lambda status, headers, exc_info=None: out.update(
+        status=status, cookie=next((v.split(";")[0] for k, v in headers if k == "Set-Cookie"), None)))).decode()
+    return out
+
+
+mw = middleware()
+cookies = [call(mw, "/write")["cookie"] for _ in range(300)]
+mw.close()
+path = os.path.join(data_dir, "data.mdb")
+os.truncate(path, os.stat(path).st_size // 3 + 1000)  # a copy cut off: inside a page
+mw = middleware()
+served = [call(mw, "/", cookie) for cookie in cookies]
+print(json.dumps({"bodies": sorted({s["body"] for s in served}), "new": call(mw, "/write"),
+                  "moved": sorted(n for n in os.listdir(data_dir) if n.startswith("data.mdb.corrupt-"))}))
+"""
+
+
+def test_a_data_file_cut_short_is_moved_aside_instead_of_crashing_the_process(data_dir):
+    # Reading a mapped page past the end of the file is SIGBUS: a copy cut off
+    # must not make every worker die on its first request, again and again.
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    ran = subprocess.run([sys.executable, "-c", TRUNCATED, data_dir], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert ran.returncode == 0, f"exit status {ran.returncode}: {ran.stderr[-2000:]}"
+    result = json.loads(ran.stdout.splitlines()[-1])
+    assert result["bodies"] == ["0"]  # every session lost with the damaged file, none served from it
+    assert result["new"]["cookie"] and result["new"]["body"] == "3000"
+    assert len(result["moved"]) == 1
 
 
 def test_damaged_blob_raises_corrupt_record(store):

@@ -10,10 +10,15 @@ from __future__ import annotations
 import datetime as dt
 import http.cookies
 import io
+import json
 import logging
+import os
 import re
+import shutil
+import subprocess
 import sys
 import time
+import traceback
 from email.utils import formatdate
 from wsgiref.util import FileWrapper
 
@@ -21,7 +26,7 @@ import pytest
 import webtest
 
 import fastsess.wsgi
-from fastsess import SessionMiddleware, StoreError, core
+from fastsess import ConfigError, SessionMiddleware, StoreError, core
 from fastsess.events import RATE_LIMIT_PER_SECOND
 from fastsess.stores.base import TOMBSTONE, StoredRecord
 from fastsess.stores.memory import MemoryStore
@@ -599,6 +604,43 @@ def test_replaying_an_old_key_cookie_cannot_flood_the_logs(caplog):
         assert call(after, cookie=f"session={old}").body == b"1"
     assert after.service.events.counts["old_key_used"] == 50
     assert len(events(caplog, "old_key_used")) <= 2 * RATE_LIMIT_PER_SECOND  # the replays may span two seconds
+
+
+def test_replaying_a_cookie_whose_record_is_damaged_cannot_flood_the_logs(caplog, tmp_path):
+    # The damage is the server's (logged as an error), but the client may replay
+    # the cookie at will: every replay is counted, the log lines are rate-limited.
+    from test_store_contract import STORE_KINDS
+
+    caplog.set_level(logging.DEBUG, logger="fastsess")
+    mw = make_mw(App(inc), type="file", data_dir=str(tmp_path / "sessions"))
+    try:
+        cookie = call(mw).cookie_value()
+        STORE_KINDS["file"].damage(mw.store, mw.service.open_cookie(cookie)[1])
+        mw.app.action = read
+        for _ in range(50):
+            assert call(mw, cookie=f"session={cookie}").body == b""
+        assert mw.service.events.counts["corrupt_record"] == 50
+        records = events(caplog, "corrupt_record")
+        assert 1 <= len(records) <= 2 * RATE_LIMIT_PER_SECOND
+        assert all(record.levelno >= logging.WARNING for record in records)
+    finally:
+        mw.close()
+
+
+def test_replaying_a_tombstoned_cookie_to_a_page_that_writes_cannot_flood_the_logs(caplog):
+    # Every login leaves the old id tombstoned for a minute: a client can send it
+    # to a page that writes as often as it likes.
+    caplog.set_level(logging.DEBUG, logger="fastsess")
+    app = App(inc)
+    mw = make_mw(app)
+    old = call(mw).cookie_value()
+    app.action = lambda s: s.regenerate_id()
+    call(mw, cookie=f"session={old}")
+    app.action = inc
+    for _ in range(50):
+        assert call(mw, cookie=f"session={old}").set_cookies() == []
+    assert mw.service.events.counts["write_dropped"] == 50
+    assert 1 <= len(events(caplog, "write_dropped")) <= 2 * RATE_LIMIT_PER_SECOND
 
 
 @pytest.fixture
@@ -1412,6 +1454,26 @@ def test_on_event_hook_receives_events_with_a_hashed_sid():
     assert good not in repr(received)
 
 
+def test_on_event_hook_receives_what_the_store_notices_itself(tmp_path, caplog):
+    # A damaged LMDB environment is moved aside, losing every session: the
+    # operator's on_event hook (metrics, alerts) must hear of it, not only the log.
+    caplog.set_level(logging.DEBUG, logger="fastsess")
+    data_dir = tmp_path / "sessions"
+    data_dir.mkdir()
+    (data_dir / "data.mdb").write_bytes(b"this is not an lmdb file " * 1000)
+    received = []
+    mw = make_mw(App(inc), type="lmdb", data_dir=str(data_dir),
+                 on_event=lambda name, **fields: received.append((name, fields)))
+    try:
+        assert call(mw).body == b"1"
+    finally:
+        mw.close()
+    [store_error] = [fields for name, fields in received if name == "store_error"]
+    assert store_error == {"sid": None, "store": "lmdb"}
+    assert mw.service.events.counts["store_error"] == 1
+    assert len(events(caplog, "store_error")) == 1  # logged once, not once more by the store
+
+
 def test_a_failing_on_event_hook_does_not_break_requests():
     def hook(name, **fields):
         raise RuntimeError("metrics are down")
@@ -1537,6 +1599,174 @@ def test_no_raw_id_or_cookie_value_appears_in_any_log_record(caplog):
         assert sid is None or re.fullmatch(r"[0-9a-f]{16}", sid)
 
 
+class Capture(logging.Handler):
+    """Every record the fastsess logger emits, whatever the configured levels."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def __enter__(self) -> Capture:
+        logger = logging.getLogger("fastsess")
+        self.level_before = logger.level
+        logger.setLevel(logging.DEBUG)
+        logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        logger = logging.getLogger("fastsess")
+        logger.removeHandler(self)
+        logger.setLevel(self.level_before)
+
+
+def damage_record(kind: str, store, key: bytes) -> None:
+    from test_store_contract import STORE_KINDS
+
+    STORE_KINDS["sql-sqlite-file" if kind == "sql" else kind].damage(store, key)
+
+
+def break_store(kind: str, mw, cookie: str) -> None:
+    """Make the store fail for this session: what a broken disk or database looks like to it."""
+    if kind == "file":
+        name = mw.service.open_cookie(cookie)[1].hex()
+        shard = os.path.join(mw.store.data_dir, name[:2], name[2:4])
+        shutil.rmtree(shard)
+        with open(shard, "wb") as f:
+            f.write(b"a file where the store wants a directory")
+    elif kind == "sql":
+        mw.store.table.drop(mw.store.engine)
+    else:
+        mw.store.close()
+
+
+def _leak_app(secrets: set, leaked_exceptions: list):
+    """An app whose PATH_INFO picks what the request does; it remembers every id, token and value it sees."""
+
+    def app(environ, start_response):
+        session = environ["beaker.session"]
+        action = environ["PATH_INFO"].strip("/")
+        marker = f"DATA-{action}-{core.new_session_id()[:12]}"
+        secrets.add(marker)
+        if action == "write":
+            session["card"] = marker
+            session.flash(f"{marker}-flash")
+            secrets.update({session.get_csrf_token(), session.csrf_token_for_form(), session.new_csrf_token()})
+        elif action == "conflict":
+            # Another request writes the same session while this one runs: merged, or raised.
+            other = environ["beaker.get_session"](session.id)
+            other["card"] = marker + "-other"
+            other.save()
+            session["card"] = marker
+            session.save()
+        elif action == "regenerate":
+            session["user"] = marker
+            session.regenerate_id()
+        elif action == "big":
+            session["big"] = marker * 2000
+            session.save()
+        elif action == "nested":
+            session["cart"] = [marker]
+            session["cart"].append(float("nan"))
+            session.save()
+        elif action == "delete":
+            session.delete()
+        if session.id is not None:
+            secrets.add(session.id)
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    return app
+
+
+@pytest.mark.parametrize("kind", ["file", "lmdb", "sql"])
+def test_no_log_record_or_exception_carries_an_id_cookie_token_or_session_data(kind, tmp_path):
+    secrets: set = set()
+    raised: list = []
+    with Capture() as capture:
+        app = _leak_app(secrets, raised)
+        mw = make_mw(app, type=kind, data_dir=str(tmp_path / "sessions"), max_record_size=4096)
+        strict = make_mw(app, type=kind, data_dir=str(tmp_path / "strict"), on_conflict="raise",
+                         invalidate_corrupt="false")
+        clock = freeze(mw)
+
+        def request(path, cookie=None, target=mw):
+            environ = environ_for(f"session={cookie}" if cookie is not None else None)
+            environ["PATH_INFO"] = path
+            served = Served()
+            try:
+                result = target(environ, served.start_response)
+                served.chunks.extend(result)
+            except Exception as exc:  # noqa: BLE001 - every error's text is checked below
+                raised.append(exc)
+            for header in served.set_cookies():
+                value = header.split(";")[0].split("=", 1)[1]
+                if value:
+                    secrets.add(value)
+            return served.cookie_value() if served.set_cookies() and served.cookie_value() else cookie
+
+        try:
+            good = request("/write")
+            request("/", good)
+            for name, make in BAD_COOKIES.items():
+                bad = make(good)
+                if len(bad) >= 12 and name != "garbage":
+                    secrets.add(bad)
+                request("/write", bad)
+            request("/conflict", good)
+            strict_cookie = request("/write", target=strict)
+            request("/conflict", strict_cookie, target=strict)  # ConflictError
+            request("/big", good)  # SessionTooLarge
+            request("/nested", good)  # TypeError from the codec
+            new = request("/regenerate", good)
+            request("/write", good)  # tombstoned: write_dropped
+            clock.advance(601)
+            request("/write", new)  # expired
+            request("/delete", request("/write"))
+            # A damaged record, under both invalidate_corrupt settings.
+            damaged = request("/write")
+            other = request("/write", target=strict)
+            for target, cookie in ((mw, damaged), (strict, other)):
+                key = target.service.open_cookie(cookie)[1]
+                damage_record(kind, target.store, key)
+                request("/write", cookie, target=target)
+            # The store failing.
+            cookie = request("/write")
+            break_store(kind, mw, cookie)
+            request("/write", cookie)
+            # Configuration errors, and a configuration warning.
+            base = {"session.type": "memory", "session.timeout": 60, "session.secret": SECRET}
+            for options in ({"session.secret": "DATA-short-secret"}, {"session.validate_key": "DATA-short-key"},
+                            {"session.encrypt_key": "DATA-short-encrypt-key"}, {"session_secret": "DATA-session-"}):
+                secrets.update(options.values())
+                try:
+                    SessionMiddleware(app, {**base, **options})
+                except Exception as exc:  # noqa: BLE001
+                    raised.append(exc)
+        finally:
+            mw.close()
+            strict.close()
+
+    kinds = {type(exc).__name__ for exc in raised}
+    assert {"ConflictError", "SessionTooLarge", "TypeError", "CorruptRecord", "StoreError", "ConfigError"} <= kinds
+    events = {getattr(r, "fastsess_event", None) for r in capture.records}
+    assert {"created", "invalid_cookie", "expired", "regenerated", "tombstone_hit", "write_dropped",
+            "conflict_merged", "conflict_raised", "corrupt_record", "store_error", "config_warning"} <= events
+    secrets = {s for s in secrets if s}
+    assert len(secrets) > 30
+    texts = [r.getMessage() + repr(vars(r)) for r in capture.records]
+    texts += ["".join(traceback.format_exception(exc)) + repr(exc.args) for exc in raised]
+    for text in texts:
+        leaked = sorted(s for s in secrets if s in text)
+        assert not leaked, f"{text[:300]!r} leaks {leaked}"
+        assert "DATA-" not in text, text[:300]
+    for record in capture.records:
+        assert hasattr(record, "fastsess_event") and hasattr(record, "sid"), record.getMessage()
+        assert record.sid is None or re.fullmatch(r"[0-9a-f]{16}", record.sid)
+
+
 # ---------------------------------------------------------------- every store of this release
 
 
@@ -1579,6 +1809,169 @@ def test_a_session_read_then_reset_like_turbogears_still_varies_on_cookie():
     assert headers["Vary"] == "Cookie"
     assert headers["Cache-Control"] == "private"
     assert "Set-Cookie" not in headers
+
+
+# ---------------------------------------------------------------- a full filesystem
+
+# One process per scenario: a store that mishandles a full disk may kill its
+# process (SIGBUS through a shared mapping), and must not take pytest with it.
+FULL_DISK = r"""
+import json, os, sys
+from fastsess import SessionMiddleware
+
+mount, kind, policy, scenario = sys.argv[1:]
+filler = os.path.join(mount, "filler")
+
+
+def fill():
+    os.makedirs(filler, exist_ok=True)
+    for chunk in (1 << 16, 512, 1):
+        try:
+            n = 0
+            while True:
+                with open(os.path.join(filler, f"{chunk}-{n}"), "wb") as f:
+                    while True:
+                        f.write(b"\0" * chunk)
+                        f.flush()
+                n += 1
+        except OSError:
+            pass
+
+
+def free():
+    for name in os.listdir(filler):
+        os.unlink(os.path.join(filler, name))
+
+
+def app(environ, start_response):
+    session = environ["beaker.session"]
+    if environ["QUERY_STRING"]:
+        session["v"] = environ["QUERY_STRING"]
+        session.save()
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [session.get("v", "-").encode()]
+
+
+def build():
+    return SessionMiddleware(app, {
+        "session.type": kind, "session.data_dir": os.path.join(mount, "sessions"), "session.secret": "d" * 40,
+        "session.timeout": 600, "session.on_store_error": policy,
+    })
+
+
+def call(mw, query="", cookie=None):
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "QUERY_STRING": query, "SERVER_NAME": "localhost",
+               "SERVER_PORT": "443", "HTTP_HOST": "localhost", "wsgi.url_scheme": "https"}
+    if cookie:
+        environ["HTTP_COOKIE"] = cookie
+    out = {}
+
+    def start_response(status, headers, exc_info=None):
+        out["status"] = status
+        out["cookie"] = next((v.split(";")[0] for k, v in headers if k == "Set-Cookie"), None)
+
+    try:
+        out["body"] = b"".join(mw(environ, start_response)).decode()
+    except Exception as exc:
+        out = {"error": type(exc).__name__}
+    return out
+
+
+result = {}
+if scenario == "boot":
+    fill()
+    mw = build()
+    result["full"] = call(mw, "new")
+else:
+    mw = build()
+    cookie = call(mw, "before")["cookie"]
+    fill()
+    result["read"] = call(mw, cookie=cookie)
+    result["full"] = call(mw, "during", cookie)
+    result["new"] = call(mw, "new")
+free()
+result["kept"] = call(mw, cookie=cookie)["body"] if scenario == "run" else None
+result["after"] = call(mw, "after")
+print(json.dumps(result))
+"""
+
+
+def _tmpfs(tmp_path, options: str):
+    """A tmpfs mounted for one test (needs root), unmounted after it."""
+    if not sys.platform.startswith("linux") or os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root on Linux")
+    mount = tmp_path / "tmpfs"
+    mount.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 1 MiB tmpfs: a filesystem the test can fill."""
+    yield from _tmpfs(tmp_path, "size=1m")
+
+
+@pytest.fixture
+def read_only_tmpfs(tmp_path):
+    """A read-only filesystem, which even root cannot write."""
+    yield from _tmpfs(tmp_path, "size=1m,ro")
+
+
+@pytest.mark.parametrize("below", ["", "sessions"])
+@pytest.mark.parametrize("kind", ["file", "lmdb", "sql"])
+def test_a_data_dir_on_a_read_only_filesystem_is_a_config_error(read_only_tmpfs, kind, below):
+    data_dir = str(read_only_tmpfs / below)
+    with pytest.raises(ConfigError, match="data_dir .*(not writable|cannot be created).*Read-only file system"):
+        make_mw(App(), type=kind, data_dir=data_dir, on_store_error="anonymous")
+
+
+def run_on_a_full_disk(mount, kind: str, policy: str, scenario: str) -> dict:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    ran = subprocess.run(
+        [sys.executable, "-c", FULL_DISK, str(mount), kind, policy, scenario],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert ran.returncode == 0, f"exit status {ran.returncode}: {ran.stderr[-2000:]}"
+    return json.loads(ran.stdout.splitlines()[-1])
+
+
+def failed_write(policy: str) -> dict:
+    """What a request that writes gets while the disk is full."""
+    return {"error": "StoreError"} if policy == "raise" else {"status": "200 OK", "cookie": None, "body": ANY}
+
+
+ANY = object()
+
+
+def matches(got: dict, expected: dict) -> bool:
+    return got.keys() == expected.keys() and all(v is ANY or got[k] == v for k, v in expected.items())
+
+
+@pytest.mark.parametrize("policy", ["raise", "anonymous"])
+@pytest.mark.parametrize("kind", ["file", "lmdb", "sql"])
+def test_a_full_disk_fails_writes_cleanly_and_loses_no_stored_session(small_tmpfs, kind, policy):
+    result = run_on_a_full_disk(small_tmpfs, kind, policy, "run")
+    assert result["read"]["body"] == "before"  # reading needs no space
+    assert matches(result["full"], failed_write(policy)), result["full"]
+    assert matches(result["new"], failed_write(policy)), result["new"]
+    assert result["kept"] == "before"  # the failed write left the record as it was
+    assert result["after"]["cookie"] and result["after"]["body"] == "after"
+
+
+@pytest.mark.parametrize(("kind", "policy"), [
+    ("file", "raise"), ("file", "anonymous"), ("lmdb", "raise"), ("lmdb", "anonymous"),
+    ("sql", "anonymous"),  # with raise, SQLite's table cannot be made: a StoreError at startup, as for a database down
+])
+def test_the_middleware_starts_on_a_full_disk_and_stores_sessions_once_there_is_room(small_tmpfs, kind, policy):
+    # A full disk is an outage, not a configuration mistake: workers restarted
+    # meanwhile must boot, and on_store_error decides what requests get.
+    result = run_on_a_full_disk(small_tmpfs, kind, policy, "boot")
+    assert matches(result["full"], failed_write(policy)), result["full"]
+    assert result["after"]["cookie"] and result["after"]["body"] == "after"
 
 
 # ---------------------------------------------------------------- the compiled request cycle

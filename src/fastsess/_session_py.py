@@ -161,6 +161,8 @@ class SessionService:
         self.cookie_only = config.store_type == "cookie"
         self._cookie_too_large_warned = False
         self.events = events or EventLog(config.on_event)
+        if store is not None:
+            store.report = self.events.emit  # what the store notices reaches on_event too
         self.clock = clock
         self._writes = 0
         self._verified: dict[str, tuple] = {}

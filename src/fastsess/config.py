@@ -14,6 +14,7 @@ import logging
 import mmap
 import os
 import re
+import sys
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -497,6 +498,11 @@ class Config:
         self.lmdb_map_size = _as_int("lmdb_map_size", get("lmdb_map_size", 1 << 30))
         if self.lmdb_map_size < 1 << 16:
             raise ConfigError("session.lmdb_map_size must be at least 65536 bytes")
+        if self.lmdb_map_size > sys.maxsize:  # LMDB takes a size_t, and could never map more
+            raise ConfigError(
+                f"session.lmdb_map_size must be at most {sys.maxsize} bytes, got {self.lmdb_map_size} "
+                "(it is address space, not disk: the default, 1 GiB, grows as needed)"
+            )
         if store_type == "lmdb" and not _can_map(self.lmdb_map_size):
             raise ConfigError(
                 f"session.lmdb_map_size is {self.lmdb_map_size} bytes, more address space than this process "

@@ -2,8 +2,9 @@
 
 Events that clients can trigger (bad or expired cookies, writes by a request
 replaying a rotated-away id) are logged at DEBUG or INFO behind a per-process
-rate limit; every event is counted. Raw ids, cookie values, tokens and session
-data never reach a log line: `sid` is a keyed hash.
+rate limit, as are the warnings a client can replay; every event is counted.
+Raw ids, cookie values, tokens and session data never reach a log line: `sid`
+is a keyed hash.
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ log = logging.getLogger("fastsess")
 CLIENT_EVENTS = frozenset(
     {"invalid_cookie", "expired", "tombstone_hit", "unknown_id", "old_key_used", "beaker_cookie_accepted"}
 )
+#: Logged as warnings or errors, yet a client can replay what causes them: a cookie
+#: whose record is damaged, or the id every login tombstones, sent to a page that writes.
+REPLAYABLE_EVENTS = frozenset({"corrupt_record", "write_dropped"})
+_RATE_LIMITED = CLIENT_EVENTS | REPLAYABLE_EVENTS
 _LEVELS = {
     "store_error": logging.ERROR,
     "corrupt_record": logging.ERROR,
@@ -30,6 +35,8 @@ _LEVELS = {
     "cookie_too_large": logging.WARNING,
     "insecure_cookie": logging.WARNING,
     "cache_control_overridden": logging.WARNING,
+    "table_created": logging.WARNING,
+    "table_found": logging.WARNING,
     "save_gone": logging.INFO,
     "conflict_merged": logging.INFO,
     "old_key_used": logging.INFO,
@@ -70,7 +77,7 @@ class EventLog:
         level = _LEVELS.get(name, logging.DEBUG)
         if client:
             level = min(level, logging.INFO)
-        if log.isEnabledFor(level) and (not (client or name in CLIENT_EVENTS) or self._allowed(name)):
+        if log.isEnabledFor(level) and (not (client or name in _RATE_LIMITED) or self._allowed(name)):
             text = f"{name}: {message}" if message else name
             log.log(level, text, extra={"fastsess_event": name, "sid": sid, **fields})
         if self.hook is not None:

@@ -14,7 +14,12 @@ __all__ = ["CONFLICT", "EXISTS", "EXPIRED", "GONE", "TOMBSTONE", "Store", "Store
 
 
 def prepare_data_dir(path: str) -> str:
-    """Create data_dir with its parents and check it is writable; ConfigError otherwise."""
+    """Create data_dir with its parents and check it is writable; ConfigError otherwise.
+
+    Writable means permitted: the probe creates an empty file and writes no
+    data, so a full disk is not a ConfigError. It is an outage, which the
+    store reports per request as a StoreError, under on_store_error.
+    """
     path = os.path.abspath(os.path.expanduser(path))
     try:
         os.makedirs(path, exist_ok=True)
@@ -24,8 +29,7 @@ def prepare_data_dir(path: str) -> str:
         raise ConfigError(f"session.data_dir {path!r} is not a directory")
     probe = os.path.join(path, f".fastsess-probe-{os.getpid()}")
     try:
-        with open(probe, "wb") as f:
-            f.write(b"ok")
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
         os.unlink(probe)
     except OSError as exc:
         raise ConfigError(f"session.data_dir {path!r} is not writable: {exc.strerror}") from None

@@ -14,6 +14,7 @@ create() replaces it, and cas(), rotate() and locked_update() find it GONE.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import os
 import threading
@@ -24,6 +25,8 @@ from collections.abc import Callable
 from typing import NamedTuple, Union
 
 from ..errors import ConfigError
+
+_logger = logging.getLogger("fastsess")
 
 
 class _Marker:
@@ -78,6 +81,13 @@ class Store(ABC):
 
     #: True when the store offers locked_update() (a cheap exclusive lock).
     has_locked_update = False
+    #: Where the store reports what it notices by itself (a damaged record a write
+    #: replaced, an environment moved aside): report(event, message=..., store=...).
+    #: The session layer sets its EventLog.emit, so these reach on_event and the
+    #: counters as well as the log; unset, they are only logged.
+    report: Callable[..., None] | None = None
+    #: the store's name in those reports
+    kind = "store"
     #: locked_rotate() is offered: rotation merges under the store's lock (SQL), where an
     #: optimistic rotation would keep losing to writers that hold a lock
     has_locked_rotate = False
@@ -168,6 +178,14 @@ class Store(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional: most stores hold nothing to release
         """Release resources; the store may not be used afterwards."""
+
+    def _report(self, event: str, message: str, level: int = logging.ERROR) -> None:
+        """Tell the session layer (or, without one, the log) what the store noticed; never a key."""
+        report = self.report
+        if report is not None:
+            report(event, message=message, store=self.kind)
+        else:
+            _logger.log(level, message, extra={"fastsess_event": event, "sid": None})
 
 
 def check_timeouts(connect_timeout: float, socket_timeout: float) -> None:

@@ -55,7 +55,10 @@ so parent and child never share a description. A stripe is also a top-level
 shard directory, so cleanup takes one lock per directory. A lock file that
 cannot be opened or locked (EMFILE under load, say) is a StoreError, and
 whatever was taken is released first: a leaked thread lock would block every
-later session on its stripe.
+later session on its stripe. Sessions cleared by hand while the store runs
+(rm -rf data_dir) take the lock files with them: the directories are made
+again, and a lock file found removed once locked is opened again at its path,
+where other processes lock it too.
 
 Versions start at a random 63-bit number for each create, so a stale
 compare-and-set against a deleted and recreated record fails.
@@ -90,8 +93,6 @@ from .base import (
     UpdateFn,
     WriteResult,
 )
-
-logger = logging.getLogger("fastsess")
 
 _MAGIC = b"FSSF"
 _FORMAT = 1
@@ -189,6 +190,7 @@ class FileStore(Store):
     """Sessions as files under data_dir; see the module docstring for the layout."""
 
     has_locked_update = True
+    kind = "file"
 
     def __init__(self, data_dir: str, clock: Callable[[], float] = time.time, fsync: bool = False) -> None:
         super().__init__(clock)
@@ -240,20 +242,35 @@ class FileStore(Store):
             for stripe in stripes:
                 self._thread_locks[stripe].acquire()
                 taken.append(stripe)
+                # Safe without another lock: only the holder of the thread
+                # lock of this stripe gets here.
                 fd = self._lock_fds[stripe]
                 if fd < 0:
-                    # Safe without another lock: only the holder of the thread
-                    # lock of this stripe gets here.
-                    path = os.path.join(self._lock_dir, f"{stripe:02x}")
-                    fd = os.open(path, os.O_RDONLY | os.O_CREAT | _O_CLOEXEC, 0o600)
-                    self._lock_fds[stripe] = fd
+                    fd = self._lock_fds[stripe] = self._open_lock_file(stripe)
                 fcntl.flock(fd, fcntl.LOCK_EX)
+                if os.fstat(fd).st_nlink == 0:
+                    # Removed by hand (sessions cleared with rm -rf) since we opened
+                    # it: another process would lock the new file at that path.
+                    self._lock_fds[stripe] = -1
+                    os.close(fd)
+                    fd = self._lock_fds[stripe] = self._open_lock_file(stripe)
+                    fcntl.flock(fd, fcntl.LOCK_EX)
         except OSError as exc:
             self._release(tuple(taken))
             raise self._error("open or take a lock file", exc) from None
         except BaseException:
             self._release(tuple(taken))
             raise
+
+    def _open_lock_file(self, stripe: int) -> int:
+        """A descriptor of the stripe's lock file; the directories are made again if removed."""
+        path = os.path.join(self._lock_dir, f"{stripe:02x}")
+        flags = os.O_RDONLY | os.O_CREAT | _O_CLOEXEC
+        try:
+            return os.open(path, flags, 0o600)
+        except FileNotFoundError:
+            os.makedirs(self._lock_dir, mode=0o700, exist_ok=True)
+            return os.open(path, flags, 0o600)
 
     @contextlib.contextmanager
     def _holding(self, stripes: tuple):
@@ -343,10 +360,8 @@ class FileStore(Store):
         try:
             return self._live(path, now)
         except CorruptRecord:
-            logger.warning(
-                "file store: a damaged session file was treated as missing by a write",
-                extra={"fastsess_event": "store_error", "sid": None},
-            )
+            self._report("store_error", "file store: a damaged session file was treated as missing by a write",
+                         logging.WARNING)
             return None
 
     def _write(

@@ -62,8 +62,12 @@ LMDB, and the graveyard lets go of the old one first.
 Failure handling: MapResizedError (another process grew the map) adopts the
 new size and retries; MapFullError doubles the map and retries (raising
 StoreError if the write still does not fit after two growths); a full
-reader table is cleared of dead readers and retried once. An environment that
-cannot be opened because it is damaged, or that reports corruption in use, is
+reader table is cleared of dead readers and retried once. A map that cannot
+grow at all (no address space or memory for it) fails that write with a
+StoreError, and the environment reopens at a size that maps: what is stored
+stays readable, and writes that fit go on. An environment that cannot be
+opened because it is damaged (a data file that ends inside a page included:
+reading past its end would be SIGBUS), or that reports corruption in use, is
 renamed to data.mdb.corrupt-<time> (and lock.mdb likewise) and replaced by an
 empty one, with an error logged: sessions are disposable, an outage is not.
 One record whose metadata or blob is damaged makes load() raise
@@ -73,6 +77,7 @@ Other failures raise StoreError.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import functools
 import logging
@@ -100,8 +105,6 @@ from .base import (
     record_from,
 )
 
-logger = logging.getLogger("fastsess")
-
 _META = struct.Struct("<BBxxIQdd")
 _HEADER = _META.size
 _unpack_meta = _META.unpack_from
@@ -117,6 +120,8 @@ _MAINTAIN_EVERY = 1000  # operations between reader_check() and moved-file check
 _MAP_GRANULE = 1 << 16  # map sizes stay multiples of every common page size
 _ATTEMPTS = 5
 _RETRY = object()  # load(): the fast path hit something only _run() handles
+_LOCK_PAGE = 4096  # lock.mdb's first page: LMDB's header and the first reader slots
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 # The per-request paths call py-lmdb positionally, as begin(db, parent, write),
 # get(key, default, db), put(key, value, dupdata, overwrite, append, db) and
 # delete(key, value, db): it parses keyword arguments slowly (~70 ns a call).
@@ -187,11 +192,36 @@ def _reindex(txn, shared, key: bytes, old: tuple | None, expires_at: float) -> N
     txn.put(_MS.pack(granule) + key, b"", True, True, False, shared.expiry)
 
 
-def _log_damaged() -> None:
-    logger.warning(
-        "lmdb store: a damaged session record was treated as missing by a write",
-        extra={"fastsess_event": "store_error", "sid": None},
-    )
+def _allocate_lock_file(path: str) -> None:
+    """Give lock.mdb disk blocks before LMDB opens it; never while this process has it open.
+
+    LMDB sizes its lock file with ftruncate (a sparse file) and writes its
+    header and reader slots through a shared mapping: on a full disk, the first
+    write to a page without a block is SIGBUS, which kills the process. With
+    the blocks allocated first, a full disk is a StoreError here instead. A
+    file in use gets blocks for its size, never a new size (LMDB reads the
+    number of reader slots from it); a new one gets its first page, where LMDB
+    writes its header and the first slots. Only before lmdb.open(): closing
+    any descriptor of the file drops this process's POSIX locks on it, LMDB's
+    own included.
+    """
+    fallocate = getattr(os, "posix_fallocate", None)
+    if fallocate is None:
+        return
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)  # as lmdb.open() would: it may have been removed
+        fd = os.open(os.path.join(path, "lock.mdb"), os.O_RDWR | os.O_CREAT | _O_CLOEXEC, 0o600)
+        try:
+            fallocate(fd, 0, os.fstat(fd).st_size or _LOCK_PAGE)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            return  # a filesystem that cannot allocate ahead: nothing to gain here
+        raise StoreError(
+            f"lmdb store: cannot allocate the lock file in {path}: "
+            f"{errno.errorcode.get(exc.errno or 0, 'error')} ({exc.strerror})"
+        ) from None
 
 
 class _Gate:
@@ -252,6 +282,10 @@ class _SharedEnv:
         self.identity: tuple | None = None
         self.users = 0
         self.ops = 0
+        #: the stores on this environment, and what it noticed for them to report
+        #: (outside its locks: an on_event hook may use the store)
+        self.stores: weakref.WeakSet = weakref.WeakSet()
+        self.reports: list[str] = []
 
     # -- called with the gate held exclusively
 
@@ -309,15 +343,20 @@ class _SharedEnv:
                 size = os.stat(os.path.join(self.path, "data.mdb")).st_size
             except OSError:
                 size = 0
-            map_size = max(self.map_size, -(-2 * size // _MAP_GRANULE) * _MAP_GRANULE)
+            needed = max(self.map_size, -(-size // _MAP_GRANULE) * _MAP_GRANULE)
             try:
-                self._open_sized(map_size)
+                try:
+                    self._open_sized(max(needed, -(-2 * size // _MAP_GRANULE) * _MAP_GRANULE))
+                except lmdb.MemoryError:
+                    # No address space (or memory) for room to grow: map what the data needs.
+                    self._open_sized(needed)
                 return
             except lmdb.MapResizedError:
                 continue
         raise lmdb.Error(f"{self.path}: the map kept growing while it was being opened")
 
     def _open_sized(self, map_size: int) -> None:
+        _allocate_lock_file(self.path)
         env = lmdb.open(
             self.path,
             map_size=map_size,
@@ -334,6 +373,12 @@ class _SharedEnv:
             data = env.open_db(b"data")
             expiry = env.open_db(b"expiry")
             env.reader_check()
+            # LMDB writes whole pages: a data file that ends inside one was cut
+            # short (a copy cut off, say), and reading a page mapped past its end
+            # would be SIGBUS. (Its last pages may legitimately be unwritten free
+            # pages, so a length short of last_pgno proves nothing.)
+            if os.stat(os.path.join(self.path, "data.mdb")).st_size % env.stat()["psize"]:
+                raise lmdb.CorruptedError(f"{self.path}: data.mdb ends inside a page")
             # Another process may have grown the map beyond our request.
             self.map_size = env.info()["map_size"]
         except BaseException:
@@ -347,6 +392,29 @@ class _SharedEnv:
         if self.env is not None:
             self.env.close()
         self.env = self.meta = self.data = self.expiry = None
+
+    def repair(self, fn: Callable[[], None]) -> None:
+        """Run one of _run's repairs exclusively; LMDB failing it is a StoreError.
+
+        A map that cannot be resized (the address space or memory is exhausted)
+        leaves the environment unusable: py-lmdb invalidates it. It is closed,
+        and the next operation opens it again at a size that maps, so records
+        stay readable and writes that fit keep working.
+        """
+        self.gate.acquire_exclusive()
+        try:
+            fn()
+        except lmdb.Error as exc:
+            try:
+                self.close_env()
+            except lmdb.Error:
+                self.env = self.meta = self.data = self.expiry = None
+            raise StoreError(
+                f"lmdb store: the map in {self.path} could not be resized or repaired "
+                f"(at {self.map_size} bytes): {exc}"
+            ) from None
+        finally:
+            self.gate.release_exclusive()
 
     def recover(self, failing: lmdb.Environment, reason: str) -> None:
         """Replace an environment that reported corruption, unless someone already did."""
@@ -386,12 +454,9 @@ class _SharedEnv:
             raise StoreError(f"lmdb store: cannot recover {self.path}: {exc.strerror}") from None
         finally:
             os.close(fd)
-        logger.error(
-            "lmdb store: the environment in %s %s; moved it aside as data.mdb%s and started empty",
-            self.path,
-            reason,
-            suffix,
-            extra={"fastsess_event": "store_error", "sid": None},
+        self.reports.append(
+            f"lmdb store: the environment in {self.path} {reason}; moved it aside as data.mdb{suffix} "
+            "and started empty"
         )
 
     def grow(self, failing: lmdb.Environment, seen_size: int, need: int) -> None:
@@ -506,6 +571,7 @@ class LmdbStore(Store):
     """Sessions in an LMDB environment; see the module docstring for the layout."""
 
     has_locked_update = True
+    kind = "lmdb"
 
     def __init__(
         self,
@@ -558,6 +624,7 @@ class LmdbStore(Store):
                 shared = _SharedEnv(self.data_dir, self.map_size, self.sync, self.max_readers)
                 _registry[(self.data_dir, pid)] = shared
             shared.users += 1
+            shared.stores.add(self)
             self._shared_env = shared
             return shared
 
@@ -567,6 +634,20 @@ class LmdbStore(Store):
         lock.release()
         return env
 
+    def _report_damaged(self) -> None:
+        self._report("store_error", "lmdb store: a damaged session record was treated as missing by a write",
+                     logging.WARNING)
+
+    def _deliver_reports(self, shared: _SharedEnv) -> None:
+        """Report what the environment noticed to every store on it with a reporter (else log it once)."""
+        while shared.reports:
+            try:
+                message = shared.reports.pop(0)
+            except IndexError:  # another thread delivered it
+                return
+            for store in [store for store in shared.stores if store.report is not None] or [self]:
+                store._report("store_error", message)
+
     def _run(self, write: bool, body: Callable, *args, need: int = 0):
         """Run body(txn, shared, *args) in one transaction, recovering from LMDB's soft failures.
 
@@ -575,6 +656,13 @@ class LmdbStore(Store):
         shared = self._shared_env
         if shared is None or shared.pid != os.getpid():
             shared = self._shared()
+        try:
+            return self._attempt(shared, write, body, args, need)
+        finally:
+            if shared.reports:
+                self._deliver_reports(shared)
+
+    def _attempt(self, shared: _SharedEnv, write: bool, body: Callable, args: tuple, need: int):
         growths = 0
         readers_cleared = False
         for _ in range(_ATTEMPTS):
@@ -619,7 +707,7 @@ class LmdbStore(Store):
                 if shared.ops >= _MAINTAIN_EVERY:
                     shared.maintain()
                 return result
-            shared.exclusively(repair)
+            shared.repair(repair)
         raise StoreError(f"lmdb store: gave up on {self.data_dir} after {_ATTEMPTS} attempts")
 
     @staticmethod
@@ -684,6 +772,8 @@ class LmdbStore(Store):
         shared.ops += 1
         if shared.ops >= _MAINTAIN_EVERY:
             shared.maintain()
+            if shared.reports:
+                self._deliver_reports(shared)
         if blob is None and raw is not None and len(raw) > _HEADER:  # a format-2 record, as nearly always
             fmt, kind, size, version, expires_at, last_access = _unpack_meta(raw)
             if fmt == _FORMAT and kind == _RECORD and len(raw) == _HEADER + size:
@@ -825,12 +915,12 @@ class LmdbStore(Store):
         old = _parse_meta(raw)
         if old is None or now > old[3] or old[0] == _TOMBSTONE:
             if raw is not None and old is None:
-                _log_damaged()
+                self._report_damaged()
             return GONE
         kind, size, version, expires_at, last_access, split = old
         blob = txn.get(key, db=shared.data) if split else raw[_HEADER:]
         if blob is None or len(blob) != size:
-            _log_damaged()
+            self._report_damaged()
             return GONE
         if seen and seen[0] == version:
             result = seen[1]

@@ -102,8 +102,6 @@ from .base import (
 )
 from .breaker import CircuitBreaker
 
-logger = logging.getLogger("fastsess")
-
 _RECORD, _TOMBSTONE = 0, 1
 _BUSY_TIMEOUT_MS = 5000
 _NAME = "the SQL session store"
@@ -451,6 +449,7 @@ class SqlStore(Store):
     """
 
     has_locked_update = True
+    kind = "sql"
     has_locked_rotate = True
     #: rows one cleanup statement deletes at most: short transactions, short locks
     cleanup_batch = 500
@@ -602,10 +601,10 @@ class SqlStore(Store):
                     raise self._failure("create table", exc) from None
                 self._table_pending = False
                 self.table_created = self.table_created or created
-                logger.warning(
-                    "sql store: the database answers again; %s the sessions table",
-                    "created" if created else "found",
-                    extra={"fastsess_event": "table_created" if created else "table_found", "sid": None},
+                self._report(
+                    "table_created" if created else "table_found",
+                    f"sql store: the database answers again; {'created' if created else 'found'} the sessions table",
+                    logging.WARNING,
                 )
         try:
             return self._call(operation, args)
@@ -790,10 +789,8 @@ class SqlStore(Store):
             return None, now
         record = self._record(row)
         if record is _DAMAGED:
-            logger.warning(
-                "sql store: a damaged session record was treated as missing by a write",
-                extra={"fastsess_event": "store_error", "sid": None},
-            )
+            self._report("store_error", "sql store: a damaged session record was treated as missing by a write",
+                         logging.WARNING)
             return None, now
         return record, now
 
