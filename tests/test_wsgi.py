@@ -1407,6 +1407,20 @@ def test_store_error_on_load_with_anonymous_serves_an_empty_session():
     assert served.set_cookies() == []
 
 
+def test_a_failed_load_is_logged_with_the_sid_of_the_session_it_could_not_load(caplog):
+    app = App(inc)
+    mw, store = _flaky(app, on_store_error="anonymous")
+    served = call(mw)
+    cookie = f"session={served.cookie_value()}"
+    session_id, _, _ = mw.service.open_cookie(served.cookie_value())
+    store.failing = store.fail_loads = True
+    caplog.set_level(logging.DEBUG, logger="fastsess")
+    call(mw, cookie=cookie)
+    [record] = [r for r in caplog.records if getattr(r, "fastsess_event", None) == "store_error"]
+    assert record.sid == mw.service.sid(session_id) is not None
+    assert session_id not in caplog.text
+
+
 @pytest.mark.parametrize("fail_loads", [False, True], ids=["delete-fails", "load-fails"])
 @pytest.mark.parametrize("logout", ["delete", "invalidate", "delete-then-flash"])
 def test_logout_with_anonymous_policy_still_expires_the_cookie_while_the_store_is_down(logout, fail_loads):

@@ -580,7 +580,7 @@ class Session:
                 store.create(marker, service.seal_record(marker, empty), expires_at)
                 moved = version is EXISTS  # a parallel request moved it first
         except StoreError as exc:
-            return self._store_failed(service, exc, now)
+            return self._store_failed(service, exc, now, session_id)
         if moved:
             s = self._load_record(service, session_id, key, now)
             if s.version is None:  # deleted, regenerated away or expired since: the old cookie loads nothing
@@ -682,7 +682,7 @@ class Session:
         except CorruptRecord:  # the store found the bytes damaged: the same policy as an undecodable blob
             return self._corrupt_record(service, session_id, now)
         except StoreError as exc:
-            return self._store_failed(service, exc, now)
+            return self._store_failed(service, exc, now, session_id)
         if record is None:
             service.events.emit("unknown_id", sid=service.sid(session_id), message="no record for this id")
             return self._fresh(now)
@@ -735,8 +735,8 @@ class Session:
         return self._fresh(now)
 
     @cython.locals(s=_State, service=SessionService)
-    def _store_failed(self, service: SessionService, exc: StoreError, now: float) -> _State:
-        service.events.emit("store_error", message=f"load failed: {exc}")
+    def _store_failed(self, service: SessionService, exc: StoreError, now: float, session_id: str) -> _State:
+        service.events.emit("store_error", sid=service.sid(session_id), message=f"load failed: {exc}")
         if service.config.on_store_error != "anonymous":
             raise exc
         s = self._fresh(now)
