@@ -10,8 +10,12 @@ where the code reads it.
 """
 
 import sys
+from typing import TYPE_CHECKING
 
 from . import core
+
+if TYPE_CHECKING:  # what type checkers see: the source both builds come from
+    from ._session_py import *  # noqa: F403
 
 if core.IMPLEMENTATION == "c":
     try:
