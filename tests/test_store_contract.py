@@ -45,7 +45,7 @@ class FakeClock:
 
 def _damage_file_record(store: FileStore, key: bytes) -> None:
     name = key.hex()
-    Path(store.data_dir, name[:2], name[2:4], name).write_bytes(b"not a session file, just garbage bytes" * 3)
+    Path(store.data_dir, name[:2], name).write_bytes(b"not a session file, just garbage bytes" * 3)
 
 
 def _damage_lmdb_record(store: LmdbStore, key: bytes) -> None:

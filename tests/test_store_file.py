@@ -20,7 +20,7 @@ import webtest
 from fastsess import SessionMiddleware
 from fastsess.errors import CorruptRecord, StoreError
 from fastsess.stores import file as file_module
-from fastsess.stores.base import EXPIRED, StoredRecord
+from fastsess.stores.base import EXISTS, EXPIRED, StoredRecord
 from fastsess.stores.file import FileStore
 from test_store_contract import T0, TTL, FakeClock, skey
 
@@ -39,12 +39,51 @@ def store(tmp_path: Path, clock: FakeClock):
 
 def record_path(store: FileStore, key: bytes) -> Path:
     name = key.hex()
+    return Path(store.data_dir, name[:2], name)
+
+
+def two_level_path(store: FileStore, key: bytes) -> Path:
+    """Where earlier versions of the store kept a record."""
+    name = key.hex()
     return Path(store.data_dir, name[:2], name[2:4], name)
 
 
 def session_files(store: FileStore) -> list[Path]:
     root = Path(store.data_dir)
     return [p for p in root.rglob("*") if p.is_file() and p.parent != root / "locks"]
+
+
+def _two_level_store(store: FileStore, keys: list, expires_at: float) -> None:
+    """Put records where an earlier version kept them, data_dir/K[0:2]/K[2:4]/K."""
+    for key in keys:
+        store.create(key, f"data of {key.hex()[:6]}".encode(), expires_at)
+        two_level_path(store, key).parent.mkdir(parents=True, exist_ok=True)
+        record_path(store, key).rename(two_level_path(store, key))
+
+
+def test_records_of_the_two_level_layout_are_moved_up_when_first_looked_for(store):
+    keys = [skey(f"old-{i}") for i in range(4)]
+    _two_level_store(store, keys, T0 + TTL)
+    a, b, c, d = keys
+    loaded = store.load(a)
+    assert loaded.blob == f"data of {a.hex()[:6]}".encode()
+    assert record_path(store, a).exists() and not two_level_path(store, a).exists()
+    version = store.load(b).version
+    assert store.cas(b, b"changed", version, T0 + TTL) == version + 1  # a write finds it as well
+    assert store.load(b).blob == b"changed" and not two_level_path(store, b).exists()
+    assert store.create(c, b"new", T0 + TTL) is EXISTS  # never replaced by a create
+    store.delete(d)
+    assert store.load(d) is None and not two_level_path(store, d).exists()
+
+
+def test_cleanup_removes_expired_records_of_the_two_level_layout(store, clock):
+    expired, live = [skey(f"old-{i}") for i in range(3)], [skey(f"kept-{i}") for i in range(3)]
+    _two_level_store(store, expired, T0 + 10)
+    _two_level_store(store, live, T0 + TTL)
+    clock.advance(20)
+    assert store.cleanup(clock(), 100) == len(expired)
+    assert not any(two_level_path(store, k).exists() for k in expired)
+    assert all(store.load(k).blob for k in live)
 
 
 def test_records_are_sharded_by_hex_key_and_named_only_in_hex(store):
@@ -56,7 +95,7 @@ def test_records_are_sharded_by_hex_key_and_named_only_in_hex(store):
     assert len(files) == 21  # no temporary files left behind
     for path in files:
         relative = path.relative_to(store.data_dir).as_posix()
-        assert re.fullmatch(r"([0-9a-f]{2})/([0-9a-f]{2})/\1\2[0-9a-f]{60}", relative), relative
+        assert re.fullmatch(r"([0-9a-f]{2})/\1[0-9a-f]{62}", relative), relative
     assert {p.name for p in files} == {k.hex() for k in keys} | {skey("rotated").hex()}
 
 

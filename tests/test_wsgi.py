@@ -1646,7 +1646,7 @@ def break_store(kind: str, mw, cookie: str) -> None:
     """Make the store fail for this session: what a broken disk or database looks like to it."""
     if kind == "file":
         name = mw.service.open_cookie(cookie)[1].hex()
-        shard = os.path.join(mw.store.data_dir, name[:2], name[2:4])
+        shard = os.path.join(mw.store.data_dir, name[:2])
         shutil.rmtree(shard)
         with open(shard, "wb") as f:
             f.write(b"a file where the store wants a directory")

@@ -1,9 +1,15 @@
 """File store: one file per session under data_dir, safe for many processes on one machine.
 
-Layout. A record for store key K lives at data_dir/K[0:2]/K[2:4]/K in lower-case
+Layout. A record for store key K lives at data_dir/K[0:2]/K in lower-case
 hex, so names never carry anything but hex digits of a SHA-256 digest. Writes
 go to a temporary file in the same directory and are moved in place
 atomically, so readers never lock and never see a torn or missing file.
+One level of 256 directories: a new session lands in a directory that exists
+(making one costs about as much as writing the file), and a million sessions
+are about 4000 files per directory, which ext4's hashed directories look up
+in constant time. Earlier versions used a second level, data_dir/K[0:2]/K[2:4]/K:
+a record still there is moved up when its key is first looked for, and
+cleanup walks both levels, so an upgrade keeps every session.
 
 Moving in place. Over an existing file, os.replace (rename) costs about 150
 us on ext4, not for the rename: ext4 (and btrfs) see "replace via rename"
@@ -320,14 +326,21 @@ class FileStore(Store):
         if len(key) != 32:
             raise ValueError("store keys are 32 bytes")
         name = key.hex()
-        return f"{self.data_dir}/{name[:2]}/{name[2:4]}/{name}"
+        return f"{self.data_dir}/{name[:2]}/{name}"
 
     def _read(self, path: str) -> _Stored | None:
         """The parsed file; None when missing; CorruptRecord when damaged."""
         try:
             fd = os.open(path, os.O_RDONLY | _O_CLOEXEC)
         except FileNotFoundError:
-            return None
+            if not self._adopt_two_level(path):
+                return None
+            try:
+                fd = os.open(path, os.O_RDONLY | _O_CLOEXEC)
+            except FileNotFoundError:  # written or deleted again meanwhile: as missing
+                return None
+            except OSError as exc:
+                raise self._error("read a session file", exc) from None
         except OSError as exc:
             raise self._error("read a session file", exc) from None
         try:
@@ -347,6 +360,21 @@ class FileStore(Store):
             # Never the path: it carries the store key.
             raise CorruptRecord(f"file store: a session file in {self.data_dir} is damaged")
         return stored
+
+    def _adopt_two_level(self, path: str) -> bool:
+        """Move the record an earlier version kept at data_dir/K[0:2]/K[2:4]/K to path; False if none.
+
+        One rename, atomic: of processes racing to adopt the same file, one
+        moves it and the others find it gone (and then read it at path).
+        """
+        top, name = os.path.split(path)
+        try:
+            os.rename(os.path.join(top, name[2:4], name), path)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise self._error("move a session file from the two-level layout", exc) from None
+        return True
 
     def _live(self, path: str, now: float) -> _Stored | None:
         """The live record or tombstone; None when missing or expired; CorruptRecord when damaged."""
@@ -423,13 +451,15 @@ class FileStore(Store):
         finally:
             os.close(fd)
 
-    def _unlink(self, path: str) -> None:
+    def _unlink(self, path: str) -> bool:
+        """Remove path; False when it was not there."""
         try:
             os.unlink(path)
         except FileNotFoundError:
-            pass
+            return False
         except OSError as exc:
             raise self._error("remove a session file", exc) from None
+        return True
 
     # -- the Store interface
 
@@ -489,7 +519,9 @@ class FileStore(Store):
     def delete(self, key: bytes) -> None:
         path = self._path(key)
         with self._holding((key[0],)):
-            self._unlink(path)
+            if not self._unlink(path):  # never looked for since the upgrade: still in the two-level layout
+                top, name = os.path.split(path)
+                self._unlink(os.path.join(top, name[2:4], name))
 
     def rotate(
         self,
@@ -568,20 +600,20 @@ class FileStore(Store):
         top = os.path.join(self.data_dir, f"{stripe:02x}")
         expired = []
         stale_before = time.time() - _STALE_TMP_SECONDS
-        try:
-            subdirs = [entry.path for entry in os.scandir(top) if entry.is_dir(follow_symlinks=False)]
-        except FileNotFoundError:
-            return 0
-        except OSError as exc:
-            raise self._error("list session files", exc) from None
-        for subdir in subdirs:
+        # The shard's files, then those of any second-level directory an earlier version made.
+        directories = [top]
+        while directories:
+            directory = directories.pop()
             try:
-                entries = list(os.scandir(subdir))
+                entries = list(os.scandir(directory))
             except FileNotFoundError:
                 continue
             except OSError as exc:
                 raise self._error("list session files", exc) from None
             for entry in entries:
+                if directory == top and len(entry.name) == 2 and entry.is_dir(follow_symlinks=False):
+                    directories.append(entry.path)
+                    continue
                 try:
                     st = entry.stat(follow_symlinks=False)
                 except FileNotFoundError:
