@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import itertools
 import sys
-import time
 import uuid
 
 import pytest
@@ -20,6 +19,7 @@ import webtest
 from fastsess import SessionMiddleware, core
 from fastsess.errors import ConflictError
 from fastsess.stores.base import TOMBSTONE, StoredRecord
+from test_wsgi import Clock
 
 SECRET = "lifecycle-test-secret-" + "z" * 20
 HTTPS = {"wsgi.url_scheme": "https", "HTTP_HOST": "example.com"}
@@ -30,17 +30,6 @@ SERVER_STORES = [
       for kind in ("sql-postgresql", "memcached", "redis", "redis-cluster")),
 ]
 _serial = itertools.count()
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = float(int(time.time()))
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def store_options(kind: str, tmp_path) -> dict:

@@ -780,14 +780,9 @@ class Session:
         return s.domain if s.domain is not None else self._service.config.cookie_domain
 
     @domain.setter
-    @cython.locals(s=_State)
     def domain(self, value: str | None) -> None:
         """Kept with the session and sent on this response's cookie, as Beaker re-emits it."""
-        value = _cookie_attribute("domain", value, self._service.cookie_name)
-        s = self._writable()
-        if value != s.domain:
-            s.domain = value
-            s.save_requested = True
+        self._rescope("domain", value)
 
     @property
     @cython.locals(s=_State)
@@ -796,13 +791,17 @@ class Session:
         return s.path if s.path is not None else self._service.config.cookie_path
 
     @path.setter
-    @cython.locals(s=_State)
     def path(self, value: str | None) -> None:
         """Kept with the session and sent on this response's cookie, as Beaker re-emits it."""
-        value = _cookie_attribute("path", value, self._service.cookie_name)
+        self._rescope("path", value)
+
+    @cython.locals(s=_State)
+    def _rescope(self, what: str, value: str | None) -> None:
+        """Set this session's cookie domain or path (checked as the configured ones are); a change saves."""
+        value = _cookie_attribute(what, value, self._service.cookie_name)
         s = self._writable()
-        if value != s.path:
-            s.path = value
+        if value != getattr(s, what):
+            setattr(s, what, value)
             s.save_requested = True
 
     @cython.locals(s=_State)
