@@ -458,6 +458,21 @@ def test_a_restart_while_connections_idle_costs_no_request_an_error(two_nodes):
     assert store.load(on_a).blob == b"after"
 
 
+def test_a_restart_before_a_workers_first_write_costs_that_write_no_error(two_nodes):
+    """The first write of a process asks the node its item size limit: on an idle connection too."""
+    a, _ = two_nodes
+    shared = prefix()
+    earlier = webtest.TestApp(middleware(a.address, key_prefix=shared))
+    assert earlier.get("/inc").text == "1"
+    worker = middleware(a.address, key_prefix=shared)  # a worker that has only read so far
+    reader = webtest.TestApp(worker, cookiejar=earlier.cookiejar)
+    assert reader.get("/read").text == "1"  # its connection now idles in the pool
+    a.restart()  # same port, empty
+    assert webtest.TestApp(worker).get("/inc").text == "1"  # its first write: a new session, no 500
+    assert reader.get("/read").text == "None"  # missing, as after any restart
+    worker.close()
+
+
 @HANG_LIMIT
 def test_a_closed_connection_to_a_stopped_server_is_still_a_store_error(two_nodes):
     a, _ = two_nodes

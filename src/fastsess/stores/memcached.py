@@ -251,20 +251,30 @@ class _MetaPool:
         return reply
 
     def _on_new_connection(self, command: bytes) -> tuple[bytes, bytes | None]:
-        client = _MetaClient(self._server, connect_timeout=self._connect_timeout, timeout=self._timeout, no_delay=True)
+        client = self._connection()
         reply = client.meta(command)
         self._idle.append(client)
         return reply
 
+    def _connection(self) -> _MetaClient:
+        """A new connection, made at its first command."""
+        return _MetaClient(self._server, connect_timeout=self._connect_timeout, timeout=self._timeout, no_delay=True)
+
     def item_size_max(self) -> int:
-        """The node's item size limit (memcached -I), from `stats settings`."""
+        """The node's item size limit (memcached -I), from `stats settings`.
+
+        Asked at a process's first write, often on a connection that has idled
+        since its reads: one the server closed meanwhile is replaced, as in meta().
+        """
         try:
             client = self._idle.pop()
         except IndexError:
-            client = _MetaClient(
-                self._server, connect_timeout=self._connect_timeout, timeout=self._timeout, no_delay=True
-            )
-        settings = client.stats("settings")  # on failure the client closed itself and is dropped here
+            client = self._connection()
+        try:
+            settings = client.stats("settings")  # on failure the client closed itself and is dropped here
+        except _CLOSED_BY_SERVER:
+            client = self._connection()
+            settings = client.stats("settings")
         self._idle.append(client)
         return int(settings.get(b"item_size_max", 1024 * 1024))
 
