@@ -8,6 +8,7 @@ import multiprocessing
 import os
 import signal
 import struct
+import subprocess
 import time
 
 import pytest
@@ -386,6 +387,50 @@ def test_rediss_url_talks_tls_and_checks_the_servers_certificate(tmp_path):
             store.close()
     finally:
         secured.stop()
+
+
+def test_rediss_cluster_urls_carry_their_tls_options(tmp_path):
+    """`urls = rediss://h:p?ssl_ca_certs=...`: a cluster behind a private CA, as a single server's URL allows."""
+    pytest.importorskip("cryptography")
+    from loopback import free_port
+
+    tls_dir = tmp_path / "tls"
+    tls_dir.mkdir()
+    ca, cert, key = _tls_files(tls_dir)
+    nodes, tls_ports = [], []
+    try:
+        for i in range(3):
+            tls_ports.append(free_port())
+            nodes.append(server_redis.RedisServer(tmp_path / f"node{i}", (
+                "--cluster-enabled", "yes", "--cluster-config-file", str(tmp_path / f"node{i}" / "nodes.conf"),
+                "--cluster-port", str(free_port()), "--cluster-node-timeout", "2000",
+                "--tls-port", str(tls_ports[-1]), "--tls-cluster", "yes", "--tls-cert-file", str(cert),
+                "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca), "--tls-auth-clients", "no",
+            )).start())
+    except RuntimeError as exc:
+        for node in nodes:
+            node.stop()
+        if "tls" not in str(exc).lower():
+            raise
+        pytest.skip(f"this redis-server was built without TLS: {exc}")
+    try:
+        subprocess.run(
+            [server_redis.require_binary("redis-cli"), "--tls", "--cacert", str(ca), "--cluster", "create",
+             *[f"127.0.0.1:{port}" for port in tls_ports], "--cluster-replicas", "0", "--cluster-yes"],
+            check=True, capture_output=True, timeout=60,
+        )
+        deadline = time.monotonic() + 20
+        while not all(b"cluster_state:ok" in server_redis.command(n.port, "CLUSTER", "INFO") for n in nodes):
+            assert time.monotonic() < deadline, "the TLS cluster did not reach cluster_state:ok"
+            time.sleep(0.05)
+        urls = "\n".join(f"rediss://127.0.0.1:{port}?ssl_ca_certs={ca}&ssl_cert_reqs=required" for port in tls_ports)
+        mw = middleware(type="ext:rediscluster", urls=urls, socket_timeout="2", connect_timeout="2")
+        app = webtest.TestApp(mw, extra_environ=HTTPS)
+        assert [app.get("/inc").text for _ in range(3)] == ["1", "2", "3"]
+        mw.close()
+    finally:
+        for node in nodes:
+            node.stop()
 
 
 @pytest.mark.parametrize("url", ["http://127.0.0.1:6379", "redis+sentinel://127.0.0.1:26379", "redis+sentinel:///x/0"])
