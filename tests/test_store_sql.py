@@ -583,6 +583,22 @@ def counter_app(environ, start_response):
 
 
 @pytest.mark.servers
+@pytest.mark.timeout(60)
+def test_a_postgres_restart_between_requests_costs_no_request_an_error(postgres_server, pg_url, table_name):
+    """The pooled connections the restart closed are replaced, as memcached's and Redis's are."""
+    mw = SessionMiddleware(counter_app, {
+        "session.type": "ext:database", "session.url": pg_url, "session.table_name": table_name,
+        "session.secret": SECRET, "session.secure": "false",
+    })
+    app = webtest.TestApp(mw)
+    assert [app.get("/").text for _ in range(2)] == ["1", "2"]  # a pooled connection now idles
+    postgres_server.stop()
+    postgres_server.start()
+    assert app.get("/").text == "3"  # read and written: no StoreError, the session intact
+    mw.close()
+
+
+@pytest.mark.servers
 @pytest.mark.timeout(60)  # a store that hung on the stopped server fails the test outright
 def test_middleware_with_anonymous_policy_serves_empty_sessions_while_postgres_is_down(
     postgres_server, pg_url, table_name
