@@ -9,6 +9,7 @@ import os
 import signal
 import struct
 import subprocess
+import threading
 import time
 
 import pytest
@@ -817,6 +818,53 @@ def test_middleware_on_ext_rediscluster_counts_and_rotates(cluster):
     assert response.text == "None"  # the old id loads an empty read-only session
     assert response.headers.getall("Set-Cookie") == []
     mw.close()
+
+
+@pytest.mark.timeout(300)
+def test_sessions_read_and_write_on_while_the_cluster_reshards(tmp_path):
+    """Slots move between nodes (ASK, then MOVED) while requests run: none fails, none loses a write."""
+    cluster = server_redis.RedisCluster(tmp_path / "reshard").start()
+    try:
+        mw = middleware(type="ext:rediscluster", urls=",".join(cluster.urls))
+        clients = [webtest.TestApp(mw, extra_environ=HTTPS) for _ in range(20)]
+        for client in clients:
+            client.get("/inc")
+        counts, failures, done = [1] * len(clients), [], threading.Event()
+
+        def run() -> None:
+            turn = 0
+            while not done.is_set():
+                i = turn % len(clients)
+                turn += 1
+                try:
+                    if turn % 5 == 0:
+                        clients[i].get("/login")  # a rotation: two keys, most often in two slots
+                        continue
+                    counts[i] += 1
+                    got = clients[i].get("/inc").text
+                    if got != str(counts[i]):
+                        failures.append(f"client {i}: {got}, expected {counts[i]}")
+                        counts[i] = int(got)
+                except Exception as exc:  # noqa: BLE001 - reported below
+                    failures.append(repr(exc))
+
+        worker = threading.Thread(target=run, daemon=True)
+        worker.start()
+        ids = [server_redis.command(n.port, "CLUSTER", "MYID").split(b"\r\n")[1].decode() for n in cluster.nodes]
+        try:
+            subprocess.run(
+                [cluster.cli, "--cluster", "reshard", cluster.urls[0], "--cluster-from", ids[0],
+                 "--cluster-to", ids[1], "--cluster-slots", "2000", "--cluster-pipeline", "10", "--cluster-yes"],
+                check=True, capture_output=True, timeout=240,
+            )
+        finally:
+            done.set()
+            worker.join(60)
+        assert not failures, failures[:5]
+        assert [client.get("/read").text for client in clients] == [str(n) for n in counts]
+        mw.close()
+    finally:
+        cluster.stop()
 
 
 @HANG_LIMIT
