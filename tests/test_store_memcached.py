@@ -212,6 +212,16 @@ def test_ttl_over_30_days_is_sent_as_a_unix_time(store, clock, memcached_server)
     assert remaining_ttl(memcached_server, mkey(store, skey("a"))) == pytest.approx(forty_days + 3600, abs=5)
 
 
+def test_a_session_whose_expiry_lies_past_2038_is_kept(memcached_server):  # noqa: F811
+    """memcached reads an absolute expiry as a 32-bit signed number: a later one drops the item at once."""
+    mw = middleware(memcached_server.address, timeout=str(20 * 365 * 24 * 3600), absolute_timeout="0")
+    app = webtest.TestApp(mw)
+    assert app.get("/inc").text == "1"
+    assert app.get("/inc").text == "2"
+    assert app.get("/read").text == "2"
+    mw.close()
+
+
 def test_cas_after_a_touch_still_matches(store, clock):
     version = store.create(skey("a"), b"one", clock() + 60)
     store.touch(skey("a"), clock() + 120)

@@ -86,7 +86,8 @@ ticks once a second, and a TTL of n seconds ends at its n-th tick, which can
 come as early as n - 1 seconds later. With the margin memcached never drops a
 record before its expires_at (a 1 s timeout with a TTL of 1 could vanish
 before the next read), and keeps it at most 2 s longer. Over 30 days
-memcached reads a TTL as a Unix time, so those are sent as one. cleanup()
+memcached reads a TTL as a Unix time, so those are sent as one, at most
+2**31 - 1 (January 2038), the latest it can hold. cleanup()
 has nothing to do: memcached drops expired items itself. Records vanish when memcached evicts them or
 restarts; sessions on such a node are then simply missing.
 """
@@ -129,6 +130,9 @@ from .breaker import CircuitBreaker
 DEFAULT_PORT = 11211
 #: memcached reads a TTL above 30 days as an absolute Unix time
 RELATIVE_TTL_LIMIT = 30 * 24 * 3600
+#: the latest absolute expiry memcached can hold (a 32-bit signed number, January 2038):
+#: it reads a later one as already past and drops the item at once
+LATEST_UNIX_EXPIRY = 2**31 - 1
 #: memcached counts expiry in whole seconds (an estimate from it is within
 #: about 1.5 s): a server expiry this close to the written one means no touch
 #: has moved it since the write
@@ -432,7 +436,9 @@ class MemcachedStore(Store):
     def _ttl(self, expires_at: float, now: float) -> int:
         seconds = max(1, math.ceil(expires_at - now)) + TTL_MARGIN
         if seconds > RELATIVE_TTL_LIMIT:
-            return int(time.time()) + seconds  # memcached's clock is real time, whatever self.clock says
+            # memcached's clock is real time, whatever self.clock says. A record that lives past
+            # 2038 ends there on the server, sooner than asked, never dropped on arrival.
+            return min(int(time.time()) + seconds, LATEST_UNIX_EXPIRY)
         return seconds
 
     # -- the interface
