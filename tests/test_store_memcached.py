@@ -16,7 +16,7 @@ import time
 import pytest
 import webtest
 
-from fastsess import SessionMiddleware
+from fastsess import SessionMiddleware, core
 from fastsess.errors import ConfigError, SessionTooLarge, StoreError
 from fastsess.stores.base import CONFLICT, EXISTS, GONE, TOMBSTONE, StoredRecord
 from fastsess.stores.memcached import MemcachedStore, _MetaClient, parse_servers
@@ -518,6 +518,8 @@ def counter_app(environ, start_response):
         body = str(session["n"])
     elif path == "/read":
         body = str(session.get("n"))
+    elif path == "/id":
+        body = session.id
     elif path == "/big":
         session["big"] = "x" * 1_500_000
         session.save()
@@ -547,6 +549,34 @@ def commands_for(server, request) -> dict[str, int]:
     request()
     after = server.stats()
     return {name: after[name] - before[name] for name in COUNTERS if after[name] != before[name]}
+
+
+@pytest.mark.parametrize(("timeout", "absolute_timeout", "ttl"), [("1000", "300", 300), ("100", "3000", 100)])
+def test_the_servers_ttl_is_the_sooner_of_idle_and_absolute_expiry(
+    memcached_server, timeout, absolute_timeout, ttl  # noqa: F811
+):
+    mw = middleware(memcached_server.address, timeout=timeout, absolute_timeout=absolute_timeout)
+    app = webtest.TestApp(mw)
+    app.get("/inc")
+    key = core.store_key(app.get("/id").text)
+    assert ttl - 5 < remaining_ttl(memcached_server, mkey(mw.store, key)) <= ttl + 2  # whole seconds, plus the margin
+    mw.close()
+
+
+def test_apps_with_different_key_prefixes_on_two_nodes_never_see_each_others_sessions(memcached_servers):  # noqa: F811
+    url = ";".join(server.address for server in memcached_servers)
+    one, two = middleware(url), middleware(url)  # each with a prefix of its own, one secret
+    first, other = webtest.TestApp(one), webtest.TestApp(two)
+    for _ in range(10):
+        first.reset()
+        assert [first.get("/inc").text for _ in range(2)] == ["1", "2"]
+        other.reset()
+        other.set_cookie("session", first.cookies["session"])  # the cookie verifies in both
+        assert other.get("/read").text == "None"
+        assert other.get("/inc").text == "1"  # a session of its own
+        assert first.get("/read").text == "2"
+    one.close()
+    two.close()
 
 
 def test_round_trips_per_request_counted_by_the_server(memcached_server):  # noqa: F811

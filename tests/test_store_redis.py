@@ -820,6 +820,30 @@ def test_middleware_on_ext_rediscluster_counts_and_rotates(cluster):
     mw.close()
 
 
+@pytest.mark.parametrize(("timeout", "absolute_timeout", "ttl"), [("1000", "300", 300), ("100", "3000", 100)])
+def test_the_servers_ttl_is_the_sooner_of_idle_and_absolute_expiry(server, timeout, absolute_timeout, ttl):
+    mw = middleware(type="redis", url=server.url, timeout=timeout, absolute_timeout=absolute_timeout)
+    app = webtest.TestApp(mw, extra_environ=HTTPS)
+    app.get("/inc")
+    rkey = mw.store._key(core.store_key(app.get("/id").text))
+    remaining = int(server_redis.command(server.port, "PTTL", rkey.decode())[1:])
+    assert (ttl - 5) * 1000 < remaining <= ttl * 1000
+    mw.close()
+
+
+def test_apps_with_different_key_prefixes_on_one_server_never_see_each_others_sessions(server):
+    one, two = (middleware(type="redis", url=server.url, key_prefix=name) for name in (prefix(), prefix()))
+    first = webtest.TestApp(one, extra_environ=HTTPS)
+    assert [first.get("/inc").text for _ in range(2)] == ["1", "2"]
+    other = webtest.TestApp(two, extra_environ=HTTPS)
+    other.set_cookie("session", first.cookies["session"])  # same secret: the cookie verifies
+    assert other.get("/read").text == "None"
+    assert other.get("/inc").text == "1"  # a session of its own
+    assert first.get("/read").text == "2"
+    one.close()
+    two.close()
+
+
 @pytest.mark.timeout(300)
 def test_sessions_read_and_write_on_while_the_cluster_reshards(tmp_path):
     """Slots move between nodes (ASK, then MOVED) while requests run: none fails, none loses a write."""
