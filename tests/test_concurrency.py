@@ -19,7 +19,9 @@ threads) fires 200 requests at once, all with the same session cookie:
 
 No request may fail with a 5xx in any round. The first round runs once more
 under gunicorn's gthread workers (2 processes x 16 threads), where most racing
-writers share a process.
+writers share a process, and once more, without holding, under gunicorn
+--preload (2 workers forked from a master that used the store first) on the
+network and SQL stores.
 """
 
 from __future__ import annotations
