@@ -10,6 +10,8 @@ scenario. gunicorn workers import it and build `app` from the environment:
     FASTSESS_CONCURRENCY_URL       session.url (memcached, redis, sql)
     FASTSESS_CONCURRENCY_SECRET    session.secret
     FASTSESS_CONCURRENCY_NAMESPACE key prefix (memcached, redis) or table name (sql), so runs never meet
+    FASTSESS_CONCURRENCY_WARM      set: the importing process (gunicorn's master, with --preload)
+                                   serves one request first, so the store is in use before the fork
 
 Routes (the session work happens before start_response, as Beaker needs):
 
@@ -34,6 +36,7 @@ from the middleware becomes 409 Conflict, as an application would report it.
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import os
 import signal
@@ -195,9 +198,28 @@ def app_from_environment() -> Callable:
     )
 
 
+def serve_one_request(app: Callable, path: str) -> None:
+    """One GET through app in this process, its body read and closed."""
+    path, _, query = path.partition("?")
+    environ = {
+        "REQUEST_METHOD": "GET", "PATH_INFO": path, "QUERY_STRING": query, "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": "80", "SERVER_PROTOCOL": "HTTP/1.1", "HTTP_HOST": "127.0.0.1",
+        "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(), "wsgi.errors": sys.stderr,
+        "wsgi.version": (1, 0), "wsgi.multithread": False, "wsgi.multiprocess": True, "wsgi.run_once": False,
+    }
+    body = app(environ, lambda status, headers, exc_info=None: None)
+    try:
+        b"".join(body)
+    finally:
+        getattr(body, "close", lambda: None)()
+
+
 if os.environ.get("FASTSESS_CONCURRENCY_STORE"):
-    # `concurrency_app:app` for gunicorn: each worker imports this module and builds its own.
+    # `concurrency_app:app` for gunicorn: each worker imports this module and builds its own,
+    # or with --preload the master builds it once and forks the workers.
     app = app_from_environment()
+    if os.environ.get("FASTSESS_CONCURRENCY_WARM"):
+        serve_one_request(app, "/set?k=master&v=1")
 
 
 # ---------------------------------------------------------------- servers
@@ -206,16 +228,18 @@ if os.environ.get("FASTSESS_CONCURRENCY_STORE"):
 class GunicornServer:
     """`python -m gunicorn -w WORKERS` on 127.0.0.1 serving one store's app; stopped by pid.
 
-    Sync workers, or with threads > 1 gthread workers of that many threads each.
+    Sync workers, or with threads > 1 gthread workers of that many threads each;
+    with preload, the master imports the app (and uses the store) before it forks them.
     """
 
     def __init__(
         self, env: dict[str, str], workers: int = 4, directory: str | None = None, label: str = "gunicorn",
-        threads: int = 1,
+        threads: int = 1, preload: bool = False,
     ) -> None:
         self.label = label
         self.workers = workers
         self.worker_class = ["-k", "gthread", "--threads", str(threads)] if threads > 1 else ["-k", "sync"]
+        self.preload = ["--preload"] if preload else []
         self.directory = directory or tempfile.mkdtemp(prefix="fastsess-gunicorn-")
         self.port = free_port()
         self.env = {
@@ -229,7 +253,7 @@ class GunicornServer:
 
     def start(self) -> GunicornServer:
         argv = [
-            sys.executable, "-m", "gunicorn", "-w", str(self.workers), *self.worker_class,
+            sys.executable, "-m", "gunicorn", "-w", str(self.workers), *self.worker_class, *self.preload,
             "-b", f"127.0.0.1:{self.port}", "--timeout", "60", "--graceful-timeout", "5",
             "--log-level", "warning", "--error-logfile", "-", "concurrency_app:app",
         ]

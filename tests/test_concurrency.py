@@ -19,7 +19,9 @@ threads) fires 200 requests at once, all with the same session cookie:
 
 No request may fail with a 5xx in any round. The first round runs once more
 under gunicorn's gthread workers (2 processes x 16 threads), where most racing
-writers share a process.
+writers share a process, and once more, without holding, under gunicorn
+--preload (2 workers forked from a master that used the store first) on the
+network and SQL stores.
 """
 
 from __future__ import annotations
@@ -79,7 +81,7 @@ def _require_gunicorn() -> None:
         pytest.skip(reason)
 
 
-def _gunicorn(kind: str, tmp_path_factory, workers: int, threads: int = 1) -> GunicornServer:
+def _gunicorn(kind: str, tmp_path_factory, workers: int, threads: int = 1, preload: bool = False) -> GunicornServer:
     _require_gunicorn()
     directory = tmp_path_factory.mktemp(kind)
     env = {
@@ -87,9 +89,13 @@ def _gunicorn(kind: str, tmp_path_factory, workers: int, threads: int = 1) -> Gu
         "FASTSESS_CONCURRENCY_DATA_DIR": str(directory / "data"),
         "FASTSESS_CONCURRENCY_URL": _server_url(kind, directory) or "",
         "FASTSESS_CONCURRENCY_NAMESPACE": f"concurrency_{uuid.uuid4().hex[:12]}",
+        "FASTSESS_CONCURRENCY_WARM": "1" if preload else "",
     }
     label = kind if threads == 1 else f"{kind} ({workers} workers x {threads} threads)"
-    return GunicornServer(env, workers=workers, directory=str(directory), label=label, threads=threads).start()
+    label += " --preload" if preload else ""
+    return GunicornServer(
+        env, workers=workers, directory=str(directory), label=label, threads=threads, preload=preload,
+    ).start()
 
 
 @pytest.fixture(scope="module", params=STORES)
@@ -108,6 +114,14 @@ def server(request, tmp_path_factory):
 def gthread_server(request, tmp_path_factory):
     """gunicorn with 2 gthread workers of 16 threads each: 32 requests in flight, 16 in one process."""
     running = _gunicorn(request.param, tmp_path_factory, workers=2, threads=16)
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module", params=["memcached", "redis", "sql-sqlite", "sql-postgresql"])
+def preloaded_server(request, tmp_path_factory):
+    """gunicorn --preload -w 2 on a network or SQL store the master used before it forked the workers."""
+    running = _gunicorn(request.param, tmp_path_factory, workers=2, preload=True)
     yield running
     running.stop()
 
@@ -287,3 +301,17 @@ def test_writes_racing_a_logout_never_bring_the_session_back(server):
         if reply.cookie not in (None, f"{COOKIE_NAME}="):
             key = path.split("k=")[1].split("&")[0]
             assert session_data(server, reply.cookie) == {key: "1"}, f"{server.label}: old data came back"
+
+
+def test_workers_forked_from_a_master_that_used_the_store_share_no_connection(preloaded_server):
+    """gunicorn --preload: the sockets, pools and engines the master opened stay the master's.
+    Two workers sharing one connection would read each other's replies, and fail or mix sessions."""
+    server = preloaded_server
+    cookie = new_session(server.port)
+
+    replies = fire(server.port, [f"/set?k=key{i}&v=v{i}" for i in range(REQUESTS)], cookie, concurrency=16)
+
+    assert_all_ok(replies, server)
+    assert_several_processes(replies, server)
+    assert session_data(server, cookie) == {"seed": "0", **{f"key{i}": f"v{i}" for i in range(REQUESTS)}}
+    assert "Traceback" not in server.log(), server.log()

@@ -16,7 +16,7 @@ import time
 import pytest
 import webtest
 
-from fastsess import SessionMiddleware
+from fastsess import SessionMiddleware, core
 from fastsess.errors import ConfigError, SessionTooLarge, StoreError
 from fastsess.stores.base import CONFLICT, EXISTS, GONE, TOMBSTONE, StoredRecord
 from fastsess.stores.memcached import MemcachedStore, _MetaClient, parse_servers
@@ -210,6 +210,16 @@ def test_ttl_over_30_days_is_sent_as_a_unix_time(store, clock, memcached_server)
     assert remaining_ttl(memcached_server, mkey(store, skey("a"))) == pytest.approx(forty_days, abs=5)
     store.touch(skey("a"), clock() + forty_days + 3600)
     assert remaining_ttl(memcached_server, mkey(store, skey("a"))) == pytest.approx(forty_days + 3600, abs=5)
+
+
+def test_a_session_whose_expiry_lies_past_2038_is_kept(memcached_server):  # noqa: F811
+    """memcached reads an absolute expiry as a 32-bit signed number: a later one drops the item at once."""
+    mw = middleware(memcached_server.address, timeout=str(20 * 365 * 24 * 3600), absolute_timeout="0")
+    app = webtest.TestApp(mw)
+    assert app.get("/inc").text == "1"
+    assert app.get("/inc").text == "2"
+    assert app.get("/read").text == "2"
+    mw.close()
 
 
 def test_cas_after_a_touch_still_matches(store, clock):
@@ -458,6 +468,21 @@ def test_a_restart_while_connections_idle_costs_no_request_an_error(two_nodes):
     assert store.load(on_a).blob == b"after"
 
 
+def test_a_restart_before_a_workers_first_write_costs_that_write_no_error(two_nodes):
+    """The first write of a process asks the node its item size limit: on an idle connection too."""
+    a, _ = two_nodes
+    shared = prefix()
+    earlier = webtest.TestApp(middleware(a.address, key_prefix=shared))
+    assert earlier.get("/inc").text == "1"
+    worker = middleware(a.address, key_prefix=shared)  # a worker that has only read so far
+    reader = webtest.TestApp(worker, cookiejar=earlier.cookiejar)
+    assert reader.get("/read").text == "1"  # its connection now idles in the pool
+    a.restart()  # same port, empty
+    assert webtest.TestApp(worker).get("/inc").text == "1"  # its first write: a new session, no 500
+    assert reader.get("/read").text == "None"  # missing, as after any restart
+    worker.close()
+
+
 @HANG_LIMIT
 def test_a_closed_connection_to_a_stopped_server_is_still_a_store_error(two_nodes):
     a, _ = two_nodes
@@ -493,6 +518,8 @@ def counter_app(environ, start_response):
         body = str(session["n"])
     elif path == "/read":
         body = str(session.get("n"))
+    elif path == "/id":
+        body = session.id
     elif path == "/big":
         session["big"] = "x" * 1_500_000
         session.save()
@@ -522,6 +549,34 @@ def commands_for(server, request) -> dict[str, int]:
     request()
     after = server.stats()
     return {name: after[name] - before[name] for name in COUNTERS if after[name] != before[name]}
+
+
+@pytest.mark.parametrize(("timeout", "absolute_timeout", "ttl"), [("1000", "300", 300), ("100", "3000", 100)])
+def test_the_servers_ttl_is_the_sooner_of_idle_and_absolute_expiry(
+    memcached_server, timeout, absolute_timeout, ttl  # noqa: F811
+):
+    mw = middleware(memcached_server.address, timeout=timeout, absolute_timeout=absolute_timeout)
+    app = webtest.TestApp(mw)
+    app.get("/inc")
+    key = core.store_key(app.get("/id").text)
+    assert ttl - 5 < remaining_ttl(memcached_server, mkey(mw.store, key)) <= ttl + 2  # whole seconds, plus the margin
+    mw.close()
+
+
+def test_apps_with_different_key_prefixes_on_two_nodes_never_see_each_others_sessions(memcached_servers):  # noqa: F811
+    url = ";".join(server.address for server in memcached_servers)
+    one, two = middleware(url), middleware(url)  # each with a prefix of its own, one secret
+    first, other = webtest.TestApp(one), webtest.TestApp(two)
+    for _ in range(10):
+        first.reset()
+        assert [first.get("/inc").text for _ in range(2)] == ["1", "2"]
+        other.reset()
+        other.set_cookie("session", first.cookies["session"])  # the cookie verifies in both
+        assert other.get("/read").text == "None"
+        assert other.get("/inc").text == "1"  # a session of its own
+        assert first.get("/read").text == "2"
+    one.close()
+    two.close()
 
 
 def test_round_trips_per_request_counted_by_the_server(memcached_server):  # noqa: F811

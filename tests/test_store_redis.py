@@ -8,6 +8,8 @@ import multiprocessing
 import os
 import signal
 import struct
+import subprocess
+import threading
 import time
 
 import pytest
@@ -386,6 +388,50 @@ def test_rediss_url_talks_tls_and_checks_the_servers_certificate(tmp_path):
             store.close()
     finally:
         secured.stop()
+
+
+def test_rediss_cluster_urls_carry_their_tls_options(tmp_path):
+    """`urls = rediss://h:p?ssl_ca_certs=...`: a cluster behind a private CA, as a single server's URL allows."""
+    pytest.importorskip("cryptography")
+    from loopback import free_port
+
+    tls_dir = tmp_path / "tls"
+    tls_dir.mkdir()
+    ca, cert, key = _tls_files(tls_dir)
+    nodes, tls_ports = [], []
+    try:
+        for i in range(3):
+            tls_ports.append(free_port())
+            nodes.append(server_redis.RedisServer(tmp_path / f"node{i}", (
+                "--cluster-enabled", "yes", "--cluster-config-file", str(tmp_path / f"node{i}" / "nodes.conf"),
+                "--cluster-port", str(free_port()), "--cluster-node-timeout", "2000",
+                "--tls-port", str(tls_ports[-1]), "--tls-cluster", "yes", "--tls-cert-file", str(cert),
+                "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca), "--tls-auth-clients", "no",
+            )).start())
+    except RuntimeError as exc:
+        for node in nodes:
+            node.stop()
+        if "tls" not in str(exc).lower():
+            raise
+        pytest.skip(f"this redis-server was built without TLS: {exc}")
+    try:
+        subprocess.run(
+            [server_redis.require_binary("redis-cli"), "--tls", "--cacert", str(ca), "--cluster", "create",
+             *[f"127.0.0.1:{port}" for port in tls_ports], "--cluster-replicas", "0", "--cluster-yes"],
+            check=True, capture_output=True, timeout=60,
+        )
+        deadline = time.monotonic() + 20
+        while not all(b"cluster_state:ok" in server_redis.command(n.port, "CLUSTER", "INFO") for n in nodes):
+            assert time.monotonic() < deadline, "the TLS cluster did not reach cluster_state:ok"
+            time.sleep(0.05)
+        urls = "\n".join(f"rediss://127.0.0.1:{port}?ssl_ca_certs={ca}&ssl_cert_reqs=required" for port in tls_ports)
+        mw = middleware(type="ext:rediscluster", urls=urls, socket_timeout="2", connect_timeout="2")
+        app = webtest.TestApp(mw, extra_environ=HTTPS)
+        assert [app.get("/inc").text for _ in range(3)] == ["1", "2", "3"]
+        mw.close()
+    finally:
+        for node in nodes:
+            node.stop()
 
 
 @pytest.mark.parametrize("url", ["http://127.0.0.1:6379", "redis+sentinel://127.0.0.1:26379", "redis+sentinel:///x/0"])
@@ -772,6 +818,77 @@ def test_middleware_on_ext_rediscluster_counts_and_rotates(cluster):
     assert response.text == "None"  # the old id loads an empty read-only session
     assert response.headers.getall("Set-Cookie") == []
     mw.close()
+
+
+@pytest.mark.parametrize(("timeout", "absolute_timeout", "ttl"), [("1000", "300", 300), ("100", "3000", 100)])
+def test_the_servers_ttl_is_the_sooner_of_idle_and_absolute_expiry(server, timeout, absolute_timeout, ttl):
+    mw = middleware(type="redis", url=server.url, timeout=timeout, absolute_timeout=absolute_timeout)
+    app = webtest.TestApp(mw, extra_environ=HTTPS)
+    app.get("/inc")
+    rkey = mw.store._key(core.store_key(app.get("/id").text))
+    remaining = int(server_redis.command(server.port, "PTTL", rkey.decode())[1:])
+    assert (ttl - 5) * 1000 < remaining <= ttl * 1000
+    mw.close()
+
+
+def test_apps_with_different_key_prefixes_on_one_server_never_see_each_others_sessions(server):
+    one, two = (middleware(type="redis", url=server.url, key_prefix=name) for name in (prefix(), prefix()))
+    first = webtest.TestApp(one, extra_environ=HTTPS)
+    assert [first.get("/inc").text for _ in range(2)] == ["1", "2"]
+    other = webtest.TestApp(two, extra_environ=HTTPS)
+    other.set_cookie("session", first.cookies["session"])  # same secret: the cookie verifies
+    assert other.get("/read").text == "None"
+    assert other.get("/inc").text == "1"  # a session of its own
+    assert first.get("/read").text == "2"
+    one.close()
+    two.close()
+
+
+@pytest.mark.timeout(300)
+def test_sessions_read_and_write_on_while_the_cluster_reshards(tmp_path):
+    """Slots move between nodes (ASK, then MOVED) while requests run: none fails, none loses a write."""
+    cluster = server_redis.RedisCluster(tmp_path / "reshard").start()
+    try:
+        mw = middleware(type="ext:rediscluster", urls=",".join(cluster.urls))
+        clients = [webtest.TestApp(mw, extra_environ=HTTPS) for _ in range(20)]
+        for client in clients:
+            client.get("/inc")
+        counts, failures, done = [1] * len(clients), [], threading.Event()
+
+        def run() -> None:
+            turn = 0
+            while not done.is_set():
+                i = turn % len(clients)
+                turn += 1
+                try:
+                    if turn % 5 == 0:
+                        clients[i].get("/login")  # a rotation: two keys, most often in two slots
+                        continue
+                    counts[i] += 1
+                    got = clients[i].get("/inc").text
+                    if got != str(counts[i]):
+                        failures.append(f"client {i}: {got}, expected {counts[i]}")
+                        counts[i] = int(got)
+                except Exception as exc:  # noqa: BLE001 - reported below
+                    failures.append(repr(exc))
+
+        worker = threading.Thread(target=run, daemon=True)
+        worker.start()
+        ids = [server_redis.command(n.port, "CLUSTER", "MYID").split(b"\r\n")[1].decode() for n in cluster.nodes]
+        try:
+            subprocess.run(
+                [cluster.cli, "--cluster", "reshard", cluster.urls[0], "--cluster-from", ids[0],
+                 "--cluster-to", ids[1], "--cluster-slots", "2000", "--cluster-pipeline", "10", "--cluster-yes"],
+                check=True, capture_output=True, timeout=240,
+            )
+        finally:
+            done.set()
+            worker.join(60)
+        assert not failures, failures[:5]
+        assert [client.get("/read").text for client in clients] == [str(n) for n in counts]
+        mw.close()
+    finally:
+        cluster.stop()
 
 
 @HANG_LIMIT

@@ -7,6 +7,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 import time
 import uuid
@@ -207,6 +208,20 @@ def test_a_url_naming_a_dialect_sqlalchemy_lacks_is_a_config_error_about_the_url
         SessionMiddleware(lambda environ, start_response: [], type="sql", url=url, secret=SECRET, timeout=60)
 
 
+
+
+@pytest.mark.parametrize(("url", "driver"), [
+    ("postgresql+psycopg2://app@127.0.0.1/db", "psycopg2"),
+    ("mysql://app@127.0.0.1/db", "MySQLdb"),
+])
+def test_a_url_naming_a_driver_that_is_not_installed_says_to_install_that_driver(url, driver, monkeypatch):
+    """fastsess[sql] installs psycopg 3, not every driver a URL can name: installing it would not help."""
+    monkeypatch.setitem(sys.modules, driver, None)  # not installed
+    with pytest.raises(ConfigError) as caught:
+        SessionMiddleware(lambda environ, start_response: [], type="sql", url=url, secret=SECRET, timeout=60)
+    message = str(caught.value)
+    assert f"database driver {driver}" in message and "postgresql+psycopg://" in message
+    assert "fastsess[sql]'" not in message  # never the advice to install what is already there
 # ---------------------------------------------------------------- engine options
 
 
@@ -565,6 +580,22 @@ def counter_app(environ, start_response):
     session.save()
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [str(session["n"]).encode()]
+
+
+@pytest.mark.servers
+@pytest.mark.timeout(60)
+def test_a_postgres_restart_between_requests_costs_no_request_an_error(postgres_server, pg_url, table_name):
+    """The pooled connections the restart closed are replaced, as memcached's and Redis's are."""
+    mw = SessionMiddleware(counter_app, {
+        "session.type": "ext:database", "session.url": pg_url, "session.table_name": table_name,
+        "session.secret": SECRET, "session.secure": "false",
+    })
+    app = webtest.TestApp(mw)
+    assert [app.get("/").text for _ in range(2)] == ["1", "2"]  # a pooled connection now idles
+    postgres_server.stop()
+    postgres_server.start()
+    assert app.get("/").text == "3"  # read and written: no StoreError, the session intact
+    mw.close()
 
 
 @pytest.mark.servers

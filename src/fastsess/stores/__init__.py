@@ -37,6 +37,8 @@ def prepare_data_dir(path: str) -> str:
 
 
 _EXTRAS = {"memcached": "memcached", "redis": "redis", "sql": "sql"}
+#: what the sql extra installs; any other missing module is a database driver the URL names
+_SQL_EXTRA_MODULES = ("sqlalchemy", "psycopg")
 
 
 def open_store(config) -> Store | None:
@@ -44,6 +46,11 @@ def open_store(config) -> Store | None:
     try:
         return _open(config)
     except ImportError as exc:
+        if config.store_type == "sql" and (exc.name or "").split(".")[0] not in _SQL_EXTRA_MODULES:
+            raise ConfigError(
+                f"session.url names the database driver {exc.name}, which is not installed: install it, "
+                "or name a driver that is (postgresql+psycopg://, sqlite://)"
+            ) from None
         extra = _EXTRAS.get(config.store_type, "all")
         raise ConfigError(
             f"session.type = {config.store_type} needs a client library that is not installed "

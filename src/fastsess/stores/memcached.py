@@ -86,7 +86,8 @@ ticks once a second, and a TTL of n seconds ends at its n-th tick, which can
 come as early as n - 1 seconds later. With the margin memcached never drops a
 record before its expires_at (a 1 s timeout with a TTL of 1 could vanish
 before the next read), and keeps it at most 2 s longer. Over 30 days
-memcached reads a TTL as a Unix time, so those are sent as one. cleanup()
+memcached reads a TTL as a Unix time, so those are sent as one, at most
+2**31 - 1 (January 2038), the latest it can hold. cleanup()
 has nothing to do: memcached drops expired items itself. Records vanish when memcached evicts them or
 restarts; sessions on such a node are then simply missing.
 """
@@ -129,6 +130,9 @@ from .breaker import CircuitBreaker
 DEFAULT_PORT = 11211
 #: memcached reads a TTL above 30 days as an absolute Unix time
 RELATIVE_TTL_LIMIT = 30 * 24 * 3600
+#: the latest absolute expiry memcached can hold (a 32-bit signed number, January 2038):
+#: it reads a later one as already past and drops the item at once
+LATEST_UNIX_EXPIRY = 2**31 - 1
 #: memcached counts expiry in whole seconds (an estimate from it is within
 #: about 1.5 s): a server expiry this close to the written one means no touch
 #: has moved it since the write
@@ -251,20 +255,30 @@ class _MetaPool:
         return reply
 
     def _on_new_connection(self, command: bytes) -> tuple[bytes, bytes | None]:
-        client = _MetaClient(self._server, connect_timeout=self._connect_timeout, timeout=self._timeout, no_delay=True)
+        client = self._connection()
         reply = client.meta(command)
         self._idle.append(client)
         return reply
 
+    def _connection(self) -> _MetaClient:
+        """A new connection, made at its first command."""
+        return _MetaClient(self._server, connect_timeout=self._connect_timeout, timeout=self._timeout, no_delay=True)
+
     def item_size_max(self) -> int:
-        """The node's item size limit (memcached -I), from `stats settings`."""
+        """The node's item size limit (memcached -I), from `stats settings`.
+
+        Asked at a process's first write, often on a connection that has idled
+        since its reads: one the server closed meanwhile is replaced, as in meta().
+        """
         try:
             client = self._idle.pop()
         except IndexError:
-            client = _MetaClient(
-                self._server, connect_timeout=self._connect_timeout, timeout=self._timeout, no_delay=True
-            )
-        settings = client.stats("settings")  # on failure the client closed itself and is dropped here
+            client = self._connection()
+        try:
+            settings = client.stats("settings")  # on failure the client closed itself and is dropped here
+        except _CLOSED_BY_SERVER:
+            client = self._connection()
+            settings = client.stats("settings")
         self._idle.append(client)
         return int(settings.get(b"item_size_max", 1024 * 1024))
 
@@ -422,7 +436,9 @@ class MemcachedStore(Store):
     def _ttl(self, expires_at: float, now: float) -> int:
         seconds = max(1, math.ceil(expires_at - now)) + TTL_MARGIN
         if seconds > RELATIVE_TTL_LIMIT:
-            return int(time.time()) + seconds  # memcached's clock is real time, whatever self.clock says
+            # memcached's clock is real time, whatever self.clock says. A record that lives past
+            # 2038 ends there on the server, sooner than asked, never dropped on arrival.
+            return min(int(time.time()) + seconds, LATEST_UNIX_EXPIRY)
         return seconds
 
     # -- the interface

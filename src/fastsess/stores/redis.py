@@ -190,24 +190,29 @@ def _split_host(text: str, default_port: int) -> tuple[str, int]:
 
 
 def parse_cluster_urls(urls: list[str]) -> tuple[list[tuple[str, int]], dict]:
-    """Redis Cluster node URLs (`redis://[user:password@]host:port`, or bare `host:port`): the nodes, and
-    the credentials and TLS setting they carry."""
-    nodes, auth = [], {}
+    """Redis Cluster node URLs (`redis://[user:password@]host:port[?option=value]`, or bare `host:port`):
+    the nodes, and the credentials, TLS setting and options (`rediss://...?ssl_ca_certs=...`) they carry.
+
+    The client options of a single-server URL apply, as redis-py reads them; a
+    cluster has one database, so a database number is ignored.
+    """
+    nodes, options = [], {}
     for item in urls:
-        parts = urlsplit(item if "://" in item else "redis://" + item)
-        if parts.scheme not in ("redis", "rediss"):
-            raise ConfigError(f"session.urls: {parts.scheme}:// is not a Redis Cluster node URL")
-        if parts.scheme == "rediss":
-            auth["ssl"] = True
-        if parts.username:
-            auth["username"] = unquote(parts.username)
-        if parts.password:
-            auth["password"] = unquote(parts.password)
+        url = item if "://" in item else "redis://" + item
+        scheme = urlsplit(url).scheme
+        if scheme not in ("redis", "rediss"):
+            raise ConfigError(f"session.urls: {scheme}:// is not a Redis Cluster node URL")
         try:
-            nodes.append((parts.hostname or "localhost", parts.port or 6379))
-        except ValueError:
-            raise ConfigError("session.urls: a node URL has a bad port") from None
-    return nodes, auth
+            parsed = redis.connection.parse_url(url)
+        except ValueError as exc:
+            reason = "a node URL has a bad port" if "Port" in str(exc) else str(exc)
+            raise ConfigError(f"session.urls: {reason}") from None
+        nodes.append((parsed.pop("host", "localhost"), parsed.pop("port", 6379)))
+        parsed.pop("db", None)
+        if parsed.pop("connection_class", None) is not None:  # rediss://
+            options["ssl"] = True
+        options.update(parsed)
+    return nodes, options
 
 
 

@@ -29,10 +29,11 @@ locked_update() are transactions that write or lock before they read (an
 UPDATE of the old row, SELECT ... FOR UPDATE), so they are race-free on
 every backend: SQLite has no row locks, but its first write takes the
 database's write lock and the reads that follow see the latest data.
-pool_pre_ping is off by default, so a read is one round trip (SPEC 9); after
-a database restart SQLAlchemy invalidates the pool on the first failed
-statement, so one request sees a StoreError. `sa.pool_pre_ping = true`
-trades a round trip per checkout for none.
+pool_pre_ping is off by default, so a read is one round trip (SPEC 9). After
+a database restart the first statement on a pooled connection fails as a
+disconnect; SQLAlchemy then drops the pool, and the operation runs once more
+on a new connection, so the restart costs no request an error (as with
+memcached and Redis). The watchdog's shut-downs below are never run again.
 
 SQLite: a file database runs in WAL mode with a 5 s busy_timeout, so readers
 never wait for writers and writers queue instead of failing. An in-memory
@@ -568,11 +569,27 @@ class SqlStore(Store):
         try:
             result = self._call(operation, args)
         except sa_exc.SQLAlchemyError as exc:
-            if not (self._table_pending and _missing_table(exc)):
-                raise self._failure(what, exc) from None
-            result = self._call_after_creating_table(what, operation, args)
+            result = self._after_failure(what, operation, args, exc)
         breaker.succeeded()
         return result
+
+    def _after_failure(self, what: str, operation: Callable, args: tuple, exc: sa_exc.SQLAlchemyError):
+        """Run a failed operation again where that can succeed; otherwise raise its StoreError."""
+        if self._table_pending and _missing_table(exc):
+            return self._call_after_creating_table(what, operation, args)
+        watchdog_fired = self._watchdog is not None and self._watchdog.fired()
+        if getattr(exc, "connection_invalidated", False) and not watchdog_fired:
+            # The database closed the connection, most often a pooled one while it idled
+            # (a restart): SQLAlchemy has dropped the pool, and a new connection runs the
+            # operation, once. Should the lost statement have committed before the
+            # database went away, the second run finds the write done and answers as it
+            # would after a concurrent writer (CONFLICT, GONE, EXISTS), which callers handle.
+            try:
+                return self._call(operation, args)
+            except sa_exc.SQLAlchemyError as again:
+                exc = again
+                watchdog_fired = self._watchdog is not None and self._watchdog.fired()
+        raise self._failure(what, exc, watchdog_fired) from None
 
     def _call(self, operation: Callable, args: tuple):
         if self._serial is None:
@@ -580,11 +597,13 @@ class SqlStore(Store):
         with self._serial:
             return operation(*args)
 
-    def _failure(self, what: str, exc: sa_exc.SQLAlchemyError) -> StoreError:
+    def _failure(self, what: str, exc: sa_exc.SQLAlchemyError, watchdog_fired: bool | None = None) -> StoreError:
         """The StoreError for a failed operation; connection failures count against the breaker."""
         if isinstance(exc, _CONNECTION_ERRORS) or getattr(exc, "connection_invalidated", False):
             self._breaker.failed()
-        if self._watchdog is not None and self._watchdog.fired():
+        if watchdog_fired is None:
+            watchdog_fired = self._watchdog is not None and self._watchdog.fired()
+        if watchdog_fired:
             return StoreError(
                 f"{_NAME}: {what} failed: the database did not answer within {self._watchdog.limit:g} s "
                 "(connection closed)"
