@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from . import __version__, core
+from . import __version__, beaker_compat, core
 from .config import MIN_SECRET_CHARS, Config, collect_options
 from .errors import ConfigError, CorruptRecord, FastsessError
 from .session import SessionService
@@ -261,6 +261,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def _inspect(service: SessionService, value: str) -> dict | None:
     config = service.config
+    if config.beaker_compat and beaker_compat.is_beaker_value(value):
+        return _inspect_beaker(service, value)
     if service.cookie_only:
         sealed = service.open_sealed(value)
         if sealed is None:
@@ -276,8 +278,35 @@ def _inspect(service: SessionService, value: str) -> dict | None:
     if opened is None:
         return None
     session_id, key_index = opened
+    return _record_report(service, session_id, {"verified": True, "key_index": key_index})
+
+
+def _inspect_beaker(service: SessionService, value: str) -> dict | None:
+    """A Beaker cookie, as beaker_compat reads it: an id cookie finds the record migrate-beaker wrote."""
+    config = service.config
+    now = time.time()
+    try:
+        if beaker_compat.is_beaker_id(value[beaker_compat.TAG_CHARS :]):
+            beaker_id = beaker_compat.open_id_cookie(value, config, now)
+            return _record_report(service, beaker_id, {"verified": True, "format": "beaker id cookie"})
+        opened = beaker_compat.open_cookie_session(value, config, now)
+    except beaker_compat.BeakerCookieRefused:
+        return None
+    return {
+        "verified": True, "format": "beaker cookie session", "state": "cookie", "created": opened.created,
+        "last_access": opened.accessed, "domain": opened.domain, "path": opened.path,
+        "data": json.loads(opened.data_bytes),
+    }
+
+
+def _record_report(service: SessionService, session_id: str, report: dict) -> dict:
+    """`report`, completed with the sid and what the store holds for this verified session id."""
+    config = service.config
     key = core.store_key(session_id)
-    report: dict = {"verified": True, "key_index": key_index, "sid": service.sid(session_id)}
+    report["sid"] = service.sid(session_id)
+    if service.cookie_only:  # a Beaker id cookie: its session was in a store this config does not have
+        report["state"] = "no store (session.type = cookie keeps no server-side records)"
+        return report
     if config.store_type == "memory":  # this process's memory store is not the application's
         report["state"] = "unknown (memory sessions live inside the application's process)"
         return report
