@@ -331,6 +331,28 @@ def fails_cleanly(capsys, argv: list[str], *expected: str) -> str:
     return err
 
 
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        ([], "required: command"),
+        (["nosuch"], "invalid choice: 'nosuch'"),
+        (["inspect", "--config", "app.ini"], "required: cookie"),
+        (["cleanup", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+        (["migrate-beaker", "--from-type", "file"], "required"),
+        (["gen-secret", "--bytes", "3"], "argument --bytes"),
+    ],
+)
+def test_wrong_arguments_are_one_fastsess_line_and_exit_status_2(capsys, argv, expected):
+    # The README: bad input prints one `fastsess: ...` line on stderr and exits 2; wrong arguments too.
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert captured.out == "" and err.startswith("fastsess: ") and "\n" not in err, err
+    assert expected in err and "--help" in err
+
+
 def write(tmp_path, text: str, name: str = "app.ini") -> str:
     path = tmp_path / name
     path.write_text(text)

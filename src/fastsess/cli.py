@@ -16,6 +16,7 @@ import secrets
 import sys
 import time
 from collections.abc import Sequence
+from typing import NoReturn
 
 from . import __version__, beaker_compat, core
 from .config import MIN_SECRET_CHARS, Config, collect_options
@@ -470,8 +471,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return run(quick=args.quick, as_json=args.json, out=args.out, select=args.select)
 
 
+class CommandParser(argparse.ArgumentParser):
+    """argparse, reporting bad arguments as every other bad input is reported: one `fastsess: ...` line, exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"fastsess: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fastsess", description="Fast, safe, Beaker-compatible WSGI sessions.")
+    parser = CommandParser(prog="fastsess", description="Fast, safe, Beaker-compatible WSGI sessions.")
     parser.add_argument("--version", action="version", version=f"fastsess {__version__} ({core.IMPLEMENTATION} kernel)")
     sub = parser.add_subparsers(dest="command", required=True)
 
