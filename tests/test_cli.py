@@ -353,6 +353,16 @@ def test_wrong_arguments_are_one_fastsess_line_and_exit_status_2(capsys, argv, e
     assert expected in err and "--help" in err
 
 
+def test_ctrl_c_is_one_line_and_exit_status_130_not_a_traceback(ini, capsys, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(LmdbStore, "cleanup", interrupted)
+    assert main(["cleanup", "--config", str(ini)]) == 130
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.strip() == "fastsess: interrupted"
+
+
 def write(tmp_path, text: str, name: str = "app.ini") -> str:
     path = tmp_path / name
     path.write_text(text)

@@ -576,6 +576,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FastsessError as exc:
         print(f"fastsess: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C in a long cleanup or migration: a line, not a traceback
+        if sys.stderr.isatty():
+            sys.stderr.write("\n")  # past a progress line
+        print("fastsess: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
