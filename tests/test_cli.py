@@ -299,6 +299,19 @@ def test_migrate_beaker_into_cookie_sessions_is_refused_before_the_source_is_ope
     assert "server-side fastsess store" in err and "cannot reach" not in err
 
 
+def test_migrate_beaker_into_memory_sessions_is_refused_and_records_no_pass(memory_ini, tmp_path, capsys):
+    # This process's memory store is not the application's: "1 migrated" would be a lie, and the
+    # state file it left would turn the real first pass into a delta pass.
+    beaker_dir = tmp_path / "beaker" / "container_file" / "a" / "ab"
+    beaker_dir.mkdir(parents=True)
+    (beaker_dir / f"ab{'0' * 30}.cache").write_bytes(b"")
+    assert main(["migrate-beaker", "--config", str(memory_ini), "--from-type", "file",
+                 "--from-data-dir", str(tmp_path / "beaker")]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "memory" in captured.err and "\n" not in captured.err.strip()
+    assert not (tmp_path / ".fastsess-migrate-beaker.json").exists()
+
+
 @pytest.mark.parametrize("count", ["24", "48", "1024"])
 def test_gen_secret_prints_a_secret_the_middleware_accepts(count, capsys):
     assert main(["gen-secret", "--bytes", count]) == 0
