@@ -345,6 +345,25 @@ def test_a_later_delta_pass_never_brings_back_a_session_fastsess_ended(tmp_path,
     assert fastsess_read(ini, added)[0]["data"] == {"user": "cy"}
 
 
+def test_a_pass_that_finds_no_session_is_not_recorded_so_the_next_stays_a_bulk_pass(tmp_path, capsys, monkeypatch):
+    # The first pass ran before the Beaker directory was filled (a share not mounted yet): recorded,
+    # it would make the next run a delta pass, which never copies sessions Beaker changed before it.
+    beaker_dir = tmp_path / "beaker"
+    (beaker_dir / "container_file").mkdir(parents=True)
+    ini = write_ini(tmp_path)
+    assert main(["migrate-beaker", "--config", ini, "--from-type", "file", "--from-data-dir", str(beaker_dir)]) == 0
+    assert "no Beaker sessions found" in capsys.readouterr().out
+    assert not (tmp_path / ".fastsess-migrate-beaker.json").exists()
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() - 600)  # a session Beaker last used ten minutes ago
+    cookie = beaker_write(beaker_settings("file", str(beaker_dir)), {"user": "ada"})
+    monkeypatch.setattr(time, "time", real)
+    age(beaker_file(beaker_dir, cookie[40:]), 600)
+    report = migrate(capsys, ini, "--from-type", "file", "--from-data-dir", str(beaker_dir))
+    assert (report["mode"], report["migrated"]) == ("bulk", 1)
+    assert fastsess_read(ini, cookie)[0]["data"] == {"user": "ada"}
+
+
 def test_the_state_file_tells_destinations_apart(tmp_path, capsys):
     # development.ini beside production.ini: a trial pass into one store must leave the
     # first pass into the other a bulk pass, or it would copy nothing.

@@ -403,7 +403,11 @@ def cmd_migrate_beaker(args: argparse.Namespace) -> int:
             store.close()
         if progress is not None and sys.stderr.isatty():
             sys.stderr.write("\n")
-    if not args.dry_run:
+    # A pass that found no session at all (a store not mounted yet, a path one level off) is not
+    # recorded: the next run stays a bulk pass, which a delta pass would make of what appears later
+    # only the sessions Beaker started since.
+    recorded = not args.dry_run and report.seen > 0
+    if recorded:
         write_state(state_path, report)
     if args.json:
         print(json.dumps(report.as_dict()))
@@ -422,8 +426,11 @@ def cmd_migrate_beaker(args: argparse.Namespace) -> int:
         print(f"  refused {refusal['ref']}: {refusal['reason']}")
     if report.refused_count > len(report.refused):
         print(f"  ... and {report.refused_count - len(report.refused)} more refused")
-    if not args.dry_run:
+    if recorded:
         print(f"state saved in {state_path}: the next run is a delta pass (--full forces a bulk pass)")
+    elif report.seen == 0:
+        print(f"no Beaker sessions found in {report.source}; nothing recorded, so the next run is a bulk pass "
+              "again (is this where Beaker keeps its sessions?)")
     if not config.beaker_compat:
         print("note: set session.beaker_compat = true, so that Beaker's cookies find these sessions")
     return 0
