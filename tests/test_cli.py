@@ -299,6 +299,19 @@ def test_migrate_beaker_into_cookie_sessions_is_refused_before_the_source_is_ope
     assert "server-side fastsess store" in err and "cannot reach" not in err
 
 
+def test_migrate_beaker_into_memory_sessions_is_refused_and_records_no_pass(memory_ini, tmp_path, capsys):
+    # This process's memory store is not the application's: "1 migrated" would be a lie, and the
+    # state file it left would turn the real first pass into a delta pass.
+    beaker_dir = tmp_path / "beaker" / "container_file" / "a" / "ab"
+    beaker_dir.mkdir(parents=True)
+    (beaker_dir / f"ab{'0' * 30}.cache").write_bytes(b"")
+    assert main(["migrate-beaker", "--config", str(memory_ini), "--from-type", "file",
+                 "--from-data-dir", str(tmp_path / "beaker")]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "memory" in captured.err and "\n" not in captured.err.strip()
+    assert not (tmp_path / ".fastsess-migrate-beaker.json").exists()
+
+
 @pytest.mark.parametrize("count", ["24", "48", "1024"])
 def test_gen_secret_prints_a_secret_the_middleware_accepts(count, capsys):
     assert main(["gen-secret", "--bytes", count]) == 0
@@ -329,6 +342,38 @@ def fails_cleanly(capsys, argv: list[str], *expected: str) -> str:
     for text in expected:
         assert text in err, err
     return err
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        ([], "required: command"),
+        (["nosuch"], "invalid choice: 'nosuch'"),
+        (["inspect", "--config", "app.ini"], "required: cookie"),
+        (["cleanup", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+        (["migrate-beaker", "--from-type", "file"], "required"),
+        (["gen-secret", "--bytes", "3"], "argument --bytes"),
+    ],
+)
+def test_wrong_arguments_are_one_fastsess_line_and_exit_status_2(capsys, argv, expected):
+    # The README: bad input prints one `fastsess: ...` line on stderr and exits 2; wrong arguments too.
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert captured.out == "" and err.startswith("fastsess: ") and "\n" not in err, err
+    assert expected in err and "--help" in err
+
+
+def test_ctrl_c_is_one_line_and_exit_status_130_not_a_traceback(ini, capsys, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(LmdbStore, "cleanup", interrupted)
+    assert main(["cleanup", "--config", str(ini)]) == 130
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.strip() == "fastsess: interrupted"
 
 
 def write(tmp_path, text: str, name: str = "app.ini") -> str:

@@ -266,6 +266,30 @@ def test_a_custom_beaker_path_moves_into_the_record_header(tmp_path, capsys):
     assert "Path=/shop" in response.headers["Set-Cookie"]
 
 
+def test_inspect_verifies_a_beaker_id_cookie_and_shows_the_migrated_record(tmp_path, capsys):
+    # At cutover the operator checks a user's Beaker cookie: it must find what migrate-beaker wrote.
+    beaker_dir = tmp_path / "beaker"
+    cookie = beaker_write(beaker_settings("file", str(beaker_dir)), {"user": "ada"})
+    ini = write_ini(tmp_path)
+    migrate(capsys, ini, "--from-type", "file", "--from-data-dir", str(beaker_dir))
+    assert main(["inspect", "--config", ini, "--json", f"{NAME}={cookie}"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["verified"], report["state"], report["data"]) == (True, "live", {"user": "ada"})
+    assert cookie[40:] not in json.dumps(report)  # the sid, never the id itself
+    forged = ("0" * 40) + cookie[40:]
+    assert main(["inspect", "--config", ini, "--json", forged]) == 1
+    assert json.loads(capsys.readouterr().out) == {"verified": False}
+
+
+def test_inspect_decodes_a_beaker_cookie_session(tmp_path, capsys):
+    settings = {"session.type": "cookie", "session.validate_key": BEAKER_SECRET, "session.data_serializer": "json"}
+    cookie = beaker_write(settings, {"user": "ada", "n": 2})
+    ini = write_ini(tmp_path)
+    assert main(["inspect", "--config", ini, "--json", cookie]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["verified"], report["data"]) == (True, {"user": "ada", "n": 2})
+
+
 def test_the_delta_pass_migrates_only_what_changed_since_the_bulk_pass(tmp_path, capsys):
     beaker_dir = tmp_path / "beaker"
     settings = beaker_settings("file", str(beaker_dir))
@@ -319,6 +343,25 @@ def test_a_later_delta_pass_never_brings_back_a_session_fastsess_ended(tmp_path,
     assert fastsess_read(ini, ended)[0]["data"] == {}
     assert fastsess_read(ini, kept)[0]["data"] == {"user": "ada", "cart": 1}
     assert fastsess_read(ini, added)[0]["data"] == {"user": "cy"}
+
+
+def test_a_pass_that_finds_no_session_is_not_recorded_so_the_next_stays_a_bulk_pass(tmp_path, capsys, monkeypatch):
+    # The first pass ran before the Beaker directory was filled (a share not mounted yet): recorded,
+    # it would make the next run a delta pass, which never copies sessions Beaker changed before it.
+    beaker_dir = tmp_path / "beaker"
+    (beaker_dir / "container_file").mkdir(parents=True)
+    ini = write_ini(tmp_path)
+    assert main(["migrate-beaker", "--config", ini, "--from-type", "file", "--from-data-dir", str(beaker_dir)]) == 0
+    assert "no Beaker sessions found" in capsys.readouterr().out
+    assert not (tmp_path / ".fastsess-migrate-beaker.json").exists()
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() - 600)  # a session Beaker last used ten minutes ago
+    cookie = beaker_write(beaker_settings("file", str(beaker_dir)), {"user": "ada"})
+    monkeypatch.setattr(time, "time", real)
+    age(beaker_file(beaker_dir, cookie[40:]), 600)
+    report = migrate(capsys, ini, "--from-type", "file", "--from-data-dir", str(beaker_dir))
+    assert (report["mode"], report["migrated"]) == ("bulk", 1)
+    assert fastsess_read(ini, cookie)[0]["data"] == {"user": "ada"}
 
 
 def test_the_state_file_tells_destinations_apart(tmp_path, capsys):

@@ -16,8 +16,9 @@ import secrets
 import sys
 import time
 from collections.abc import Sequence
+from typing import NoReturn
 
-from . import __version__, core
+from . import __version__, beaker_compat, core
 from .config import MIN_SECRET_CHARS, Config, collect_options
 from .errors import ConfigError, CorruptRecord, FastsessError
 from .session import SessionService
@@ -261,6 +262,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def _inspect(service: SessionService, value: str) -> dict | None:
     config = service.config
+    if config.beaker_compat and beaker_compat.is_beaker_value(value):
+        return _inspect_beaker(service, value)
     if service.cookie_only:
         sealed = service.open_sealed(value)
         if sealed is None:
@@ -276,8 +279,35 @@ def _inspect(service: SessionService, value: str) -> dict | None:
     if opened is None:
         return None
     session_id, key_index = opened
+    return _record_report(service, session_id, {"verified": True, "key_index": key_index})
+
+
+def _inspect_beaker(service: SessionService, value: str) -> dict | None:
+    """A Beaker cookie, as beaker_compat reads it: an id cookie finds the record migrate-beaker wrote."""
+    config = service.config
+    now = time.time()
+    try:
+        if beaker_compat.is_beaker_id(value[beaker_compat.TAG_CHARS :]):
+            beaker_id = beaker_compat.open_id_cookie(value, config, now)
+            return _record_report(service, beaker_id, {"verified": True, "format": "beaker id cookie"})
+        opened = beaker_compat.open_cookie_session(value, config, now)
+    except beaker_compat.BeakerCookieRefused:
+        return None
+    return {
+        "verified": True, "format": "beaker cookie session", "state": "cookie", "created": opened.created,
+        "last_access": opened.accessed, "domain": opened.domain, "path": opened.path,
+        "data": json.loads(opened.data_bytes),
+    }
+
+
+def _record_report(service: SessionService, session_id: str, report: dict) -> dict:
+    """`report`, completed with the sid and what the store holds for this verified session id."""
+    config = service.config
     key = core.store_key(session_id)
-    report: dict = {"verified": True, "key_index": key_index, "sid": service.sid(session_id)}
+    report["sid"] = service.sid(session_id)
+    if service.cookie_only:  # a Beaker id cookie: its session was in a store this config does not have
+        report["state"] = "no store (session.type = cookie keeps no server-side records)"
+        return report
     if config.store_type == "memory":  # this process's memory store is not the application's
         report["state"] = "unknown (memory sessions live inside the application's process)"
         return report
@@ -373,7 +403,11 @@ def cmd_migrate_beaker(args: argparse.Namespace) -> int:
             store.close()
         if progress is not None and sys.stderr.isatty():
             sys.stderr.write("\n")
-    if not args.dry_run:
+    # A pass that found no session at all (a store not mounted yet, a path one level off) is not
+    # recorded: the next run stays a bulk pass, which a delta pass would make of what appears later
+    # only the sessions Beaker started since.
+    recorded = not args.dry_run and report.seen > 0
+    if recorded:
         write_state(state_path, report)
     if args.json:
         print(json.dumps(report.as_dict()))
@@ -392,8 +426,11 @@ def cmd_migrate_beaker(args: argparse.Namespace) -> int:
         print(f"  refused {refusal['ref']}: {refusal['reason']}")
     if report.refused_count > len(report.refused):
         print(f"  ... and {report.refused_count - len(report.refused)} more refused")
-    if not args.dry_run:
+    if recorded:
         print(f"state saved in {state_path}: the next run is a delta pass (--full forces a bulk pass)")
+    elif report.seen == 0:
+        print(f"no Beaker sessions found in {report.source}; nothing recorded, so the next run is a bulk pass "
+              "again (is this where Beaker keeps its sessions?)")
     if not config.beaker_compat:
         print("note: set session.beaker_compat = true, so that Beaker's cookies find these sessions")
     return 0
@@ -441,8 +478,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return run(quick=args.quick, as_json=args.json, out=args.out, select=args.select)
 
 
+class CommandParser(argparse.ArgumentParser):
+    """argparse, reporting bad arguments as every other bad input is reported: one `fastsess: ...` line, exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"fastsess: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fastsess", description="Fast, safe, Beaker-compatible WSGI sessions.")
+    parser = CommandParser(prog="fastsess", description="Fast, safe, Beaker-compatible WSGI sessions.")
     parser.add_argument("--version", action="version", version=f"fastsess {__version__} ({core.IMPLEMENTATION} kernel)")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -539,6 +583,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FastsessError as exc:
         print(f"fastsess: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C in a long cleanup or migration: a line, not a traceback
+        if sys.stderr.isatty():
+            sys.stderr.write("\n")  # past a progress line
+        print("fastsess: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

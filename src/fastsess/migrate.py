@@ -896,6 +896,12 @@ def require_server_store(config: Config) -> None:
     if config.store_type == "cookie":
         raise ConfigError("migrate-beaker needs a server-side fastsess store; cookie sessions have none "
                           "(Beaker cookie sessions are read directly with beaker_compat = true)")
+    if config.store_type == "memory":
+        # The sessions would go into this command's own memory store and vanish when it exits,
+        # while the report said "migrated" and the state file made the next run a delta pass.
+        raise ConfigError("migrate-beaker cannot reach memory sessions: session.type = memory keeps them "
+                          "inside each application process (migrate into a store the application shares: "
+                          "lmdb, file, redis, memcached or sql)")
 
 
 class Migration:

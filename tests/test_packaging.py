@@ -1,0 +1,74 @@
+"""Packaging (SPEC 10): the sdist carries what a build needs and no generated C; the pure wheel works.
+
+The builds run without isolation, with the build tools of this environment, so
+the tests need no network; they skip where the `build` package is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "src" / "fastsess"
+
+#: what Cython and setuptools leave beside the sources in a checkout (all in .gitignore)
+BUILD_PRODUCTS = (".c", ".so", ".pyd", ".html", ".pyc")
+
+
+def build(kind: str, tmp_path: Path, **env: str) -> Path:
+    """Build from a copy of the checkout, so that build/ and egg-info never land in the real one."""
+    pytest.importorskip("build")
+    if not (ROOT / "pyproject.toml").exists():
+        pytest.skip("not a source checkout")
+    tree = tmp_path / "tree"
+    shutil.copytree(ROOT, tree, ignore=shutil.ignore_patterns(
+        ".git", ".venv*", "build", "dist", "wheelhouse", "*.egg-info", "__pycache__", ".*_cache", "results",
+    ))
+    out = tmp_path / "dist"
+    subprocess.run(
+        [sys.executable, "-m", "build", f"--{kind}", "--no-isolation", "--outdir", str(out), str(tree)],
+        check=True, capture_output=True, env={**os.environ, **env}, cwd=tmp_path,
+    )
+    (built,) = out.iterdir()
+    return built
+
+
+def test_the_package_directory_holds_only_sources_and_build_products():
+    # A stray file (a merge tool's _session_py.py.orig, say) is not part of the package and must not
+    # be committed next to the modules.
+    stray = [
+        str(path.relative_to(PACKAGE)) for path in PACKAGE.rglob("*")
+        if path.is_file() and "__pycache__" not in path.parts
+        and path.suffix not in (".py", ".pyx", ".pxd", ".pyi", *BUILD_PRODUCTS) and path.name != "py.typed"
+    ]
+    assert stray == []
+
+
+def test_the_sdist_has_what_a_build_needs_and_no_generated_c(tmp_path):
+    sdist = build("sdist", tmp_path)
+    with tarfile.open(sdist) as tar:
+        names = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
+    for needed in (
+        "setup.py", "pyproject.toml", "README.md", "LICENSE", "docs/FORMATS.md",
+        "src/fastsess/_core.pyx", "src/fastsess/_core_py.py", "src/fastsess/_request.pxd",
+        "src/fastsess/_request_py.py", "src/fastsess/_session.pxd", "src/fastsess/_session_py.py",
+    ):
+        assert needed in names, needed
+    assert not [name for name in names if name.endswith(BUILD_PRODUCTS)]
+
+
+def test_a_wheel_built_with_no_extensions_is_pure_python_and_complete(tmp_path):
+    wheel = build("wheel", tmp_path, FASTSESS_NO_EXTENSIONS="1")
+    assert wheel.name.endswith("-py3-none-any.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+    assert {"fastsess/_core_py.py", "fastsess/_request_py.py", "fastsess/_session_py.py", "fastsess/cli.py"} <= names
+    assert not [name for name in names if name.endswith(BUILD_PRODUCTS)]
