@@ -18,5 +18,6 @@ cdef class _State:
     cdef public dict data
     cdef public bint had_cookie, dropped, is_new, read_only, anonymous, save_requested, modified
     cdef public bint flash_modified, mutable_out, dead, deleted, invalidated, retag, tombstoned
+    cpdef loaded(self, session_id, data_bytes, created, last_access, domain, path, csrf_gen)
     cpdef bint forgets_cookie(self)
     cpdef bytes store_key(self)

@@ -362,6 +362,23 @@ class _State:
         else:
             self.flash = self.loaded_flash = _NO_FLASH
 
+    def loaded(
+        self, session_id: str, data_bytes: bytes, created: float, last_access: float,
+        domain: str | None, path: str | None, csrf_gen: int,
+    ) -> None:
+        """Fill in what a stored or sealed record says about the session it holds."""
+        self.id = session_id
+        self.is_new = False
+        self.loaded_data = data_bytes
+        self.created = created
+        self.last_accessed = self.last_access = last_access
+        if domain is not None:
+            self.domain = self.loaded_domain = domain
+        if path is not None:
+            self.path = self.loaded_path = path
+        if csrf_gen:
+            self.csrf_gen = self.loaded_csrf_gen = csrf_gen
+
     def forgets_cookie(self) -> bool:
         """delete(), or invalidate() of a session the client sent a cookie for: that cookie must go."""
         return self.deleted or (self.invalidated and self.had_cookie)
@@ -602,13 +619,7 @@ class Session:
     def _from_beaker(self, opened: beaker_compat.BeakerSession, session_id: str, now: float) -> _State:
         """The loaded state of a verified Beaker session, under the fastsess id it keeps."""
         s = self._fresh(now, opened.data)
-        s.id = session_id
-        s.is_new = False
-        s.loaded_data = opened.data_bytes
-        s.created = opened.created
-        s.last_accessed = s.last_access = opened.accessed
-        s.domain = s.loaded_domain = opened.domain
-        s.path = s.loaded_path = opened.path
+        s.loaded(session_id, opened.data_bytes, opened.created, opened.accessed, opened.domain, opened.path, 0)
         return s
 
     @cython.locals(s=_State, service=SessionService)
@@ -659,17 +670,7 @@ class Session:
         if self._read_only:
             s.read_only = True
         s.had_cookie = True
-        s.id = session_id
-        s.is_new = False
-        s.loaded_data = data_bytes
-        s.created = issued_at
-        s.last_accessed = s.last_access = last_access
-        if domain is not None:
-            s.domain = s.loaded_domain = domain
-        if path is not None:
-            s.path = s.loaded_path = path
-        if csrf_gen:
-            s.csrf_gen = s.loaded_csrf_gen = csrf_gen
+        s.loaded(session_id, data_bytes, issued_at, last_access, domain, path, csrf_gen)
         if key_index > 0:
             s.retag = True
             service.events.emit("old_key_used", sid=service.sid(session_id), message="cookie sealed with an old key")
@@ -711,19 +712,9 @@ class Session:
         s = _State(now, data, flash_data)
         if self._read_only:
             s.read_only = True
-        s.id = session_id
+        s.loaded(session_id, data_bytes, created, last_access, domain, path, csrf_gen)
         s.keyed = (session_id, key)
-        s.is_new = False
         s.version = version
-        s.loaded_data = data_bytes
-        s.created = created
-        s.last_accessed = s.last_access = last_access
-        if domain is not None:
-            s.domain = s.loaded_domain = domain
-        if path is not None:
-            s.path = s.loaded_path = path
-        if csrf_gen:
-            s.csrf_gen = s.loaded_csrf_gen = csrf_gen
         return s
 
     @cython.locals(service=SessionService)
