@@ -1,8 +1,9 @@
 """The pure kernel without orjson and xxhash (SPEC 1, "The pure kernel on other platforms").
 
-Each test starts a fresh interpreter whose first lines make orjson and xxhash
-unimportable and which sets FASTSESS_NO_EXTENSIONS=1, so the pure kernel runs
-on the standard library: json for the codec, hashlib for the fingerprint.
+Each test starts a fresh interpreter whose first lines make orjson, xxhash and
+Cython's `cython` module unimportable and which sets FASTSESS_NO_EXTENSIONS=1,
+so the pure kernel runs on the standard library: json for the codec, hashlib
+for the fingerprint, and fastsess._pure for the compiled modules' declarations.
 To run more of the suite that way, add its files to NO_OPTIONAL_DEPS_TESTS.
 """
 
@@ -32,7 +33,7 @@ NO_OPTIONAL_DEPS_TESTS = [
     "test_formats.py",
 ]
 
-BLOCKED = ("orjson", "xxhash")
+BLOCKED = ("orjson", "xxhash", "cython")
 
 # Runs before anything else in the child interpreter.
 PRELUDE = f"""
@@ -72,6 +73,18 @@ def test_listed_test_files_pass_without_orjson_and_xxhash():
     result = run_without_optional_deps(code)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
     assert " passed" in result.stdout
+
+
+def test_the_session_module_runs_without_cython_installed():
+    # Cython is a build requirement only: the session source reads its type
+    # declarations from fastsess._pure when the cython module is not there.
+    result = run_without_optional_deps(
+        "import fastsess.session as s\n"
+        "assert s.__name__ == 'fastsess._session_py', s.__name__\n"
+        "assert s.cython.__module__ == 'fastsess._pure', s.cython\n"
+        "print('ok')\n"
+    )
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
 
 
 # The child's half of the exchange: the parent sends blobs its orjson kernel wrote
