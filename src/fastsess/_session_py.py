@@ -11,7 +11,6 @@ write that merges with concurrent changes on conflict.
 
 from __future__ import annotations
 
-import os
 import random
 import threading
 import time
@@ -24,7 +23,7 @@ from .config import COOKIE_DOMAIN, TOMBSTONE_SECONDS, Config, cookie_name_prefix
 from .errors import ConflictError, CorruptRecord, SessionTooLarge, StoreError
 from .events import EventLog
 from .keys import KeyRing
-from .stores.base import CONFLICT, EXISTS, EXPIRED, GONE, TOMBSTONE, Store, StoredRecord
+from .stores.base import CONFLICT, EXISTS, EXPIRED, GONE, TOMBSTONE, Store, StoredRecord, fork_safe_locks
 
 try:  # compiled, these are type declarations (_session.pxd); in pure Python, no-ops
     import cython
@@ -180,8 +179,7 @@ class SessionService:
         self.cookie_name = config.cookie_name
         self.beaker_compat = config.beaker_compat
         self.records_encrypted = bool(self.keys.record_enc_prks)
-        self._merge_locks = [threading.Lock() for _ in range(MERGE_LOCK_STRIPES)]
-        self._merge_locks_pid = os.getpid()
+        self._locks = fork_safe_locks(self, MERGE_LOCK_STRIPES)  # see merge_lock
 
     def merge_lock(self, key: bytes) -> threading.Lock:
         """The lock this process's threads take in turn to merge into the record under key.
@@ -189,13 +187,10 @@ class SessionService:
         Stores without a lock of their own (memcached, redis) merge by retrying
         compare-and-set. Threads of one process retrying on one hot session would
         mostly lose to each other (gthread, waitress); taking turns leaves them to
-        race only other processes. A forked child makes its own locks: one copied
-        while held would never be released there.
+        race only other processes. A forked child gets fresh locks (stores.base
+        fork_safe_locks): one copied while held would never be released there.
         """
-        if self._merge_locks_pid != os.getpid():
-            self._merge_locks = [threading.Lock() for _ in range(MERGE_LOCK_STRIPES)]
-            self._merge_locks_pid = os.getpid()
-        return self._merge_locks[key[0] % MERGE_LOCK_STRIPES]
+        return self._locks[key[0] % MERGE_LOCK_STRIPES]
 
     def expires_at(self, created: float, now: float) -> float:
         """min(idle expiry, absolute expiry): the store TTL."""

@@ -197,7 +197,8 @@ def check_timeouts(connect_timeout: float, socket_timeout: float) -> None:
 
 # ---------------------------------------------------------------- locks across fork()
 
-_relocked_in_child: weakref.WeakSet = weakref.WeakSet()
+#: owner -> how many striped locks owner._locks holds (None: one lock, owner._lock)
+_relocked_in_child: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def fork_safe_lock(owner: object) -> threading.Lock:
@@ -207,13 +208,22 @@ def fork_safe_lock(owner: object) -> threading.Lock:
     child, where no thread will ever release it: the child's first use of the
     owner would wait forever.
     """
-    _relocked_in_child.add(owner)
+    _relocked_in_child[owner] = None
     return threading.Lock()
 
 
+def fork_safe_locks(owner: object, stripes: int) -> list[threading.Lock]:
+    """`stripes` new locks for owner._locks, which a forked child replaces as fork_safe_lock's."""
+    _relocked_in_child[owner] = stripes
+    return [threading.Lock() for _ in range(stripes)]
+
+
 def _fresh_locks_in_child() -> None:
-    for owner in list(_relocked_in_child):
-        owner._lock = threading.Lock()
+    for owner, stripes in list(_relocked_in_child.items()):
+        if stripes is None:
+            owner._lock = threading.Lock()
+        else:
+            owner._locks = [threading.Lock() for _ in range(stripes)]
 
 
 if hasattr(os, "register_at_fork"):
