@@ -914,6 +914,95 @@ def test_decode_memo_fingerprint_collisions_cost_a_decode_not_a_wrong_answer(mon
     assert sum(len(b) for b, _ in memo.entries()) == memo.size
 
 
+def test_decode_memo_decode_shared_answers_a_shallow_copy_of_the_kept_dict(core):
+    blob = core.encode_data({"cart": [1, 2], "prefs": {"lang": "en"}, "name": "ada"})
+    memo = core.DecodeMemo(1000, 500)
+    first, shared = memo.decode_shared(blob)
+    assert first == core.decode_data(blob) and shared is None  # not kept yet: the caller's own
+    memo.decode_shared(blob)  # the second sighting keeps it
+    data, shared = memo.decode_shared(blob)
+    assert data == shared == core.decode_data(blob)
+    assert data is not shared  # the caller may set and delete keys...
+    assert data["cart"] is shared["cart"]  # ...but copies a container before handing it out
+    data["cart"] = core.copy_value(data["cart"])
+    data["cart"].append(3)
+    del data["name"]
+    assert memo.decode(blob) == core.decode_data(blob)
+    assert memo.decode_shared(bytearray(blob)) == (core.decode_data(blob), None)
+
+
+def test_copy_value_copies_containers_as_copy_data_does(core):
+    value = [1, [2], {"a": {3}}, (4, [5])]
+    copied = core.copy_value(value)
+    assert copied == value
+    assert copied is not value and copied[1] is not value[1] and copied[2]["a"] is not value[2]["a"]
+    assert copied[3] is not value[3] and copied[3][1] is not value[3][1]
+    assert core.copy_value("text") == "text" and core.copy_value((1, "two")) == (1, "two")
+
+
+def test_decode_memo_keeps_what_a_noted_or_primed_session_was_written_as(core):
+    memo = core.DecodeMemo(1000, 500)
+    loaded = core.encode_data({"visits": 1, "cart": [1]})
+    memo.decode(loaded)  # a load: noted
+    data = {"visits": 2, "cart": [1, {"sku": "x", "n": None, "f": 1.5, "ok": True}]}
+    written = core.encode_data(data)
+    assert memo.prime(loaded, written, data) is True
+    assert memo.entries() == [(written, data)]  # the noted bytes are superseded
+    assert memo.size == len(written)
+    data["cart"].append("changed after the write")  # the session's own dict: the memo kept a copy
+    assert memo.decode(written) == core.decode_data(written)
+    again = {"visits": 3, "cart": []}
+    assert memo.prime(written, core.encode_data(again), again) is True  # primed: primed again
+    assert memo.entries() == [(core.encode_data(again), again)]
+
+
+def test_decode_memo_primes_nothing_for_bytes_it_does_not_remember_or_kept_from_two_sightings(core):
+    memo = core.DecodeMemo(1000, 500)
+    unknown, data = core.encode_data({"a": 1}), {"a": 2}
+    assert memo.prime(unknown, core.encode_data(data), data) is False
+    assert memo.entries() == [] and memo.size == 0
+    replayed = core.encode_data({"a": 3})
+    memo.decode(replayed)
+    memo.decode(replayed)  # kept: a client sending the same cookie again and again
+    assert memo.prime(replayed, core.encode_data(data), data) is False
+    assert memo.entries() == [(replayed, {"a": 3})]
+    assert memo.prime(replayed, replayed, {"a": 3}) is False
+
+
+@pytest.mark.parametrize(
+    "value",
+    [(1, 2), {1, 2}, frozenset({1}), b"x", dt.date(2026, 1, 1), Decimal("1.10"), uuid.UUID(int=1), [1, (2,)],
+     {"inner": {"t": (1,)}}],
+)
+def test_decode_memo_primes_only_data_made_of_json_types(core, value):
+    # What decode_data gives for tagged values is equal but may differ in detail (a
+    # datetime's tzinfo object), so they are decoded from their bytes as before.
+    memo = core.DecodeMemo(1000, 500)
+    loaded = core.encode_data({"v": 0})
+    memo.decode(loaded)
+    data = {"v": value}
+    assert memo.prime(loaded, core.encode_data(data), data) is False
+    assert memo.entries() == []  # the noted bytes were superseded all the same
+    assert memo.size == 0
+
+
+def test_decode_memo_prime_respects_the_entry_limit_and_the_budget(core):
+    memo = core.DecodeMemo(100, 60)
+    loaded = core.encode_data({"pad": "a" * 10})
+    memo.decode(loaded)
+    big = {"pad": "b" * 70}
+    assert memo.prime(loaded, core.encode_data(big), big) is False  # over the entry limit
+    assert memo.entries() == [(loaded, None)]
+    others = [core.encode_data({"n": i, "pad": "c" * 20}) for i in range(2)]
+    for blob in others:
+        memo.decode(blob)
+    assert memo.size == len(loaded) + sum(map(len, others)) <= 100
+    data = {"pad": "d" * 40}
+    assert memo.prime(loaded, core.encode_data(data), data) is True  # the budget is spent: all dropped first
+    assert memo.entries() == [(core.encode_data(data), data)]
+    assert memo.size == len(core.encode_data(data))
+
+
 @pytest.mark.parametrize("value", [None, [], "{}", b"{}"])
 def test_copy_data_refuses_what_is_not_a_dict(core, value):
     with pytest.raises(TypeError):

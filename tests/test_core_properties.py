@@ -291,18 +291,54 @@ def test_copy_data_is_equal_and_shares_no_mutable_container(core, data):
 
 @SETTINGS
 @given(
-    blobs=st.lists(
-        st.sampled_from([b"{", b"[]"]) | session_data.map(reference.encode_data), min_size=1, max_size=12
-    ).flatmap(lambda pool: st.lists(st.sampled_from(pool), max_size=20)),
+    steps=st.lists(
+        st.sampled_from(["decode", "decode_shared"]).flatmap(
+            lambda op: st.tuples(st.just(op), st.sampled_from([b"{", b"[]"]) | session_data.map(reference.encode_data))
+        )
+        | st.tuples(st.just("prime"), session_data, session_data),
+        max_size=20,
+    ),
     budget=st.integers(0, 400),
     entry_limit=st.integers(0, 200),
 )
-def test_decode_memo_agrees(c_core, blobs, budget, entry_limit):
+def test_decode_memo_agrees(c_core, steps, budget, entry_limit):
     ours, theirs = c_core.DecodeMemo(budget, entry_limit), reference.DecodeMemo(budget, entry_limit)
-    for blob in blobs:
-        assert outcome(ours.decode, blob) == outcome(theirs.decode, blob)
+    loaded = []  # bytes decoded so far: what prime() is told a session was loaded from
+    for op, first, second in ((step[0], step[1], step[2] if len(step) > 2 else None) for step in steps):
+        if op == "prime":
+            old = loaded[len(loaded) // 2] if loaded else reference.encode_data(first)
+            new = reference.encode_data(second)
+            assert ours.prime(old, new, second) == theirs.prime(old, new, second)
+        else:
+            loaded.append(first)
+            assert outcome(getattr(ours, op), first) == outcome(getattr(theirs, op), first)
         assert ours.size == theirs.size <= max(budget, 0)
         assert sorted(ours.entries(), key=repr) == sorted(theirs.entries(), key=repr)
+
+
+def type_tree(value):
+    """value's types all the way down, so equal-but-different answers (1 and 1.0, True and 1) differ."""
+    if type(value) is dict:
+        return {k: type_tree(v) for k, v in value.items()}
+    if type(value) in (list, tuple):
+        return [type(value), *map(type_tree, value)]
+    return type(value), value
+
+
+@SETTINGS
+@given(before=session_data, after=session_data)
+def test_decode_memo_keeps_exactly_what_the_written_bytes_decode_to(core, before, after):
+    memo = core.DecodeMemo(1 << 20, 1 << 16)
+    loaded = core.encode_data(before)
+    memo.decode(loaded)
+    written = core.encode_data(after)
+    if memo.prime(loaded, written, after):
+        assert type_tree(memo.decode(written)) == type_tree(core.decode_data(written))
+        shared, kept = memo.decode_shared(written)
+        assert kept is not None and type_tree(shared) == type_tree(core.decode_data(written))
+        assert not mutable_containers(after).keys() & mutable_containers(kept).keys()  # a copy, not after's
+    else:
+        assert loaded == written or memo.decode_shared(written)[1] is None
 
 
 @SETTINGS

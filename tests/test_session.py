@@ -556,14 +556,22 @@ SESSION_OPS = st.lists(
 )
 
 
+#: stored data with tagged values (never primed after a write), and with JSON's own types only (primed)
+TAGGED_DATA = {"cart": ["apple"], "prefs": {"lang": "en"}, "tags": {"a"}, "pair": (1, ["x"]), "name": "ann"}
+JSON_DATA = {"cart": ["apple"], "prefs": {"lang": "en", "seen": [1]}, "tags": [["a"]], "pair": [1, ["x"]], "name": "ann"}
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(requests=st.lists(st.tuples(SESSION_OPS, st.booleans()), min_size=1, max_size=4))
-def test_any_use_of_a_session_leaves_the_remembered_decoded_data_intact(requests):
-    # Decoded data is remembered per process (SessionService.decode): whatever a request
-    # does, what is remembered must still be what its bytes decode to, and the next
-    # request must load exactly what the last saved one wrote.
+@given(
+    requests=st.lists(st.tuples(SESSION_OPS, st.booleans()), min_size=1, max_size=4),
+    initial=st.sampled_from([TAGGED_DATA, JSON_DATA]),
+)
+def test_any_use_of_a_session_leaves_the_remembered_decoded_data_intact(requests, initial):
+    # Decoded data is remembered per process (SessionService.decode): loads share its
+    # containers until they hand one out, and writes remember what they wrote. Whatever
+    # a request does, what is remembered must still be what its bytes decode to, and
+    # the next request must load exactly what the last saved one wrote.
     env = Env()
-    initial = {"cart": ["apple"], "prefs": {"lang": "en"}, "tags": {"a"}, "pair": (1, ["x"]), "name": "ann"}
     sid = env.existing(**initial)
     ids = [sid, env.existing(**initial)]  # two sessions with the same bytes: one remembered dict
     stored = initial
@@ -599,6 +607,35 @@ def test_any_use_of_a_session_leaves_the_remembered_decoded_data_intact(requests
         assert env.data(sid) == stored
         assert env.request(sid).copy() == stored
     assert env.request(ids[1]).copy() == initial
+
+
+def test_a_container_of_remembered_data_is_copied_once_when_handed_out(env):
+    sid = env.existing(cart=["apple"], prefs={"lang": "en"})
+    env.request(sid)["cart"]
+    env.request(sid)["cart"]  # the second sighting: the decoded data is remembered
+    session = env.request(sid)
+    cart = session["cart"]
+    assert session["cart"] is cart and session.get("cart") is cart  # one copy, then the session's own
+    cart.append("pear")
+    session.setdefault("prefs")["lang"] = "fr"
+    session.save()
+    session.persist()
+    assert env.data(sid) == {"cart": ["apple", "pear"], "prefs": {"lang": "fr"}}
+    for blob, data in env.service._decoded.entries():
+        assert data is None or data == core.decode_data(blob)
+
+
+def test_a_written_session_is_loaded_next_from_remembered_data(env):
+    sid = env.existing(visits=0, cart=["apple"])
+    for visits in range(1, 4):
+        session = env.request(sid)
+        session["visits"] = session["visits"] + 1
+        session.save()
+        session.persist()
+        data_bytes = core.unpack_record(env.record(sid).blob)[-1]
+        assert (data_bytes, {"visits": visits, "cart": ["apple"]}) in env.service._decoded.entries()
+        session["cart"].append("changed after the write")  # the remembered dict is a copy
+        assert env.request(sid).copy() == {"visits": visits, "cart": ["apple"]}
 
 
 def test_setting_a_key_without_save_is_not_written(env):

@@ -1000,34 +1000,78 @@ def decode_data(blob) -> dict:
 
 cdef object _fresh(object value):
     cdef type t = type(value)
-    cdef Py_ssize_t i
+    cdef Py_ssize_t i, pos = 0
+    cdef PyObject* k
+    cdef PyObject* v
     cdef bint changed
     if t is dict:
         out = PyDict_Copy(value)
-        for k, v in (<dict>value).items():
-            t = type(v)
+        while PyDict_Next(value, &pos, &k, &v):
+            t = type(<object>v)
             if t is dict or t is list or t is set or t is tuple:
-                (<dict>out)[k] = _fresh(v)
+                (<dict>out)[<object>k] = _fresh(<object>v)
         return out
     if t is list:
         out = PyList_GetSlice(value, 0, PyList_GET_SIZE(value))
         for i in range(PyList_GET_SIZE(out)):
-            v = <object>PyList_GET_ITEM(out, i)
-            t = type(v)
+            t = type(<object>PyList_GET_ITEM(out, i))
             if t is dict or t is list or t is set or t is tuple:
-                (<list>out)[i] = _fresh(v)
+                (<list>out)[i] = _fresh(<object>PyList_GET_ITEM(out, i))
         return out
     if t is set:
         return set(value)  # the elements are hashable, so immutable (SPEC 4)
     if t is tuple:
         changed = False
         items = []
-        for v in <tuple>value:
-            fv = _fresh(v)
-            changed = changed or fv is not v
+        for v2 in <tuple>value:
+            fv = _fresh(v2)
+            changed = changed or fv is not v2
             items.append(fv)
         return tuple(items) if changed else value
     return value
+
+
+#: what _native_copy answers for data holding a value JSON does not carry as itself
+cdef object _NOT_NATIVE = object()
+
+
+cdef object _native_copy(object value):
+    """A copy of value made of JSON's own types (str, int, float, bool, None, list, dict), else _NOT_NATIVE.
+
+    Exactly what decode_data would give for encode_data's bytes of such a value.
+    """
+    cdef type t = type(value)
+    cdef Py_ssize_t i, pos = 0
+    cdef PyObject* k
+    cdef PyObject* v
+    if t is str or t is int or t is float or t is bool or value is None:
+        return value
+    if t is dict:
+        out = PyDict_Copy(value)
+        while PyDict_Next(value, &pos, &k, &v):
+            t = type(<object>v)
+            if t is dict or t is list:
+                item = _native_copy(<object>v)
+                if item is _NOT_NATIVE:
+                    return _NOT_NATIVE
+                (<dict>out)[<object>k] = item
+            elif not (t is str or t is int or t is float or t is bool or <object>v is None):
+                return _NOT_NATIVE
+        return out
+    if t is list:
+        out = PyList_GetSlice(value, 0, PyList_GET_SIZE(value))
+        for i in range(PyList_GET_SIZE(out)):
+            item = <object>PyList_GET_ITEM(out, i)
+            t = type(item)
+            if t is dict or t is list:
+                item = _native_copy(item)
+                if item is _NOT_NATIVE:
+                    return _NOT_NATIVE
+                (<list>out)[i] = item
+            elif not (t is str or t is int or t is float or t is bool or item is None):
+                return _NOT_NATIVE
+        return out
+    return _NOT_NATIVE
 
 
 def copy_data(data) -> dict:
@@ -1035,6 +1079,11 @@ def copy_data(data) -> dict:
     if type(data) is not dict:
         raise TypeError("session data must be a dict")
     return _fresh(data)
+
+
+def copy_value(value):
+    """One session value, copied as copy_data copies the values of a dict."""
+    return _fresh(value)
 
 
 # The docstring opens with the text signature inspect.signature reads from an extension type.
@@ -1049,12 +1098,16 @@ cdef class DecodeMemo:
     are never noted); when the budget is spent everything is dropped. Noting
     keeps only the bytes, which the garbage collector never visits. Entries
     are found by fingerprint and match only when the bytes are equal, so a
-    collision costs a decode, never a wrong answer. Every answer is the
-    caller's own: copy_data of what is kept.
+    collision costs a decode, never a wrong answer. decode() answers with
+    the caller's own copy_data of what is kept; decode_shared() with a
+    shallow copy, for callers that copy a container only when they hand it
+    out. prime() keeps the bytes a session was just written as, when the
+    bytes it was loaded from were noted or primed: its next load, which
+    usually sends those new bytes, decodes from memory too.
     """
 
     cdef dict _noted  # fingerprint -> bytes seen once
-    cdef dict _kept  # fingerprint -> (bytes, dict)
+    cdef dict _kept  # fingerprint -> (bytes, dict, primed)
     cdef Py_ssize_t _size, _budget, _entry_limit
 
     def __init__(self, Py_ssize_t budget, Py_ssize_t entry_limit):
@@ -1071,16 +1124,36 @@ cdef class DecodeMemo:
 
     def entries(self) -> list:
         """(bytes, None) for every noted entry, (bytes, kept dict) for every kept one."""
-        return [(blob, None) for blob in self._noted.values()] + list(self._kept.values())
+        return [(blob, None) for blob in self._noted.values()] + [entry[:2] for entry in self._kept.values()]
 
     def decode(self, blob) -> dict:
-        cdef Py_ssize_t n
         if type(blob) is not bytes:
             return decode_data(blob)
         fp = _xxh3_64(blob)
         kept = self._kept.get(fp)
         if kept is not None and (<tuple>kept)[0] == blob:
             return _fresh((<tuple>kept)[1])
+        return self._missed(blob, fp, kept)
+
+    def decode_shared(self, blob) -> tuple:
+        """(data, shared): data is decode(blob)'s answer, but its containers may be shared.
+
+        shared is None when every container in data is the caller's own; else
+        it is the kept dict whose containers data's values are: hand out
+        data[key] only after copy_value, while it is shared[key] itself.
+        """
+        if type(blob) is not bytes:
+            return decode_data(blob), None
+        fp = _xxh3_64(blob)
+        kept = self._kept.get(fp)
+        if kept is not None and (<tuple>kept)[0] == blob:
+            shared = (<tuple>kept)[1]
+            return PyDict_Copy(shared), shared
+        return self._missed(blob, fp, kept), None
+
+    cdef object _missed(self, bytes blob, object fp, object kept):
+        """decode, for bytes not kept under fp (kept: what is kept there instead, or None)."""
+        cdef Py_ssize_t n
         data = decode_data(blob)
         n = PyBytes_GET_SIZE(blob)
         if n > self._entry_limit or n > self._budget:
@@ -1090,7 +1163,7 @@ cdef class DecodeMemo:
             self._noted.pop(fp, None)  # not del: another thread may have dropped it meanwhile
             if kept is not None:  # a collision: the newer bytes win
                 self._size -= PyBytes_GET_SIZE((<tuple>kept)[0])
-            self._kept[fp] = (blob, _fresh(data))
+            self._kept[fp] = (blob, _fresh(data), False)
             return data
         if noted is not None:
             self._size -= PyBytes_GET_SIZE(noted)
@@ -1101,6 +1174,53 @@ cdef class DecodeMemo:
         self._noted[fp] = blob
         self._size += n
         return data
+
+    def prime(self, old, new, data) -> bool:
+        """Keep new decoded as data (copied), in place of old, the bytes data was loaded from.
+
+        Only when old was noted or primed itself: a session written after a
+        load usually comes back with the new bytes, but bytes kept from two
+        sightings are being sent again as they are (a client replaying one
+        cookie), and stay. Only data made of JSON's own types is kept (what
+        decode_data gives for it is then exactly a copy of it). True when
+        prime kept new.
+        """
+        cdef Py_ssize_t n
+        if type(old) is not bytes or type(new) is not bytes or type(data) is not dict:
+            return False
+        n = PyBytes_GET_SIZE(new)
+        if n > self._entry_limit or n > self._budget or old == new:
+            return False
+        fp_old = _xxh3_64(old)
+        entry = self._kept.get(fp_old)
+        if entry is not None and (<tuple>entry)[0] == old:
+            if not (<tuple>entry)[2]:
+                return False
+            if self._kept.pop(fp_old, None) is not None:
+                self._size -= PyBytes_GET_SIZE(old)
+        else:
+            entry = self._noted.get(fp_old)
+            if entry is None or entry != old:
+                return False
+            if self._noted.pop(fp_old, None) is not None:
+                self._size -= PyBytes_GET_SIZE(old)
+        copied = _native_copy(data)
+        if copied is _NOT_NATIVE:
+            return False
+        fp = _xxh3_64(new)
+        entry = self._kept.pop(fp, None)
+        if entry is not None:
+            self._size -= PyBytes_GET_SIZE((<tuple>entry)[0])
+        entry = self._noted.pop(fp, None)
+        if entry is not None:
+            self._size -= PyBytes_GET_SIZE(entry)
+        if self._size + n > self._budget:
+            self._noted.clear()
+            self._kept.clear()
+            self._size = 0
+        self._kept[fp] = (new, copied, True)
+        self._size += n
+        return True
 
 
 def fingerprint(data) -> int:

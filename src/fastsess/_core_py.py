@@ -648,6 +648,47 @@ def copy_data(data: dict) -> dict:
     return _fresh(data)
 
 
+def copy_value(value: object) -> object:
+    """One session value, copied as copy_data copies the values of a dict."""
+    return _fresh(value)
+
+
+#: what _native_copy answers for data holding a value JSON does not carry as itself
+_NOT_NATIVE = object()
+_NATIVE_SCALARS = (str, int, float, bool, type(None))
+
+
+def _native_copy(value: object) -> object:
+    """A copy of value made of JSON's own types (str, int, float, bool, None, list, dict), else _NOT_NATIVE.
+
+    Exactly what decode_data would give for encode_data's bytes of such a value.
+    """
+    t = type(value)
+    if t in _NATIVE_SCALARS:
+        return value
+    if t is dict:
+        out = value.copy()
+        for k, v in value.items():
+            tv = type(v)
+            if tv is dict or tv is list:
+                item = _native_copy(v)
+                if item is _NOT_NATIVE:
+                    return _NOT_NATIVE
+                out[k] = item
+            elif tv not in _NATIVE_SCALARS:
+                return _NOT_NATIVE
+        return out
+    if t is list:
+        out = value.copy()
+        for i, v in enumerate(out):
+            item = _native_copy(v)
+            if item is _NOT_NATIVE:
+                return _NOT_NATIVE
+            out[i] = item
+        return out
+    return _NOT_NATIVE
+
+
 class DecodeMemo:
     """decode_data with a memory: the same bytes seen again decode from a kept dict.
 
@@ -656,13 +697,17 @@ class DecodeMemo:
     are never noted); when the budget is spent everything is dropped. Noting
     keeps only the bytes, which the garbage collector never visits. Entries
     are found by fingerprint and match only when the bytes are equal, so a
-    collision costs a decode, never a wrong answer. Every answer is the
-    caller's own: copy_data of what is kept.
+    collision costs a decode, never a wrong answer. decode() answers with
+    the caller's own copy_data of what is kept; decode_shared() with a
+    shallow copy, for callers that copy a container only when they hand it
+    out. prime() keeps the bytes a session was just written as, when the
+    bytes it was loaded from were noted or primed: its next load, which
+    usually sends those new bytes, decodes from memory too.
     """
 
     def __init__(self, budget: int, entry_limit: int) -> None:
         self._noted: dict[int, bytes] = {}  # fingerprint -> bytes seen once
-        self._kept: dict[int, tuple] = {}  # fingerprint -> (bytes, dict)
+        self._kept: dict[int, tuple] = {}  # fingerprint -> (bytes, dict, primed)
         self._size = 0
         self._budget = operator.index(budget)
         self._entry_limit = operator.index(entry_limit)
@@ -674,7 +719,7 @@ class DecodeMemo:
 
     def entries(self) -> list:
         """(bytes, None) for every noted entry, (bytes, kept dict) for every kept one."""
-        return [(blob, None) for blob in self._noted.values()] + list(self._kept.values())
+        return [(blob, None) for blob in self._noted.values()] + [entry[:2] for entry in self._kept.values()]
 
     def decode(self, blob) -> dict:
         if type(blob) is not bytes:
@@ -683,6 +728,25 @@ class DecodeMemo:
         kept = self._kept.get(fp)
         if kept is not None and kept[0] == blob:
             return _fresh(kept[1])
+        return self._missed(blob, fp, kept)
+
+    def decode_shared(self, blob) -> tuple:
+        """(data, shared): data is decode(blob)'s answer, but its containers may be shared.
+
+        shared is None when every container in data is the caller's own; else
+        it is the kept dict whose containers data's values are: hand out
+        data[key] only after copy_value, while it is shared[key] itself.
+        """
+        if type(blob) is not bytes:
+            return decode_data(blob), None
+        fp = fingerprint(blob)
+        kept = self._kept.get(fp)
+        if kept is not None and kept[0] == blob:
+            return kept[1].copy(), kept[1]
+        return self._missed(blob, fp, kept), None
+
+    def _missed(self, blob: bytes, fp: int, kept: tuple | None) -> dict:
+        """decode, for bytes not kept under fp (kept: what is kept there instead, or None)."""
         data = decode_data(blob)
         n = len(blob)
         if n > self._entry_limit or n > self._budget:
@@ -692,7 +756,7 @@ class DecodeMemo:
             self._noted.pop(fp, None)  # not del: another thread may have dropped it meanwhile
             if kept is not None:  # a collision: the newer bytes win
                 self._size -= len(kept[0])
-            self._kept[fp] = (blob, _fresh(data))
+            self._kept[fp] = (blob, _fresh(data), False)
             return data
         if noted is not None:
             self._size -= len(noted)
@@ -703,6 +767,52 @@ class DecodeMemo:
         self._noted[fp] = blob
         self._size += n
         return data
+
+    def prime(self, old, new, data) -> bool:
+        """Keep new decoded as data (copied), in place of old, the bytes data was loaded from.
+
+        Only when old was noted or primed itself: a session written after a
+        load usually comes back with the new bytes, but bytes kept from two
+        sightings are being sent again as they are (a client replaying one
+        cookie), and stay. Only data made of JSON's own types is kept (what
+        decode_data gives for it is then exactly a copy of it). True when
+        prime kept new.
+        """
+        if type(old) is not bytes or type(new) is not bytes or type(data) is not dict:
+            return False
+        n = len(new)
+        if n > self._entry_limit or n > self._budget or old == new:
+            return False
+        fp_old = fingerprint(old)
+        entry = self._kept.get(fp_old)
+        if entry is not None and entry[0] == old:
+            if not entry[2]:
+                return False
+            if self._kept.pop(fp_old, None) is not None:
+                self._size -= len(old)
+        else:
+            entry = self._noted.get(fp_old)
+            if entry is None or entry != old:
+                return False
+            if self._noted.pop(fp_old, None) is not None:
+                self._size -= len(old)
+        copied = _native_copy(data)
+        if copied is _NOT_NATIVE:
+            return False
+        fp = fingerprint(new)
+        entry = self._kept.pop(fp, None)
+        if entry is not None:
+            self._size -= len(entry[0])
+        entry = self._noted.pop(fp, None)
+        if entry is not None:
+            self._size -= len(entry)
+        if self._size + n > self._budget:
+            self._noted.clear()
+            self._kept.clear()
+            self._size = 0
+        self._kept[fp] = (new, copied, True)
+        self._size += n
+        return True
 
 
 def fingerprint(data: bytes) -> int:

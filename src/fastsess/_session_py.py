@@ -170,6 +170,7 @@ class SessionService:
         #: session is decoded once per process while it stays unchanged (core.DecodeMemo)
         self._decoded = core.DecodeMemo(DECODED_BYTES_LIMIT, DECODED_ENTRY_LIMIT)
         self.decode = self._decoded.decode
+        self.decode_shared = self._decoded.decode_shared
         # Read on every request: kept as plain attributes.
         self._timeout = config.timeout or 0.0
         self._absolute_timeout = config.absolute_timeout or 0.0
@@ -333,6 +334,7 @@ class _State:
         self.last_access = now  # the stored access time, for touch decisions
         self.last_accessed = None  # the previous access, as the application sees it
         self.data = {} if data is None else data
+        self.shared = None  # the decode memo's dict whose containers data's values still are (see owned)
         self.loaded_data = _EMPTY_DATA
         self.is_new = True
         self.domain = self.path = self.loaded_domain = self.loaded_path = None
@@ -373,6 +375,24 @@ class _State:
             self.path = self.loaded_path = path
         if csrf_gen:
             self.csrf_gen = self.loaded_csrf_gen = csrf_gen
+
+    def owned(self, key: str, value: Any) -> Any:
+        """data[key], a container about to be handed out: copied first while the decode memo shares it."""
+        shared = self.shared
+        if shared is not None and shared.get(key) is value:
+            value = core.copy_value(value)
+            self.data[key] = value
+        return value
+
+    def own_all(self) -> None:
+        """Copy every container data still shares with the decode memo: the whole data is handed out."""
+        shared = self.shared
+        if shared is not None:
+            self.shared = None
+            data = self.data
+            for key, value in shared.items():
+                if type(value) in _MUTABLE and data.get(key) is value:
+                    data[key] = core.copy_value(value)
 
     def forgets_cookie(self) -> bool:
         """delete(), or invalidate() of a session the client sent a cookie for: that cookie must go."""
@@ -648,7 +668,7 @@ class Session:
             if record is None:
                 raise ValueError("malformed sealed record")
             session_id, created, csrf_gen, domain, path, flash, data_bytes = record
-            data = service.decode(data_bytes)
+            data, shared = service.decode_shared(data_bytes)
             flash_data = core.decode_data(flash) if flash is not None else None
         except (ValueError, TypeError):
             service.events.emit("invalid_cookie", message="sealed cookie holds a malformed record")
@@ -662,6 +682,7 @@ class Session:
             s.had_cookie = True
             return s
         s = _State(now, data, flash_data)
+        s.shared = shared
         if self._read_only:
             s.read_only = True
         s.had_cookie = True
@@ -696,7 +717,7 @@ class Session:
             if service.records_encrypted:
                 blob = service.open_record(key, blob)
             created, _, csrf_gen, domain, path, flash, data_bytes = core.unpack_record(blob)
-            data = service.decode(data_bytes)
+            data, shared = service.decode_shared(data_bytes)
             flash_data = core.decode_data(flash) if flash is not None else None
         except (ValueError, TypeError):
             return self._corrupt_record(service, session_id, now)
@@ -705,6 +726,7 @@ class Session:
             service.events.emit("expired", sid=service.sid(session_id), message="session timed out")
             return self._fresh(now)
         s = _State(now, data, flash_data)
+        s.shared = shared
         if self._read_only:
             s.read_only = True
         s.loaded(session_id, data_bytes, created, last_access, domain, path, csrf_gen)
@@ -838,6 +860,7 @@ class Session:
         """Undo this request's changes to the data."""
         s = self._state()
         s.data = self._service.decode(s.loaded_data)
+        s.shared = None
         s.modified = s.mutable_out = False
 
     @cython.locals(s=_State)
@@ -868,6 +891,7 @@ class Session:
             s.rotate_from = None
         s.doomed = doomed
         s.data = {}
+        s.shared = None
         s.flash = _NO_FLASH
         s.loaded_data = _EMPTY_DATA
         s.loaded_flash = _NO_FLASH
@@ -899,6 +923,8 @@ class Session:
         value = s.data[key]
         if type(value) in _MUTABLE:
             s.mutable_out = True
+            if s.shared is not None:
+                value = s.owned(key, value)
         return value
 
     @cython.locals(s=_State)
@@ -940,6 +966,8 @@ class Session:
         value = s.data.get(key, default)
         if type(value) in _MUTABLE:
             s.mutable_out = True
+            if s.shared is not None:
+                value = s.owned(key, value)
         return value
 
     @cython.locals(s=_State)
@@ -955,11 +983,13 @@ class Session:
         if key in s.data:
             s = self._writable()
             s.modified = True
+            s.own_all()
         return s.data.pop(key, *default)
 
     @cython.locals(s=_State)
     def popitem(self) -> tuple:
         s = self._writable()
+        s.own_all()
         item = s.data.popitem()
         s.modified = True
         return item
@@ -975,18 +1005,21 @@ class Session:
     def values(self):
         s = self._state()
         s.mutable_out = True
+        s.own_all()
         return s.data.values()
 
     @cython.locals(s=_State)
     def items(self):
         s = self._state()
         s.mutable_out = True
+        s.own_all()
         return s.data.items()
 
     @cython.locals(s=_State)
     def copy(self) -> dict:
         s = self._state()
         s.mutable_out = True
+        s.own_all()
         return dict(s.data)
 
     def has_key(self, key: str) -> bool:
@@ -1189,6 +1222,8 @@ class Session:
             service.events.emit("created", sid=service.sid(s.id))
         s.sealed = sealed
         s.cookie_action = SET_COOKIE
+        if data_bytes is not s.loaded_data:  # the client sends this cookie next: no decode then
+            service._decoded.prime(s.loaded_data, data_bytes, s.data)
         s.loaded_data = data_bytes
         s.is_new = s.invalidated = s.deleted = s.retag = False
         s.rotate_from = None
@@ -1288,6 +1323,8 @@ class Session:
         s.version = result
         if s.loaded_data is base:  # no merge replaced it
             s.loaded_data = data_bytes
+        if s.loaded_data is not base:  # the next load of this session reads these bytes: no decode then
+            service._decoded.prime(base, s.loaded_data, s.data)
         s.is_new = False
         s.invalidated = s.deleted = False
         s.rotate_from = None

@@ -53,6 +53,7 @@ check_value = _kernel.check_value
 encode_data = _kernel.encode_data
 decode_data = _kernel.decode_data
 copy_data = _kernel.copy_data
+copy_value = _kernel.copy_value
 DecodeMemo = _kernel.DecodeMemo
 fingerprint = _kernel.fingerprint
 pack_record = _kernel.pack_record
