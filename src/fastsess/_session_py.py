@@ -20,6 +20,7 @@ from typing import Any
 
 from . import beaker_compat, core
 from .config import COOKIE_DOMAIN, TOMBSTONE_SECONDS, Config, cookie_name_prefix
+from .core import encode_data, pack_record, parse_cookie, unpack_record  # per request: no lookup on core
 from .errors import ConflictError, CorruptRecord, SessionTooLarge, StoreError
 from .events import EventLog
 from .keys import KeyRing
@@ -195,10 +196,10 @@ class SessionService:
 
     def expires_at(self, created: float, now: float) -> float:
         """min(idle expiry, absolute expiry): the store TTL."""
-        cfg = self.config
-        idle = now + cfg.timeout if cfg.timeout else now + _FOREVER
-        if cfg.absolute_timeout:
-            return min(idle, created + cfg.absolute_timeout)
+        timeout, absolute = self._timeout, self._absolute_timeout  # config's, as plain numbers
+        idle = now + timeout if timeout else now + _FOREVER
+        if absolute:
+            return min(idle, created + absolute)
         return idle
 
     def is_expired(self, created: float, last_access: float, now: float) -> bool:
@@ -229,9 +230,9 @@ class SessionService:
 
     def seal_record(self, key: bytes, blob: bytes) -> bytes:
         """The blob as the store keeps it: AES-GCM bound to the store key when encrypt_key is set."""
-        prks = self.keys.record_enc_prks
-        if not prks:
+        if not self.records_encrypted:
             return blob
+        prks = self.keys.record_enc_prks
         return core.record_encrypt(prks[0][1], int(self.clock() // core.EPOCH_SECONDS), key, blob)
 
     def open_record(self, key: bytes, stored: bytes) -> bytes:
@@ -473,7 +474,7 @@ class Session:
             s = self._sess = self._load_record(service, session_id, core.store_key(session_id), now)
             return s
         header = self._cookie_header
-        candidates = core.parse_cookie(header, service.cookie_name) if header and service.use_cookies else ()
+        candidates = parse_cookie(header, service.cookie_name) if header and service.use_cookies else ()
         if not candidates:
             s = self._sess = self._fresh(now)
             return s
@@ -716,7 +717,7 @@ class Session:
         try:
             if service.records_encrypted:
                 blob = service.open_record(key, blob)
-            created, _, csrf_gen, domain, path, flash, data_bytes = core.unpack_record(blob)
+            created, _, csrf_gen, domain, path, flash, data_bytes = unpack_record(blob)
             data, shared = service.decode_shared(data_bytes)
             flash_data = core.decode_data(flash) if flash is not None else None
         except (ValueError, TypeError):
@@ -1266,7 +1267,7 @@ class Session:
         """
         if not (s.save_requested or service.config.auto):
             return None
-        data_bytes = core.encode_data(s.data) if (s.modified or s.mutable_out) else s.loaded_data
+        data_bytes = encode_data(s.data) if (s.modified or s.mutable_out) else s.loaded_data
         if s.save_requested and (
             s.is_new or s.rotate_from is not None or s.flash_modified
             or s.domain != s.loaded_domain or s.path != s.loaded_path or s.csrf_gen != s.loaded_csrf_gen
@@ -1276,8 +1277,8 @@ class Session:
 
     @cython.locals(s=_State)
     def _pack(self, s: _State, data_bytes: bytes, flash: dict, now: float) -> bytes:
-        flash_bytes = core.encode_data(flash) if flash else None
-        blob = core.pack_record(s.created, now, s.csrf_gen, s.domain, s.path, flash_bytes, data_bytes)
+        flash_bytes = encode_data(flash) if flash else None
+        blob = pack_record(s.created, now, s.csrf_gen, s.domain, s.path, flash_bytes, data_bytes)
         limit = self._service.config.max_record_size
         if len(blob) > limit:
             raise SessionTooLarge(f"session record is {len(blob)} bytes; max_record_size is {limit}")
