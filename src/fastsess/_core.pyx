@@ -4,8 +4,9 @@
 The Cython twin of `_core_py.py`: the same functions with the same signatures,
 exceptions and byte-identical output, so the two read side by side. The hot
 paths work on str and bytes buffers directly (base64url, the Cookie header
-scan, the codec walk, the sealed envelopes); HMAC is built on OpenSSL's SHA-256
-through the standard library, AES-GCM is `cryptography`'s and JSON orjson's. Byte layouts
+scan, the codec walk, the sealed envelopes); SHA-256 and HMAC run on the CPU's
+SHA extensions where it has them (_sha256.h), else on OpenSSL's SHA-256 through
+the standard library; AES-GCM is `cryptography`'s and JSON orjson's. Byte layouts
 are documented in docs/FORMATS.md.
 """
 
@@ -19,7 +20,7 @@ from decimal import Decimal
 import orjson as _orjson
 import xxhash as _xxhash
 
-from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_CheckBuffer, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_Copy, PyDict_Next
 from cpython.float cimport PyFloat_AS_DOUBLE, PyFloat_AsDouble
@@ -53,6 +54,18 @@ cdef extern from "Python.h":
     Py_ssize_t PyNumber_AsSsize_t(object o, PyObject* exc) except? -1
     # Strings made by the legacy Py_UNICODE API are "ready" only after this (Python 3.11).
     int __Pyx_PyUnicode_READY(object o) except -1
+
+cdef extern from "_sha256.h":
+    ctypedef struct fs_hmac_key:
+        uint32_t inner[8]
+        uint32_t outer[8]
+    int fs_sha_ni_available() noexcept nogil
+    void fs_sha256(const uint8_t* msg, size_t length, uint8_t* out) noexcept nogil
+    void fs_hmac_key_init(fs_hmac_key* k, const uint8_t* key, size_t length) noexcept nogil
+    void fs_hmac_sha256(const fs_hmac_key* k, const uint8_t* msg, size_t length, uint8_t* out) noexcept nogil
+    bint fs_hmac_sha256_verify(
+        const fs_hmac_key* k, const uint8_t* msg, size_t length, const uint8_t* tag, size_t tag_len
+    ) noexcept nogil
 
 try:
     # What hmac.digest calls for a hash name, minus the Python frames of the hmac module.
@@ -110,6 +123,27 @@ cdef type _TIME = _dt.time
 cdef type _DECIMAL = Decimal
 cdef type _UUID = uuid.UUID
 cdef object _UUID_LIMIT = 1 << 128
+
+# Which SHA-256 the kernel's own hashing uses, chosen once, at import:
+#
+# - the CPU's SHA extensions (x86 SHA-NI with SSSE3 and SSE4.1, found by CPUID)
+#   through _sha256.h, when this build could target them: the hash of a
+#   session id, or an HMAC tag, with no hash object at all. OpenSSL runs the
+#   same instructions; what this saves is its per-call object setup, most of
+#   the cost at these sizes;
+# - otherwise OpenSSL's, through hashlib, which is as fast as SHA-256 gets
+#   without those instructions.
+#
+# FASTSESS_NO_SHA_NI=1 in the environment forces the second, so that tests can
+# run the kernel on both paths on one machine. HKDF stays on OpenSSL's HMAC:
+# it runs once per key and day, not per request.
+cdef bint _sha_ni = fs_sha_ni_available() and os.environ.get("FASTSESS_NO_SHA_NI", "") in ("", "0")
+
+
+def _sha256_backend() -> str:
+    """Which SHA-256 the C kernel's hashing and HMAC use: "sha-ni" or "openssl"."""
+    return "sha-ni" if _sha_ni else "openssl"
+
 
 cdef object _urandom = os.urandom
 
@@ -259,6 +293,13 @@ def new_session_id() -> str:
 
 def store_key(session_id) -> bytes:
     """SHA-256 of the id: what stores see instead of the id itself."""
+    cdef Py_ssize_t n
+    cdef const char* utf8
+    if type(session_id) is str and _sha_ni:
+        utf8 = PyUnicode_AsUTF8AndSize(session_id, &n)
+        out = PyBytes_FromStringAndSize(NULL, 32)
+        fs_sha256(<const uint8_t*>utf8, <size_t>n, <uint8_t*>PyBytes_AS_STRING(out))
+        return out
     if not isinstance(session_id, str):
         raise TypeError("session id must be str")
     return _sha256(session_id.encode("utf-8")).digest()
@@ -269,11 +310,14 @@ def store_key(session_id) -> bytes:
 
 # HMAC (RFC 2104) from two SHA-256 states keyed once per key, the inner one
 # after key XOR ipad and the outer one after key XOR opad: a tag copies both
-# and hashes the message, then the inner digest. Copying two hash states costs
-# less than copying OpenSSL's HMAC context (0.8 against 1.2 us for a
-# 400-byte message), and neither repeats the key setup of a one-shot digest.
+# and hashes the message, then the inner digest. On the SHA extensions the two
+# states are an fs_hmac_key, 64 bytes held in a bytes object; on OpenSSL two
+# hash objects, whose copies cost less than copying OpenSSL's HMAC context
+# (0.8 against 1.2 us for a 400-byte message). Neither repeats the key setup
+# of a one-shot digest.
 cdef Py_ssize_t _KEYED_LIMIT = 64
 cdef dict _keyed = {}  # key -> (inner state, outer state)
+cdef dict _keyed_ni = {}  # key -> fs_hmac_key as bytes
 
 
 cdef tuple _hmac_states(bytes key):
@@ -286,9 +330,67 @@ cdef tuple _hmac_states(bytes key):
     )
 
 
+cdef bytes _ni_key(bytes key):
+    """The fs_hmac_key of key, from the cache or made and cached."""
+    k = _keyed_ni.get(key)
+    if k is None:
+        if len(_keyed_ni) >= _KEYED_LIMIT:
+            _keyed_ni.clear()
+        k = PyBytes_FromStringAndSize(NULL, sizeof(fs_hmac_key))
+        fs_hmac_key_init(
+            <fs_hmac_key*>PyBytes_AS_STRING(k),
+            <const uint8_t*>PyBytes_AS_STRING(key),
+            <size_t>PyBytes_GET_SIZE(key),
+        )
+        _keyed_ni[key] = k
+    return <bytes>k
+
+
+cdef bytes _mac_ni(bytes key, object msg):
+    """HMAC-SHA256 on the SHA extensions; msg is bytes or another buffer."""
+    cdef Py_buffer view
+    cdef bytes k = _ni_key(key)
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, 32)
+    if type(msg) is bytes:
+        fs_hmac_sha256(
+            <const fs_hmac_key*>PyBytes_AS_STRING(k),
+            <const uint8_t*>PyBytes_AS_STRING(msg),
+            <size_t>PyBytes_GET_SIZE(msg),
+            <uint8_t*>PyBytes_AS_STRING(out),
+        )
+        return out
+    PyObject_GetBuffer(msg, &view, PyBUF_SIMPLE)
+    try:
+        fs_hmac_sha256(
+            <const fs_hmac_key*>PyBytes_AS_STRING(k),
+            <const uint8_t*>view.buf,
+            <size_t>view.len,
+            <uint8_t*>PyBytes_AS_STRING(out),
+        )
+    finally:
+        PyBuffer_Release(&view)
+    return out
+
+
+cdef inline object _ni_key_for(object key):
+    """The fs_hmac_key of key on the SHA extensions, or None: off them, or for a
+    key that is not bytes, the caller takes _mac's path."""
+    if not _sha_ni or type(key) is not bytes:
+        return None
+    return _ni_key(<bytes>key)
+
+
+cdef inline const fs_hmac_key* _hmac_key_of(object k) noexcept:
+    """The fs_hmac_key inside a bytes object from _ni_key."""
+    return <const fs_hmac_key*>PyBytes_AS_STRING(k)
+
+
 cdef object _mac(object key, object msg):
     if type(key) is not bytes:
         return _hmac_digest(key, msg, "sha256")
+    # Anything but a buffer takes hashlib's path, for hashlib's error.
+    if _sha_ni and (type(msg) is bytes or PyObject_CheckBuffer(msg)):
+        return _mac_ni(<bytes>key, msg)
     states = _keyed.get(key)
     if states is None:
         if len(_keyed) >= _KEYED_LIMIT:
@@ -303,7 +405,7 @@ cdef object _mac(object key, object msg):
 
 
 def hmac_sha256(key, msg) -> bytes:
-    """HMAC-SHA256 on the standard library's SHA-256 (OpenSSL's)."""
+    """HMAC-SHA256: on the CPU's SHA extensions, else on the standard library's SHA-256 (OpenSSL's)."""
     return _mac(key, msg)
 
 
@@ -416,8 +518,17 @@ def sign_id(session_id, key, kid, name) -> str:
     raw[0] = <uint8_t>version
     raw[1] = <uint8_t>key_id
     memcpy(&raw[2], PyBytes_AS_STRING(raw_id), C_ID_BYTES)
-    tag = _mac(key, _id_mac_input(version, key_id, name, &raw[2]))
-    memcpy(&raw[2 + C_ID_BYTES], PyBytes_AS_STRING(tag), C_ID_TAG_BYTES)
+    cdef bytes msg = _id_mac_input(version, key_id, name, &raw[2])
+    cdef uint8_t mac[32]
+    keyed = _ni_key_for(key)
+    if keyed is not None:
+        fs_hmac_sha256(
+            _hmac_key_of(keyed), <const uint8_t*>PyBytes_AS_STRING(msg), PyBytes_GET_SIZE(msg), mac
+        )
+        memcpy(&raw[2 + C_ID_BYTES], mac, C_ID_TAG_BYTES)
+    else:
+        tag = _mac(key, msg)
+        memcpy(&raw[2 + C_ID_BYTES], PyBytes_AS_STRING(tag), C_ID_TAG_BYTES)
     return _b64_encode(raw, C_ID_COOKIE_BYTES)
 
 
@@ -430,6 +541,7 @@ def open_id_cookie(value, keys, name):
     """
     cdef uint8_t raw[C_ID_COOKIE_BYTES + 2]  # room for what 67 characters could decode to
     cdef Py_ssize_t n
+    cdef bint verified
     if type(value) is not str:
         return None
     __Pyx_PyUnicode_READY(value)
@@ -444,15 +556,25 @@ def open_id_cookie(value, keys, name):
     ):
         return None
     cdef int kid = raw[1]
-    cdef bytes tag = PyBytes_FromStringAndSize(<char*>&raw[2 + C_ID_BYTES], C_ID_TAG_BYTES)
     msg = None
     for index, (key_kid, key) in enumerate(keys):
         if key_kid != kid:
             continue
         if msg is None:
             msg = _id_mac_input(version, kid, name, &raw[2])
-        mac = _mac(key, msg)
-        if _compare_digest(PyBytes_FromStringAndSize(PyBytes_AS_STRING(mac), C_ID_TAG_BYTES), tag):
+        keyed = _ni_key_for(key)
+        if keyed is not None:
+            verified = fs_hmac_sha256_verify(
+                _hmac_key_of(keyed), <const uint8_t*>PyBytes_AS_STRING(msg), PyBytes_GET_SIZE(msg),
+                &raw[2 + C_ID_BYTES], C_ID_TAG_BYTES,
+            )
+        else:
+            mac = _mac(key, msg)
+            verified = _compare_digest(
+                PyBytes_FromStringAndSize(PyBytes_AS_STRING(mac), C_ID_TAG_BYTES),
+                PyBytes_FromStringAndSize(<char*>&raw[2 + C_ID_BYTES], C_ID_TAG_BYTES),
+            )
+        if verified:
             if version == C_FORMAT_VERSION:
                 return _b64_encode(&raw[2], C_ID_BYTES), index
             return PyBytes_FromStringAndSize(<char*>&raw[2], C_ID_BYTES).decode("ascii"), index
@@ -1564,11 +1686,17 @@ def seal_signed(name, kid, key, issued_at, last_access, expires_at, payload) -> 
     body[1] = C_MODE_SIGNED
     body[2] = <uint8_t>key_id
     memcpy(body + 3, PyBytes_AS_STRING(plain), body_len - 3)
-    tag = _mac(key, msg)
     cdef bytes out = PyBytes_FromStringAndSize(NULL, body_len + C_SEAL_TAG_BYTES)
     cdef uint8_t* p = <uint8_t*>PyBytes_AS_STRING(out)
     memcpy(p, body, body_len)
-    memcpy(p + body_len, PyBytes_AS_STRING(tag), C_SEAL_TAG_BYTES)
+    keyed = _ni_key_for(key)
+    if keyed is not None:
+        fs_hmac_sha256(
+            _hmac_key_of(keyed), <const uint8_t*>PyBytes_AS_STRING(msg), PyBytes_GET_SIZE(msg), p + body_len
+        )
+    else:
+        tag = _mac(key, msg)
+        memcpy(p + body_len, PyBytes_AS_STRING(tag), C_SEAL_TAG_BYTES)
     return _b64_encode(p, body_len + C_SEAL_TAG_BYTES)
 
 
@@ -1583,12 +1711,12 @@ def open_signed(value, keys, name):
     cdef Py_ssize_t name_len, size, body_len
     cdef const char* name_utf8 = _cookie_name(name, &name_len)
     cdef uint8_t* p
+    cdef bint verified
     size = _decode_sealed(value, raw)
     if size < C_SIGNED_MIN or raw[0] != C_FORMAT_VERSION or raw[1] != C_MODE_SIGNED:
         return None
     cdef int kid = raw[2]
     body_len = size - C_SEAL_TAG_BYTES
-    cdef bytes tag = PyBytes_FromStringAndSize(<char*>raw + body_len, C_SEAL_TAG_BYTES)
     msg = None
     for index, (key_kid, key) in enumerate(keys):
         if key_kid != kid:
@@ -1598,7 +1726,17 @@ def open_signed(value, keys, name):
             p = <uint8_t*>PyBytes_AS_STRING(msg)
             p = _put_bound(p, C_SESSION_PURPOSE, C_SESSION_PURPOSE_LEN, name_utf8, name_len)
             memcpy(p, raw, body_len)
-        if _compare_digest(_mac(key, msg), tag):
+        keyed = _ni_key_for(key)
+        if keyed is not None:
+            verified = fs_hmac_sha256_verify(
+                _hmac_key_of(keyed), <const uint8_t*>PyBytes_AS_STRING(msg), PyBytes_GET_SIZE(msg),
+                raw + body_len, C_SEAL_TAG_BYTES,
+            )
+        else:
+            verified = _compare_digest(
+                _mac(key, msg), PyBytes_FromStringAndSize(<char*>raw + body_len, C_SEAL_TAG_BYTES)
+            )
+        if verified:
             return _opened_plain(raw + 3, body_len - 3, index)
     return None
 
