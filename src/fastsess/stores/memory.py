@@ -115,15 +115,23 @@ class MemoryStore(Store):
             return version
 
     def cas(self, key: bytes, blob: bytes, expected_version: int, expires_at: float) -> WriteResult:
+        # Every request that saves comes here: _live, _version and _put inline.
+        entries = self._entries
         with self._lock:
             now = self.clock()
-            entry = self._live(key, now)
-            if entry is None or entry[_BLOB] is None:
+            entry = entries.get(key)
+            if entry is None:
+                return GONE
+            if now > entry[_EXPIRES]:
+                del entries[key]
+                return GONE
+            if entry[_BLOB] is None:
                 return GONE
             if entry[_VERSION] != expected_version:
                 return CONFLICT
-            version = self._version()
-            self._put(key, record_from((bytes(blob), version, expires_at, now)))
+            self._next_version = version = self._next_version + 1
+            entries[key] = record_from((bytes(blob), version, expires_at, now))
+            entries.move_to_end(key)  # the key was there: the count stays within max_sessions
             return version
 
     def touch(self, key: bytes, expires_at: float) -> bool:
