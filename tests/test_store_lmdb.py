@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import json
 import logging
+import math
 import multiprocessing
 import os
 import struct
@@ -18,6 +19,7 @@ import lmdb
 import pytest
 
 from fastsess.errors import CorruptRecord, StoreError
+from fastsess.stores import lmdb as lmdb_store
 from fastsess.stores.base import CONFLICT, GONE, TOMBSTONE, StoredRecord
 from fastsess.stores.lmdb import LmdbStore
 from test_store_contract import T0, TTL, FakeClock, increment, join_or_kill, skey
@@ -573,3 +575,84 @@ def test_forks_and_threads_writing_while_the_map_grows_lose_nothing(data_dir):
         assert int(store.load(skey("counter")).blob) == 3 * 25 + sum(done)
     finally:
         store.close()
+
+
+# The writes' common case runs in one straight function; these pin that it files
+# the expiry index, recovers and keeps up maintenance exactly as the general path.
+
+
+def _granule_key(seconds: float, key: bytes) -> bytes:
+    """Where the expiry index files a record expiring at `seconds` (out-of-range values clamp)."""
+    ms = seconds * 1000
+    ms = 2**64 - 1 if not ms < 2**64 - 1 else int(ms) if ms > 0 else 0
+    return struct.pack(">Q", ms - ms % 10_000) + key
+
+
+EDGE = T0 + 10  # a granule starts here
+
+
+@pytest.mark.parametrize("old", [T0 + 1, math.nextafter(EDGE, 0), EDGE, (2**53 - 2) / 1000, 1e300, math.inf, math.nan])
+@pytest.mark.parametrize(
+    "new",
+    [T0 + 9.9, math.nextafter(EDGE, 0), EDGE, EDGE + 0.001, (2**53 - 2) / 1000, 2**53 / 1000, 1e300, math.inf,
+     math.nan, 0.0, -5.0],
+)
+def test_writes_file_the_record_in_its_new_expiry_granule(store, old, new):
+    version = store.create(skey("cas"), b"x", old)
+    assert isinstance(store.cas(skey("cas"), b"y", version, new), int)
+    store.create(skey("touch"), b"x", old)
+    assert store.touch(skey("touch"), new) is True
+    assert sorted(_index_keys(store)) == sorted(_granule_key(new, skey(name)) for name in ("cas", "touch"))
+
+
+def _write(store: LmdbStore, operation: str, version: int):
+    if operation == "create":
+        return store.create(skey("other"), b"new", T0 + TTL)
+    if operation == "cas":
+        return store.cas(skey("a"), b"new", version, T0 + TTL)
+    return store.touch(skey("a"), T0 + TTL)
+
+
+@pytest.mark.parametrize("operation", ["create", "cas", "touch"])
+def test_writes_recover_from_an_environment_reporting_corruption(store, data_dir, caplog, operation):
+    version = store.create(skey("a"), b"data", T0 + TTL)
+    shared = store._shared()
+    shared.env = _ReportsCorruption(shared.env)
+    with caplog.at_level(logging.ERROR, logger="fastsess"):
+        result = _write(store, operation, version)
+    assert [r.fastsess_event for r in caplog.records] == ["store_error"]
+    assert any(name.startswith("data.mdb.corrupt-") for name in os.listdir(data_dir))
+    # The replacement starts empty: only create finds something to do.
+    if operation == "create":
+        assert type(result) is int
+    else:
+        assert result is {"cas": GONE, "touch": False}[operation]
+    assert store.load(skey("a")) is None
+
+
+@pytest.mark.parametrize("operation", ["create", "cas", "touch"])
+def test_writes_open_a_closed_environment(store, operation):
+    version = store.create(skey("a"), b"data", T0 + TTL)
+    shared = store._shared()
+    shared.exclusively(shared.close_env)  # as after a fork: the next use opens it
+    result = _write(store, operation, version)
+    if operation == "touch":
+        assert result is True
+    else:
+        assert type(result) is int
+    assert store.load(skey("a")).blob == (b"new" if operation == "cas" else b"data")
+
+
+@pytest.mark.parametrize("operation", ["load", "create", "cas", "touch"])
+def test_every_operation_counts_towards_maintenance(store, data_dir, monkeypatch, operation):
+    monkeypatch.setattr(lmdb_store, "_MAINTAIN_EVERY", 3)
+    version = store.create(skey("a"), b"data", T0 + TTL)  # the first operation since opening
+    for name in ("data.mdb", "lock.mdb"):
+        os.rename(os.path.join(data_dir, name), os.path.join(data_dir, name + ".corrupt-elsewhere"))
+    for _ in range(2):  # the third operation maintains: it finds the files moved and follows them
+        if operation == "load":
+            assert store.load(skey("a")).blob == b"data"
+        else:
+            result = _write(store, operation, version)
+            version = result if operation == "cas" else version
+    assert store.load(skey("a")) is None

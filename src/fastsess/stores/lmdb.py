@@ -108,20 +108,26 @@ from .base import (
 _META = struct.Struct("<BBxxIQdd")
 _HEADER = _META.size
 _unpack_meta = _META.unpack_from
+_pack_meta = _META.pack
 _FORMAT = 2  # header and blob in one meta entry
 _FORMAT_SPLIT = 1  # older releases: the header alone, the blob in the data sub-database
 _SPLIT_PREFIX = bytes((_FORMAT_SPLIT,))
 _RECORD, _TOMBSTONE = 0, 1
 _MS = struct.Struct(">Q")
+_pack_ms = _MS.pack
 _MAX_MS = (1 << 64) - 1
 _GRANULE_MS = 10_000  # expiry index resolution
+_GRANULE_MS_F = float(_GRANULE_MS)
+_EXACT_MS = float(1 << 53)  # below it, a float number of milliseconds floor-divides exactly
 _U64 = (1 << 64) - 1
 _MAINTAIN_EVERY = 1000  # operations between reader_check() and moved-file checks
 _MAP_GRANULE = 1 << 16  # map sizes stay multiples of every common page size
 _ATTEMPTS = 5
-_RETRY = object()  # load(): the fast path hit something only _run() handles
+_RETRY = object()  # a fast path (load, create, cas, touch) hit something only _run() handles
 _LOCK_PAGE = 4096  # lock.mdb's first page: LMDB's header and the first reader slots
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_getpid = os.getpid
+_time_ns = time.time_ns
 # The per-request paths call py-lmdb positionally, as begin(db, parent, write),
 # get(key, default, db), put(key, value, dupdata, overwrite, append, db) and
 # delete(key, value, db): it parses keyword arguments slowly (~70 ns a call).
@@ -181,11 +187,11 @@ def _parse_meta(raw: bytes | None) -> tuple | None:
     return kind, size, version, expires_at, last_access, fmt == _FORMAT_SPLIT
 
 
-def _reindex(txn, shared, key: bytes, old: tuple | None, expires_at: float) -> None:
-    """Keep key's one expiry index entry in expires_at's granule; old: the metadata it replaces."""
+def _reindex(txn, shared, key: bytes, old_expires: float | None, expires_at: float) -> None:
+    """Keep key's one expiry index entry in expires_at's granule; old_expires: the expiry it replaces, if any."""
     granule = _granule(expires_at)
-    if old is not None:
-        old_granule = _granule(old[3])
+    if old_expires is not None:
+        old_granule = _granule(old_expires)
         if old_granule == granule:
             return  # the same granule: the expiry index is not written at all
         txn.delete(_MS.pack(old_granule) + key, b"", shared.expiry)
@@ -234,7 +240,8 @@ class _Gate:
     """
 
     def __init__(self) -> None:
-        self._local = threading.local()
+        #: this thread's state: .lock once the thread has one (thread_lock())
+        self.local = threading.local()
         self._locks: weakref.WeakSet = weakref.WeakSet()  # a thread's lock goes when the thread does
         self._exclusive = threading.Lock()
         self._held: list = []
@@ -242,14 +249,14 @@ class _Gate:
     def thread_lock(self):
         """This thread's lock; acquire it around a transaction."""
         try:
-            return self._local.lock
+            return self.local.lock
         except AttributeError:
             lock = threading.Lock()
             # Registering under the exclusive lock: an exclusive holder never
             # misses a thread that starts meanwhile.
             with self._exclusive:
                 self._locks.add(lock)
-            self._local.lock = lock
+            self.local.lock = lock
             return lock
 
     def acquire_exclusive(self) -> None:
@@ -277,6 +284,7 @@ class _SharedEnv:
         self.sync = sync
         self.max_readers = max_readers
         self.gate = _Gate()
+        self.thread = self.gate.local  # its .lock is gate.thread_lock(), one attribute away
         self.env: lmdb.Environment | None = None
         self.meta = self.data = self.expiry = None
         self.identity: tuple | None = None
@@ -654,7 +662,7 @@ class LmdbStore(Store):
         need: bytes this write adds, so a map that must grow grows enough.
         """
         shared = self._shared_env
-        if shared is None or shared.pid != os.getpid():
+        if shared is None or shared.pid != _getpid():
             shared = self._shared()
         try:
             return self._attempt(shared, write, body, args, need)
@@ -718,12 +726,6 @@ class LmdbStore(Store):
             return now_us
         return (old[2] + 1) & _U64
 
-    def _live(self, txn, shared: _SharedEnv, key: bytes, now: float) -> tuple | None:
-        meta = _parse_meta(txn.get(key, None, shared.meta))
-        if meta is None or now > meta[3]:
-            return None
-        return meta
-
     @staticmethod
     def _put(txn, shared, key, old, kind, version, blob, expires_at, last_access) -> None:
         """Write the entry; move the index entry when the expiry left its granule."""
@@ -731,7 +733,7 @@ class LmdbStore(Store):
         txn.put(key, entry, True, True, False, shared.meta)
         if old is not None and old[5]:
             txn.delete(key, db=shared.data)
-        _reindex(txn, shared, key, old, expires_at)
+        _reindex(txn, shared, key, None if old is None else old[3], expires_at)
 
     @staticmethod
     def _check_key(key: bytes) -> None:
@@ -747,7 +749,10 @@ class LmdbStore(Store):
         shared = self._shared_env
         if shared is None or shared.pid != os.getpid():
             shared = self._shared()
-        lock = shared.gate.thread_lock()
+        try:
+            lock = shared.thread.lock
+        except AttributeError:
+            lock = shared.gate.thread_lock()
         lock.acquire()
         try:
             env = shared.env
@@ -809,52 +814,185 @@ class LmdbStore(Store):
         return CorruptRecord(f"lmdb store: a session record in {self.data_dir} is damaged")
 
     def create(self, key: bytes, blob: bytes, expires_at: float) -> WriteResult:
-        self._check_key(key)
-        return self._run(True, self._create, key, bytes(blob), expires_at, need=len(blob))
+        if len(key) != 32:
+            raise ValueError("store keys are 32 bytes")
+        blob = bytes(blob)
+        shared = self._shared_env
+        if shared is None or shared.pid != _getpid():
+            shared = self._shared()
+        try:
+            lock = shared.thread.lock
+        except AttributeError:
+            lock = shared.gate.thread_lock()
+        lock.acquire()
+        try:
+            env = shared.env
+            if env is None:
+                result = _RETRY
+            else:
+                try:
+                    txn = env.begin(None, None, True)
+                    try:
+                        result = self._create(txn, shared, key, blob, expires_at)
+                    except BaseException:
+                        txn.abort()
+                        raise
+                    txn.commit()
+                except lmdb.Error:
+                    result = _RETRY
+        finally:
+            lock.release()
+        if result is _RETRY:
+            return self._run(True, self._create, key, blob, expires_at, need=len(blob))
+        shared.ops += 1
+        if shared.ops >= _MAINTAIN_EVERY:
+            shared.maintain()
+            if shared.reports:
+                self._deliver_reports(shared)
+        return result
 
     def _create(self, txn, shared, key, blob, expires_at):
         now = self.clock()
-        raw = txn.get(key, db=shared.meta)
+        raw = txn.get(key, None, shared.meta)
+        if raw is None:  # a new session, as nearly always: version as _next_version(None)
+            version = _time_ns() // 1000
+            txn.put(key, _pack_meta(_FORMAT, _RECORD, len(blob), version, expires_at, now) + blob,
+                    True, True, False, shared.meta)
+            txn.put(_pack_ms(_granule(expires_at)) + key, b"", True, True, False, shared.expiry)
+            return version
         old = _parse_meta(raw)
         if old is not None and now < old[3]:
             return EXISTS
-        if raw is not None and old is None:  # a damaged entry: its format-1 blob may linger
-            txn.delete(key, db=shared.data)
+        if old is None:  # a damaged entry: its format-1 blob may linger
+            txn.delete(key, b"", shared.data)
         version = self._next_version(old)
         self._put(txn, shared, key, old, _RECORD, version, blob, expires_at, now)
         return version
 
     def cas(self, key: bytes, blob: bytes, expected_version: int, expires_at: float) -> WriteResult:
-        self._check_key(key)
-        return self._run(True, self._cas, key, bytes(blob), expected_version, expires_at, need=len(blob))
+        if len(key) != 32:
+            raise ValueError("store keys are 32 bytes")
+        blob = bytes(blob)
+        shared = self._shared_env
+        if shared is None or shared.pid != _getpid():
+            shared = self._shared()
+        try:
+            lock = shared.thread.lock
+        except AttributeError:
+            lock = shared.gate.thread_lock()
+        lock.acquire()
+        try:
+            env = shared.env
+            if env is None:
+                result = _RETRY
+            else:
+                try:
+                    txn = env.begin(None, None, True)
+                    try:
+                        result = self._cas(txn, shared, key, blob, expected_version, expires_at)
+                    except BaseException:
+                        txn.abort()
+                        raise
+                    txn.commit()
+                except lmdb.Error:
+                    result = _RETRY
+        finally:
+            lock.release()
+        if result is _RETRY:
+            return self._run(True, self._cas, key, blob, expected_version, expires_at, need=len(blob))
+        shared.ops += 1
+        if shared.ops >= _MAINTAIN_EVERY:
+            shared.maintain()
+            if shared.reports:
+                self._deliver_reports(shared)
+        return result
 
     def _cas(self, txn, shared, key, blob, expected_version, expires_at):
+        # One straight function: this is every session save.
         now = self.clock()
-        old = self._live(txn, shared, key, now)
-        if old is None or old[0] == _TOMBSTONE:
+        raw = txn.get(key, None, shared.meta)
+        if raw is None or len(raw) < _HEADER:
+            return GONE  # missing, or damaged: a write treats it as missing
+        fmt, kind, size, version, old_expires, _ = _unpack_meta(raw)
+        if kind != _RECORD or now > old_expires:
+            return GONE  # a tombstone, expired (or a damaged kind)
+        if fmt == _FORMAT:
+            if len(raw) != _HEADER + size:
+                return GONE
+        elif fmt != _FORMAT_SPLIT or len(raw) != _HEADER:
             return GONE
-        if old[2] != expected_version:
+        if version != expected_version:
             return CONFLICT
-        version = self._next_version(old)
-        self._put(txn, shared, key, old, _RECORD, version, blob, expires_at, now)
+        now_us = _time_ns() // 1000  # the next version, as _next_version()
+        version = now_us if version < now_us else (version + 1) & _U64
+        txn.put(key, _pack_meta(_FORMAT, _RECORD, len(blob), version, expires_at, now) + blob,
+                True, True, False, shared.meta)
+        if fmt == _FORMAT_SPLIT:
+            txn.delete(key, b"", shared.data)
+        if expires_at != old_expires:
+            ms = expires_at * 1000.0
+            old_ms = old_expires * 1000.0
+            if not (0.0 < ms < _EXACT_MS and 0.0 < old_ms < _EXACT_MS and ms // _GRANULE_MS_F == old_ms // _GRANULE_MS_F):
+                _reindex(txn, shared, key, old_expires, expires_at)
         return version
 
     def touch(self, key: bytes, expires_at: float) -> bool:
-        self._check_key(key)
-        return self._run(True, self._touch, key, expires_at)
+        if len(key) != 32:
+            raise ValueError("store keys are 32 bytes")
+        shared = self._shared_env
+        if shared is None or shared.pid != _getpid():
+            shared = self._shared()
+        try:
+            lock = shared.thread.lock
+        except AttributeError:
+            lock = shared.gate.thread_lock()
+        lock.acquire()
+        try:
+            env = shared.env
+            if env is None:
+                result = _RETRY
+            else:
+                try:
+                    txn = env.begin(None, None, True)
+                    try:
+                        result = self._touch(txn, shared, key, expires_at)
+                    except BaseException:
+                        txn.abort()
+                        raise
+                    txn.commit()
+                except lmdb.Error:
+                    result = _RETRY
+        finally:
+            lock.release()
+        if result is _RETRY:
+            return self._run(True, self._touch, key, expires_at)
+        shared.ops += 1
+        if shared.ops >= _MAINTAIN_EVERY:
+            shared.maintain()
+            if shared.reports:
+                self._deliver_reports(shared)
+        return result
 
     def _touch(self, txn, shared, key, expires_at) -> bool:
         now = self.clock()
-        raw = txn.get(key, db=shared.meta)
-        old = _parse_meta(raw)
-        if old is None or now > old[3] or old[0] == _TOMBSTONE:
-            return False
-        kind, size, version, _, _, split = old
-        if split:  # the blob stays where it is
-            txn.put(key, _META.pack(_FORMAT_SPLIT, kind, size, version, expires_at, now), db=shared.meta)
-            _reindex(txn, shared, key, old, expires_at)
+        raw = txn.get(key, None, shared.meta)
+        if raw is None or len(raw) < _HEADER:
+            return False  # missing, or damaged
+        fmt, kind, size, version, old_expires, _ = _unpack_meta(raw)
+        if kind != _RECORD or now > old_expires:
+            return False  # a tombstone, expired (or a damaged kind)
+        if fmt == _FORMAT and len(raw) == _HEADER + size:
+            entry = _pack_meta(_FORMAT, _RECORD, size, version, expires_at, now) + raw[_HEADER:]
+        elif fmt == _FORMAT_SPLIT and len(raw) == _HEADER:  # the blob stays where it is
+            entry = _pack_meta(_FORMAT_SPLIT, _RECORD, size, version, expires_at, now)
         else:
-            self._put(txn, shared, key, old, kind, version, raw[_HEADER:], expires_at, now)
+            return False  # damaged
+        txn.put(key, entry, True, True, False, shared.meta)
+        if expires_at != old_expires:
+            ms = expires_at * 1000.0
+            old_ms = old_expires * 1000.0
+            if not (0.0 < ms < _EXACT_MS and 0.0 < old_ms < _EXACT_MS and ms // _GRANULE_MS_F == old_ms // _GRANULE_MS_F):
+                _reindex(txn, shared, key, old_expires, expires_at)
         return True
 
     def delete(self, key: bytes) -> None:
@@ -885,14 +1023,14 @@ class LmdbStore(Store):
 
     def _rotate(self, txn, shared, old_key, new_key, blob, expires_at, tombstone_seconds, expected_version):
         now = self.clock()
-        old = self._live(txn, shared, old_key, now)
-        if old is None or old[0] == _TOMBSTONE:
+        old = _parse_meta(txn.get(old_key, None, shared.meta))
+        if old is None or now > old[3] or old[0] == _TOMBSTONE:
             return GONE
         if expected_version is not None and old[2] != expected_version:
             return CONFLICT
-        if self._live(txn, shared, new_key, now) is not None:
+        existing = _parse_meta(txn.get(new_key, None, shared.meta))
+        if existing is not None and not now > existing[3]:  # live, a tombstone included
             return CONFLICT
-        existing = _parse_meta(txn.get(new_key, db=shared.meta))
         version = self._next_version(existing)
         self._put(txn, shared, new_key, existing, _RECORD, version, blob, expires_at, now)
         tombstone_version = self._next_version(old)
