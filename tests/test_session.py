@@ -14,6 +14,8 @@ import enum
 import hashlib
 import logging
 import os
+import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import MutableMapping
@@ -1558,6 +1560,42 @@ def test_a_merge_lock_held_when_the_process_forks_does_not_block_the_child(env):
     finally:
         held.release()
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_threads_of_one_process_wait_for_a_stores_merge_lock_one_at_a_time():
+    # A store's locked_update (a database row lock) counts its queue toward the statement
+    # timeout: 16 threads of one gthread worker merging into one hot session must queue
+    # in the process, not on the database.
+    class SlowLockedStore(CountingStore):
+        inside = peak = 0
+        guard = threading.Lock()
+
+        def locked_update(self, key, fn):
+            with self.guard:
+                self.inside += 1
+                self.peak = max(self.peak, self.inside)
+            time.sleep(0.01)
+            try:
+                return super().locked_update(key, fn)
+            finally:
+                with self.guard:
+                    self.inside -= 1
+
+    env = Env()
+    env.store = SlowLockedStore(env.clock)
+    env.service = SessionService(env.service.config, env.store, clock=env.clock)
+    sid = env.existing(seed=0)
+    sessions = [env.request(sid) for _ in range(8)]
+    for i, session in enumerate(sessions):
+        session[f"k{i}"] = i  # every session loaded the same version: all but one conflict
+    threads = [threading.Thread(target=lambda s=s: (s.save(), s.persist())) for s in sessions]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert env.store.calls["locked_update"] == 7
+    assert env.store.peak == 1
+    assert env.data(sid) == {"seed": 0, **{f"k{i}": i for i in range(8)}}
 
 
 def test_concurrent_delete_makes_the_other_save_gone_without_raising(env):

@@ -189,8 +189,11 @@ class SessionService:
         Stores without a lock of their own (memcached, redis) merge by retrying
         compare-and-set. Threads of one process retrying on one hot session would
         mostly lose to each other (gthread, waitress); taking turns leaves them to
-        race only other processes. A forked child gets fresh locks (stores.base
-        fork_safe_locks): one copied while held would never be released there.
+        race only other processes. Stores with one (locked_update) are queued for
+        it the same way, so a hot session holds one waiting database connection
+        per process, not one per thread. A forked child gets fresh locks
+        (stores.base fork_safe_locks): one copied while held would never be
+        released there.
         """
         return self._locks[key[0] % MERGE_LOCK_STRIPES]
 
@@ -1380,10 +1383,15 @@ class Session:
         """On CONFLICT: merge with the stored record, under the store's lock if it has one."""
         store = service.store
         if store.has_locked_update:
-            return store.locked_update(
-                key,
-                lambda current: (service.seal_record(key, self._merged_blob(s, service, key, current, now)), expires_at),
-            )
+            # One thread per process at a time waits for the store's lock: a database row
+            # lock's queue counts toward its statement timeout, and holds a connection each.
+            with service.merge_lock(key):
+                return store.locked_update(
+                    key,
+                    lambda current: (
+                        service.seal_record(key, self._merged_blob(s, service, key, current, now)), expires_at
+                    ),
+                )
         with service.merge_lock(key):
             for attempt in range(MAX_CAS_ATTEMPTS):
                 current = _reload(store, key)
