@@ -101,6 +101,42 @@ def write_ini(path, **session) -> str:
     return str(path)
 
 
+@pytest.mark.parametrize("step", ["looking for the table", "creating it"])
+def test_a_locked_sqlite_database_at_startup_is_retried_whichever_step_meets_it(tmp_path, monkeypatch, step):
+    # Workers starting together on a new SQLite file: one switches it to WAL or runs
+    # its DDL while another connects or inspects, and SQLite answers "database is
+    # locked" at once, without a busy wait.
+    import sqlite3
+
+    from sqlalchemy import exc as sa_exc
+
+    store = SqlStore(url=f"sqlite:///{tmp_path / 's.sqlite'}", create_table=False)
+    locked = sa_exc.OperationalError("PRAGMA journal_mode=WAL", {}, sqlite3.OperationalError("database is locked"))
+    failures = [locked, locked]
+    if step == "looking for the table":
+        real = store._exists
+
+        def exists():
+            if failures:
+                raise failures.pop()
+            return real()
+
+        monkeypatch.setattr(store, "_exists", exists)
+    else:
+        real_create = store.table.create
+
+        def create(conn, **kwargs):
+            if failures:
+                raise failures.pop()
+            return real_create(conn, **kwargs)
+
+        monkeypatch.setattr(store.table, "create", create)
+    assert store.create_table() is True
+    assert not failures
+    assert store.create(skey("a"), b"x", time.time() + 60)  # the table is there and works
+    store.close()
+
+
 def test_create_table_command_creates_the_table_once_and_reports_json(tmp_path, capsys):
     ini = write_ini(tmp_path / "app.ini", type="ext:database", url="sqlite:///%(here)s/app.sqlite",
                     table_name="app_sessions")

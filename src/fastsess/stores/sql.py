@@ -865,21 +865,23 @@ class SqlStore(Store):
 
     def _do_create_table(self) -> bool:
         # Several workers may start at once. SQLite answers "database is locked"
-        # at once (no busy wait) to a writer that raced another one's DDL, so a
-        # locked database is retried, briefly.
+        # at once (no busy wait) to a writer that raced another one's DDL, and to
+        # a connection switching a new file to WAL while another reads it, so a
+        # locked database is retried, briefly, whichever step met it.
         for attempt in range(20):
-            if self._exists():
-                return False
             try:
+                if self._exists():
+                    return False
                 with self._tx.begin() as conn:
                     self.table.create(conn)
                 return True
             except sa_exc.OperationalError as exc:
+                if "locked" in str(exc.orig) and attempt < 19:
+                    time.sleep(0.05 * (attempt + 1))
+                    continue
                 if self._exists():  # another process created it meanwhile
                     return False
-                if "locked" not in str(exc.orig) or attempt == 19:
-                    raise
-                time.sleep(0.05 * (attempt + 1))
+                raise
             except sa_exc.SQLAlchemyError:
                 if self._exists():
                     return False
