@@ -170,8 +170,16 @@ def test_a_record_memcached_still_holds_past_its_written_expiry_is_live(store, c
 
 def test_the_ttl_outlasts_expires_at_by_memcacheds_clock_tick(store, clock, memcached_server):  # noqa: F811
     # memcached's clock ticks once a second: a TTL of 1 can end at the next tick, at once.
-    store.create(skey("a"), b"short", clock() + 0.9)
-    assert remaining_ttl(memcached_server, mkey(store, skey("a"))) == 2
+    # A tick between the write and the query shows 1 left of a TTL of 2; a TTL of 1 never
+    # shows 2, so one query of several that sees 2 proves the margin.
+    seen = []
+    for _ in range(5):
+        store.delete(skey("a"))
+        store.create(skey("a"), b"short", clock() + 0.9)
+        seen.append(remaining_ttl(memcached_server, mkey(store, skey("a"))))
+        if seen[-1] == 2:
+            break
+    assert seen[-1] == 2 and set(seen) <= {1, 2}, seen
     record = store.load(skey("a"))
     assert record.expires_at == clock() + 0.9  # the margin is the store's own: never reported
 
