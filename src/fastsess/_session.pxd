@@ -5,7 +5,7 @@
 cdef class SessionService:
     cdef dict __dict__
     cdef object __weakref__  # stores.base.fork_safe_locks keeps it weakly
-    cdef public object config, store, keys, events, clock, decode, decode_shared, _decoded, touch_interval, cookie_name
+    cdef public object config, store, keys, events, clock, decode, decode_shared, prime_decoded, _decoded, touch_interval, cookie_name
     cdef public bint cookie_only, _cookie_too_large_warned, persistent_cookie, use_cookies, beaker_compat
     cdef public bint records_encrypted
     cdef public dict _verified, _opened_sealed

@@ -172,6 +172,7 @@ class SessionService:
         self._decoded = core.DecodeMemo(DECODED_BYTES_LIMIT, DECODED_ENTRY_LIMIT)
         self.decode = self._decoded.decode
         self.decode_shared = self._decoded.decode_shared
+        self.prime_decoded = self._decoded.prime  # a write keeps what it wrote decoded
         # Read on every request: kept as plain attributes.
         self._timeout = config.timeout or 0.0
         self._absolute_timeout = config.absolute_timeout or 0.0
@@ -1227,7 +1228,7 @@ class Session:
         s.sealed = sealed
         s.cookie_action = SET_COOKIE
         if data_bytes is not s.loaded_data:  # the client sends this cookie next: no decode then
-            service._decoded.prime(s.loaded_data, data_bytes, s.data)
+            service.prime_decoded(s.loaded_data, data_bytes, s.data)
         s.loaded_data = data_bytes
         s.is_new = s.invalidated = s.deleted = s.retag = False
         s.rotate_from = None
@@ -1328,7 +1329,7 @@ class Session:
         if s.loaded_data is base:  # no merge replaced it
             s.loaded_data = data_bytes
         if s.loaded_data is not base:  # the next load of this session reads these bytes: no decode then
-            service._decoded.prime(base, s.loaded_data, s.data)
+            service.prime_decoded(base, s.loaded_data, s.data)
         s.is_new = False
         s.invalidated = s.deleted = False
         s.rotate_from = None
