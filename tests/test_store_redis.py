@@ -21,6 +21,7 @@ from fastsess import SessionMiddleware, StoreError, core
 from fastsess.config import load_config
 from fastsess.errors import ConfigError, CorruptRecord
 from fastsess.stores import open_store
+from fastsess.stores import redis as redis_store
 from fastsess.stores.base import CONFLICT, EXISTS, GONE, TOMBSTONE, StoredRecord
 from fastsess.stores.breaker import CircuitBreaker
 from fastsess.stores.redis import RedisStore
@@ -81,18 +82,24 @@ def cluster_store(cluster):
 
 
 class CommandLog:
-    """Counts the commands a store's client sends: one per round trip (no pipelines are used)."""
+    """Counts the commands a store sends, through its client or its own GET reader: one per round trip."""
 
     def __init__(self, store: RedisStore) -> None:
         self.names: list[str] = []
         client = store._connection()
-        send = client.execute_command
+        send, get = client.execute_command, store._reader()
 
         def counting(*args, **options):
             self.names.append(str(args[0]).upper())
             return send(*args, **options)
 
+        def counting_get(rkey):
+            self.names.append("GET")
+            return get(rkey)
+
         client.execute_command = counting
+        if get != client.get:  # a single server's reader (Sentinel and clusters GET through the client)
+            store._get = counting_get
 
     def take(self) -> list[str]:
         names, self.names = self.names, []
@@ -501,6 +508,260 @@ def test_a_forked_child_opens_its_own_connection(store):
     assert child_id != parent_id
     assert store._connection().client_id() == parent_id  # the parent's pooled connection, untouched
     assert store.load(skey("a")).blob == b"data"
+
+
+# ---------------------------------------------------------------- the GET reader
+
+
+class ChunkedSocket:
+    """A socket whose reads hand out a reply in the given pieces; then the end of the stream."""
+
+    def __init__(self, pieces: list[bytes]) -> None:
+        self.pieces = list(pieces)
+        self.sent = b""
+
+    def sendall(self, data: bytes) -> None:
+        self.sent += data
+
+    def recv(self, size: int) -> bytes:
+        return self._take(size)
+
+    def recv_into(self, view) -> int:
+        piece = self._take(len(view))
+        view[: len(piece)] = piece
+        return len(piece)
+
+    def _take(self, size: int) -> bytes:
+        if not self.pieces:
+            return b""
+        piece = self.pieces.pop(0)
+        if len(piece) > size:
+            self.pieces.insert(0, piece[size:])
+            piece = piece[:size]
+        return piece
+
+
+def every_split(reply: bytes):
+    """The reply whole, byte by byte, and cut in two at every offset."""
+    yield [reply]
+    yield [reply[i:i + 1] for i in range(len(reply))]
+    for i in range(1, len(reply)):
+        yield [reply[:i], reply[i:]]
+
+
+@pytest.mark.parametrize(
+    ("reply", "value"),
+    [
+        (b"$5\r\nhello\r\n", b"hello"),
+        (b"$0\r\n\r\n", b""),
+        (b"$4\r\na\r\nb\r\n", b"a\r\nb"),  # a value may hold CRLF
+        (b"$-1\r\n", None),  # RESP2's null
+        (b"_\r\n", None),  # RESP3's null
+    ],
+)
+def test_reader_parses_a_get_reply_however_the_bytes_arrive(reply, value):
+    for pieces in every_split(reply):
+        sock = ChunkedSocket(pieces)
+        assert redis_store.read_get_reply(sock) == value
+        assert sock.pieces == []  # read to its end, and no further
+
+
+def test_reader_reads_a_value_longer_than_its_first_read_into_one_buffer():
+    value = bytes(range(256)) * 300  # 76,800 bytes
+    reply = b"$%d\r\n%b\r\n" % (len(value), value)
+    for pieces in ([reply], [reply[:10], reply[10:40000], reply[40000:]], [reply[:-1], reply[-1:]]):
+        assert redis_store.read_get_reply(ChunkedSocket(pieces)) == value
+
+
+def test_reader_raises_an_error_reply_after_reading_all_of_it():
+    for pieces in every_split(b"-WRONGTYPE Operation against a key holding the wrong kind of value\r\n"):
+        sock = ChunkedSocket(pieces)
+        with pytest.raises(redis.exceptions.ResponseError, match="^WRONGTYPE"):
+            redis_store.read_get_reply(sock)
+        assert sock.pieces == []
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        b"$5\r\nhello\r\n+OK\r\n",  # bytes beyond the reply: the stream is out of step
+        b"$5\r\nhelloXY",  # no CRLF after the value
+        b"$x\r\nhello\r\n",  # not a length
+        b"$-2\r\n",
+        b"$-1\r\nextra",
+        b"_\r\n_\r\n",
+    ],
+)
+def test_reader_refuses_a_malformed_reply(reply):
+    with pytest.raises(redis.exceptions.InvalidResponse):
+        redis_store.read_get_reply(ChunkedSocket([reply]))
+
+
+def test_reader_answers_other_for_a_reply_of_another_kind():
+    assert redis_store.read_get_reply(ChunkedSocket([b">2\r\n"])) is redis_store._OTHER  # a RESP3 push
+    assert redis_store.read_get_reply(ChunkedSocket([b"+OK\r\n"])) is redis_store._OTHER
+
+
+@pytest.mark.parametrize("pieces", [[], [b"$5\r\nhel"], [b"$5"]])
+def test_reader_reports_the_end_of_the_stream_as_closed_by_the_server(pieces):
+    with pytest.raises(redis_store._ClosedByServer):
+        redis_store.read_get_reply(ChunkedSocket(pieces))
+
+
+class FakeConnection:
+    """Stands in for a redis-py connection: connect() gives it a ChunkedSocket with its reply."""
+
+    made: list[FakeConnection] = []
+    replies: list[list[bytes]] = []
+
+    def __init__(self, **options) -> None:
+        self._sock = None
+        self.disconnected = False
+        FakeConnection.made.append(self)
+
+    def connect(self) -> None:
+        self._sock = ChunkedSocket(FakeConnection.replies.pop(0))
+
+    def disconnect(self) -> None:
+        self.disconnected = True
+
+
+class FakeClient:
+    def __init__(self) -> None:
+        self.connection_pool = type("Pool", (), {"connection_class": FakeConnection, "connection_kwargs": {}})
+        self.asked: list[bytes] = []
+
+    def get(self, rkey: bytes) -> bytes:
+        self.asked.append(rkey)
+        return b"from the client"
+
+
+@pytest.fixture
+def fake_reader():
+    FakeConnection.made, FakeConnection.replies = [], []
+    client = FakeClient()
+    return redis_store._Reader(client), client
+
+
+def test_reader_sends_one_get_and_keeps_the_connection_for_the_next(fake_reader):
+    reader, client = fake_reader
+    FakeConnection.replies.append([b"$3\r\none\r\n"])
+    assert reader(b"fastsess:ab") == b"one"
+    (connection,) = FakeConnection.made
+    assert connection._sock.sent == b"*2\r\n$3\r\nGET\r\n$11\r\nfastsess:ab\r\n"
+    connection._sock.pieces = [b"$-1\r\n"]
+    assert reader(b"fastsess:cd") is None
+    assert len(FakeConnection.made) == 1 and not connection.disconnected
+
+
+def test_reader_asks_the_client_and_drops_the_connection_on_a_push(fake_reader):
+    reader, client = fake_reader
+    FakeConnection.replies.append([b">3\r\n"])
+    assert reader(b"k") == b"from the client"
+    assert client.asked == [b"k"] and FakeConnection.made[0].disconnected
+    FakeConnection.replies.append([b"$1\r\nx\r\n"])
+    assert reader(b"k") == b"x"  # a new connection: the dropped one is not reused
+    assert len(FakeConnection.made) == 2
+
+
+def test_reader_keeps_a_connection_after_an_error_reply_and_drops_one_out_of_step(fake_reader):
+    reader, client = fake_reader
+    FakeConnection.replies.append([b"-WRONGTYPE not a string\r\n"])
+    with pytest.raises(redis.exceptions.ResponseError):
+        reader(b"k")
+    (connection,) = FakeConnection.made
+    assert not connection.disconnected
+    connection._sock.pieces = [b"$1\r\nx\r\n+OK\r\n"]
+    with pytest.raises(redis.exceptions.InvalidResponse):
+        reader(b"k")
+    assert connection.disconnected
+    FakeConnection.replies.append([b"$1\r\ny\r\n"])
+    assert reader(b"k") == b"y" and len(FakeConnection.made) == 2
+
+
+def test_reader_sends_once_more_on_a_new_connection_when_an_idle_one_was_closed(fake_reader):
+    reader, client = fake_reader
+    FakeConnection.replies.append([b"$1\r\nx\r\n"])
+    assert reader(b"k") == b"x"
+    FakeConnection.made[0]._sock.pieces = []  # the server closed it while it idled
+    FakeConnection.replies.append([b"$1\r\ny\r\n"])
+    assert reader(b"k") == b"y"
+    assert [c.disconnected for c in FakeConnection.made] == [True, False]
+
+
+def test_reader_never_sends_twice_after_a_timeout(fake_reader):
+    reader, client = fake_reader
+    FakeConnection.replies.append([b"$1\r\nx\r\n"])
+    assert reader(b"k") == b"x"
+    connection = FakeConnection.made[0]
+
+    def times_out(size):
+        raise TimeoutError("timed out")
+
+    connection._sock.recv = times_out
+    with pytest.raises(TimeoutError):
+        reader(b"k")
+    assert len(FakeConnection.made) == 1 and connection.disconnected
+
+
+def test_single_server_loads_reuse_one_connection_of_the_reader(store, server):
+    store.create(skey("a"), b"data", time.time() + 60)
+    store.load(skey("a"))
+    clients = server.info("clients")["connected_clients"]
+    for _ in range(50):
+        assert store.load(skey("a")).blob == b"data"
+    assert server.info("clients")["connected_clients"] == clients
+    assert isinstance(store._reader(), redis_store._Reader)
+
+
+def test_sentinel_and_cluster_stores_get_through_the_client(sentinel, cluster_store):
+    made = open_store(load_config({"session.type": "ext:redis", "session.url": sentinel.url, "session.secret": SECRET}))
+    try:
+        assert not isinstance(made._reader(), redis_store._Reader)
+    finally:
+        made.close()
+    assert not isinstance(cluster_store._reader(), redis_store._Reader)
+
+
+@HANG_LIMIT
+def test_a_restart_between_loads_costs_no_error_and_a_hang_no_second_send(own_server):
+    made = fast_failing_store(own_server, threshold=1)
+    made.create(skey("a"), b"data", time.time() + 60)
+    assert made.load(skey("a")).blob == b"data"  # the reader now holds an idle connection
+    own_server.restart()
+    assert made.load(skey("a")) is None  # sent again on a new connection: no StoreError
+    assert not made._failing  # and nothing counted against the breaker
+    made.create(skey("a"), b"data", time.time() + 60)
+    os.kill(own_server.process.pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(StoreError, match="Timeout"):
+            made.load(skey("a"))
+        with pytest.raises(StoreError, match="not retrying"):  # one timeout opened the breaker
+            made.load(skey("a"))
+    finally:
+        os.kill(own_server.process.pid, signal.SIGCONT)
+    made.close()
+
+
+def _load_in_child(store: RedisStore, queue) -> None:
+    queue.put((store.load(skey("a")).blob, id(store._reader())))
+
+
+def test_a_forked_child_reads_over_its_own_connections_and_leaves_the_parents_alone(store, server):
+    store.create(skey("a"), b"data", time.time() + 60)
+    assert store.load(skey("a")).blob == b"data"
+    parent_reader = store._reader()
+    (parent_connection,) = parent_reader._idle
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_load_in_child, args=(store, queue))
+    child.start()
+    blob, child_reader = queue.get(timeout=10)
+    join_or_kill(child)
+    assert child.exitcode == 0 and blob == b"data"
+    assert child_reader != id(parent_reader)
+    assert store.load(skey("a")).blob == b"data"  # the parent's connection still works
+    assert list(parent_reader._idle) == [parent_connection]
 
 
 # ---------------------------------------------------------------- cluster rotation
