@@ -7,6 +7,7 @@ import itertools
 import multiprocessing
 import os
 import signal
+import socket
 import struct
 import subprocess
 import threading
@@ -82,12 +83,12 @@ def cluster_store(cluster):
 
 
 class CommandLog:
-    """Counts the commands a store sends, through its client or its own GET reader: one per round trip."""
+    """Counts the commands a store sends, through its client or its direct connections: one per round trip."""
 
     def __init__(self, store: RedisStore) -> None:
         self.names: list[str] = []
         client = store._connection()
-        send, get = client.execute_command, store._reader()
+        send, get, call = client.execute_command, store._reader(), store._commands()
 
         def counting(*args, **options):
             self.names.append(str(args[0]).upper())
@@ -97,9 +98,15 @@ class CommandLog:
             self.names.append("GET")
             return get(rkey)
 
+        def counting_call(*args):
+            self.names.append(str(args[0]).upper())
+            return call(*args)
+
         client.execute_command = counting
-        if get != client.get:  # a single server's reader (Sentinel and clusters GET through the client)
-            store._get = counting_get
+        if store._direct is not None:  # a single server (Sentinel and clusters send through the client)
+            store._get, store._call = counting_get, counting_call
+        else:
+            store._call = counting  # the store keeps the client's bound execute_command
 
     def take(self) -> list[str]:
         names, self.names = self.names, []
@@ -562,7 +569,7 @@ def every_split(reply: bytes):
 def test_reader_parses_a_get_reply_however_the_bytes_arrive(reply, value):
     for pieces in every_split(reply):
         sock = ChunkedSocket(pieces)
-        assert redis_store.read_get_reply(sock) == value
+        assert redis_store.read_reply(sock) == value
         assert sock.pieces == []  # read to its end, and no further
 
 
@@ -570,14 +577,14 @@ def test_reader_reads_a_value_longer_than_its_first_read_into_one_buffer():
     value = bytes(range(256)) * 300  # 76,800 bytes
     reply = b"$%d\r\n%b\r\n" % (len(value), value)
     for pieces in ([reply], [reply[:10], reply[10:40000], reply[40000:]], [reply[:-1], reply[-1:]]):
-        assert redis_store.read_get_reply(ChunkedSocket(pieces)) == value
+        assert redis_store.read_reply(ChunkedSocket(pieces)) == value
 
 
 def test_reader_raises_an_error_reply_after_reading_all_of_it():
     for pieces in every_split(b"-WRONGTYPE Operation against a key holding the wrong kind of value\r\n"):
         sock = ChunkedSocket(pieces)
         with pytest.raises(redis.exceptions.ResponseError, match="^WRONGTYPE"):
-            redis_store.read_get_reply(sock)
+            redis_store.read_reply(sock)
         assert sock.pieces == []
 
 
@@ -594,18 +601,18 @@ def test_reader_raises_an_error_reply_after_reading_all_of_it():
 )
 def test_reader_refuses_a_malformed_reply(reply):
     with pytest.raises(redis.exceptions.InvalidResponse):
-        redis_store.read_get_reply(ChunkedSocket([reply]))
+        redis_store.read_reply(ChunkedSocket([reply]))
 
 
 def test_reader_answers_other_for_a_reply_of_another_kind():
-    assert redis_store.read_get_reply(ChunkedSocket([b">2\r\n"])) is redis_store._OTHER  # a RESP3 push
-    assert redis_store.read_get_reply(ChunkedSocket([b"+OK\r\n"])) is redis_store._OTHER
+    assert redis_store.read_reply(ChunkedSocket([b">2\r\n"])) is redis_store._OTHER  # a RESP3 push
+    assert redis_store.read_reply(ChunkedSocket([b"+OK\r\n"])) is redis_store._OTHER
 
 
 @pytest.mark.parametrize("pieces", [[], [b"$5\r\nhel"], [b"$5"]])
 def test_reader_reports_the_end_of_the_stream_as_closed_by_the_server(pieces):
     with pytest.raises(redis_store._ClosedByServer):
-        redis_store.read_get_reply(ChunkedSocket(pieces))
+        redis_store.read_reply(ChunkedSocket(pieces))
 
 
 class FakeConnection:
@@ -637,62 +644,62 @@ class FakeClient:
 
 
 @pytest.fixture
-def fake_reader():
+def direct():
     FakeConnection.made, FakeConnection.replies = [], []
     client = FakeClient()
-    return redis_store._Reader(client), client
+    return redis_store._Direct(client), client
 
 
-def test_reader_sends_one_get_and_keeps_the_connection_for_the_next(fake_reader):
-    reader, client = fake_reader
+def test_direct_get_sends_one_get_and_keeps_the_connection_for_the_next(direct):
+    wire, client = direct
     FakeConnection.replies.append([b"$3\r\none\r\n"])
-    assert reader(b"fastsess:ab") == b"one"
+    assert wire.get(b"fastsess:ab") == b"one"
     (connection,) = FakeConnection.made
     assert connection._sock.sent == b"*2\r\n$3\r\nGET\r\n$11\r\nfastsess:ab\r\n"
     connection._sock.pieces = [b"$-1\r\n"]
-    assert reader(b"fastsess:cd") is None
+    assert wire.get(b"fastsess:cd") is None
     assert len(FakeConnection.made) == 1 and not connection.disconnected
 
 
-def test_reader_asks_the_client_and_drops_the_connection_on_a_push(fake_reader):
-    reader, client = fake_reader
+def test_direct_get_asks_the_client_and_drops_the_connection_on_a_push(direct):
+    wire, client = direct
     FakeConnection.replies.append([b">3\r\n"])
-    assert reader(b"k") == b"from the client"
+    assert wire.get(b"k") == b"from the client"
     assert client.asked == [b"k"] and FakeConnection.made[0].disconnected
     FakeConnection.replies.append([b"$1\r\nx\r\n"])
-    assert reader(b"k") == b"x"  # a new connection: the dropped one is not reused
+    assert wire.get(b"k") == b"x"  # a new connection: the dropped one is not reused
     assert len(FakeConnection.made) == 2
 
 
-def test_reader_keeps_a_connection_after_an_error_reply_and_drops_one_out_of_step(fake_reader):
-    reader, client = fake_reader
+def test_direct_keeps_a_connection_after_an_error_reply_and_drops_one_out_of_step(direct):
+    wire, client = direct
     FakeConnection.replies.append([b"-WRONGTYPE not a string\r\n"])
     with pytest.raises(redis.exceptions.ResponseError):
-        reader(b"k")
+        wire.get(b"k")
     (connection,) = FakeConnection.made
     assert not connection.disconnected
     connection._sock.pieces = [b"$1\r\nx\r\n+OK\r\n"]
     with pytest.raises(redis.exceptions.InvalidResponse):
-        reader(b"k")
+        wire.get(b"k")
     assert connection.disconnected
     FakeConnection.replies.append([b"$1\r\ny\r\n"])
-    assert reader(b"k") == b"y" and len(FakeConnection.made) == 2
+    assert wire.get(b"k") == b"y" and len(FakeConnection.made) == 2
 
 
-def test_reader_sends_once_more_on_a_new_connection_when_an_idle_one_was_closed(fake_reader):
-    reader, client = fake_reader
+def test_direct_get_is_sent_once_more_on_a_new_connection_when_an_idle_one_was_closed(direct):
+    wire, client = direct
     FakeConnection.replies.append([b"$1\r\nx\r\n"])
-    assert reader(b"k") == b"x"
+    assert wire.get(b"k") == b"x"
     FakeConnection.made[0]._sock.pieces = []  # the server closed it while it idled
     FakeConnection.replies.append([b"$1\r\ny\r\n"])
-    assert reader(b"k") == b"y"
+    assert wire.get(b"k") == b"y"
     assert [c.disconnected for c in FakeConnection.made] == [True, False]
 
 
-def test_reader_never_sends_twice_after_a_timeout(fake_reader):
-    reader, client = fake_reader
+def test_direct_get_is_never_sent_twice_after_a_timeout(direct):
+    wire, client = direct
     FakeConnection.replies.append([b"$1\r\nx\r\n"])
-    assert reader(b"k") == b"x"
+    assert wire.get(b"k") == b"x"
     connection = FakeConnection.made[0]
 
     def times_out(size):
@@ -700,37 +707,106 @@ def test_reader_never_sends_twice_after_a_timeout(fake_reader):
 
     connection._sock.recv = times_out
     with pytest.raises(TimeoutError):
-        reader(b"k")
+        wire.get(b"k")
     assert len(FakeConnection.made) == 1 and connection.disconnected
 
 
-def test_single_server_loads_reuse_one_connection_of_the_reader(store, server):
+def test_direct_command_packs_its_arguments_and_reads_an_integer(direct, monkeypatch):
+    wire, client = direct
+    monkeypatch.setattr(redis_store, "_idle_and_clean", lambda sock: True)
+    FakeConnection.replies.append([b":2\r\n"])
+    assert wire.call("EVALSHA", "abc", 1, b"k\x00", 1500) == 2
+    (connection,) = FakeConnection.made
+    assert connection._sock.sent == (
+        b"*5\r\n$7\r\nEVALSHA\r\n$3\r\nabc\r\n$1\r\n1\r\n$2\r\nk\x00\r\n$4\r\n1500\r\n"
+    )
+    connection._sock.pieces = [b"-NOSCRIPT No matching script. Please use EVAL.\r\n"]
+    with pytest.raises(redis.exceptions.NoScriptError):
+        wire.call("EVALSHA", "abc", 0)
+    assert not connection.disconnected  # an error reply leaves the connection in step
+
+
+def test_direct_command_is_never_sent_twice(direct, monkeypatch):
+    wire, client = direct
+    monkeypatch.setattr(redis_store, "_idle_and_clean", lambda sock: True)
+    FakeConnection.replies.append([b":1\r\n"])
+    assert wire.call("DEL", b"k") == 1
+    FakeConnection.made[0]._sock.pieces = []  # closed after the check: the outcome is unknown
+    with pytest.raises(redis_store._ClosedByServer):
+        wire.call("DEL", b"k")
+    assert len(FakeConnection.made) == 1 and FakeConnection.made[0].disconnected
+
+
+def test_direct_command_replaces_an_idle_connection_that_is_not_clean(direct, monkeypatch):
+    wire, client = direct
+    monkeypatch.setattr(redis_store, "_idle_and_clean", lambda sock: False)
+    FakeConnection.replies.append([b":1\r\n"])
+    assert wire.call("DEL", b"k") == 1
+    FakeConnection.replies.append([b":0\r\n"])
+    assert wire.call("DEL", b"k") == 0
+    first, second = FakeConnection.made
+    assert first.disconnected and not second.disconnected
+    assert first._sock.sent.count(b"DEL") == 1  # the command went only on the new connection
+
+
+def test_direct_command_fails_on_a_push_and_drops_the_connection(direct, monkeypatch):
+    wire, client = direct
+    FakeConnection.replies.append([b">2\r\n"])
+    with pytest.raises(redis.exceptions.InvalidResponse):
+        wire.call("DEL", b"k")
+    assert FakeConnection.made[0].disconnected and client.asked == []
+
+
+def test_an_idle_connection_is_clean_until_something_arrives():
+    ours, theirs = socket.socketpair()
+    try:
+        assert redis_store._idle_and_clean(ours)
+        theirs.sendall(b"+stray\r\n")
+        assert not redis_store._idle_and_clean(ours)
+        ours.recv(100)
+        assert redis_store._idle_and_clean(ours)
+        theirs.close()  # the end of the stream
+        assert not redis_store._idle_and_clean(ours)
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def test_single_server_commands_reuse_one_direct_connection(store, server):
     store.create(skey("a"), b"data", time.time() + 60)
     store.load(skey("a"))
     clients = server.info("clients")["connected_clients"]
-    for _ in range(50):
+    version = store.create(skey("b"), b"data", time.time() + 60)
+    for _ in range(30):
         assert store.load(skey("a")).blob == b"data"
+        version = store.cas(skey("b"), b"more", version, time.time() + 60)
+        store.touch(skey("b"), time.time() + 90)
+    store.delete(skey("b"))
     assert server.info("clients")["connected_clients"] == clients
-    assert isinstance(store._reader(), redis_store._Reader)
+    assert len(store._direct._idle) == 1
 
 
-def test_sentinel_and_cluster_stores_get_through_the_client(sentinel, cluster_store):
+def test_sentinel_and_cluster_stores_send_through_the_client(sentinel, cluster_store):
     made = open_store(load_config({"session.type": "ext:redis", "session.url": sentinel.url, "session.secret": SECRET}))
     try:
-        assert not isinstance(made._reader(), redis_store._Reader)
+        made.load(skey("a"))
+        assert made._direct is None
     finally:
         made.close()
-    assert not isinstance(cluster_store._reader(), redis_store._Reader)
+    cluster_store.load(skey("a"))
+    assert cluster_store._direct is None
 
 
 @HANG_LIMIT
-def test_a_restart_between_loads_costs_no_error_and_a_hang_no_second_send(own_server):
+def test_a_restart_between_commands_costs_no_error_and_a_hang_no_second_send(own_server):
     made = fast_failing_store(own_server, threshold=1)
-    made.create(skey("a"), b"data", time.time() + 60)
-    assert made.load(skey("a")).blob == b"data"  # the reader now holds an idle connection
+    version = made.create(skey("a"), b"data", time.time() + 60)
+    assert made.load(skey("a")).blob == b"data"  # the store now holds an idle direct connection
     own_server.restart()
     assert made.load(skey("a")) is None  # sent again on a new connection: no StoreError
-    assert not made._failing  # and nothing counted against the breaker
+    own_server.restart()
+    assert made.cas(skey("a"), b"x", version, time.time() + 60) is GONE  # the closed one was replaced first
+    assert not made._failing  # nothing counted against the breaker
     made.create(skey("a"), b"data", time.time() + 60)
     os.kill(own_server.process.pid, signal.SIGSTOP)
     try:
@@ -744,24 +820,24 @@ def test_a_restart_between_loads_costs_no_error_and_a_hang_no_second_send(own_se
 
 
 def _load_in_child(store: RedisStore, queue) -> None:
-    queue.put((store.load(skey("a")).blob, id(store._reader())))
+    queue.put((store.load(skey("a")).blob, id(store._direct)))
 
 
-def test_a_forked_child_reads_over_its_own_connections_and_leaves_the_parents_alone(store, server):
+def test_a_forked_child_sends_over_its_own_connections_and_leaves_the_parents_alone(store, server):
     store.create(skey("a"), b"data", time.time() + 60)
     assert store.load(skey("a")).blob == b"data"
-    parent_reader = store._reader()
-    (parent_connection,) = parent_reader._idle
+    parent_direct = store._direct
+    (parent_connection,) = parent_direct._idle
     context = multiprocessing.get_context("fork")
     queue = context.Queue()
     child = context.Process(target=_load_in_child, args=(store, queue))
     child.start()
-    blob, child_reader = queue.get(timeout=10)
+    blob, child_direct = queue.get(timeout=10)
     join_or_kill(child)
     assert child.exitcode == 0 and blob == b"data"
-    assert child_reader != id(parent_reader)
+    assert child_direct != id(parent_direct)
     assert store.load(skey("a")).blob == b"data"  # the parent's connection still works
-    assert list(parent_reader._idle) == [parent_connection]
+    assert list(parent_direct._idle) == [parent_connection]
 
 
 # ---------------------------------------------------------------- cluster rotation

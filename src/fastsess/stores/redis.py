@@ -5,17 +5,24 @@ Each record is one Redis string: a 28-byte header, then the record bytes.
     b"FS1"  kind (b"R" live, b"T" tombstone)  version u64  expires_at f64  last_access f64  (little endian)
 
 A load is one GET. On a single server (not Sentinel, not a cluster) the
-GET skips redis-py's per-command machinery: `_Reader` keeps this process's
-own idle redis-py connections (made from the client's settings, so TLS, unix
-sockets, AUTH, SELECT and the protocol handshake stay redis-py's code) and
-writes the GET and reads its one reply itself. redis-py spends about 170,000
-instructions of Python on a GET (pool bookkeeping, retry, event and
-observability hooks, a general reply parser); this reader about 3,000, so a
-read costs less than the client library's own GET. A connection the server
-closed while it idled fails at once (end of stream, reset): the GET is sent
-once more on a new connection. A timeout is never retried. A reply that is
-not a bulk string, a null or an error (a RESP3 push the server sent
-unasked) drops the connection, and that GET goes through the client.
+commands skip redis-py's per-command machinery: `_Direct` keeps this
+process's own idle redis-py connections (made from the client's settings, so
+TLS, unix sockets, AUTH, SELECT and the protocol handshake stay redis-py's
+code), writes each command and reads its one reply itself. redis-py spends
+about 170,000 instructions of Python on a command (pool bookkeeping, retry,
+event and observability hooks, a general reply parser); this about 3,000, so
+a read costs less than the client library's own GET.
+
+- A GET on a connection the server closed while it idled fails at once (end
+  of stream, reset): it is sent once more on a new connection. A timeout is
+  never retried.
+- Any other command is sent at most once. An idle connection is checked
+  first (one poll): one on which anything has arrived (the end of the
+  stream, bytes nobody asked for) is replaced before the command is sent.
+- A reply that is not a bulk string, an integer, a null or an error (a
+  RESP3 push the server sent unasked) drops the connection: a GET then goes
+  through the client, another command fails with a StoreError.
+- Without select.poll (Windows), only the GETs go direct.
 
 A touch is one script that rewrites only the 16 header
 bytes of expiry and access time (SETRANGE) and the TTL: it never rewrites the
@@ -69,7 +76,9 @@ import hashlib
 import math
 import os
 import random
+import select
 import socket
+import ssl
 import struct
 import time
 from collections import deque
@@ -184,17 +193,19 @@ class _ClosedByServer(redis.exceptions.ConnectionError):
 
 #: how an idle connection the server closed fails: at once, never by timing out
 _CLOSED = (_ClosedByServer, ConnectionResetError, BrokenPipeError)
-#: read_get_reply's answer for a reply of another kind (a RESP3 push): the connection cannot go on
+#: read_reply's answer for a reply of another kind (a RESP3 push): the connection cannot go on
 _OTHER = object()
+_POLL_IN = getattr(select, "POLLIN", 0)
 
 
-def read_get_reply(sock: socket.socket):
-    """The value of one GET's reply read from sock: bytes, or None for a missing key.
+def read_reply(sock: socket.socket):
+    """One reply read from sock: bytes (a bulk string), an int, or None (a null).
 
-    An error reply raises ResponseError, after the whole reply was read (the
-    connection can go on). A reply of another kind returns _OTHER; a malformed
-    one, or bytes beyond the reply, raise InvalidResponse; the end of the
-    stream raises _ClosedByServer. The socket's own timeout bounds every read.
+    An error reply raises ResponseError (NoScriptError for NOSCRIPT), after the
+    whole reply was read (the connection can go on). A reply of another kind
+    returns _OTHER; a malformed one, or bytes beyond the reply, raise
+    InvalidResponse; the end of the stream raises _ClosedByServer. The socket's
+    own timeout bounds every read.
     """
     buf = sock.recv(_FIRST_READ)
     end = buf.find(b"\r\n")
@@ -238,9 +249,36 @@ def read_get_reply(sock: socket.socket):
         raise InvalidResponse("bytes after a reply")
     if kind == 95 and end == 1:  # _: RESP3's null
         return None
+    if kind == 58:  # :: an integer
+        try:
+            return int(buf[1:end])
+        except ValueError:
+            raise InvalidResponse("malformed integer reply") from None
     if kind == 45:  # -: an error
-        raise ResponseError(buf[1:end].decode(errors="replace"))
+        message = buf[1:end].decode(errors="replace")
+        if message.startswith("NOSCRIPT "):
+            raise NoScriptError(message[9:])
+        raise ResponseError(message)
     return _OTHER
+
+
+def _pack_command(args: tuple) -> bytes:
+    """A command in RESP: an array of bulk strings (bytes, str or int arguments)."""
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        if type(arg) is not bytes:
+            arg = (arg if type(arg) is str else str(arg)).encode()
+        parts.append(b"$%d\r\n%b\r\n" % (len(arg), arg))
+    return b"".join(parts)
+
+
+def _idle_and_clean(sock) -> bool:
+    """Whether nothing has arrived on an idle connection: no end of stream, no bytes nobody asked for."""
+    if isinstance(sock, ssl.SSLSocket) and sock.pending():
+        return False
+    poller = select.poll()
+    poller.register(sock, _POLL_IN)
+    return not poller.poll(0)
 
 
 def _plain_pool(client: redis.Redis) -> bool:
@@ -249,8 +287,8 @@ def _plain_pool(client: redis.Redis) -> bool:
     return type(pool) is redis.ConnectionPool and getattr(pool, "cache", None) is None
 
 
-class _Reader:
-    """GET on a single server over this process's own idle redis-py connections; see the module docstring.
+class _Direct:
+    """Commands to a single server over this process's own idle redis-py connections; see the module docstring.
 
     Any number of threads share it: a thread pops an idle connection (or makes
     one) and appends it back after a clean reply, both atomic without a lock.
@@ -263,42 +301,65 @@ class _Reader:
         self._fallback = client.get
         self._idle: deque = deque()
 
-    def __call__(self, rkey: bytes) -> bytes | None:
+    def get(self, rkey: bytes) -> bytes | None:
+        """GET rkey; sent once more on a new connection when an idle one turns out closed."""
         command = b"*2\r\n$3\r\nGET\r\n$%d\r\n%b\r\n" % (len(rkey), rkey)
         try:
             connection = self._idle.pop()
         except IndexError:
-            return self._on_new_connection(command, rkey)
-        try:
-            return self._ask(connection, command, rkey)
-        except _CLOSED:  # closed while idle: the server was restarted, or dropped idle clients
-            return self._on_new_connection(command, rkey)
+            connection = self._connect()
+        else:
+            try:
+                value = self._ask(connection, command)
+            except _CLOSED:  # closed while idle: the server was restarted, or dropped idle clients
+                connection = self._connect()
+            else:
+                return value if value is not _OTHER else self._fallback(rkey)
+        value = self._ask(connection, command)
+        return value if value is not _OTHER else self._fallback(rkey)
 
-    def _on_new_connection(self, command: bytes, rkey: bytes) -> bytes | None:
+    def call(self, *args):
+        """Any command; sent at most once, on a connection found clean first."""
+        command = _pack_command(args)
+        try:
+            connection = self._idle.pop()
+        except IndexError:
+            connection = self._connect()
+        else:
+            if not _idle_and_clean(connection._sock):
+                connection.disconnect()
+                connection = self._connect()
+        reply = self._ask(connection, command)
+        if reply is _OTHER:
+            raise InvalidResponse("a reply of an unexpected kind")
+        return reply
+
+    def _connect(self):
         connection = self._make()
         try:
             connection.connect()
         except BaseException:
             connection.disconnect()
             raise
-        return self._ask(connection, command, rkey)
+        return connection
 
-    def _ask(self, connection, command: bytes, rkey: bytes) -> bytes | None:
+    def _ask(self, connection, command: bytes):
+        """Send command and read its reply; the connection goes back idle unless it failed (or _OTHER)."""
         sock = connection._sock
         try:
             sock.sendall(command)
-            value = read_get_reply(sock)
+            reply = read_reply(sock)
         except ResponseError:
             self._idle.append(connection)  # the whole reply was read: the connection goes on
             raise
         except BaseException:
             connection.disconnect()
             raise
-        if value is _OTHER:  # not a reply this reader knows: drop the connection, ask the client
+        if reply is _OTHER:  # not a reply this code knows: the connection is out of step
             connection.disconnect()
-            return self._fallback(rkey)
-        self._idle.append(connection)
-        return value
+        else:
+            self._idle.append(connection)
+        return reply
 
     def close(self) -> None:
         while self._idle:
@@ -422,7 +483,11 @@ class RedisStore(Store):
         self._pid = 0
         self._client = None
         self._sentinel = None
-        self._get: Callable[[bytes], bytes | None] | None = None  # this process's GET: a _Reader, or the client's
+        # This process's direct connections (a single server), its GET and its other commands:
+        # the _Direct's, or the client's.
+        self._direct: _Direct | None = None
+        self._get: Callable[[bytes], bytes | None] | None = None
+        self._call: Callable[..., object] | None = None
         self._inherited: list = []  # clients from before a fork: kept referenced, never used
         self._closed = False
 
@@ -462,6 +527,12 @@ class RedisStore(Store):
             self._open()
         return self._get
 
+    def _commands(self) -> Callable[..., object]:
+        """This process's way to send any other command (name, then arguments): its reply."""
+        if self._pid != os.getpid():
+            self._open()
+        return self._call
+
     def _open(self) -> None:
         with self._lock:
             if self._pid == os.getpid():
@@ -469,8 +540,8 @@ class RedisStore(Store):
             if self._closed:
                 raise StoreError(f"{self._name}: the store was used after close()")
             if self._client is not None:  # a fork's parent's: never used here, nor closed
-                self._inherited.append((self._client, self._sentinel, self._get))
-            self._client = self._sentinel = self._get = None
+                self._inherited.append((self._client, self._sentinel, self._direct))
+            self._client = self._sentinel = self._direct = self._get = self._call = None
             no_retries = Retry(NoBackoff(), 0)  # a retry would exceed the configured timeouts
             if self._mode == "single":
                 client = redis.Redis.from_url(self._url, retry=no_retries, **self._options)
@@ -489,20 +560,25 @@ class RedisStore(Store):
                     startup_nodes=[ClusterNode(host, port) for host, port in self._nodes],
                     retry=no_retries, **self._options,
                 )
-            self._get = _Reader(client) if self._mode == "single" and _plain_pool(client) else client.get
+            if self._mode == "single" and _plain_pool(client):
+                self._direct = _Direct(client)
+                self._get = self._direct.get
+                self._call = self._direct.call if hasattr(select, "poll") else client.execute_command
+            else:
+                self._get, self._call = client.get, client.execute_command
             self._client = client
             self._pid = os.getpid()
 
     def close(self) -> None:
         with self._lock:
-            client, sentinel, get = self._client, self._sentinel, self._get
-            self._client = self._sentinel = self._get = None
+            client, sentinel, direct = self._client, self._sentinel, self._direct
+            self._client = self._sentinel = self._direct = self._get = self._call = None
             owned, self._pid = self._pid == os.getpid(), 0
             self._closed = True
         if client is not None and owned:
             try:
-                if isinstance(get, _Reader):
-                    get.close()
+                if direct is not None:
+                    direct.close()
                 client.close()
                 if sentinel is not None:
                     for node in sentinel.sentinels:
@@ -551,11 +627,12 @@ class RedisStore(Store):
             self._breaker_for(rkey)[0].succeeded()
         self._failing = self._breaker.failing or any(b.failing for b in list(self._node_breakers.values()))
 
-    def _eval(self, client, script: _Script, numkeys: int, *args):
+    def _eval(self, call: Callable[..., object], script: _Script, numkeys: int, *args):
+        """Run script through call (the store's _commands(), or a cluster client's execute_command)."""
         try:
-            return client.execute_command("EVALSHA", script.sha, numkeys, *args)
+            return call("EVALSHA", script.sha, numkeys, *args)
         except NoScriptError:  # not cached on this server (restart, failover, SCRIPT FLUSH)
-            return client.execute_command("EVAL", script.text, numkeys, *args)
+            return call("EVAL", script.text, numkeys, *args)
 
     # -------------------------------------------------- the interface
 
@@ -599,7 +676,7 @@ class RedisStore(Store):
         if self._failing:
             self._before_call(rkey)
         try:
-            created = self._eval(self._connection(), _CREATE, 1, rkey, value, _ttl_ms(expires_at, now))
+            created = self._eval(self._commands(), _CREATE, 1, rkey, value, _ttl_ms(expires_at, now))
         except _ERRORS as exc:
             raise self._failed("create", exc, rkey) from None
         if self._failing:
@@ -615,7 +692,7 @@ class RedisStore(Store):
             self._before_call(rkey)
         try:
             outcome = self._eval(
-                self._connection(), _CAS, 1, rkey, _VERSION.pack(expected_version), value,
+                self._commands(), _CAS, 1, rkey, _VERSION.pack(expected_version), value,
                 _ttl_ms(expires_at, now),
             )
         except _ERRORS as exc:
@@ -631,7 +708,7 @@ class RedisStore(Store):
             self._before_call(rkey)
         try:
             times = _TIMES.pack(expires_at, now)
-            touched = self._eval(self._connection(), _TOUCH, 1, rkey, times, _ttl_ms(expires_at, now))
+            touched = self._eval(self._commands(), _TOUCH, 1, rkey, times, _ttl_ms(expires_at, now))
         except _ERRORS as exc:
             raise self._failed("touch", exc, rkey) from None
         if self._failing:
@@ -643,7 +720,7 @@ class RedisStore(Store):
         if self._failing:
             self._before_call(rkey)
         try:
-            self._connection().delete(rkey)
+            self._commands()("DEL", rkey)
         except _ERRORS as exc:
             raise self._failed("delete", exc, rkey) from None
         if self._failing:
@@ -662,11 +739,11 @@ class RedisStore(Store):
             self._before_call(new)
         blamed = old  # the key whose node a failure counts against
         try:
-            client = self._connection()
             if self._atomic_rotate:
-                outcome = self._eval(client, _ROTATE, 2, old, new, expected, value, ttl, tombstone, tombstone_ttl)
+                outcome = self._eval(self._commands(), _ROTATE, 2, old, new, expected, value, ttl, tombstone, tombstone_ttl)
             else:
                 # Cluster rotation (see the module docstring): new key first, then the old one's tombstone.
+                client = self._connection()
                 blamed = new
                 if not client.set(new, value, nx=True, px=ttl):
                     outcome = 2
@@ -682,7 +759,7 @@ class RedisStore(Store):
     def _retire(self, client, old, new, expected, tombstone, tombstone_ttl) -> int:
         """Cluster rotation, second step: the old key's tombstone; the new key goes again when it fails."""
         try:
-            outcome = self._eval(client, _RETIRE, 1, old, expected, tombstone, tombstone_ttl)
+            outcome = self._eval(client.execute_command, _RETIRE, 1, old, expected, tombstone, tombstone_ttl)
         except _ERRORS:
             try:
                 client.delete(new)
