@@ -8,9 +8,11 @@
 # time spent in the kernel (a store's system calls) is not in it.
 #
 #   bench/instructions.sh fastsess-c-memory read [--payload 4KB]
+#   bench/instructions.sh fastsess-py-memory modify    (the pure-Python kernel)
 #
 # Needs valgrind. PYTHON defaults to .venv/bin/python when present.
 set -euo pipefail
+shopt -s inherit_errexit  # a failed run inside $(...) stops the script
 cd "$(dirname "$0")/.."
 [ $# -ge 2 ] || { echo "usage: $0 CONTENDER SCENARIO [--payload 300B|4KB]" >&2; exit 2; }
 command -v valgrind >/dev/null || { echo "valgrind is not installed" >&2; exit 2; }
@@ -32,6 +34,7 @@ per_request() {
     echo $(((b - a) / 20000))
 }
 
+case $1 in fastsess-py-*) export FASTSESS_NO_EXTENSIONS=1 ;; esac  # the harness names contenders by kernel
 contender=$(per_request "$@")
 bare=$(per_request bare-wsgi "$2")
 echo "$1 $2: $contender instructions per request; the bare WSGI app $bare; overhead $((contender - bare))"

@@ -681,10 +681,14 @@ def _native_copy(value: object) -> object:
     if t is list:
         out = value.copy()
         for i, v in enumerate(out):
-            item = _native_copy(v)
-            if item is _NOT_NATIVE:
+            tv = type(v)
+            if tv is dict or tv is list:  # scalars are checked inline, as in the dict loop
+                item = _native_copy(v)
+                if item is _NOT_NATIVE:
+                    return _NOT_NATIVE
+                out[i] = item
+            elif tv not in _NATIVE_SCALARS:
                 return _NOT_NATIVE
-            out[i] = item
         return out
     return _NOT_NATIVE
 
