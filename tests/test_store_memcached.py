@@ -10,6 +10,9 @@ from __future__ import annotations
 import hashlib
 import itertools
 import re
+import socket
+import struct
+import sys
 import threading
 import time
 
@@ -688,3 +691,17 @@ def test_a_downed_node_fails_the_request_or_serves_anonymous_and_never_loses_the
     raising.close()
     anonymous.close()
 
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="kernel timeouts are used on Linux only")
+def test_connections_time_out_in_the_kernel_not_with_pythons_poll(memcached_server):  # noqa: F811
+    store = MemcachedStore(memcached_server.address, key_prefix="kt:", socket_timeout=0.4)
+    try:
+        store.create(b"k" * 32, b"data", time.time() + 60)
+        (node,) = store._nodes.values()
+        (client,) = node.pool._idle
+        assert client.sock.gettimeout() is None
+        seconds, micros = struct.unpack("@ll", client.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16))
+        assert seconds + micros / 1e6 == pytest.approx(0.4)
+    finally:
+        store.close()

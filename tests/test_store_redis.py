@@ -10,6 +10,7 @@ import signal
 import socket
 import struct
 import subprocess
+import sys
 import threading
 import time
 
@@ -530,6 +531,12 @@ class ChunkedSocket:
     def sendall(self, data: bytes) -> None:
         self.sent += data
 
+    def setsockopt(self, *option) -> None:  # kernel timeouts: nothing to do here
+        pass
+
+    def settimeout(self, timeout) -> None:
+        pass
+
     def recv(self, size: int) -> bytes:
         return self._take(size)
 
@@ -647,7 +654,7 @@ class FakeClient:
 def direct():
     FakeConnection.made, FakeConnection.replies = [], []
     client = FakeClient()
-    return redis_store._Direct(client), client
+    return redis_store._Direct(client, 1.0), client
 
 
 def test_direct_get_sends_one_get_and_keeps_the_connection_for_the_next(direct):
@@ -1264,3 +1271,16 @@ def test_middleware_touches_once_per_touch_interval_in_one_round_trip(server):
     record = mw.store.load(key)
     assert record.version == version and record.last_access > time.time() - 0.1
     mw.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="kernel timeouts are used on Linux only")
+def test_direct_connections_time_out_in_the_kernel_not_with_pythons_poll(server):
+    made = RedisStore(url=server.url, key_prefix=prefix(), socket_timeout=0.4)
+    try:
+        made.load(skey("a"))
+        (connection,) = made._direct._idle
+        assert connection._sock.gettimeout() is None
+        seconds, micros = struct.unpack("@ll", connection._sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16))
+        assert seconds + micros / 1e6 == pytest.approx(0.4)
+    finally:
+        made.close()

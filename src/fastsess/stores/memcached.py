@@ -124,6 +124,7 @@ from .base import (
     WriteResult,
     check_timeouts,
     fork_safe_lock,
+    kernel_timeouts,
 )
 from .breaker import CircuitBreaker
 
@@ -212,8 +213,15 @@ def _rendezvous_score(text: str, seed: int) -> int:
 class _MetaClient(Client):
     """A pymemcache Client that also sends one meta-protocol command and reads its reply."""
 
+    def _connect(self) -> None:
+        super()._connect()
+        kernel_timeouts(self.sock, self.timeout)
+
     def meta(self, command: bytes) -> tuple[bytes, bytes | None]:
-        """(status line, value or None). Any failure closes the connection, as Client does."""
+        """(status line, value or None). Any failure closes the connection, as Client does.
+
+        A read or write that timed out in the kernel (BlockingIOError) is a TimeoutError.
+        """
         if self.sock is None:
             self._connect()
         try:
@@ -227,6 +235,9 @@ class _MetaClient(Client):
             if buf:  # one command, one reply: anything more means the stream is out of step
                 raise MemcacheUnknownError("unexpected bytes after a reply")
             return line, value
+        except BlockingIOError:
+            self.close()
+            raise TimeoutError("timed out") from None
         except Exception:
             self.close()
             raise
@@ -400,7 +411,8 @@ class MemcachedStore(Store):
     def _failure(self, node: _Node, exc: Exception) -> StoreError:
         if isinstance(exc, _CONNECTION_ERRORS):
             node.breaker.failed()
-            reason = "timed out" if isinstance(exc, socket.timeout) else f"{type(exc).__name__}: {exc}"
+            timed_out = isinstance(exc, (socket.timeout, BlockingIOError))  # BlockingIOError: a kernel timeout
+            reason = "timed out" if timed_out else f"{type(exc).__name__}: {exc}"
             return StoreError(f"memcached {node.name} failed: {reason}")
         if isinstance(exc, MemcacheUnknownCommandError):
             return StoreError(

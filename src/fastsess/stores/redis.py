@@ -102,6 +102,7 @@ from .base import (
     WriteResult,
     check_timeouts,
     fork_safe_lock,
+    kernel_timeouts,
 )
 from .breaker import CircuitBreaker
 
@@ -295,10 +296,11 @@ class _Direct:
     A connection that failed is disconnected and dropped.
     """
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, socket_timeout: float) -> None:
         pool = client.connection_pool
         self._make = lambda: pool.connection_class(**pool.connection_kwargs)
         self._fallback = client.get
+        self._timeout = socket_timeout
         self._idle: deque = deque()
 
     def get(self, rkey: bytes) -> bytes | None:
@@ -338,6 +340,7 @@ class _Direct:
         connection = self._make()
         try:
             connection.connect()
+            kernel_timeouts(connection._sock, self._timeout)
         except BaseException:
             connection.disconnect()
             raise
@@ -352,6 +355,9 @@ class _Direct:
         except ResponseError:
             self._idle.append(connection)  # the whole reply was read: the connection goes on
             raise
+        except BlockingIOError:  # the kernel's timeout (stores.base.kernel_timeouts)
+            connection.disconnect()
+            raise TimeoutError("Timeout reading from or writing to the socket") from None
         except BaseException:
             connection.disconnect()
             raise
@@ -561,7 +567,7 @@ class RedisStore(Store):
                     retry=no_retries, **self._options,
                 )
             if self._mode == "single" and _plain_pool(client):
-                self._direct = _Direct(client)
+                self._direct = _Direct(client, self._options["socket_timeout"])
                 self._get = self._direct.get
                 self._call = self._direct.call if hasattr(select, "poll") else client.execute_command
             else:
