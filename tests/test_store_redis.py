@@ -1284,3 +1284,14 @@ def test_direct_connections_time_out_in_the_kernel_not_with_pythons_poll(server)
         assert seconds + micros / 1e6 == pytest.approx(0.4)
     finally:
         made.close()
+
+
+def test_direct_connections_ask_for_no_pushes(server):
+    made = RedisStore(url=server.url, key_prefix=prefix())
+    try:
+        made.load(skey("a"))
+        (connection,) = made._direct._idle
+        config = getattr(connection, "maint_notifications_config", None)
+        assert config is None or config.enabled is False  # redis-py before 7 has no such pushes
+    finally:
+        made.close()

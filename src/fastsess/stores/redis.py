@@ -288,6 +288,21 @@ def _plain_pool(client: redis.Redis) -> bool:
     return type(pool) is redis.ConnectionPool and getattr(pool, "cache", None) is None
 
 
+def _without_pushes(options: dict) -> dict:
+    """Connection options that turn off what makes a server push messages unasked.
+
+    redis-py 7 and later ask a server that offers them for maintenance
+    notifications (RESP3 pushes announcing a failover); a push between a
+    command and its reply would fail a direct write. Direct connections do
+    without: the client's own connections still get them.
+    """
+    if "maint_notifications_config" not in options:
+        return dict(options)
+    from redis.maint_notifications import MaintNotificationsConfig
+
+    return {**options, "maint_notifications_config": MaintNotificationsConfig(enabled=False)}
+
+
 class _Direct:
     """Commands to a single server over this process's own idle redis-py connections; see the module docstring.
 
@@ -298,7 +313,8 @@ class _Direct:
 
     def __init__(self, client: redis.Redis, socket_timeout: float) -> None:
         pool = client.connection_pool
-        self._make = lambda: pool.connection_class(**pool.connection_kwargs)
+        options = _without_pushes(pool.connection_kwargs)
+        self._make = lambda: pool.connection_class(**options)
         self._fallback = client.get
         self._timeout = socket_timeout
         self._idle: deque = deque()
