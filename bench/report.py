@@ -215,7 +215,8 @@ def check_targets(rows: list[Row]) -> list[Target]:
             out.append(Target(what, goal, "-", "not measured"))
             return
         ok = a.overhead_us <= b.overhead_us + allowance
-        measured = f"{a.overhead_us:.2f} us = GET + {a.overhead_us - b.overhead_us:.2f} us"
+        gap = a.overhead_us - b.overhead_us
+        measured = f"{a.overhead_us:.2f} us = GET {'-' if gap < 0 else '+'} {abs(gap):.2f} us"
         out.append(Target(what, goal, measured, "ok" if ok else "MISS"))
 
     overhead("fastsess-c cookie", "read 300B", 3)
