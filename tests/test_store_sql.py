@@ -832,3 +832,86 @@ def test_a_table_name_that_names_beakers_table_is_a_config_error_at_startup(sqli
             "session.type": "ext:database", "session.url": sqlite_url, "session.table_name": "beaker_cache",
             "session.secret": SECRET, "session.timeout": 60, "session.on_store_error": "anonymous",
         })
+
+
+# ---------------------------------------------------------------- SQLite loads through the driver
+
+
+def test_sqlite_loads_go_to_the_driver_with_the_statement_compiled_once(sqlite_url):
+    store = SqlStore(url=sqlite_url)
+    try:
+        assert store._load_sql is not None and store._load_sql.startswith("SELECT")
+        seen = statements(store.engine)
+        store.create(skey("a"), b"data", time.time() + TTL)
+        record = store.load(skey("a"))
+        assert record.blob == b"data" and isinstance(record.version, int)
+        assert isinstance(record.expires_at, float) and isinstance(record.last_access, float)
+        assert store.load(skey("missing")) is None
+        assert not [sql for sql in seen if sql.startswith("SELECT")]  # SQLAlchemy's execution was skipped
+    finally:
+        store.close()
+
+
+def test_a_table_with_types_the_driver_path_does_not_know_loads_through_sqlalchemy(sqlite_url):
+    class Blob(sa.LargeBinary):  # a user's type: its result processing must run
+        def result_processor(self, dialect, coltype):
+            return lambda value: None if value is None else bytes(value)
+
+    table = sessions_table("decorated")
+    table = sa.Table(
+        "decorated", sa.MetaData(), *(
+            sa.Column(c.name, Blob() if c.name == "data" else c.type, primary_key=c.primary_key, nullable=c.nullable)
+            for c in table.columns
+        ),
+    )
+    store = SqlStore(url=sqlite_url, table=table)
+    try:
+        assert store._load_sql is None
+        store.create(skey("a"), b"data", time.time() + TTL)
+        assert store.load(skey("a")).blob == b"data"
+    finally:
+        store.close()
+
+
+def test_postgres_loads_go_through_sqlalchemy(pg_store):
+    assert pg_store._load_sql is None  # its statement watchdog listens to SQLAlchemy's execution
+
+
+def test_a_driver_error_on_load_is_a_store_error_that_shows_no_key(sqlite_url):
+    store = SqlStore(url=sqlite_url)
+    try:
+        store.create(skey("a"), b"data", time.time() + TTL)
+        with store.engine.begin() as conn:
+            conn.execute(sa.text(f"ALTER TABLE {store.table.name} RENAME COLUMN data TO gone"))
+        with pytest.raises(StoreError) as caught:
+            store.load(skey("a"))
+        assert skey("a").hex() not in str(caught.value)  # parameters stay hidden
+    finally:
+        store.close()
+
+
+def test_a_load_on_a_pooled_connection_closed_underneath_runs_again_on_a_new_one(sqlite_url):
+    store = SqlStore(url=sqlite_url)
+    try:
+        store.create(skey("a"), b"data", time.time() + TTL)
+        assert store.load(skey("a")).blob == b"data"
+        (idle,) = store.engine.pool._pool.queue  # the pool's one idle connection record
+        idle.dbapi_connection.close()  # the driver connection dies while it idles in the pool
+        assert store.load(skey("a")).blob == b"data"  # invalidated, then once more on a new connection
+        assert not store._breaker.failing
+    finally:
+        store.close()
+
+
+def test_an_unopenable_sqlite_database_is_a_store_error_on_load(tmp_path):
+    path = tmp_path / "sessions.sqlite"
+    store = SqlStore(url=f"sqlite:///{path}")
+    try:
+        store.create(skey("a"), b"data", time.time() + TTL)
+        store.engine.dispose()
+        path.unlink()
+        path.mkdir()  # a directory where the database was: it cannot be opened
+        with pytest.raises(StoreError):
+            store.load(skey("a"))
+    finally:
+        store.close()

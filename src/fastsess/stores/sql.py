@@ -138,6 +138,10 @@ class _Changed(Exception):
     """Rolls a transaction back: the row changed although it was locked."""
 
 
+#: column types whose values the SQLite driver returns as SQLAlchemy would (no result processing)
+_DRIVER_TYPES = (sa.String, sa.BigInteger, sa.SmallInteger, sa.Integer, sa.Double, sa.Float, sa.LargeBinary)
+
+
 def _missing_table(exc: sa_exc.SQLAlchemyError) -> bool:
     """True when the database answered that the table does not exist."""
     orig = getattr(exc, "orig", None)
@@ -523,6 +527,12 @@ class SqlStore(Store):
             version=sa.bindparam("v"), expires_at=sa.bindparam("e"), last_access=now, data=sa.bindparam("d")
         )
         self._load = sa.select(*columns).where(c["key"] == k)
+        # SQLite through its standard driver, with the column types sessions_table() makes: a load's
+        # statement goes straight to the driver (_driver_row), as compiled once here.
+        plain = all(type(column.type) in _DRIVER_TYPES for column in (c["key"], *columns))
+        driver = self._sqlite and self.engine.dialect.driver == "pysqlite" and plain
+        self._load_sql = str(self._load.compile(dialect=self.engine.dialect)) if driver else None
+        self._dbapi = self.engine.dialect.loaded_dbapi
         self._load_for_update = self._load.with_for_update()
         self._insert = sa.insert(t).values(key=k, kind=sa.bindparam("kind"), **values)
         self._delete_dead = sa.delete(t).where(
@@ -650,13 +660,53 @@ class SqlStore(Store):
         return record
 
     def _do_load(self, key: bytes) -> LoadResult:
-        with self._single.connect() as conn:
-            row = conn.execute(self._load, {"k": self._key(key)}).first()
+        if self._load_sql is not None:
+            row = self._driver_row(self._key(key))
+        else:
+            with self._single.connect() as conn:
+                row = conn.execute(self._load, {"k": self._key(key)}).first()
         if row is None:
             return None
         if row[2] is not None and row[2] < self.clock():
             return EXPIRED if row[1] == _RECORD else None
         return self._record(row)
+
+    def _driver_row(self, k) -> tuple | None:
+        """SQLite: the load's row through the driver's own cursor.
+
+        SQLAlchemy's execution (a Connection, the compiled-cache lookup, an
+        execution context, a result object) is over two thirds of a load's
+        instructions, and a load is one plain SELECT by primary key. The
+        connection still comes from, and goes back to, the engine's pool (which
+        rolls back on return, as for any other use). A driver error is raised
+        as SQLAlchemy would raise it (wrapped, parameters hidden, the
+        connection invalidated when the dialect calls it a disconnect), so
+        _run() handles it as any other.
+        """
+        try:
+            connection = self.engine.raw_connection()
+        except self._dbapi.Error as exc:  # the database cannot be opened
+            raise sa_exc.DBAPIError.instance(
+                None, None, exc, self._dbapi.Error, hide_parameters=True, dialect=self.engine.dialect
+            ) from None
+        try:
+            cursor = connection.cursor()
+            try:
+                cursor.execute(self._load_sql, (k,))
+                return cursor.fetchone()
+            finally:
+                cursor.close()
+        except self._dbapi.Error as exc:
+            dialect = self.engine.dialect
+            gone = dialect.is_disconnect(exc, connection.dbapi_connection, None)
+            if gone:
+                connection.invalidate(exc)
+            raise sa_exc.DBAPIError.instance(
+                self._load_sql, (k,), exc, self._dbapi.Error,
+                hide_parameters=True, connection_invalidated=gone, dialect=dialect,
+            ) from None
+        finally:
+            connection.close()
 
     def create(self, key: bytes, blob: bytes, expires_at: float) -> WriteResult:
         return self._run("create", self._do_create, key, blob, expires_at)
