@@ -18,11 +18,13 @@ import time
 
 import pytest
 import webtest
+from pymemcache.exceptions import MemcacheUnexpectedCloseError, MemcacheUnknownError
 
+from chunked_socket import ChunkedSocket, every_split
 from fastsess import SessionMiddleware, core
 from fastsess.errors import ConfigError, SessionTooLarge, StoreError
 from fastsess.stores.base import CONFLICT, EXISTS, GONE, TOMBSTONE, StoredRecord
-from fastsess.stores.memcached import MemcachedStore, _MetaClient, parse_servers
+from fastsess.stores.memcached import MemcachedStore, _MetaClient, parse_servers, read_meta_reply
 from server_memcached import command, memcached_server, memcached_servers, start_server  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.servers
@@ -705,3 +707,53 @@ def test_connections_time_out_in_the_kernel_not_with_pythons_poll(memcached_serv
         assert seconds + micros / 1e6 == pytest.approx(0.4)
     finally:
         store.close()
+
+
+# ---------------------------------------------------------------- the meta reply reader
+
+
+@pytest.mark.parametrize(
+    ("reply", "line", "value"),
+    [
+        (b"VA 5 c12 t-1\r\nhello\r\n", b"VA 5 c12 t-1", b"hello"),
+        (b"VA 0\r\n\r\n", b"VA 0", b""),
+        (b"VA 4 c1\r\na\r\nb\r\n", b"VA 4 c1", b"a\r\nb"),  # a value may hold CRLF
+        (b"EN\r\n", b"EN", None),
+        (b"HD c7\r\n", b"HD c7", None),
+        (b"NS\r\n", b"NS", None),
+        (b"SERVER_ERROR out of memory\r\n", b"SERVER_ERROR out of memory", None),
+    ],
+)
+def test_meta_reply_is_read_however_the_bytes_arrive(reply, line, value):
+    for pieces in every_split(reply):
+        sock = ChunkedSocket(pieces)
+        assert read_meta_reply(sock) == (line, value)
+        assert sock.pieces == []  # read to its end, and no further
+
+
+def test_meta_reply_with_a_value_longer_than_the_first_read():
+    value = bytes(range(256)) * 200  # 51,200 bytes
+    reply = b"VA %d c3 t60\r\n%b\r\n" % (len(value), value)
+    for pieces in ([reply], [reply[:7], reply[7:30000], reply[30000:]], [reply[:-1], reply[-1:]]):
+        assert read_meta_reply(ChunkedSocket(pieces)) == (b"VA %d c3 t60" % len(value), value)
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        b"VA 5\r\nhello\r\nEN\r\n",  # bytes beyond the reply: the stream is out of step
+        b"EN\r\nHD\r\n",
+        b"VA 5\r\nhelloXY",  # no CRLF after the value
+        b"VA x\r\nhello\r\n",  # not a length
+        b"VA -1\r\n",
+    ],
+)
+def test_a_malformed_meta_reply_is_refused(reply):
+    with pytest.raises(MemcacheUnknownError):
+        read_meta_reply(ChunkedSocket([reply]))
+
+
+@pytest.mark.parametrize("pieces", [[], [b"VA 5\r\nhel"], [b"VA 5"]])
+def test_the_end_of_the_stream_within_a_meta_reply_is_an_unexpected_close(pieces):
+    with pytest.raises(MemcacheUnexpectedCloseError):
+        read_meta_reply(ChunkedSocket(pieces))

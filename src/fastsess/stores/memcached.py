@@ -103,7 +103,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 
-from pymemcache.client.base import Client, _readline, _readvalue
+from pymemcache.client.base import Client
 from pymemcache.client.rendezvous import RendezvousHash
 from pymemcache.exceptions import (
     MemcacheError,
@@ -210,6 +210,61 @@ def _rendezvous_score(text: str, seed: int) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
 
 
+#: bytes asked of the socket by a reply's first read; a longer value is read on into a buffer of its size
+_FIRST_READ = 8192
+#: the longest status line read_meta_reply waits for
+_MAX_LINE = 8192
+
+
+def read_meta_reply(sock: socket.socket) -> tuple[bytes, bytes | None]:
+    """(status line, value or None) of one meta command's reply, read from sock.
+
+    A value comes after a "VA <size> ..." line and ends with CRLF. The end of
+    the stream raises MemcacheUnexpectedCloseError; a malformed reply, or bytes
+    beyond it (one command, one reply: the stream would be out of step),
+    MemcacheUnknownError. The socket's timeout bounds every read.
+    """
+    buf = sock.recv(_FIRST_READ)
+    end = buf.find(b"\r\n")
+    while end < 0:
+        if not buf:
+            raise MemcacheUnexpectedCloseError()
+        if len(buf) > _MAX_LINE:
+            raise MemcacheUnknownError("reply line too long")
+        more = sock.recv(_FIRST_READ)
+        if not more:
+            raise MemcacheUnexpectedCloseError()
+        buf += more
+        end = buf.find(b"\r\n")
+    line = buf[:end]
+    if not line.startswith(b"VA "):
+        if len(buf) != end + 2:
+            raise MemcacheUnknownError("unexpected bytes after a reply")
+        return line, None
+    try:
+        size = int(line.split(b" ", 2)[1])
+    except ValueError:
+        raise MemcacheUnknownError("malformed value length") from None
+    if size < 0:
+        raise MemcacheUnknownError("malformed value length")
+    start = end + 2
+    total = start + size + 2
+    if len(buf) < total:  # the rest of a long value: read into a buffer of its size
+        whole = bytearray(total)
+        whole[: len(buf)] = buf
+        view = memoryview(whole)
+        have = len(buf)
+        while have < total:
+            got = sock.recv_into(view[have:])
+            if not got:
+                raise MemcacheUnexpectedCloseError()
+            have += got
+        buf = bytes(whole)
+    if len(buf) != total or buf[total - 2:] != b"\r\n":
+        raise MemcacheUnknownError("unexpected bytes after a reply")
+    return line, buf[start:total - 2]
+
+
 class _MetaClient(Client):
     """A pymemcache Client that also sends one meta-protocol command and reads its reply."""
 
@@ -226,14 +281,9 @@ class _MetaClient(Client):
             self._connect()
         try:
             self.sock.sendall(command)
-            buf, line = _readline(self.sock, b"")
-            value = None
-            if line.startswith(b"VA "):
-                buf, value = _readvalue(self.sock, buf, int(line.split(b" ", 2)[1]))
-            else:
+            line, value = read_meta_reply(self.sock)
+            if value is None:
                 self._raise_errors(line, b"meta")
-            if buf:  # one command, one reply: anything more means the stream is out of step
-                raise MemcacheUnknownError("unexpected bytes after a reply")
             return line, value
         except BlockingIOError:
             self.close()
