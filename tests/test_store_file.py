@@ -441,6 +441,30 @@ def test_a_new_record_is_renamed_into_place(store, monkeypatch):
     assert store.load(skey("a")).blob == b"one"
 
 
+@pytest.mark.skipif(file_module._renameat2 is None, reason="renameat2 is Linux-only")
+def test_a_create_renames_without_asking_for_an_exchange_first(store, monkeypatch):
+    exchanges = []
+    renameat2, get_errno = file_module._renameat2
+
+    def counting(*args):
+        exchanges.append(args)
+        return renameat2(*args)
+
+    monkeypatch.setattr(file_module, "_renameat2", (counting, get_errno))
+    version = store.create(skey("a"), b"one", T0 + TTL)
+    assert exchanges == []  # nothing at the path: an exchange would only fail with ENOENT
+    store.cas(skey("a"), b"two", version, T0 + TTL)
+    assert len(exchanges) == 1  # a rewrite still exchanges
+
+
+def test_a_create_over_an_expired_record_replaces_it(store, clock):
+    store.create(skey("a"), b"old", T0 + 10)
+    clock.now = T0 + 20
+    version = store.create(skey("a"), b"new", T0 + TTL)
+    assert isinstance(version, int) and store.load(skey("a")).blob == b"new"
+    assert [p.name for p in record_path(store, skey("a")).parent.iterdir()] == [record_path(store, skey("a")).name]
+
+
 def test_a_filesystem_that_refuses_the_exchange_falls_back_to_replace(store, monkeypatch):
     def refuse(*args):
         ctypes.set_errno(errno.EINVAL)

@@ -393,8 +393,10 @@ class FileStore(Store):
             return None
 
     def _write(
-        self, path: str, kind: int, version: int, blob: bytes, expires_at: float, last_access: float
+        self, path: str, kind: int, version: int, blob: bytes, expires_at: float, last_access: float,
+        fresh: bool = False,
     ) -> None:
+        """Write the file at path through a temporary one; fresh: nothing is expected at path (see _move_in)."""
         data = _encode(kind, version, expires_at, last_access, blob)
         tmp = f"{path}.{os.urandom(4).hex()}.tmp"
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC
@@ -416,7 +418,7 @@ class FileStore(Store):
             # atime just after mtime (and after ctime, for a live record) keeps
             # relatime mounts from writing an atime update on every load.
             os.utime(tmp, ns=(mtime + 1, mtime))
-            self._move_in(tmp, path)
+            self._move_in(tmp, path, fresh)
             if self.fsync:
                 self._fsync_dir(os.path.dirname(path))
         except OSError as exc:
@@ -426,9 +428,14 @@ class FileStore(Store):
                 pass
             raise self._error("write a session file", exc) from None
 
-    def _move_in(self, tmp: str, path: str) -> None:
-        """Put the file tmp at path atomically: exchange the two names where possible, else os.replace."""
-        if self._exchange:
+    def _move_in(self, tmp: str, path: str, fresh: bool = False) -> None:
+        """Put the file tmp at path atomically: exchange the two names where possible, else os.replace.
+
+        fresh: the caller found nothing at path (a create), so an exchange would
+        fail and a rename adds the file; should a file be there after all, the
+        rename still replaces it atomically, only slower on ext4.
+        """
+        if self._exchange and not fresh:
             renameat2, get_errno = _renameat2
             if renameat2(_AT_FDCWD, os.fsencode(tmp), _AT_FDCWD, os.fsencode(path), _RENAME_EXCHANGE) == 0:
                 try:
@@ -480,7 +487,7 @@ class FileStore(Store):
             if self._current(path, now) is not None:
                 return EXISTS
             version = _new_version()
-            self._write(path, _RECORD, version, blob, expires_at, now)
+            self._write(path, _RECORD, version, blob, expires_at, now, fresh=True)
             return version
 
     def cas(self, key: bytes, blob: bytes, expected_version: int, expires_at: float) -> WriteResult:
