@@ -10,8 +10,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import re
-import socket
-import struct
 import sys
 import threading
 import time
@@ -26,6 +24,7 @@ from fastsess.errors import ConfigError, SessionTooLarge, StoreError
 from fastsess.stores.base import CONFLICT, EXISTS, GONE, TOMBSTONE, StoredRecord
 from fastsess.stores.memcached import MemcachedStore, _MetaClient, parse_servers, read_meta_reply
 from server_memcached import command, memcached_server, memcached_servers, start_server  # noqa: F401 - fixtures
+from test_store_timeouts import receive_timeout
 
 pytestmark = pytest.mark.servers
 
@@ -703,8 +702,7 @@ def test_connections_time_out_in_the_kernel_not_with_pythons_poll(memcached_serv
         (node,) = store._nodes.values()
         (client,) = node.pool._idle
         assert client.sock.gettimeout() is None
-        seconds, micros = struct.unpack("@ll", client.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16))
-        assert seconds + micros / 1e6 == pytest.approx(0.4)
+        assert receive_timeout(client.sock) == pytest.approx(0.4)
     finally:
         store.close()
 

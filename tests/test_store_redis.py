@@ -29,6 +29,7 @@ from fastsess.stores.base import CONFLICT, EXISTS, GONE, TOMBSTONE, StoredRecord
 from fastsess.stores.breaker import CircuitBreaker
 from fastsess.stores.redis import RedisStore
 from test_store_contract import T0, TTL, FakeClock, join_or_kill, skey
+from test_store_timeouts import receive_timeout
 
 pytestmark = pytest.mark.servers
 
@@ -1239,8 +1240,7 @@ def test_direct_connections_time_out_in_the_kernel_not_with_pythons_poll(server)
         made.load(skey("a"))
         (connection,) = made._direct._idle
         assert connection._sock.gettimeout() is None
-        seconds, micros = struct.unpack("@ll", connection._sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16))
-        assert seconds + micros / 1e6 == pytest.approx(0.4)
+        assert receive_timeout(connection._sock) == pytest.approx(0.4)
     finally:
         made.close()
 

@@ -223,6 +223,24 @@ def kernel_timeouts(sock: socket.socket, timeout: float) -> bool:
     return True
 
 
+def read_through(sock: socket.socket, buf: bytes, total: int) -> bytes | None:
+    """buf and what follows it on sock, `total` bytes in all; None at the end of the stream.
+
+    For a reply whose length its first line gave: the rest is read straight
+    into one buffer of that size, never by joining pieces.
+    """
+    whole = bytearray(total)
+    whole[: len(buf)] = buf
+    view = memoryview(whole)
+    have = len(buf)
+    while have < total:
+        got = sock.recv_into(view[have:])
+        if not got:
+            return None
+        have += got
+    return bytes(whole)
+
+
 # ---------------------------------------------------------------- locks across fork()
 
 #: owner -> how many striped locks owner._locks holds (None: one lock, owner._lock)

@@ -125,6 +125,7 @@ from .base import (
     check_timeouts,
     fork_safe_lock,
     kernel_timeouts,
+    read_through,
 )
 from .breaker import CircuitBreaker
 
@@ -249,17 +250,10 @@ def read_meta_reply(sock: socket.socket) -> tuple[bytes, bytes | None]:
         raise MemcacheUnknownError("malformed value length")
     start = end + 2
     total = start + size + 2
-    if len(buf) < total:  # the rest of a long value: read into a buffer of its size
-        whole = bytearray(total)
-        whole[: len(buf)] = buf
-        view = memoryview(whole)
-        have = len(buf)
-        while have < total:
-            got = sock.recv_into(view[have:])
-            if not got:
-                raise MemcacheUnexpectedCloseError()
-            have += got
-        buf = bytes(whole)
+    if len(buf) < total:  # the rest of a long value
+        buf = read_through(sock, buf, total)
+        if buf is None:
+            raise MemcacheUnexpectedCloseError()
     if len(buf) != total or buf[total - 2:] != b"\r\n":
         raise MemcacheUnknownError("unexpected bytes after a reply")
     return line, buf[start:total - 2]

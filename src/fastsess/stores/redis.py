@@ -103,6 +103,7 @@ from .base import (
     check_timeouts,
     fork_safe_lock,
     kernel_timeouts,
+    read_through,
 )
 from .breaker import CircuitBreaker
 
@@ -232,17 +233,10 @@ def read_reply(sock: socket.socket):
             return None
         start = end + 2
         total = start + size + 2
-        if len(buf) < total:  # the rest of a long value: read into a buffer of its size
-            whole = bytearray(total)
-            whole[: len(buf)] = buf
-            view = memoryview(whole)
-            have = len(buf)
-            while have < total:
-                got = sock.recv_into(view[have:])
-                if not got:
-                    raise _ClosedByServer("connection closed by the server")
-                have += got
-            buf = bytes(whole)
+        if len(buf) < total:  # the rest of a long value
+            buf = read_through(sock, buf, total)
+            if buf is None:
+                raise _ClosedByServer("connection closed by the server")
         if len(buf) != total or buf[total - 2:] != b"\r\n":
             raise InvalidResponse("bulk string not followed by the end of the reply")
         return buf[start:total - 2]
