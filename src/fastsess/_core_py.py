@@ -666,27 +666,15 @@ def _native_copy(value: object) -> object:
     t = type(value)
     if t in _NATIVE_SCALARS:
         return value
-    if t is dict:
+    if t is dict or t is list:
         out = value.copy()
-        for k, v in value.items():
+        for k, v in value.items() if t is dict else enumerate(value):
             tv = type(v)
-            if tv is dict or tv is list:
+            if tv is dict or tv is list:  # scalars are checked here, not by a call each
                 item = _native_copy(v)
                 if item is _NOT_NATIVE:
                     return _NOT_NATIVE
                 out[k] = item
-            elif tv not in _NATIVE_SCALARS:
-                return _NOT_NATIVE
-        return out
-    if t is list:
-        out = value.copy()
-        for i, v in enumerate(out):
-            tv = type(v)
-            if tv is dict or tv is list:  # scalars are checked inline, as in the dict loop
-                item = _native_copy(v)
-                if item is _NOT_NATIVE:
-                    return _NOT_NATIVE
-                out[i] = item
             elif tv not in _NATIVE_SCALARS:
                 return _NOT_NATIVE
         return out

@@ -1383,17 +1383,14 @@ class Session:
     def _merge_write(self, s: _State, service: SessionService, key: bytes, expires_at: float, now: float):
         """On CONFLICT: merge with the stored record, under the store's lock if it has one."""
         store = service.store
-        if store.has_locked_update:
-            # One thread per process at a time waits for the store's lock: a database row
-            # lock's queue counts toward its statement timeout, and holds a connection each.
-            with service.merge_lock(key):
+        with service.merge_lock(key):  # threads of one process take turns, whichever way the store merges
+            if store.has_locked_update:
                 return store.locked_update(
                     key,
                     lambda current: (
                         service.seal_record(key, self._merged_blob(s, service, key, current, now)), expires_at
                     ),
                 )
-        with service.merge_lock(key):
             for attempt in range(MAX_CAS_ATTEMPTS):
                 current = _reload(store, key)
                 if not isinstance(current, StoredRecord):
