@@ -1,18 +1,18 @@
 """The kernel's SHA-256 and HMAC-SHA256: store keys, HMAC, id-cookie tags, signed cookies.
 
-The C kernel hashes on the CPU's SHA extensions where it has them and on
-OpenSSL's SHA-256 otherwise; FASTSESS_NO_SHA_NI=1 forces OpenSSL's. Every test
-runs against both kernels through the `core` fixture, and one runs the kernel
-tests again in a fresh interpreter with FASTSESS_NO_SHA_NI=1, so that both C
-paths stay tested on a machine that has the extensions.
+The C kernel calls OpenSSL's SHA-256 directly where it can find it through the
+standard library's _hashlib, and goes through hashlib otherwise;
+FASTSESS_NO_LIBCRYPTO=1 forces hashlib. Every test runs against both kernels
+through the `core` fixture, and one runs the kernel tests again in a fresh
+interpreter with FASTSESS_NO_LIBCRYPTO=1, so that both C paths stay tested.
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import hmac
 import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -28,7 +28,7 @@ TESTS = Path(__file__).resolve().parent
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 KEY = bytes(range(32))
 
-#: the kernel test files that the OpenSSL path runs again (test_core_sha.py included)
+#: the kernel test files that the hashlib path runs again (test_core_sha.py included)
 KERNEL_TESTS = ("test_core.py", "test_core_seal.py", "test_core_sha.py")
 
 
@@ -137,7 +137,7 @@ def test_hmac_sha256_refuses_what_the_reference_refuses(core):
 
 
 def test_id_cookie_and_signed_cookie_tags_are_the_documented_hmacs(core):
-    # bytes and bytearray keys give one tag: the second takes the OpenSSL path.
+    # bytes and bytearray keys give one tag: the second takes the hashlib path.
     for key in (KEY, bytes(100), b""):
         for name in ("session", "s" * 300):
             value = core.sign_id("A" * 43, key, 3, name)
@@ -172,54 +172,72 @@ def test_every_bit_of_an_id_cookie_tag_counts(core):
 # ---------------------------------------------------------------- which SHA-256 the C kernel runs
 
 
-def cpu_has_sha_extensions() -> bool | None:
-    """What /proc/cpuinfo says of SHA-NI with SSSE3 and SSE4.1; None where there is no such file."""
-    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "i386"):
+def libcrypto_reachable() -> bool:
+    """Whether OpenSSL's SHA256_Init can be found through the standard library's _hashlib, asked of ctypes."""
+    import _hashlib
+
+    path = getattr(_hashlib, "__file__", None)
+    if not path:
         return False
     try:
-        text = Path("/proc/cpuinfo").read_text()
+        return hasattr(ctypes.CDLL(path), "SHA256_Init")
     except OSError:
-        return None
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return {"sha_ni", "ssse3", "sse4_1"} <= set(flags)
+        return False
 
 
 def forced_off() -> bool:
-    return os.environ.get("FASTSESS_NO_SHA_NI", "") not in ("", "0")
+    return os.environ.get("FASTSESS_NO_LIBCRYPTO", "") not in ("", "0")
 
 
-def run_with_openssl_sha256(code: str) -> subprocess.CompletedProcess:
-    """Run `code` in a fresh interpreter with FASTSESS_NO_SHA_NI=1 and this fastsess first on the path."""
+def run_through_hashlib(code: str, **environ: str) -> subprocess.CompletedProcess:
+    """Run `code` in a fresh interpreter with FASTSESS_NO_LIBCRYPTO=1 (unless environ says otherwise)
+    and this fastsess first on the path."""
     src = str(Path(fastsess.__file__).resolve().parents[1])
-    env = dict(os.environ, FASTSESS_NO_SHA_NI="1")
+    env = {**os.environ, "FASTSESS_NO_LIBCRYPTO": "1", **environ}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
     return subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=TESTS.parent, env=env, timeout=300
     )
 
 
-def test_the_c_kernel_uses_the_sha_extensions_where_the_cpu_has_them(c_core):
-    has = cpu_has_sha_extensions()
-    if has is None:
-        pytest.skip("no /proc/cpuinfo to tell what this CPU has")
-    if has and not forced_off():
-        assert c_core._sha256_backend() == "sha-ni"
+def test_the_c_kernel_calls_openssl_directly_where_the_standard_library_links_it(c_core):
+    if libcrypto_reachable() and not forced_off():
+        assert c_core._sha256_backend() == "libcrypto"
     else:
-        assert c_core._sha256_backend() == "openssl"
+        assert c_core._sha256_backend() == "hashlib"
 
 
-def test_fastsess_no_sha_ni_forces_openssl(c_core):
-    result = run_with_openssl_sha256("from fastsess import _core\nprint(_core._sha256_backend())")
+def test_fastsess_no_libcrypto_forces_hashlib(c_core):
+    result = run_through_hashlib("from fastsess import _core\nprint(_core._sha256_backend())")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "openssl"
+    assert result.stdout.strip() == "hashlib"
 
 
-def test_the_kernel_tests_pass_on_openssl_sha256(c_core):
-    if c_core._sha256_backend() == "openssl":
-        pytest.skip("this run is on OpenSSL's SHA-256 already")
+def test_the_c_kernel_carries_no_sha256_of_its_own(c_core):
+    # SPEC 1: no hand-written crypto. A SHA-256 compression needs the 64 round
+    # constants of FIPS 180-4; the first four, as 32-bit words in either byte order,
+    # appear nowhere in the built extension.
+    binary = Path(c_core.__file__).read_bytes()
+    words = (0x428A2F98, 0x71374491, 0xB5C0FBCF, 0xE9B5DBA5)
+    for order in ("little", "big"):
+        assert b"".join(w.to_bytes(4, order) for w in words) not in binary
+
+
+def test_the_c_kernel_hashes_right_with_the_cpus_sha_extensions_turned_off_in_openssl(c_core):
+    code = "from fastsess import _core\nprint(_core._sha256_backend(), _core.store_key('abc').hex())"
+    result = run_through_hashlib(code, OPENSSL_ia32cap=":~0x20000000", FASTSESS_NO_LIBCRYPTO="")
+    assert result.returncode == 0, result.stderr
+    backend, digest = result.stdout.split()
+    assert backend == ("libcrypto" if libcrypto_reachable() else "hashlib")
+    assert digest == NIST_SHA256[0][1]
+
+
+def test_the_kernel_tests_pass_through_hashlib(c_core):
+    if c_core._sha256_backend() == "hashlib":
+        pytest.skip("this run goes through hashlib already")
     files = [str(TESTS / name) for name in KERNEL_TESTS]
     args = files + ["-q", "-m", "c_extension", "-p", "no:cacheprovider", "-p", "no:randomly"]
-    result = run_with_openssl_sha256(f"import pytest\nraise SystemExit(pytest.main({args!r}))\n")
+    result = run_through_hashlib(f"import pytest\nraise SystemExit(pytest.main({args!r}))\n")
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
     assert " passed" in result.stdout
     assert " failed" not in result.stdout

@@ -48,7 +48,7 @@ def test_the_package_directory_holds_only_sources_and_build_products():
         str(path.relative_to(PACKAGE)) for path in PACKAGE.rglob("*")
         if path.is_file() and "__pycache__" not in path.parts
         and path.suffix not in (".py", ".pyx", ".pxd", ".pyi", *BUILD_PRODUCTS)
-        and path.name not in ("py.typed", "_sha256.h")
+        and path.name not in ("py.typed", "_libcrypto.h")
     ]
     assert stray == []
 
@@ -59,7 +59,7 @@ def test_the_sdist_has_what_a_build_needs_and_no_generated_c(tmp_path):
         names = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
     for needed in (
         "setup.py", "pyproject.toml", "README.md", "LICENSE", "docs/FORMATS.md",
-        "src/fastsess/_core.pyx", "src/fastsess/_sha256.h", "src/fastsess/_core_py.py", "src/fastsess/_request.pxd",
+        "src/fastsess/_core.pyx", "src/fastsess/_libcrypto.h", "src/fastsess/_core_py.py", "src/fastsess/_request.pxd",
         "src/fastsess/_request_py.py", "src/fastsess/_session.pxd", "src/fastsess/_session_py.py",
     ):
         assert needed in names, needed

@@ -4,9 +4,9 @@
 The Cython twin of `_core_py.py`: the same functions with the same signatures,
 exceptions and byte-identical output, so the two read side by side. The hot
 paths work on str and bytes buffers directly (base64url, the Cookie header
-scan, the codec walk, the sealed envelopes); SHA-256 and HMAC run on the CPU's
-SHA extensions where it has them (_sha256.h), else on OpenSSL's SHA-256 through
-the standard library; AES-GCM is `cryptography`'s and JSON orjson's. Byte layouts
+scan, the codec walk, the sealed envelopes); SHA-256 and HMAC are OpenSSL's,
+called directly where the standard library's libcrypto allows it (_libcrypto.h),
+else through hashlib; AES-GCM is `cryptography`'s and JSON orjson's. Byte layouts
 are documented in docs/FORMATS.md.
 """
 
@@ -14,6 +14,7 @@ import datetime as _dt
 import hashlib
 import hmac
 import os
+import sys
 import uuid
 from decimal import Decimal
 
@@ -55,11 +56,10 @@ cdef extern from "Python.h":
     # Strings made by the legacy Py_UNICODE API are "ready" only after this (Python 3.11).
     int __Pyx_PyUnicode_READY(object o) except -1
 
-cdef extern from "_sha256.h":
+cdef extern from "_libcrypto.h":
     ctypedef struct fs_hmac_key:
-        uint32_t inner[8]
-        uint32_t outer[8]
-    int fs_sha_ni_available() noexcept nogil
+        pass
+    int fs_libcrypto_load(const char* hashlib_path) noexcept
     void fs_sha256(const uint8_t* msg, size_t length, uint8_t* out) noexcept nogil
     void fs_hmac_key_init(fs_hmac_key* k, const uint8_t* key, size_t length) noexcept nogil
     void fs_hmac_sha256(const fs_hmac_key* k, const uint8_t* msg, size_t length, uint8_t* out) noexcept nogil
@@ -124,25 +124,29 @@ cdef type _DECIMAL = Decimal
 cdef type _UUID = uuid.UUID
 cdef object _UUID_LIMIT = 1 << 128
 
-# Which SHA-256 the kernel's own hashing uses, chosen once, at import:
+# How the kernel's own hashing reaches OpenSSL's SHA-256, chosen once, at import:
 #
-# - the CPU's SHA extensions (x86 SHA-NI with SSSE3 and SSE4.1, found by CPUID)
-#   through _sha256.h, when this build could target them: the hash of a
-#   session id, or an HMAC tag, with no hash object at all. OpenSSL runs the
-#   same instructions; what this saves is its per-call object setup, most of
-#   the cost at these sizes;
-# - otherwise OpenSSL's, through hashlib, which is as fast as SHA-256 gets
-#   without those instructions.
+# - directly (_libcrypto.h): SHA256_Init, _Update and _Final of the libcrypto
+#   that the standard library's _hashlib is linked with, found through that
+#   module: the hash of a session id, or an HMAC tag, with no hash object at
+#   all. The same OpenSSL code runs either way; what this saves is hashlib's
+#   per-call object setup, most of the cost at these sizes;
+# - otherwise through hashlib, where the functions cannot be found (a
+#   _hashlib built into the interpreter, or with OpenSSL linked in statically).
 #
-# FASTSESS_NO_SHA_NI=1 in the environment forces the second, so that tests can
-# run the kernel on both paths on one machine. HKDF stays on OpenSSL's HMAC:
-# it runs once per key and day, not per request.
-cdef bint _sha_ni = fs_sha_ni_available() and os.environ.get("FASTSESS_NO_SHA_NI", "") in ("", "0")
+# FASTSESS_NO_LIBCRYPTO=1 in the environment forces the second, so that tests
+# can run the kernel on both paths on one machine. HKDF stays on hashlib's
+# HMAC: it runs once per key and day, not per request.
+cdef bint _direct_sha256 = False
+if os.environ.get("FASTSESS_NO_LIBCRYPTO", "") in ("", "0"):
+    _hashlib_path = getattr(sys.modules.get("_hashlib"), "__file__", None)
+    if _hashlib_path:
+        _direct_sha256 = fs_libcrypto_load(os.fsencode(_hashlib_path)) == 1
 
 
 def _sha256_backend() -> str:
-    """Which SHA-256 the C kernel's hashing and HMAC use: "sha-ni" or "openssl"."""
-    return "sha-ni" if _sha_ni else "openssl"
+    """How the C kernel's hashing and HMAC reach OpenSSL: "libcrypto" (directly) or "hashlib"."""
+    return "libcrypto" if _direct_sha256 else "hashlib"
 
 
 cdef object _urandom = os.urandom
@@ -295,7 +299,7 @@ def store_key(session_id) -> bytes:
     """SHA-256 of the id: what stores see instead of the id itself."""
     cdef Py_ssize_t n
     cdef const char* utf8
-    if type(session_id) is str and _sha_ni:
+    if type(session_id) is str and _direct_sha256:
         utf8 = PyUnicode_AsUTF8AndSize(session_id, &n)
         out = PyBytes_FromStringAndSize(NULL, 32)
         fs_sha256(<const uint8_t*>utf8, <size_t>n, <uint8_t*>PyBytes_AS_STRING(out))
@@ -310,14 +314,14 @@ def store_key(session_id) -> bytes:
 
 # HMAC (RFC 2104) from two SHA-256 states keyed once per key, the inner one
 # after key XOR ipad and the outer one after key XOR opad: a tag copies both
-# and hashes the message, then the inner digest. On the SHA extensions the two
-# states are an fs_hmac_key, 64 bytes held in a bytes object; on OpenSSL two
+# and hashes the message, then the inner digest. Called directly, the two
+# states are an fs_hmac_key held in a bytes object; through hashlib, two
 # hash objects, whose copies cost less than copying OpenSSL's HMAC context
 # (0.8 against 1.2 us for a 400-byte message). Neither repeats the key setup
 # of a one-shot digest.
 cdef Py_ssize_t _KEYED_LIMIT = 64
 cdef dict _keyed = {}  # key -> (inner state, outer state)
-cdef dict _keyed_ni = {}  # key -> fs_hmac_key as bytes
+cdef dict _keyed_direct = {}  # key -> fs_hmac_key as bytes
 
 
 cdef tuple _hmac_states(bytes key):
@@ -330,26 +334,26 @@ cdef tuple _hmac_states(bytes key):
     )
 
 
-cdef bytes _ni_key(bytes key):
+cdef bytes _direct_key(bytes key):
     """The fs_hmac_key of key, from the cache or made and cached."""
-    k = _keyed_ni.get(key)
+    k = _keyed_direct.get(key)
     if k is None:
-        if len(_keyed_ni) >= _KEYED_LIMIT:
-            _keyed_ni.clear()
+        if len(_keyed_direct) >= _KEYED_LIMIT:
+            _keyed_direct.clear()
         k = PyBytes_FromStringAndSize(NULL, sizeof(fs_hmac_key))
         fs_hmac_key_init(
             <fs_hmac_key*>PyBytes_AS_STRING(k),
             <const uint8_t*>PyBytes_AS_STRING(key),
             <size_t>PyBytes_GET_SIZE(key),
         )
-        _keyed_ni[key] = k
+        _keyed_direct[key] = k
     return <bytes>k
 
 
-cdef bytes _mac_ni(bytes key, object msg):
-    """HMAC-SHA256 on the SHA extensions; msg is bytes or another buffer."""
+cdef bytes _mac_direct(bytes key, object msg):
+    """HMAC-SHA256 on OpenSSL's SHA-256 called directly; msg is bytes or another buffer."""
     cdef Py_buffer view
-    cdef bytes k = _ni_key(key)
+    cdef bytes k = _direct_key(key)
     cdef bytes out = PyBytes_FromStringAndSize(NULL, 32)
     if type(msg) is bytes:
         fs_hmac_sha256(
@@ -372,16 +376,16 @@ cdef bytes _mac_ni(bytes key, object msg):
     return out
 
 
-cdef inline object _ni_key_for(object key):
-    """The fs_hmac_key of key on the SHA extensions, or None: off them, or for a
+cdef inline object _direct_key_for(object key):
+    """The fs_hmac_key of key when SHA-256 is called directly, or None: through hashlib, or for a
     key that is not bytes, the caller takes _mac's path."""
-    if not _sha_ni or type(key) is not bytes:
+    if not _direct_sha256 or type(key) is not bytes:
         return None
-    return _ni_key(<bytes>key)
+    return _direct_key(<bytes>key)
 
 
 cdef inline const fs_hmac_key* _hmac_key_of(object k) noexcept:
-    """The fs_hmac_key inside a bytes object from _ni_key."""
+    """The fs_hmac_key inside a bytes object from _direct_key."""
     return <const fs_hmac_key*>PyBytes_AS_STRING(k)
 
 
@@ -389,8 +393,8 @@ cdef object _mac(object key, object msg):
     if type(key) is not bytes:
         return _hmac_digest(key, msg, "sha256")
     # Anything but a buffer takes hashlib's path, for hashlib's error.
-    if _sha_ni and (type(msg) is bytes or PyObject_CheckBuffer(msg)):
-        return _mac_ni(<bytes>key, msg)
+    if _direct_sha256 and (type(msg) is bytes or PyObject_CheckBuffer(msg)):
+        return _mac_direct(<bytes>key, msg)
     states = _keyed.get(key)
     if states is None:
         if len(_keyed) >= _KEYED_LIMIT:
@@ -405,7 +409,7 @@ cdef object _mac(object key, object msg):
 
 
 def hmac_sha256(key, msg) -> bytes:
-    """HMAC-SHA256: on the CPU's SHA extensions, else on the standard library's SHA-256 (OpenSSL's)."""
+    """HMAC-SHA256 on OpenSSL's SHA-256: called directly, else through the standard library."""
     return _mac(key, msg)
 
 
@@ -520,7 +524,7 @@ def sign_id(session_id, key, kid, name) -> str:
     memcpy(&raw[2], PyBytes_AS_STRING(raw_id), C_ID_BYTES)
     cdef bytes msg = _id_mac_input(version, key_id, name, &raw[2])
     cdef uint8_t mac[32]
-    keyed = _ni_key_for(key)
+    keyed = _direct_key_for(key)
     if keyed is not None:
         fs_hmac_sha256(
             _hmac_key_of(keyed), <const uint8_t*>PyBytes_AS_STRING(msg), PyBytes_GET_SIZE(msg), mac
@@ -562,7 +566,7 @@ def open_id_cookie(value, keys, name):
             continue
         if msg is None:
             msg = _id_mac_input(version, kid, name, &raw[2])
-        keyed = _ni_key_for(key)
+        keyed = _direct_key_for(key)
         if keyed is not None:
             verified = fs_hmac_sha256_verify(
                 _hmac_key_of(keyed), <const uint8_t*>PyBytes_AS_STRING(msg), PyBytes_GET_SIZE(msg),
@@ -1689,7 +1693,7 @@ def seal_signed(name, kid, key, issued_at, last_access, expires_at, payload) -> 
     cdef bytes out = PyBytes_FromStringAndSize(NULL, body_len + C_SEAL_TAG_BYTES)
     cdef uint8_t* p = <uint8_t*>PyBytes_AS_STRING(out)
     memcpy(p, body, body_len)
-    keyed = _ni_key_for(key)
+    keyed = _direct_key_for(key)
     if keyed is not None:
         fs_hmac_sha256(
             _hmac_key_of(keyed), <const uint8_t*>PyBytes_AS_STRING(msg), PyBytes_GET_SIZE(msg), p + body_len
@@ -1726,7 +1730,7 @@ def open_signed(value, keys, name):
             p = <uint8_t*>PyBytes_AS_STRING(msg)
             p = _put_bound(p, C_SESSION_PURPOSE, C_SESSION_PURPOSE_LEN, name_utf8, name_len)
             memcpy(p, raw, body_len)
-        keyed = _ni_key_for(key)
+        keyed = _direct_key_for(key)
         if keyed is not None:
             verified = fs_hmac_sha256_verify(
                 _hmac_key_of(keyed), <const uint8_t*>PyBytes_AS_STRING(msg), PyBytes_GET_SIZE(msg),
