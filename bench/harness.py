@@ -247,6 +247,8 @@ class Site:
 
     app: Callable
     close: Callable[[], None] = lambda: None
+    #: a bare-GET contender's GET of the 300-byte value alone, outside any request (bench/paired.py)
+    client_get: Callable[[], object] | None = None
 
 
 # ---------------------------------------------------------------- network servers
@@ -322,7 +324,7 @@ def build_bare_get(client: str) -> Callable[[Path], Site]:
             start_response("200 OK", [*_HEADERS, ("Content-Length", str(len(body))), ("Set-Cookie", cookie)])
             return [body]
 
-        return Site(app, connection.close)
+        return Site(app, connection.close, client_get=lambda: get("bare-get=300B"))
 
     return build
 

@@ -175,8 +175,12 @@ def _add_ratios(rows: list[Row]) -> None:
 # ---------------------------------------------------------------- targets (SPEC 9)
 
 
-def check_targets(rows: list[Row]) -> list[Target]:
-    """The SPEC 9 targets this run can speak to; ones it cannot are listed as not measured."""
+def check_targets(rows: list[Row], paired: list[dict] | None = None) -> list[Target]:
+    """The SPEC 9 targets this run can speak to; ones it cannot are listed as not measured.
+
+    paired: bench/paired.py's results, when the run made them; the network
+    stores' GET target is then checked on the interleaved timing as well.
+    """
     by = {(r.contender, r.group): r for r in rows}
     out: list[Target] = []
 
@@ -239,6 +243,13 @@ def check_targets(rows: list[Row]) -> list[Target]:
             faster(beaker, f"fastsess-py {store}", group, 8)
     for store, bare_get in (("memcached", "pymemcache GET"), ("redis", "redis-py GET")):
         within_get(f"fastsess-c {store}", bare_get, "read 300B", 5)
+    for p in paired or ():
+        if p["b"].endswith("-GET"):  # the store's read against the GET's request, interleaved
+            gap = p["gap_us"]
+            measured = f"GET {'-' if gap < 0 else '+'} {abs(gap):.2f} us"
+            what = f"{' '.join(p['a'].rsplit('-', 1))}, read 300B, interleaved"
+            out.append(Target(what, f"<= {p['b'].replace('-GET', ' GET')} + 5 us", measured,
+                              "ok" if gap <= 5 else "MISS"))
     return out
 
 
@@ -304,6 +315,13 @@ def render_table(
         "above 1 means slower than fastsess. A `GET` row is the client library's bare GET of a value",
         "the payload's size from the same server: the floor under a network store's read.",
     ]
+    paired = data.get("paired")
+    if paired:
+        out += ["", "Interleaved (bench/paired.py): each pair timed in alternating blocks of requests; the gap is",
+                "the median over block pairs. `memory + get()` is the memory store's read followed by the",
+                "client's GET alone: the same session work and round trip, so that gap is what the store adds."]
+        out += [f"  {p['a']}  vs  {p['b']}: {p['a_us']:.2f} against {p['b_us']:.2f} us, gap {p['gap_us']:+.2f} us "
+                f"(quartiles {p['gap_low_us']:+.2f} .. {p['gap_high_us']:+.2f})" for p in paired]
     if targets:
         out += ["", "SPEC 9 targets (one run, this machine):"]
         w, g, m = (max(len(getattr(t, a)) for t in targets) for a in ("what", "goal", "measured"))
@@ -413,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     data = load(args.json)
     rows, baselines = summarize(data, args.stat)
-    text = render_table(data, rows, baselines, check_targets(rows), args.stat)
+    text = render_table(data, rows, baselines, check_targets(rows, data.get("paired")), args.stat)
     sys.stdout.write(text)
     if args.table:
         Path(args.table).write_text(text, encoding="utf-8")

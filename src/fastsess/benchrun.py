@@ -142,6 +142,28 @@ def run_pass(
     return code
 
 
+#: block pairs per pair of contenders in bench/paired.py's interleaved run
+PAIRED_BLOCKS = {False: 200, True: 60}
+
+
+def run_paired(bench: Path, quick: bool, progress: TextIO) -> list[dict] | None:
+    """bench/paired.py's network-store pairs on the C kernel, as dicts; None (with a note) when it fails."""
+    progress.write("interleaved: the network stores' reads against their clients' GET (bench/paired.py)\n")
+    progress.flush()
+    cmd = [sys.executable, str(bench / "paired.py"), "--json", "--blocks", str(PAIRED_BLOCKS[quick])]
+    try:
+        done = subprocess.run(
+            cmd, cwd=bench.parent, env=_pass_env("c"), capture_output=True, text=True, timeout=900,
+        )
+    except subprocess.TimeoutExpired:
+        progress.write("  interleaved run timed out; left out\n")
+        return None
+    if done.returncode != 0:
+        progress.write(done.stderr[-3000:] + f"  interleaved run failed (exit {done.returncode}); left out\n")
+        return None
+    return json.loads(done.stdout)
+
+
 def merge(passes: list[tuple[str, dict]]) -> dict:
     """One pytest-benchmark-shaped document from several passes; raw timings dropped, kernel tagged."""
     first = passes[0][1]
@@ -220,7 +242,11 @@ def run(
     if not rows:
         print(f"fastsess bench: -k {select!r} selected no benchmark", file=sys.stderr)
         return EXIT_SETUP
-    targets = report.check_targets(rows)
+    # The GET pairs again, interleaved, when this run timed them with the C kernel.
+    timed = {(r.contender, r.group) for r in rows}
+    if no_c is None and {("pymemcache GET", "read 300B"), ("redis-py GET", "read 300B")} & timed:
+        merged["paired"] = run_paired(bench, quick, progress)
+    targets = report.check_targets(rows, merged.get("paired"))
     table = report.render_table(merged, rows, baselines, targets)
 
     results_path = out_dir / "bench.json"
@@ -247,6 +273,7 @@ def run(
             ],
             "rows": report.rows_as_json(rows),
             "targets": [vars(t) for t in targets],
+            "paired": merged.get("paired"),
         }, indent=1))
     else:
         sys.stdout.write(table)
