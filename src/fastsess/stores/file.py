@@ -95,9 +95,9 @@ from .base import (
     TOMBSTONE,
     LoadResult,
     Store,
-    StoredRecord,
     UpdateFn,
     WriteResult,
+    record_from,
 )
 
 _MAGIC = b"FSSF"
@@ -478,7 +478,7 @@ class FileStore(Store):
             return None if stored.kind == _TOMBSTONE else EXPIRED
         if stored.kind == _TOMBSTONE:
             return TOMBSTONE
-        return StoredRecord(stored.blob, stored.version, stored.expires_at, stored.last_access)
+        return record_from((stored.blob, stored.version, stored.expires_at, stored.last_access))
 
     def create(self, key: bytes, blob: bytes, expires_at: float) -> WriteResult:
         path = self._path(key)
@@ -564,7 +564,7 @@ class FileStore(Store):
             stored = self._current(path, now)
             if stored is None or stored.kind == _TOMBSTONE:
                 return GONE
-            result = fn(StoredRecord(stored.blob, stored.version, stored.expires_at, stored.last_access))
+            result = fn(record_from((stored.blob, stored.version, stored.expires_at, stored.last_access)))
             if result is None:
                 return stored.version
             blob, expires_at = result

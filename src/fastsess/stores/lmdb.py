@@ -99,7 +99,6 @@ from .base import (
     TOMBSTONE,
     LoadResult,
     Store,
-    StoredRecord,
     UpdateFn,
     WriteResult,
     record_from,
@@ -1068,7 +1067,7 @@ class LmdbStore(Store):
         if seen and seen[0] == version:
             result = seen[1]
         else:
-            result = fn(StoredRecord(blob, version, expires_at, last_access))
+            result = fn(record_from((blob, version, expires_at, last_access)))
             seen[:] = [version, result]
         if result is None:
             return version

@@ -120,12 +120,12 @@ from .base import (
     TOMBSTONE,
     LoadResult,
     Store,
-    StoredRecord,
     WriteResult,
     check_timeouts,
     fork_safe_lock,
     kernel_timeouts,
     read_through,
+    record_from,
 )
 from .breaker import CircuitBreaker
 
@@ -528,7 +528,7 @@ class MemcachedStore(Store):
                 expires_at = server_expiry
         if now > expires_at:
             return None
-        return StoredRecord(value[_HEADER_SIZE:], int(cas[1:]), expires_at, last_access)
+        return record_from((value[_HEADER_SIZE:], int(cas[1:]), expires_at, last_access))
 
     @staticmethod
     def _damaged(node: _Node) -> CorruptRecord:

@@ -99,12 +99,12 @@ from .base import (
     TOMBSTONE,
     LoadResult,
     Store,
-    StoredRecord,
     WriteResult,
     check_timeouts,
     fork_safe_lock,
     kernel_timeouts,
     read_through,
+    record_from,
 )
 from .breaker import CircuitBreaker
 
@@ -677,7 +677,7 @@ class RedisStore(Store):
         if kind == _LIVE:
             if self.clock() > expires_at:  # within Redis's millisecond rounding of the TTL
                 return None
-            return StoredRecord(value[_HEADER_SIZE:], version, expires_at, last_access)
+            return record_from((value[_HEADER_SIZE:], version, expires_at, last_access))
         if kind == _TOMBSTONE:
             return TOMBSTONE
         raise self._damaged()

@@ -100,6 +100,7 @@ from .base import (
     UpdateFn,
     WriteResult,
     check_timeouts,
+    record_from,
 )
 from .breaker import CircuitBreaker
 
@@ -645,7 +646,7 @@ class SqlStore(Store):
         version, kind, expires_at, last_access, data = row
         if kind == _RECORD and None not in (version, expires_at, last_access, data):
             blob = data if type(data) is bytes else bytes(data)
-            return StoredRecord(blob, version, expires_at, last_access)
+            return record_from((blob, version, expires_at, last_access))
         if kind == _TOMBSTONE:
             return TOMBSTONE
         return _DAMAGED
