@@ -3,8 +3,8 @@
 `fastsess bench` times each contender in its own stretch of rounds. On a
 shared machine the speed of a loopback round trip drifts between stretches by
 more than the 5 us that SPEC 9 allows a network store over its client
-library's bare GET, so one run can put the same code 3 us above the GET and
-the next 14. Here both run in one process, in short blocks that alternate
+library's bare GET, so one run put the memcached store's read 7.5 us above
+the GET and another 13.9. Here both run in one process, in short blocks that alternate
 (A B B A, then again), so a slow second hits both alike. Each pair of blocks
 gives one difference per request; the result is the median of those.
 
@@ -32,7 +32,6 @@ import harness  # noqa: E402 - the bench directory is not a package
 
 #: the network stores' reads against their client's bare GET (SPEC 9, "Network stores")
 GET_PAIRS = (("memcached", "pymemcache-GET"), ("redis", "redis-py-GET"))
-ALLOWANCE_US = 5.0
 
 
 @dataclass
@@ -107,12 +106,18 @@ def get_pairs(prep: Prepared, blocks: int = 200, calls: int = 50) -> list[Paired
     as the store's read, so its gap is what the store itself adds to the
     client's GET.
     """
+    import pytest  # the harness skips, as pytest does, a contender whose server or client is missing
+
     kernel = harness._KERNEL_TAG
     memory = prep.call(f"fastsess-{kernel}-memory", "read")
     out = []
     for store, get in GET_PAIRS:
-        read = prep.call(f"fastsess-{kernel}-{store}", "read")
-        bare = prep.call(get, "read")
+        try:
+            read = prep.call(f"fastsess-{kernel}-{store}", "read")
+            bare = prep.call(get, "read")
+        except pytest.skip.Exception as exc:
+            print(f"paired: {store} left out: {exc}", file=sys.stderr)
+            continue
         client_get = prep.lab.contender_site(harness._contender(get)).client_get
 
         def memory_then_get(memory=memory, client_get=client_get, get=get) -> None:
@@ -121,8 +126,9 @@ def get_pairs(prep: Prepared, blocks: int = 200, calls: int = 50) -> list[Paired
                 raise AssertionError(f"{get}: the seeded value is gone")
 
         name = f"fastsess-{kernel}-{store}"
+        composite = f"fastsess-{kernel}-memory + {get.replace('-GET', ' get()')}"
         out.append(paired(name, read, get, bare, "read", blocks, calls))
-        out.append(paired(name, read, f"fastsess-{kernel}-memory + {get.replace('-GET', ' get()')}", memory_then_get, "read", blocks, calls))
+        out.append(paired(name, read, composite, memory_then_get, "read", blocks, calls))
     return out
 
 
