@@ -128,6 +128,9 @@ static int fs_hmac_sha256_verify(const fs_hmac_key *k, const uint8_t *msg, size_
     uint8_t mac[32];
     int equal;
 
+    if (tag_len > sizeof mac) {
+        return 0;
+    }
     fs_hmac_sha256(k, msg, len, mac);
     equal = fs_memcmp_(mac, tag, tag_len) == 0;
     fs_wipe(mac, sizeof mac);
