@@ -80,7 +80,7 @@ class OptionalBuildExt(build_ext):
             (cythonized,) = cythonize(
                 [ext],
                 compiler_directives=CYTHON_DIRECTIVES,
-                force=self.force,
+                force=self.force or declarations_changed(ext),
                 quiet=not self.verbose,
             )
             ext.sources = cythonized.sources
@@ -124,6 +124,26 @@ class OptionalBuildExt(build_ext):
                 os.remove(inplace)
 
 
+def declarations_changed(ext: Extension) -> bool:
+    """True when a .pxd file of the package is newer than the C file made from ext's source.
+
+    Cython's own dependency check misses them here: a module compiled from
+    _request_py.py takes its declarations from _request.pxd, named after the
+    module, which cimports from _session.pxd. A C file left behind by an earlier
+    build would then disagree with the types the other modules now have.
+    """
+    c_file = os.path.splitext(ext.sources[0])[0] + ".c"
+    if not os.path.exists(c_file):
+        return False  # cythonize makes it anyway
+    built = os.path.getmtime(c_file)
+    package = os.path.dirname(ext.sources[0])
+    return any(
+        os.path.getmtime(os.path.join(package, name)) > built
+        for name in os.listdir(package)
+        if name.endswith(".pxd")
+    )
+
+
 def c_kernel() -> list[Extension]:
     """The kernel, and the request cycle and session compiled from their pure-Python sources (see the .pxd files)."""
     if NO_EXTENSIONS:
@@ -132,6 +152,7 @@ def c_kernel() -> list[Extension]:
         Extension(
             name,
             [source],
+            depends=["src/fastsess/_libcrypto.h"],  # included by _core.pyx; the others do not mind a rebuild
             extra_compile_args=["-O2"],  # MSVC accepts -O2 as well as /O2
             # Lets setuptools skip the in-place copy of a module that was not built.
             optional=not REQUIRE_EXTENSIONS,

@@ -7,6 +7,7 @@ the tests need no network; they skip where the `build` package is missing.
 from __future__ import annotations
 
 import os
+import runpy
 import shutil
 import subprocess
 import sys
@@ -73,3 +74,25 @@ def test_a_wheel_built_with_no_extensions_is_pure_python_and_complete(tmp_path):
         names = set(zf.namelist())
     assert {"fastsess/_core_py.py", "fastsess/_request_py.py", "fastsess/_session_py.py", "fastsess/cli.py"} <= names
     assert not [name for name in names if name.endswith(BUILD_PRODUCTS)]
+
+
+def test_a_declaration_file_newer_than_a_generated_c_file_makes_the_build_cythonize_again(tmp_path, monkeypatch):
+    """_request.pxd cimports _session.pxd: a C file older than either is stale, whatever Cython's check says."""
+    if not (ROOT / "setup.py").exists():
+        pytest.skip("not a source checkout")
+    setuptools = pytest.importorskip("setuptools")
+    monkeypatch.setattr(setuptools, "setup", lambda **kwargs: None)  # read setup.py's helpers, build nothing
+    declarations_changed = runpy.run_path(str(ROOT / "setup.py"))["declarations_changed"]
+    package = tmp_path / "pkg"
+    package.mkdir()
+    source, c_file, pxd = package / "_mod_py.py", package / "_mod_py.c", package / "_other.pxd"
+    for path in (source, c_file, pxd):
+        path.write_text("")
+    ext = setuptools.Extension("pkg._mod", [str(source)])
+    os.utime(pxd, (1_000_000, 1_000_000))
+    os.utime(c_file, (2_000_000, 2_000_000))
+    assert not declarations_changed(ext)
+    os.utime(pxd, (3_000_000, 3_000_000))
+    assert declarations_changed(ext)
+    c_file.unlink()  # never built: cythonize makes it anyway
+    assert not declarations_changed(ext)

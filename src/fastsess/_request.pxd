@@ -2,12 +2,15 @@
 # Middleware and Response become extension types whose attributes are C struct fields,
 # and what the request cycle calls internally is called as C, not looked up by name.
 
+from fastsess._session cimport _SessionCore
+
 cdef class Middleware:
     cdef public object app, service, environ_key, _bound_get_session, _webtest_varname
 
 cdef class Response:
     cdef Middleware mw
-    cdef object environ, session, server_start_response, status, headers, exc_info, server_write
+    cdef _SessionCore session
+    cdef object environ, server_start_response, status, headers, exc_info, server_write
     cdef bint sent
     cpdef send_headers(self)
     cpdef finish(self, result)

@@ -1,6 +1,9 @@
 # Declarations for fastsess._session, the compiled build of _session_py.py: the
-# loaded state and the per-middleware service are extension types, so the session
-# code reads and writes their attributes as C struct fields.
+# session's core, the loaded state and the per-middleware service are extension
+# types, so the session code reads and writes their attributes as C struct fields,
+# and calls its own internal steps (cdef) and the service's (cpdef) as C.
+# Session itself is a Python subclass of _SessionCore, so that its module is
+# fastsess.session, where users import it from.
 
 cdef class SessionService:
     cdef dict __dict__
@@ -11,6 +14,14 @@ cdef class SessionService:
     cdef public dict _verified, _opened_sealed
     cdef public double _timeout, _absolute_timeout
     cdef public Py_ssize_t _writes
+    cpdef expires_at(self, created, now)
+    cpdef seal_record(self, key, blob)
+    cpdef open_record(self, key, stored)
+    cpdef str seal_cookie(self, issued_at, last_access, expires_at, payload)
+    cpdef _remember_sealed(self, str value, tuple opened)
+    cpdef open_sealed_record(self, value)
+    cpdef str sign(self, session_id)
+    cpdef wrote(self)
 
 cdef class _State:
     cdef public object id, version, loaded_data, last_accessed, domain, path, loaded_domain, loaded_path
@@ -25,3 +36,26 @@ cdef class _State:
     cpdef bytes store_key(self)
     cpdef owned(self, key, value)
     cpdef own_all(self)
+
+cdef class _SessionCore:
+    # _sess, the loaded state, is no field: it lives in __dict__, where TurboGears resets it
+    cdef dict __dict__
+    cdef object __weakref__
+    cdef public SessionService _service
+    cdef public object _cookie_header, _requested_id
+    cdef public bint _detached, _read_only, _dirty, _suppressed, _was_loaded
+    cdef _State _state(self)
+    cdef _State _fresh(self, now, data=*, flash=*)
+    cdef _State _load(self)
+    cdef _State _load_sealed(self, SessionService service, now)
+    cdef _State _load_record(self, SessionService service, session_id, key, now)
+    cdef _State _corrupt_record(self, SessionService service, session_id, now)
+    cdef _State _store_failed(self, SessionService service, exc, now, session_id)
+    cdef _State _writable(self)
+    cdef _forget(self, _State s)
+    cdef _persist_sealed(self, _State s, SessionService service)
+    cdef _to_write(self, _State s, SessionService service)
+    cdef bytes _pack(self, _State s, data_bytes, flash, now)
+    cdef _write(self, _State s, SessionService service, now, data_bytes)
+    cdef _maybe_touch(self, _State s, SessionService service)
+    cdef _was_rotated(self, SessionService service, _State s)

@@ -413,21 +413,14 @@ class _State:
         return key
 
 
-class Session:
-    """A lazy, dict-like session: `session["k"] = v`, `session.save()`, as in Beaker."""
+class _SessionCore:
+    """Everything Session does; compiled, an extension type whose methods call each other as C.
 
-    __module__ = "fastsess.session"  # where users import it from (this source is also built as _session)
+    Its own fields are struct fields there, except `_sess`, the loaded state,
+    which lives in the instance `__dict__`: TurboGears sets `__dict__["_sess"]`
+    to None to undo a load, and that must reach the code reading it.
+    """
 
-    # Defaults on the class: a request that never touches the session pays for two assignments.
-    _sess: _State | None = None  # the loaded state; TurboGears sets it to None to undo a load
-    _requested_id: str | None = None
-    _detached = False  # get_by_id / get_session: save() writes at once, no cookies
-    _read_only = False
-    _dirty = False
-    _suppressed = False  # a 5xx response: nothing is saved
-    _was_loaded = False  # loaded at some point, even if TurboGears later reset _sess
-
-    @cython.locals(service=SessionService)
     def __init__(
         self,
         service: SessionService,
@@ -439,12 +432,12 @@ class Session:
         self._service = service
         self._cookie_header = cookie_header
         self._sess = None  # in __dict__ from the start, where TurboGears and Beaker code look
-        if session_id is not None:
-            self._requested_id = session_id
-        if detached:
-            self._detached = True
-        if read_only:
-            self._read_only = True
+        self._requested_id = session_id
+        self._detached = detached  # get_by_id / get_session: save() writes at once, no cookies
+        self._read_only = read_only
+        self._dirty = False
+        self._suppressed = False  # a 5xx response: nothing is saved
+        self._was_loaded = False  # loaded at some point, even if TurboGears later reset _sess
 
     # -------------------------------------------------- loading
 
@@ -876,12 +869,10 @@ class Session:
         if s is not None:
             s.read_only = True
 
-    @cython.locals(s=_State)
     def get_by_id(self, session_id: str) -> Session | None:
         """The session stored under a raw id (trusted server code only), or None."""
         other = Session(self._service, session_id=session_id, detached=True)
-        s = other._state()
-        if s.is_new or s.read_only:
+        if other.is_new or other._sess.read_only:  # is_new loads it
             return None
         return other
 
@@ -926,7 +917,8 @@ class Session:
         if s is None:  # _state(), inline: the most used call of all
             s = self._load()
         value = s.data[key]
-        if type(value) in _MUTABLE:
+        kind = type(value)
+        if kind is dict or kind is list or kind is set or kind is tuple:  # _MUTABLE, as identity tests
             s.mutable_out = True
             if s.shared is not None:
                 value = s.owned(key, value)
@@ -969,7 +961,8 @@ class Session:
         if s is None:  # _state(), inline, as in __getitem__
             s = self._load()
         value = s.data.get(key, default)
-        if type(value) in _MUTABLE:
+        kind = type(value)
+        if kind is dict or kind is list or kind is set or kind is tuple:  # _MUTABLE, as identity tests
             s.mutable_out = True
             if s.shared is not None:
                 value = s.owned(key, value)
@@ -1497,6 +1490,12 @@ def _cookie_attribute(what: str, value: str | None, cookie_name: str) -> str | N
     if cookie_name_prefix(cookie_name) == "__Host-" and (what == "domain" or value != "/"):
         raise ValueError("a __Host- cookie may not have a Domain, and its Path must be /")
     return value
+
+
+class Session(_SessionCore):
+    """A lazy, dict-like session: `session["k"] = v`, `session.save()`, as in Beaker."""
+
+    __module__ = "fastsess.session"  # where users import it from (this source is also built as _session)
 
 
 MutableMapping.register(Session)
