@@ -341,6 +341,16 @@ def test_resetting_sess_to_none_undoes_the_load_and_the_next_access_reloads(env)
     assert env.store.calls["load"] == 3
 
 
+def test_a_state_deleted_from_the_instance_dict_reads_as_not_loaded_and_loads_again(env):
+    session = env.request(env.existing(a=1))
+    assert session["a"] == 1
+    del session.__dict__["_sess"]
+    assert session.accessed() is False
+    session.persist()  # nothing loaded: nothing to write, nothing raised
+    assert session["a"] == 1
+    assert session.accessed() is True
+
+
 # ---------------------------------------------------------------- saving
 
 

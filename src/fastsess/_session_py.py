@@ -1497,5 +1497,8 @@ class Session(_SessionCore):
 
     __module__ = "fastsess.session"  # where users import it from (this source is also built as _session)
 
+    #: what a session reads as its state when `__dict__` has none (it was deleted there): not loaded
+    _sess: _State | None = None
+
 
 MutableMapping.register(Session)
