@@ -746,7 +746,7 @@ class LmdbStore(Store):
         if len(key) != 32:
             raise ValueError("store keys are 32 bytes")
         shared = self._shared_env
-        if shared is None or shared.pid != os.getpid():
+        if shared is None or shared.pid != _getpid():
             shared = self._shared()
         try:
             lock = shared.thread.lock
@@ -763,7 +763,7 @@ class LmdbStore(Store):
                     try:
                         raw = txn.get(key, None, shared.meta)
                         blob = None
-                        if raw is not None and raw[:1] == _SPLIT_PREFIX:
+                        if raw and raw[0] == _FORMAT_SPLIT:  # an int test: no slice made
                             blob = txn.get(key, db=shared.data)
                     finally:
                         txn.abort()
