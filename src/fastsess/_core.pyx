@@ -137,11 +137,15 @@ cdef object _UUID_LIMIT = 1 << 128
 # FASTSESS_NO_LIBCRYPTO=1 in the environment forces the second, so that tests
 # can run the kernel on both paths on one machine. HKDF stays on hashlib's
 # HMAC: it runs once per key and day, not per request.
-cdef bint _direct_sha256 = False
-if os.environ.get("FASTSESS_NO_LIBCRYPTO", "") in ("", "0"):
-    _hashlib_path = getattr(sys.modules.get("_hashlib"), "__file__", None)
-    if _hashlib_path:
-        _direct_sha256 = fs_libcrypto_load(os.fsencode(_hashlib_path)) == 1
+cdef bint _load_libcrypto():
+    """True when OpenSSL's SHA-256 is now callable directly (and not switched off)."""
+    if os.environ.get("FASTSESS_NO_LIBCRYPTO", "") not in ("", "0"):
+        return False
+    path = getattr(sys.modules.get("_hashlib"), "__file__", None)  # hashlib, imported above, loaded it
+    return bool(path) and fs_libcrypto_load(os.fsencode(path)) == 1
+
+
+cdef bint _direct_sha256 = _load_libcrypto()
 
 
 def _sha256_backend() -> str:

@@ -110,7 +110,6 @@ _unpack_meta = _META.unpack_from
 _pack_meta = _META.pack
 _FORMAT = 2  # header and blob in one meta entry
 _FORMAT_SPLIT = 1  # older releases: the header alone, the blob in the data sub-database
-_SPLIT_PREFIX = bytes((_FORMAT_SPLIT,))
 _RECORD, _TOMBSTONE = 0, 1
 _MS = struct.Struct(">Q")
 _pack_ms = _MS.pack
@@ -788,7 +787,7 @@ class LmdbStore(Store):
 
     def _load(self, txn, shared, key):
         raw = txn.get(key, db=shared.meta)
-        split = raw is not None and raw[:1] == _SPLIT_PREFIX
+        split = bool(raw) and raw[0] == _FORMAT_SPLIT
         return self._loaded(raw, txn.get(key, db=shared.data) if split else None)
 
     def _loaded(self, raw: bytes | None, blob: bytes | None) -> LoadResult:
