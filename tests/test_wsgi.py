@@ -25,6 +25,7 @@ from wsgiref.util import FileWrapper
 import pytest
 import webtest
 
+import fastsess.session
 import fastsess.wsgi
 from fastsess import ConfigError, SessionMiddleware, StoreError, core
 from fastsess.events import RATE_LIMIT_PER_SECOND
@@ -317,6 +318,22 @@ def test_untouched_session_gets_no_cookie_no_vary_and_no_cache_control():
     assert served.header("Vary") == []
     assert served.header("Cache-Control") == []
     assert len(mw.store) == 0
+
+
+def test_the_request_session_starts_as_one_the_constructor_makes():
+    # Compiled, the middleware makes its session without calling __init__: every field
+    # must still start as __init__ sets it, and `_sess` must sit in the instance dict.
+    app = App()
+    mw = make_mw(app)
+    call(mw, cookie="session=abc")
+    made = app.sessions[0]
+    built = fastsess.session.Session(mw.service, "session=abc")
+    fields = ("_service", "_cookie_header", "_requested_id", "_detached", "_read_only", "_dirty", "_suppressed", "_was_loaded")
+    assert type(made) is type(built)
+    assert {f: getattr(made, f) for f in fields} == {f: getattr(built, f) for f in fields}
+    assert made.__dict__ == built.__dict__ and made.__dict__["_sess"] is None
+    assert not made.accessed()
+    assert made.get("n") is None and made.accessed()  # and it loads as the constructed one does
 
 
 def test_untouched_session_with_a_cookie_gets_no_headers_added():

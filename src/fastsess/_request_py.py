@@ -20,25 +20,16 @@ from typing import Any
 
 from .session import Session
 
+try:  # compiled, the declarations in _request.pxd; in pure Python, no-ops
+    import cython
+except ImportError:
+    from ._pure import cython
 
-class Middleware:
-    """What SessionMiddleware does per request; it sets these attributes in its __init__."""
+if not cython.compiled:  # compiled, cimported from _session.pxd as C
+    from operator import attrgetter
 
-    app: Callable  # the wrapped application
-    service: Any  # the SessionService
-    environ_key: str
-    _bound_get_session: Callable  # environ["beaker.get_session"]: one bound method, not one per request
-    _webtest_varname: str | None
-
-    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
-        """A lazy session in the environ, persisted before the first byte."""
-        session = Session(self.service, environ.get("HTTP_COOKIE"))
-        environ["fastsess.session"] = environ[self.environ_key] = session
-        environ["beaker.get_session"] = self._bound_get_session
-        if self._webtest_varname is not None or "fastsess.no_touch" in environ:
-            self._request_options(environ, session)
-        response = Response(self, environ, session, start_response)
-        return response.finish(self.app(environ, response.start_response))
+    _sess_of = attrgetter("_sess")  # a session's loaded state, or None
+    request_session = Session  # the middleware's session: Session(service, cookie_header)
 
 
 class Response:
@@ -73,15 +64,15 @@ class Response:
     def send_headers(self) -> None:
         session = self.session
         server_error = not self.status or self.status[0] >= "5"  # 5xx (and garbage) saves nothing
-        accessed = session._sess is not None
+        accessed = (_sess_of(session) if cython.compiled else session._sess) is not None  # see _session.pxd
         cookie = None
         if server_error and not self.mw.config.save_on_error:
             session._suppressed = True
         elif accessed:
-            if self.environ.get("fastsess.no_touch"):  # the application may set it, too
+            if "fastsess.no_touch" in self.environ and self.environ["fastsess.no_touch"]:  # the app may set it
                 session.read_only()
             session.persist()
-            if session._sess.cookie_action is not None:  # most requests: persist decided on no cookie
+            if (_sess_of(session) if cython.compiled else session._sess).cookie_action is not None:  # persist decided
                 cookie = self.mw.cookie_header(session, self.environ)
         headers = list(self.headers)  # never grow a list the application may reuse
         if accessed or session._was_loaded:  # TurboGears' no_session_touch resets _sess after reading
@@ -94,7 +85,7 @@ class Response:
     def finish(self, result: Iterable[bytes]) -> Iterable[bytes]:
         session = self.session
         if (
-            type(result) is list and session._sess is None and not session._was_loaded
+            type(result) is list and not session._was_loaded  # neither loaded nor reset after loading
             and self.status is not None and not self.sent
         ):
             # The common untouched case: no session, and no application code left to
@@ -125,6 +116,35 @@ class Response:
                 self.session.persist_late()
             return result
         return StreamingBody(result, first, self.session)
+
+
+class Middleware:
+    """What SessionMiddleware does per request; it sets these attributes in its __init__."""
+
+    app: Callable  # the wrapped application
+    service: Any  # the SessionService
+    environ_key: str
+    _bound_get_session: Callable  # environ["beaker.get_session"]: one bound method, not one per request
+    _webtest_varname: str | None
+
+    @cython.locals(response=Response)
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        """A lazy session in the environ, persisted before the first byte."""
+        cookie = environ["HTTP_COOKIE"] if "HTTP_COOKIE" in environ else None  # compiled, cheaper than get()
+        session = request_session(self.service, cookie)
+        environ["fastsess.session"] = environ[self.environ_key] = session
+        environ["beaker.get_session"] = self._bound_get_session
+        if self._webtest_varname is not None or "fastsess.no_touch" in environ:
+            self._request_options(environ, session)
+        if cython.compiled:  # no arguments parsed, as for the session; tp_new set the other fields as __init__ does
+            response = Response.__new__(Response)
+            response.mw = self
+            response.environ = environ
+            response.session = session
+            response.server_start_response = start_response
+        else:
+            response = Response(self, environ, session, start_response)
+        return response.finish(self.app(environ, response.start_response))
 
 
 def no_app_code_left(result: Any, environ: dict) -> bool:

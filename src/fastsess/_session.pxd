@@ -47,6 +47,7 @@ cdef class _SessionCore:
     cdef _State _state(self)
     cdef _State _fresh(self, now, data=*, flash=*)
     cdef _State _load(self)
+    cdef _State _open_state(self)
     cdef _State _load_sealed(self, SessionService service, now)
     cdef _State _load_record(self, SessionService service, session_id, key, now)
     cdef _State _corrupt_record(self, SessionService service, session_id, now)
@@ -59,3 +60,48 @@ cdef class _SessionCore:
     cdef _write(self, _State s, SessionService service, now, data_bytes)
     cdef _maybe_touch(self, _State s, SessionService service)
     cdef _was_rotated(self, SessionService service, _State s)
+
+# _sess lives in the instance __dict__ (see _SessionCore). Read and written here as C,
+# through the dict slot at the type's tp_dictoffset: a generic attribute access costs
+# several times as much, as it first searches the class hierarchy for a descriptor.
+cdef extern from *:
+    """
+    static CYTHON_INLINE PyObject *fastsess_instance_dict(PyObject *o) {
+        Py_ssize_t offset = Py_TYPE(o)->tp_dictoffset;
+        PyObject *d = offset > 0 ? *(PyObject **)((char *)o + offset) : NULL;
+        return d != NULL && PyDict_CheckExact(d) ? d : NULL;
+    }
+    /* o.__dict__[name], borrowed; NULL when absent (name is an exact str: its lookup cannot fail) */
+    static CYTHON_INLINE PyObject *fastsess_instance_item(PyObject *o, PyObject *name) {
+        PyObject *d = fastsess_instance_dict(o);
+        return d != NULL ? PyDict_GetItemWithError(d, name) : NULL;
+    }
+    /* cls(), without calling __init__: the object as cls's tp_new makes it */
+    static CYTHON_INLINE PyObject *fastsess_new_instance(PyTypeObject *cls) {
+        PyObject *none = PyTuple_New(0), *o;
+        if (none == NULL) return NULL;
+        o = cls->tp_new(cls, none, NULL);
+        Py_DECREF(none);
+        return o;
+    }
+    /* o.__dict__[name] = value; setattr when o has no dict (one torn down by the collector) */
+    static CYTHON_INLINE int fastsess_instance_set(PyObject *o, PyObject *name, PyObject *value) {
+        PyObject *d = fastsess_instance_dict(o);
+        return d != NULL ? PyDict_SetItem(d, name, value) : PyObject_SetAttr(o, name, value);
+    }
+    """
+    void *fastsess_instance_item(object o, object name)
+    int fastsess_instance_set(object o, object name, object value) except -1
+    object fastsess_new_instance(type cls)
+
+cdef inline _sess_of(_SessionCore session):
+    cdef void *state = fastsess_instance_item(session, "_sess")
+    return None if state == NULL else <object>state
+
+cdef inline int _set_sess(_SessionCore session, state) except -1:
+    return fastsess_instance_set(session, "_sess", state)
+
+cdef inline _new_instance(type cls):
+    return fastsess_new_instance(cls)
+
+cdef _SessionCore request_session(SessionService service, cookie_header)

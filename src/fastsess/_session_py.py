@@ -11,6 +11,7 @@ write that merges with concurrent changes on conflict.
 
 from __future__ import annotations
 
+import operator
 import random
 import threading
 import time
@@ -431,7 +432,10 @@ class _SessionCore:
     ) -> None:
         self._service = service
         self._cookie_header = cookie_header
-        self._sess = None  # in __dict__ from the start, where TurboGears and Beaker code look
+        if cython.compiled:  # in __dict__ from the start, where TurboGears and Beaker code look
+            _set_sess(self, None)
+        else:
+            self._sess = None
         self._requested_id = session_id
         self._detached = detached  # get_by_id / get_session: save() writes at once, no cookies
         self._read_only = read_only
@@ -446,7 +450,7 @@ class _SessionCore:
 
     @cython.locals(s=_State)
     def _state(self) -> _State:
-        s = self._sess
+        s = _sess_of(self) if cython.compiled else self._sess  # see _session.pxd
         if s is None:
             s = self._load()
         return s
@@ -458,23 +462,30 @@ class _SessionCore:
             s.read_only = True
         return s
 
-    @cython.locals(s=_State, service=SessionService)
+    @cython.locals(s=_State)
     def _load(self) -> _State:
+        s = self._open_state()
+        if cython.compiled:
+            _set_sess(self, s)  # in the instance dict, as C (_session.pxd)
+        else:
+            self._sess = s
+        return s
+
+    @cython.locals(s=_State, service=SessionService)
+    def _open_state(self) -> _State:
+        """The state this session loads: from its cookie, its requested id, or a fresh one."""
         self._was_loaded = True  # the response depends on the cookie: see the cache headers
         service: SessionService = self._service
         now = service.clock()
         if service.cookie_only:
-            s = self._sess = self._load_sealed(service, now)
-            return s
+            return self._load_sealed(service, now)
         session_id = self._requested_id
         if session_id is not None:  # get_by_id, get_session: no cookie involved
-            s = self._sess = self._load_record(service, session_id, core.store_key(session_id), now)
-            return s
+            return self._load_record(service, session_id, core.store_key(session_id), now)
         header = self._cookie_header
         candidates = parse_cookie(header, service.cookie_name) if header and service.use_cookies else ()
         if not candidates:
-            s = self._sess = self._fresh(now)
-            return s
+            return self._fresh(now)
         beaker = service.beaker_compat
         refused = False  # a Beaker value was refused, and its reason logged
         for value in candidates:
@@ -483,7 +494,6 @@ class _SessionCore:
                     s = self._convert_beaker_cookie(service, value, now)
                     if s is not None:
                         s.had_cookie = True
-                        self._sess = s
                         return s
                     refused = True
                     continue
@@ -497,7 +507,7 @@ class _SessionCore:
         else:
             if not refused:
                 service.events.emit("invalid_cookie", message="no candidate cookie verified")
-            s = self._sess = self._fresh(now)
+            s = self._fresh(now)
             s.had_cookie = True
             return s
         s = self._load_record(service, session_id, key, now)
@@ -513,7 +523,6 @@ class _SessionCore:
                 service.events.emit(
                     "old_key_used", sid=service.sid(s.id), message="id cookie tagged with an old secret"
                 )
-        self._sess = s
         return s
 
     @cython.locals(service=SessionService)
@@ -753,7 +762,7 @@ class _SessionCore:
 
     def accessed(self) -> bool:
         """True once the session was loaded in this request."""
-        return self._sess is not None
+        return (_sess_of(self) if cython.compiled else self._sess) is not None
 
     def dirty(self) -> bool:
         """True once save() or delete() was called."""
@@ -865,14 +874,14 @@ class _SessionCore:
     def read_only(self) -> None:
         """This request neither writes nor touches the session."""
         self._read_only = True
-        s = self._sess
+        s = _sess_of(self) if cython.compiled else self._sess  # see _session.pxd
         if s is not None:
             s.read_only = True
 
     def get_by_id(self, session_id: str) -> Session | None:
         """The session stored under a raw id (trusted server code only), or None."""
         other = Session(self._service, session_id=session_id, detached=True)
-        if other.is_new or other._sess.read_only:  # is_new loads it
+        if other.is_new or (_sess_of(other) if cython.compiled else other._sess).read_only:  # is_new loads it
             return None
         return other
 
@@ -913,7 +922,7 @@ class _SessionCore:
 
     @cython.locals(s=_State)
     def __getitem__(self, key: str) -> Any:
-        s = self._sess
+        s = _sess_of(self) if cython.compiled else self._sess  # see _session.pxd
         if s is None:  # _state(), inline: the most used call of all
             s = self._load()
         value = s.data[key]
@@ -957,7 +966,7 @@ class _SessionCore:
 
     @cython.locals(s=_State)
     def get(self, key: str, default: Any = None) -> Any:
-        s = self._sess
+        s = _sess_of(self) if cython.compiled else self._sess  # see _session.pxd
         if s is None:  # _state(), inline, as in __getitem__
             s = self._load()
         value = s.data.get(key, default)
@@ -1117,7 +1126,7 @@ class _SessionCore:
     @cython.locals(s=_State, service=SessionService)
     def persist(self) -> None:
         """Write now what the end of the request would write (TurboGears calls it)."""
-        s = self._sess
+        s = _sess_of(self) if cython.compiled else self._sess  # see _session.pxd
         if s is None:
             return
         service: SessionService = self._service
@@ -1238,7 +1247,7 @@ class _SessionCore:
         that would need a new cookie (new session, new id, deletion, a new domain
         or path) is logged and dropped.
         """
-        s = self._sess
+        s = _sess_of(self) if cython.compiled else self._sess  # see _session.pxd
         if s is None or self._suppressed:
             return
         service: SessionService = self._service
@@ -1502,3 +1511,29 @@ class Session(_SessionCore):
 
 
 MutableMapping.register(Session)
+
+
+@cython.locals(session=_SessionCore)
+def request_session(service: SessionService, cookie_header: str | None) -> Session:
+    """Session(service, cookie_header), the middleware's one per request; compiled, no arguments are parsed.
+
+    The extension type's tp_new has set every other field as __init__ would: None and False.
+    """
+    session = _new_instance(Session)
+    session._service = service
+    session._cookie_header = cookie_header
+    _set_sess(session, None)
+    return session
+
+
+if not cython.compiled:  # compiled, _session.pxd defines these as C; the hot paths here use none of them
+    request_session = Session  # noqa: F811 - the same call, without two Python frames more
+    #: session._sess: a session's loaded state, or None
+    _sess_of = operator.attrgetter("_sess")
+
+    def _set_sess(session: _SessionCore, state: _State | None) -> None:
+        session._sess = state
+
+    def _new_instance(cls: type) -> object:
+        """cls(), without calling __init__."""
+        return cls.__new__(cls)
