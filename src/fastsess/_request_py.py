@@ -71,7 +71,7 @@ class Response:
         elif accessed:
             if "fastsess.no_touch" in self.environ and self.environ["fastsess.no_touch"]:  # the app may set it
                 session.read_only()
-            session.persist()
+            session._persist()  # compiled, a C call
             if (_sess_of(session) if cython.compiled else session._sess).cookie_action is not None:  # persist decided
                 cookie = self.mw.cookie_header(session, self.environ)
         headers = list(self.headers)  # never grow a list the application may reuse

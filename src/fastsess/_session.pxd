@@ -54,6 +54,7 @@ cdef class _SessionCore:
     cdef _State _store_failed(self, SessionService service, exc, now, session_id)
     cdef _State _writable(self)
     cdef _forget(self, _State s)
+    cdef _persist(self)
     cdef _persist_sealed(self, _State s, SessionService service)
     cdef _to_write(self, _State s, SessionService service)
     cdef bytes _pack(self, _State s, data_bytes, flash, now)

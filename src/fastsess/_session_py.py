@@ -827,7 +827,7 @@ class _SessionCore:
         if not s.dead:  # saving a deleted session does not bring it back
             s.save_requested = True
         if self._detached:
-            self.persist()
+            self._persist()
 
     @cython.locals(s=_State)
     def delete(self) -> None:
@@ -838,7 +838,7 @@ class _SessionCore:
         s.dead = True
         s.deleted = True
         if self._detached:
-            self.persist()
+            self._persist()
 
     @cython.locals(s=_State)
     def invalidate(self) -> None:
@@ -849,7 +849,7 @@ class _SessionCore:
         s.invalidated = True
         s.id = core.new_session_id()
         if self._detached:
-            self.persist()
+            self._persist()
 
     @cython.locals(s=_State)
     def regenerate_id(self) -> None:
@@ -860,7 +860,7 @@ class _SessionCore:
         s.id = core.new_session_id()
         s.save_requested = True
         if self._detached:
-            self.persist()
+            self._persist()
 
     @cython.locals(s=_State)
     def revert(self) -> None:
@@ -1123,9 +1123,13 @@ class _SessionCore:
 
     # -------------------------------------------------- persisting
 
-    @cython.locals(s=_State, service=SessionService)
     def persist(self) -> None:
         """Write now what the end of the request would write (TurboGears calls it)."""
+        self._persist()
+
+    @cython.locals(s=_State, service=SessionService)
+    def _persist(self) -> None:
+        """persist(); compiled, the request cycle and the session's own methods call it as C."""
         s = _sess_of(self) if cython.compiled else self._sess  # see _session.pxd
         if s is None:
             return
@@ -1260,7 +1264,7 @@ class _SessionCore:
                 )
             return
         try:
-            self.persist()
+            self._persist()
         except Exception as exc:  # the response is already out: log, never raise into the server
             service.events.emit("store_error", sid=service.sid(s.id), message=f"late write failed: {type(exc).__name__}")
 
