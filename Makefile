@@ -51,11 +51,12 @@ install: $(INSTALL_STAMP)
 
 # Editable: Python files are used from src/, and the compiled modules are built
 # into src/fastsess/. A change to their sources needs a new install, hence the
-# dependency: _request_py.py and _session_py.py run compiled as fastsess._request
-# and fastsess._session with the C kernel.
+# dependency: _request_py.py, _session_py.py and stores/_memory_py.py run compiled
+# as fastsess._request, fastsess._session and fastsess.stores._memory with the C kernel.
 $(INSTALL_STAMP): $(VENV_STAMP) pyproject.toml setup.py \
 		$(wildcard src/fastsess/_core.pyx src/fastsess/_request_py.py src/fastsess/_request.pxd \
-			src/fastsess/_session_py.py src/fastsess/_session.pxd)
+			src/fastsess/_session_py.py src/fastsess/_session.pxd \
+			src/fastsess/stores/_memory_py.py src/fastsess/stores/_memory.pxd)
 	rm -f $(VENV)/.installed-*
 	$(PY) -m pip install -e '.[test,all]'
 	@if [ "$(KERNEL)" = python ]; then \

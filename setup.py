@@ -1,7 +1,8 @@
-"""Build the optional C kernel: fastsess._core from src/fastsess/_core.pyx, and two
+"""Build the optional C kernel: fastsess._core from src/fastsess/_core.pyx, and three
 pure-Python modules compiled as they are: fastsess._request, the request cycle, from
-src/fastsess/_request_py.py, and fastsess._session, the session object, from
-src/fastsess/_session_py.py.
+src/fastsess/_request_py.py; fastsess._session, the session object, from
+src/fastsess/_session_py.py; and fastsess.stores._memory, the memory store's table,
+from src/fastsess/stores/_memory_py.py.
 
 Everything else about the package is declared in pyproject.toml. The kernel also
 exists in pure Python (fastsess._core_py), so a machine that cannot compile it
@@ -145,7 +146,10 @@ def declarations_changed(ext: Extension) -> bool:
 
 
 def c_kernel() -> list[Extension]:
-    """The kernel, and the request cycle and session compiled from their pure-Python sources (see the .pxd files)."""
+    """The kernel, and the request cycle, session and memory table compiled from their pure-Python sources.
+
+    Each compiled source takes its declarations from the .pxd named after its module.
+    """
     if NO_EXTENSIONS:
         return []
     return [
@@ -161,6 +165,7 @@ def c_kernel() -> list[Extension]:
             ("fastsess._core", "src/fastsess/_core.pyx"),
             ("fastsess._request", "src/fastsess/_request_py.py"),
             ("fastsess._session", "src/fastsess/_session_py.py"),
+            ("fastsess.stores._memory", "src/fastsess/stores/_memory_py.py"),
         )
     ]
 

@@ -6,6 +6,7 @@ import random
 import sys
 import threading
 import time
+import types
 
 import pytest
 
@@ -52,7 +53,8 @@ def test_cleanup_step_looks_only_at_the_least_recently_used_entries(clock):
 @pytest.fixture(params=["gil", "free-threaded"])
 def load_path(request, monkeypatch):
     """load() without the lock where the GIL makes each step atomic, and with it where there is none."""
-    monkeypatch.setattr(memory, "_GIL", request.param == "gil")
+    table_module = sys.modules[memory.MemoryTable.__module__]  # the compiled table with the C kernel
+    monkeypatch.setattr(table_module, "_GIL", request.param == "gil")
     return request.param
 
 
@@ -123,3 +125,39 @@ def test_loads_racing_writes_deletes_and_evictions_see_whole_records(load_path):
     assert errors == []
     assert seen and all(seen)
     assert len(store) <= 8
+
+
+def test_the_memory_table_is_compiled_exactly_when_the_c_kernel_is_selected():
+    """MemoryStore is the table of _memory_py.py plus Store; the table compiled as
+    fastsess.stores._memory with the C kernel, so a session calls load() and cas() as C."""
+    from fastsess import core
+    from fastsess.stores import _memory_py
+    from fastsess.stores.base import Store
+
+    if core.IMPLEMENTATION == "python":
+        assert memory.MemoryTable is _memory_py.MemoryTable
+    else:
+        try:
+            from fastsess.stores import _memory
+        except ImportError:
+            assert not core.REQUIRE_EXTENSIONS, "FASTSESS_REQUIRE_EXTENSIONS=1 but fastsess.stores._memory is not built"
+            assert memory.MemoryTable is _memory_py.MemoryTable
+        else:
+            assert memory.MemoryTable is _memory.MemoryTable
+            assert not isinstance(MemoryStore.load, types.FunctionType)  # compiled: no Python frame
+    store = MemoryStore()
+    assert isinstance(store, Store) and MemoryStore.__mro__[1] is memory.MemoryTable
+    assert store.has_locked_update
+
+
+def test_a_blob_given_as_a_buffer_is_kept_as_bytes(clock):
+    store = MemoryStore(clock=clock)
+    buffer = bytearray(b"first")
+    version = store.create(skey("a"), buffer, T0 + TTL)
+    buffer[:] = b"later"  # the caller reuses its buffer: the record keeps what was written
+    assert store.load(skey("a")).blob == b"first"
+    view = memoryview(bytearray(b"second"))
+    assert store.cas(skey("a"), view, version, T0 + TTL) != version
+    record = store.load(skey("a"))
+    assert type(record.blob) is bytes and record.blob == b"second"
+    assert type(record) is StoredRecord
