@@ -1,8 +1,9 @@
-"""Build the optional C kernel: fastsess._core from src/fastsess/_core.pyx, and three
+"""Build the optional C kernel: fastsess._core from src/fastsess/_core.pyx, and four
 pure-Python modules compiled as they are: fastsess._request, the request cycle, from
 src/fastsess/_request_py.py; fastsess._session, the session object, from
-src/fastsess/_session_py.py; and fastsess.stores._memory, the memory store's table,
-from src/fastsess/stores/_memory_py.py.
+src/fastsess/_session_py.py; fastsess.stores._memory, the memory store's table, from
+src/fastsess/stores/_memory_py.py; and fastsess.stores._lmdb_read, the LMDB store's
+read path, from src/fastsess/stores/_lmdb_read_py.py.
 
 Everything else about the package is declared in pyproject.toml. The kernel also
 exists in pure Python (fastsess._core_py), so a machine that cannot compile it
@@ -146,7 +147,7 @@ def declarations_changed(ext: Extension) -> bool:
 
 
 def c_kernel() -> list[Extension]:
-    """The kernel, and the request cycle, session and memory table compiled from their pure-Python sources.
+    """The kernel, and the request cycle, session and store hot paths compiled from their pure-Python sources.
 
     Each compiled source takes its declarations from the .pxd named after its module.
     """
@@ -166,6 +167,7 @@ def c_kernel() -> list[Extension]:
             ("fastsess._request", "src/fastsess/_request_py.py"),
             ("fastsess._session", "src/fastsess/_session_py.py"),
             ("fastsess.stores._memory", "src/fastsess/stores/_memory_py.py"),
+            ("fastsess.stores._lmdb_read", "src/fastsess/stores/_lmdb_read_py.py"),
         )
     ]
 

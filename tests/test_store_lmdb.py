@@ -17,10 +17,12 @@ from pathlib import Path
 
 import lmdb
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from fastsess.errors import CorruptRecord, StoreError
 from fastsess.stores import lmdb as lmdb_store
-from fastsess.stores.base import CONFLICT, GONE, TOMBSTONE, StoredRecord
+from fastsess.stores.base import CONFLICT, EXPIRED, GONE, TOMBSTONE, StoredRecord
 from fastsess.stores.lmdb import LmdbStore
 from test_store_contract import T0, TTL, FakeClock, increment, join_or_kill, skey
 
@@ -262,6 +264,41 @@ def test_damaged_blob_raises_corrupt_record(store):
     with pytest.raises(CorruptRecord):
         store.load(skey("a"))
     assert store.locked_update(skey("a"), lambda record: (b"x", T0 + TTL)) is GONE
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    fmt=st.sampled_from([2, 2, 2, 0, 3, 255]),
+    kind=st.sampled_from([0, 0, 0, 1, 2, 255]),
+    blob=st.binary(max_size=64),
+    size_delta=st.sampled_from([0, 0, 0, -1, 1, 1 << 31]),
+    version=st.integers(0, (1 << 64) - 1),
+    expires_at=st.one_of(st.floats(T0 + 1, 1e18), st.floats(allow_nan=False)),
+    last_access=st.floats(allow_nan=False),
+)
+def test_an_entry_loads_as_its_header_says_or_not_at_all(store, fmt, kind, blob, size_delta, version, expires_at,
+                                                         last_access):
+    """load() reads a header as struct does (compiled, as C): format 2, a record, the length it gives."""
+    size = (len(blob) + size_delta) % (1 << 32)
+    entry = struct.pack("<BBxxIQdd", fmt, kind, size, version, expires_at, last_access) + blob
+    shared = store._shared()
+    with store._environment().begin(write=True) as txn:
+        txn.put(skey("a"), entry, db=shared.meta)
+    try:
+        loaded = store.load(skey("a"))
+    except CorruptRecord:
+        loaded = CorruptRecord
+    if fmt == 2 and kind == 0 and size == len(blob):
+        if T0 > expires_at:
+            assert loaded is EXPIRED
+        else:
+            assert type(loaded) is StoredRecord
+            assert loaded == (blob, version, expires_at, last_access) and type(loaded.blob) is bytes
+            assert math.copysign(1.0, loaded.last_access) == math.copysign(1.0, last_access)  # -0.0 too
+    elif fmt == 2 and kind == 1 and size == len(blob):
+        assert loaded is (TOMBSTONE if T0 <= expires_at else None)
+    else:
+        assert loaded is CorruptRecord  # an unknown format or kind, or a length that disagrees
 
 
 # Format 1 (earlier releases): a 32-byte header in meta, the blob in data.
@@ -645,7 +682,9 @@ def test_writes_open_a_closed_environment(store, operation):
 
 @pytest.mark.parametrize("operation", ["load", "create", "cas", "touch"])
 def test_every_operation_counts_towards_maintenance(store, data_dir, monkeypatch, operation):
+    # load() reads it in the read path's module (compiled with the C kernel), the writes here
     monkeypatch.setattr(lmdb_store, "_MAINTAIN_EVERY", 3)
+    monkeypatch.setattr(lmdb_store._read_path, "_MAINTAIN_EVERY", 3)
     version = store.create(skey("a"), b"data", T0 + TTL)  # the first operation since opening
     for name in ("data.mdb", "lock.mdb"):
         os.rename(os.path.join(data_dir, name), os.path.join(data_dir, name + ".corrupt-elsewhere"))
@@ -656,3 +695,25 @@ def test_every_operation_counts_towards_maintenance(store, data_dir, monkeypatch
             result = _write(store, operation, version)
             version = result if operation == "cas" else version
     assert store.load(skey("a")) is None
+
+
+def test_the_read_path_is_compiled_exactly_when_the_c_kernel_is_selected(store):
+    """LmdbStore.load() is _lmdb_read_py.py's, compiled as fastsess.stores._lmdb_read with the C kernel."""
+    import types
+
+    from fastsess import core
+    from fastsess.stores import _lmdb_read_py
+
+    if core.IMPLEMENTATION == "python":
+        assert lmdb_store._read_path is _lmdb_read_py
+    else:
+        try:
+            from fastsess.stores import _lmdb_read
+        except ImportError:
+            assert not core.REQUIRE_EXTENSIONS, "FASTSESS_REQUIRE_EXTENSIONS=1 but fastsess.stores._lmdb_read is not built"
+            assert lmdb_store._read_path is _lmdb_read_py
+        else:
+            assert lmdb_store._read_path is _lmdb_read
+            assert not isinstance(LmdbStore.load, types.FunctionType)  # compiled: no Python frame
+    assert LmdbStore.__mro__[1] is lmdb_store.LmdbReadPath
+    assert store.clock is not None and store._shared_env is None  # set by the Python __init__s; opened on first use

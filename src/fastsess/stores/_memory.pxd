@@ -15,6 +15,7 @@ cdef class MemoryTable:
     cdef _put(self, key, entry)
     cdef _drop_expired(self, key)
 
+from fastsess.stores._record cimport _new_record
 from cpython.dict cimport PyDict_GetItem
 from cpython.ref cimport PyObject
 from cpython.tuple cimport PyTuple_GET_ITEM
@@ -30,19 +31,6 @@ cdef inline object _lookup(object entries, object key):
 
 cdef inline object _field(object entry, Py_ssize_t i):
     return <object>PyTuple_GET_ITEM(entry, i)
-
-cdef extern from *:
-    """
-    /* tuple.__new__(cls, fields) for a tuple subclass, called as C */
-    static CYTHON_INLINE PyObject *fastsess_new_record(PyObject *cls, PyObject *fields) {
-        PyObject *args = PyTuple_Pack(1, fields), *record;
-        if (args == NULL) return NULL;
-        record = PyTuple_Type.tp_new((PyTypeObject *)cls, args, NULL);
-        Py_DECREF(args);
-        return record;
-    }
-    """
-    object _new_record "fastsess_new_record"(object cls, tuple fields)
 
 cdef inline bytes _as_bytes(object blob):
     return blob if type(blob) is bytes else bytes(blob)

@@ -90,6 +90,7 @@ from collections.abc import Callable
 
 import lmdb
 
+from .. import core
 from ..errors import CorruptRecord, StoreError
 from .base import (
     CONFLICT,
@@ -104,13 +105,25 @@ from .base import (
     record_from,
 )
 
-_META = struct.Struct("<BBxxIQdd")
-_HEADER = _META.size
-_unpack_meta = _META.unpack_from
+if core.IMPLEMENTATION == "c":
+    try:
+        from . import _lmdb_read as _read_path  # type: ignore[attr-defined]
+    except ImportError:
+        if core.REQUIRE_EXTENSIONS:
+            raise
+        from . import _lmdb_read_py as _read_path
+else:
+    from . import _lmdb_read_py as _read_path
+
+LmdbReadPath = _read_path.LmdbReadPath
+# The header format, and the constants load() shares with the rest of the store.
+_META, _HEADER, _unpack_meta = _read_path._META, _read_path._HEADER, _read_path._unpack_meta
+_FORMAT, _FORMAT_SPLIT = _read_path._FORMAT, _read_path._FORMAT_SPLIT
+_RECORD, _TOMBSTONE = _read_path._RECORD, _read_path._TOMBSTONE
+_MAINTAIN_EVERY = _read_path._MAINTAIN_EVERY
+_RETRY = _read_path._RETRY
+_getpid = _read_path._getpid
 _pack_meta = _META.pack
-_FORMAT = 2  # header and blob in one meta entry
-_FORMAT_SPLIT = 1  # older releases: the header alone, the blob in the data sub-database
-_RECORD, _TOMBSTONE = 0, 1
 _MS = struct.Struct(">Q")
 _pack_ms = _MS.pack
 _MAX_MS = (1 << 64) - 1
@@ -118,13 +131,10 @@ _GRANULE_MS = 10_000  # expiry index resolution
 _GRANULE_MS_F = float(_GRANULE_MS)
 _EXACT_MS = float(1 << 53)  # below it, a float number of milliseconds floor-divides exactly
 _U64 = (1 << 64) - 1
-_MAINTAIN_EVERY = 1000  # operations between reader_check() and moved-file checks
 _MAP_GRANULE = 1 << 16  # map sizes stay multiples of every common page size
 _ATTEMPTS = 5
-_RETRY = object()  # a fast path (load, create, cas, touch) hit something only _run() handles
 _LOCK_PAGE = 4096  # lock.mdb's first page: LMDB's header and the first reader slots
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
-_getpid = os.getpid
 _time_ns = time.time_ns
 # The per-request paths call py-lmdb positionally, as begin(db, parent, write),
 # get(key, default, db), put(key, value, dupdata, overwrite, append, db) and
@@ -573,8 +583,12 @@ if hasattr(os, "register_at_fork"):
     )
 
 
-class LmdbStore(Store):
-    """Sessions in an LMDB environment; see the module docstring for the layout."""
+class LmdbStore(LmdbReadPath, Store):
+    """Sessions in an LMDB environment; see the module docstring for the layout.
+
+    LmdbReadPath comes first, so its load() is the store's: with the C kernel it
+    is found on the compiled type, and called without a Python frame.
+    """
 
     has_locked_update = True
     kind = "lmdb"
@@ -740,50 +754,7 @@ class LmdbStore(Store):
 
     # -- the Store interface
 
-    def load(self, key: bytes) -> LoadResult:
-        # The hot path: one read transaction, no retry loop unless LMDB asks.
-        if len(key) != 32:
-            raise ValueError("store keys are 32 bytes")
-        shared = self._shared_env
-        if shared is None or shared.pid != _getpid():
-            shared = self._shared()
-        try:
-            lock = shared.thread.lock
-        except AttributeError:
-            lock = shared.gate.thread_lock()
-        lock.acquire()
-        try:
-            env = shared.env
-            if env is None:
-                raw = _RETRY
-            else:
-                try:
-                    txn = env.begin()
-                    try:
-                        raw = txn.get(key, None, shared.meta)
-                        blob = None
-                        if raw and raw[0] == _FORMAT_SPLIT:  # an int test: no slice made
-                            blob = txn.get(key, db=shared.data)
-                    finally:
-                        txn.abort()
-                except lmdb.Error:
-                    raw = _RETRY
-        finally:
-            lock.release()
-        if raw is _RETRY:
-            return self._run(False, self._load, key)
-        shared.ops += 1
-        if shared.ops >= _MAINTAIN_EVERY:
-            shared.maintain()
-            if shared.reports:
-                self._deliver_reports(shared)
-        if blob is None and raw is not None and len(raw) > _HEADER:  # a format-2 record, as nearly always
-            fmt, kind, size, version, expires_at, last_access = _unpack_meta(raw)
-            if fmt == _FORMAT and kind == _RECORD and len(raw) == _HEADER + size:
-                if self.clock() > expires_at:
-                    return EXPIRED
-                return record_from((raw[_HEADER:], version, expires_at, last_access))
-        return self._loaded(raw, blob)
+    # load() is LmdbReadPath's (_lmdb_read_py.py): compiled with the C kernel.
 
     def _load(self, txn, shared, key):
         raw = txn.get(key, db=shared.meta)
