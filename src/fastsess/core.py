@@ -6,7 +6,9 @@ FASTSESS_NO_EXTENSIONS=1 always wins. IMPLEMENTATION is "c" or "python".
 
 from __future__ import annotations
 
+import importlib
 import os
+from types import ModuleType
 
 _NO_EXTENSIONS = os.environ.get("FASTSESS_NO_EXTENSIONS", "") not in ("", "0")
 _REQUIRE_EXTENSIONS = os.environ.get("FASTSESS_REQUIRE_EXTENSIONS", "") not in ("", "0")
@@ -24,6 +26,21 @@ else:
 IMPLEMENTATION = "python" if _kernel.__name__.endswith("_core_py") else "c"
 #: FASTSESS_REQUIRE_EXTENSIONS=1: the other compiled modules must import too
 REQUIRE_EXTENSIONS = _REQUIRE_EXTENSIONS and not _NO_EXTENSIONS
+
+
+def build_of(name: str) -> ModuleType:
+    """The module to run for a source compiled with the kernel: fastsess.X (compiled) or fastsess.X_py.
+
+    The compiled build exactly when the C kernel was selected, unless it failed
+    to build (an ImportError then, with FASTSESS_REQUIRE_EXTENSIONS=1).
+    """
+    if IMPLEMENTATION == "c":
+        try:
+            return importlib.import_module(name)
+        except ImportError:
+            if REQUIRE_EXTENSIONS:
+                raise
+    return importlib.import_module(name + "_py")
 
 FORMAT_VERSION = _kernel.FORMAT_VERSION
 ID_BYTES = _kernel.ID_BYTES
@@ -65,4 +82,7 @@ open_encrypted = _kernel.open_encrypted
 record_encrypt = _kernel.record_encrypt
 record_decrypt = _kernel.record_decrypt
 
-__all__ = [name for name in dir() if not name.startswith("_") and name not in ("annotations", "os")]
+__all__ = [
+    name for name in dir()
+    if not name.startswith("_") and name not in ("annotations", "os", "importlib", "ModuleType", "build_of")
+]

@@ -18,14 +18,4 @@ from . import core
 if TYPE_CHECKING:  # what type checkers see: the source both builds come from
     from ._session_py import *  # noqa: F403
 
-if core.IMPLEMENTATION == "c":
-    try:
-        from . import _session as _implementation  # type: ignore[attr-defined]
-    except ImportError:
-        if core.REQUIRE_EXTENSIONS:
-            raise
-        from . import _session_py as _implementation
-else:
-    from . import _session_py as _implementation
-
-sys.modules[__name__] = _implementation
+sys.modules[__name__] = core.build_of("fastsess._session")

@@ -26,15 +26,7 @@ from .stores import open_store
 
 # The request cycle, compiled with the kernel: the C build of _request_py.py
 # exactly when core picked the C kernel.
-if core.IMPLEMENTATION == "c":
-    try:
-        from . import _request  # type: ignore[attr-defined]
-    except ImportError:
-        if core.REQUIRE_EXTENSIONS:
-            raise
-        from . import _request_py as _request
-else:
-    from . import _request_py as _request
+_request = core.build_of("fastsess._request")
 
 log = logging.getLogger("fastsess")
 

@@ -105,15 +105,7 @@ from .base import (
     record_from,
 )
 
-if core.IMPLEMENTATION == "c":
-    try:
-        from . import _lmdb_read as _read_path  # type: ignore[attr-defined]
-    except ImportError:
-        if core.REQUIRE_EXTENSIONS:
-            raise
-        from . import _lmdb_read_py as _read_path
-else:
-    from . import _lmdb_read_py as _read_path
+_read_path = core.build_of("fastsess.stores._lmdb_read")  # compiled with the C kernel
 
 LmdbReadPath = _read_path.LmdbReadPath
 # The header format, and the constants load() shares with the rest of the store.

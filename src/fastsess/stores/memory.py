@@ -13,15 +13,7 @@ from __future__ import annotations
 from .. import core
 from .base import Store
 
-if core.IMPLEMENTATION == "c":
-    try:
-        from ._memory import MemoryTable  # type: ignore[import-not-found]
-    except ImportError:
-        if core.REQUIRE_EXTENSIONS:
-            raise
-        from ._memory_py import MemoryTable
-else:
-    from ._memory_py import MemoryTable
+MemoryTable = core.build_of("fastsess.stores._memory").MemoryTable
 
 
 class MemoryStore(MemoryTable, Store):
