@@ -4,8 +4,13 @@
 
 from fastsess.stores._record cimport _new_record
 
+cdef class SharedFields:
+    cdef public object pid, gate, thread, env, meta, data, reports
+    cdef public Py_ssize_t ops
+
 cdef class LmdbReadPath:
-    cdef public object clock, _shared_env
+    cdef public object clock
+    cdef public SharedFields _shared_env
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.stdint cimport uint8_t, uint64_t

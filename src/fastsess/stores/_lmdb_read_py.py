@@ -41,6 +41,23 @@ _RETRY = object()  # a fast path (load, create, cas, touch) hit something only L
 _getpid = os.getpid
 
 
+class SharedFields:
+    """The fields of lmdb._SharedEnv (one process's environment) that load() reads.
+
+    _SharedEnv subclasses it; compiled, they are C struct fields, so load() reads
+    them without Python's attribute lookup.
+    """
+
+    pid: int  # the process that opened env
+    gate: Any  # the _Gate: many transactions, or one exclusive holder
+    thread: Any  # gate.local; its .lock is this thread's lock, once it has one
+    env: Any  # the lmdb.Environment, or None while closed
+    meta: Any  # the sub-databases load() reads
+    data: Any
+    ops: int  # operations since the last maintenance
+    reports: list  # what the environment noticed, for the stores to report
+
+
 class LmdbReadPath:
     """load(), and the two fields it reads; LmdbStore is the rest of the store.
 
@@ -50,6 +67,7 @@ class LmdbReadPath:
     clock: Callable[[], float]
     _shared_env: Any  # lmdb._SharedEnv, this process's environment; None until first used
 
+    @cython.locals(shared=SharedFields)
     def load(self, key: bytes) -> LoadResult:
         # The hot path: one read transaction, no retry loop unless LMDB asks.
         if len(key) != 32:

@@ -274,8 +274,11 @@ class _Gate:
         self._exclusive.release()
 
 
-class _SharedEnv:
-    """One process's environment for one directory, shared by its LmdbStores."""
+class _SharedEnv(_read_path.SharedFields):
+    """One process's environment for one directory, shared by its LmdbStores.
+
+    The fields load() reads are SharedFields' (C struct fields with the C kernel).
+    """
 
     def __init__(self, path: str, map_size: int, sync: bool, max_readers: int) -> None:
         self.path = path
