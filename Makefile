@@ -52,13 +52,13 @@ install: $(INSTALL_STAMP)
 # Editable: Python files are used from src/, and the compiled modules are built
 # into src/fastsess/. A change to their sources needs a new install, hence the
 # dependency: _request_py.py, _session_py.py, stores/_memory_py.py and
-# stores/_lmdb_read_py.py run compiled (fastsess._request, fastsess._session,
-# fastsess.stores._memory, fastsess.stores._lmdb_read) with the C kernel.
+# stores/_lmdb_fast_py.py run compiled (fastsess._request, fastsess._session,
+# fastsess.stores._memory, fastsess.stores._lmdb_fast) with the C kernel.
 $(INSTALL_STAMP): $(VENV_STAMP) pyproject.toml setup.py \
 		$(wildcard src/fastsess/_core.pyx src/fastsess/_request_py.py src/fastsess/_request.pxd \
 			src/fastsess/_session_py.py src/fastsess/_session.pxd \
 			src/fastsess/stores/_memory_py.py src/fastsess/stores/_memory.pxd \
-			src/fastsess/stores/_lmdb_read_py.py src/fastsess/stores/_lmdb_read.pxd \
+			src/fastsess/stores/_lmdb_fast_py.py src/fastsess/stores/_lmdb_fast.pxd \
 			src/fastsess/stores/_record.pxd)
 	rm -f $(VENV)/.installed-*
 	$(PY) -m pip install -e '.[test,all]'

@@ -2,8 +2,8 @@
 pure-Python modules compiled as they are: fastsess._request, the request cycle, from
 src/fastsess/_request_py.py; fastsess._session, the session object, from
 src/fastsess/_session_py.py; fastsess.stores._memory, the memory store's table, from
-src/fastsess/stores/_memory_py.py; and fastsess.stores._lmdb_read, the LMDB store's
-read path, from src/fastsess/stores/_lmdb_read_py.py.
+src/fastsess/stores/_memory_py.py; and fastsess.stores._lmdb_fast, the LMDB store's
+load() and cas(), from src/fastsess/stores/_lmdb_fast_py.py.
 
 Everything else about the package is declared in pyproject.toml. The kernel also
 exists in pure Python (fastsess._core_py), so a machine that cannot compile it
@@ -167,7 +167,7 @@ def c_kernel() -> list[Extension]:
             ("fastsess._request", "src/fastsess/_request_py.py"),
             ("fastsess._session", "src/fastsess/_session_py.py"),
             ("fastsess.stores._memory", "src/fastsess/stores/_memory_py.py"),
-            ("fastsess.stores._lmdb_read", "src/fastsess/stores/_lmdb_read_py.py"),
+            ("fastsess.stores._lmdb_fast", "src/fastsess/stores/_lmdb_fast_py.py"),
         )
     ]
 

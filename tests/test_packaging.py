@@ -63,7 +63,7 @@ def test_the_sdist_has_what_a_build_needs_and_no_generated_c(tmp_path):
         "src/fastsess/_core.pyx", "src/fastsess/_libcrypto.h", "src/fastsess/_core_py.py", "src/fastsess/_request.pxd",
         "src/fastsess/_request_py.py", "src/fastsess/_session.pxd", "src/fastsess/_session_py.py",
         "src/fastsess/stores/_memory.pxd", "src/fastsess/stores/_memory_py.py", "src/fastsess/stores/_record.pxd",
-        "src/fastsess/stores/_lmdb_read.pxd", "src/fastsess/stores/_lmdb_read_py.py",
+        "src/fastsess/stores/_lmdb_fast.pxd", "src/fastsess/stores/_lmdb_fast_py.py",
     ):
         assert needed in names, needed
     assert not [name for name in names if name.endswith(BUILD_PRODUCTS)]
@@ -76,7 +76,7 @@ def test_a_wheel_built_with_no_extensions_is_pure_python_and_complete(tmp_path):
         names = set(zf.namelist())
     assert {
         "fastsess/_core_py.py", "fastsess/_request_py.py", "fastsess/_session_py.py", "fastsess/stores/_memory_py.py",
-        "fastsess/stores/_lmdb_read_py.py", "fastsess/cli.py",
+        "fastsess/stores/_lmdb_fast_py.py", "fastsess/cli.py",
     } <= names
     assert not [name for name in names if name.endswith(BUILD_PRODUCTS)]
 

@@ -682,9 +682,9 @@ def test_writes_open_a_closed_environment(store, operation):
 
 @pytest.mark.parametrize("operation", ["load", "create", "cas", "touch"])
 def test_every_operation_counts_towards_maintenance(store, data_dir, monkeypatch, operation):
-    # load() reads it in the read path's module (compiled with the C kernel), the writes here
+    # load() and cas() read it in the fast path module (compiled with the C kernel), the others here
     monkeypatch.setattr(lmdb_store, "_MAINTAIN_EVERY", 3)
-    monkeypatch.setattr(lmdb_store._read_path, "_MAINTAIN_EVERY", 3)
+    monkeypatch.setattr(lmdb_store._fast_path, "_MAINTAIN_EVERY", 3)
     version = store.create(skey("a"), b"data", T0 + TTL)  # the first operation since opening
     for name in ("data.mdb", "lock.mdb"):
         os.rename(os.path.join(data_dir, name), os.path.join(data_dir, name + ".corrupt-elsewhere"))
@@ -697,23 +697,24 @@ def test_every_operation_counts_towards_maintenance(store, data_dir, monkeypatch
     assert store.load(skey("a")) is None
 
 
-def test_the_read_path_is_compiled_exactly_when_the_c_kernel_is_selected(store):
-    """LmdbStore.load() is _lmdb_read_py.py's, compiled as fastsess.stores._lmdb_read with the C kernel."""
+def test_the_fast_path_is_compiled_exactly_when_the_c_kernel_is_selected(store):
+    """LmdbStore.load() and cas() are _lmdb_fast_py.py's, compiled as fastsess.stores._lmdb_fast with the C kernel."""
     import types
 
     from fastsess import core
-    from fastsess.stores import _lmdb_read_py
+    from fastsess.stores import _lmdb_fast_py
 
     if core.IMPLEMENTATION == "python":
-        assert lmdb_store._read_path is _lmdb_read_py
+        assert lmdb_store._fast_path is _lmdb_fast_py
     else:
         try:
-            from fastsess.stores import _lmdb_read
+            from fastsess.stores import _lmdb_fast
         except ImportError:
-            assert not core.REQUIRE_EXTENSIONS, "FASTSESS_REQUIRE_EXTENSIONS=1 but fastsess.stores._lmdb_read is not built"
-            assert lmdb_store._read_path is _lmdb_read_py
+            assert not core.REQUIRE_EXTENSIONS, "FASTSESS_REQUIRE_EXTENSIONS=1 but fastsess.stores._lmdb_fast is not built"
+            assert lmdb_store._fast_path is _lmdb_fast_py
         else:
-            assert lmdb_store._read_path is _lmdb_read
+            assert lmdb_store._fast_path is _lmdb_fast
             assert not isinstance(LmdbStore.load, types.FunctionType)  # compiled: no Python frame
-    assert LmdbStore.__mro__[1] is lmdb_store.LmdbReadPath
+            assert not isinstance(LmdbStore.cas, types.FunctionType)
+    assert LmdbStore.__mro__[1] is lmdb_store.LmdbFastPath
     assert store.clock is not None and store._shared_env is None  # set by the Python __init__s; opened on first use

@@ -1,4 +1,4 @@
-# A StoredRecord built as C, for the compiled stores (_memory.pxd, _lmdb_read.pxd cimport it).
+# A StoredRecord built as C, for the compiled stores (_memory.pxd, _lmdb_fast.pxd cimport it).
 # Declarations only: there is no fastsess.stores._record module.
 
 cdef extern from *:

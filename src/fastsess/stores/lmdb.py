@@ -105,29 +105,27 @@ from .base import (
     record_from,
 )
 
-_read_path = core.build_of("fastsess.stores._lmdb_read")  # compiled with the C kernel
+_fast_path = core.build_of("fastsess.stores._lmdb_fast")  # compiled with the C kernel
 
-LmdbReadPath = _read_path.LmdbReadPath
+LmdbFastPath = _fast_path.LmdbFastPath
 # The header format, and the constants load() shares with the rest of the store.
-_META, _HEADER, _unpack_meta = _read_path._META, _read_path._HEADER, _read_path._unpack_meta
-_FORMAT, _FORMAT_SPLIT = _read_path._FORMAT, _read_path._FORMAT_SPLIT
-_RECORD, _TOMBSTONE = _read_path._RECORD, _read_path._TOMBSTONE
-_MAINTAIN_EVERY = _read_path._MAINTAIN_EVERY
-_RETRY = _read_path._RETRY
-_getpid = _read_path._getpid
-_pack_meta = _META.pack
+_META, _HEADER, _unpack_meta = _fast_path._META, _fast_path._HEADER, _fast_path._unpack_meta
+_FORMAT, _FORMAT_SPLIT = _fast_path._FORMAT, _fast_path._FORMAT_SPLIT
+_RECORD, _TOMBSTONE = _fast_path._RECORD, _fast_path._TOMBSTONE
+_MAINTAIN_EVERY = _fast_path._MAINTAIN_EVERY
+_RETRY = _fast_path._RETRY
+_getpid = _fast_path._getpid
+_pack_meta = _fast_path._pack_meta
 _MS = struct.Struct(">Q")
 _pack_ms = _MS.pack
 _MAX_MS = (1 << 64) - 1
-_GRANULE_MS = 10_000  # expiry index resolution
-_GRANULE_MS_F = float(_GRANULE_MS)
-_EXACT_MS = float(1 << 53)  # below it, a float number of milliseconds floor-divides exactly
-_U64 = (1 << 64) - 1
+_GRANULE_MS, _GRANULE_MS_F, _EXACT_MS = _fast_path._GRANULE_MS, _fast_path._GRANULE_MS_F, _fast_path._EXACT_MS
+_U64 = _fast_path._U64
 _MAP_GRANULE = 1 << 16  # map sizes stay multiples of every common page size
 _ATTEMPTS = 5
 _LOCK_PAGE = 4096  # lock.mdb's first page: LMDB's header and the first reader slots
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
-_time_ns = time.time_ns
+_time_ns = _fast_path._time_ns
 # The per-request paths call py-lmdb positionally, as begin(db, parent, write),
 # get(key, default, db), put(key, value, dupdata, overwrite, append, db) and
 # delete(key, value, db): it parses keyword arguments slowly (~70 ns a call).
@@ -274,7 +272,7 @@ class _Gate:
         self._exclusive.release()
 
 
-class _SharedEnv(_read_path.SharedFields):
+class _SharedEnv(_fast_path.SharedFields):
     """One process's environment for one directory, shared by its LmdbStores.
 
     The fields load() reads are SharedFields' (C struct fields with the C kernel).
@@ -578,15 +576,16 @@ if hasattr(os, "register_at_fork"):
     )
 
 
-class LmdbStore(LmdbReadPath, Store):
+class LmdbStore(LmdbFastPath, Store):
     """Sessions in an LMDB environment; see the module docstring for the layout.
 
-    LmdbReadPath comes first, so its load() is the store's: with the C kernel it
+    LmdbFastPath comes first, so its load() is the store's: with the C kernel it
     is found on the compiled type, and called without a Python frame.
     """
 
     has_locked_update = True
     kind = "lmdb"
+    _reindex = staticmethod(_reindex)  # for LmdbFastPath's _cas, whose module cannot import this one
 
     def __init__(
         self,
@@ -749,7 +748,7 @@ class LmdbStore(LmdbReadPath, Store):
 
     # -- the Store interface
 
-    # load() is LmdbReadPath's (_lmdb_read_py.py): compiled with the C kernel.
+    # load() is LmdbFastPath's (_lmdb_fast_py.py), compiled with the C kernel.
 
     def _load(self, txn, shared, key):
         raw = txn.get(key, db=shared.meta)
@@ -838,72 +837,7 @@ class LmdbStore(LmdbReadPath, Store):
         self._put(txn, shared, key, old, _RECORD, version, blob, expires_at, now)
         return version
 
-    def cas(self, key: bytes, blob: bytes, expected_version: int, expires_at: float) -> WriteResult:
-        if len(key) != 32:
-            raise ValueError("store keys are 32 bytes")
-        blob = bytes(blob)
-        shared = self._shared_env
-        if shared is None or shared.pid != _getpid():
-            shared = self._shared()
-        try:
-            lock = shared.thread.lock
-        except AttributeError:
-            lock = shared.gate.thread_lock()
-        lock.acquire()
-        try:
-            env = shared.env
-            if env is None:
-                result = _RETRY
-            else:
-                try:
-                    txn = env.begin(None, None, True)
-                    try:
-                        result = self._cas(txn, shared, key, blob, expected_version, expires_at)
-                    except BaseException:
-                        txn.abort()
-                        raise
-                    txn.commit()
-                except lmdb.Error:
-                    result = _RETRY
-        finally:
-            lock.release()
-        if result is _RETRY:
-            return self._run(True, self._cas, key, blob, expected_version, expires_at, need=len(blob))
-        shared.ops += 1
-        if shared.ops >= _MAINTAIN_EVERY:
-            shared.maintain()
-            if shared.reports:
-                self._deliver_reports(shared)
-        return result
-
-    def _cas(self, txn, shared, key, blob, expected_version, expires_at):
-        # One straight function: this is every session save.
-        now = self.clock()
-        raw = txn.get(key, None, shared.meta)
-        if raw is None or len(raw) < _HEADER:
-            return GONE  # missing, or damaged: a write treats it as missing
-        fmt, kind, size, version, old_expires, _ = _unpack_meta(raw)
-        if kind != _RECORD or now > old_expires:
-            return GONE  # a tombstone, expired (or a damaged kind)
-        if fmt == _FORMAT:
-            if len(raw) != _HEADER + size:
-                return GONE
-        elif fmt != _FORMAT_SPLIT or len(raw) != _HEADER:
-            return GONE
-        if version != expected_version:
-            return CONFLICT
-        now_us = _time_ns() // 1000  # the next version, as _next_version()
-        version = now_us if version < now_us else (version + 1) & _U64
-        txn.put(key, _pack_meta(_FORMAT, _RECORD, len(blob), version, expires_at, now) + blob,
-                True, True, False, shared.meta)
-        if fmt == _FORMAT_SPLIT:
-            txn.delete(key, b"", shared.data)
-        if expires_at != old_expires:
-            ms = expires_at * 1000.0
-            old_ms = old_expires * 1000.0
-            if not (0.0 < ms < _EXACT_MS and 0.0 < old_ms < _EXACT_MS and ms // _GRANULE_MS_F == old_ms // _GRANULE_MS_F):
-                _reindex(txn, shared, key, old_expires, expires_at)
-        return version
+    # cas() and _cas() are LmdbFastPath's too: every session save runs them.
 
     def touch(self, key: bytes, expires_at: float) -> bool:
         if len(key) != 32:

@@ -1,5 +1,5 @@
-# Declarations for fastsess.stores._lmdb_read, the compiled build of _lmdb_read_py.py:
-# LmdbReadPath becomes an extension type whose fields are C struct fields.
+# Declarations for fastsess.stores._lmdb_fast, the compiled build of _lmdb_fast_py.py:
+# LmdbFastPath becomes an extension type whose fields are C struct fields.
 # LmdbStore (lmdb.py) subclasses it in Python, adding everything else.
 
 from fastsess.stores._record cimport _new_record
@@ -8,7 +8,7 @@ cdef class SharedFields:
     cdef public object pid, gate, thread, env, meta, data, reports
     cdef public Py_ssize_t ops
 
-cdef class LmdbReadPath:
+cdef class LmdbFastPath:
     cdef public object clock
     cdef public SharedFields _shared_env
 
@@ -30,9 +30,9 @@ cdef inline double _le_double(const uint8_t *p):
     memcpy(&value, &bits, 8)
     return value
 
-cdef object StoredRecord  # base.StoredRecord, imported by _lmdb_read_py.py
+cdef object StoredRecord  # base.StoredRecord, imported by _lmdb_fast_py.py
 
-# _plain_record of _lmdb_read_py.py, reading the header (_META: "<BBxxIQdd", 32 bytes) as C.
+# _plain_record of _lmdb_fast_py.py, reading the header (_META: "<BBxxIQdd", 32 bytes) as C.
 cdef inline object _plain_record(object raw):
     if type(raw) is not bytes or PyBytes_GET_SIZE(raw) <= 32:
         return None
