@@ -50,17 +50,17 @@ _EXACT_MS = float(1 << 53)  # below it, a float number of milliseconds floor-div
 
 
 class SharedFields:
-    """The fields of lmdb._SharedEnv (one process's environment) that load() reads.
+    """The fields of lmdb._SharedEnv (one process's environment) that load() and cas() read.
 
-    _SharedEnv subclasses it; compiled, they are C struct fields, so load() reads
-    them without Python's attribute lookup.
+    _SharedEnv subclasses it; compiled, they are C struct fields, so load() and
+    cas() read them without Python's attribute lookup.
     """
 
     pid: int  # the process that opened env
     gate: Any  # the _Gate: many transactions, or one exclusive holder
     thread: Any  # gate.local; its .lock is this thread's lock, once it has one
     env: Any  # the lmdb.Environment, or None while closed
-    meta: Any  # the sub-databases load() reads
+    meta: Any  # the sub-databases load() and cas() use
     data: Any
     ops: int  # operations since the last maintenance
     reports: list  # what the environment noticed, for the stores to report
