@@ -108,7 +108,7 @@ from .base import (
 _fast_path = core.build_of("fastsess.stores._lmdb_fast")  # compiled with the C kernel
 
 LmdbFastPath = _fast_path.LmdbFastPath
-# The header format, and the constants load() shares with the rest of the store.
+# The header format, and the constants load() and cas() share with the rest of the store.
 _META, _HEADER, _unpack_meta = _fast_path._META, _fast_path._HEADER, _fast_path._unpack_meta
 _FORMAT, _FORMAT_SPLIT = _fast_path._FORMAT, _fast_path._FORMAT_SPLIT
 _RECORD, _TOMBSTONE = _fast_path._RECORD, _fast_path._TOMBSTONE
@@ -275,7 +275,7 @@ class _Gate:
 class _SharedEnv(_fast_path.SharedFields):
     """One process's environment for one directory, shared by its LmdbStores.
 
-    The fields load() reads are SharedFields' (C struct fields with the C kernel).
+    The fields load() and cas() read are SharedFields' (C struct fields with the C kernel).
     """
 
     def __init__(self, path: str, map_size: int, sync: bool, max_readers: int) -> None:
@@ -579,8 +579,8 @@ if hasattr(os, "register_at_fork"):
 class LmdbStore(LmdbFastPath, Store):
     """Sessions in an LMDB environment; see the module docstring for the layout.
 
-    LmdbFastPath comes first, so its load() is the store's: with the C kernel it
-    is found on the compiled type, and called without a Python frame.
+    LmdbFastPath comes first, so its load() and cas() are the store's: with the C
+    kernel they are found on the compiled type, and called without a Python frame.
     """
 
     has_locked_update = True
@@ -748,7 +748,7 @@ class LmdbStore(LmdbFastPath, Store):
 
     # -- the Store interface
 
-    # load() is LmdbFastPath's (_lmdb_fast_py.py), compiled with the C kernel.
+    # load() and cas() are LmdbFastPath's (_lmdb_fast_py.py), compiled with the C kernel.
 
     def _load(self, txn, shared, key):
         raw = txn.get(key, db=shared.meta)
