@@ -336,6 +336,22 @@ def test_the_request_session_starts_as_one_the_constructor_makes():
     assert made.get("n") is None and made.accessed()  # and it loads as the constructed one does
 
 
+def test_code_reading_the_instance_dict_sees_the_state_as_beakers_session_object_keeps_it():
+    # Beaker's SessionObject keeps `_sess` in __dict__ from the start; compiled, a
+    # middleware session makes its dict only when used, and must look the same.
+    app = App(read)
+    mw = make_mw(app)
+    call(mw)
+    session = app.sessions[0]
+    assert session.__dict__["_sess"] is not None and vars(session)["_sess"] is session.__dict__["_sess"]
+    app.action = None
+    call(mw)
+    untouched = app.sessions[1]
+    assert vars(untouched)["_sess"] is None and untouched.__dict__["_sess"] is None
+    assert not untouched.accessed()
+    assert untouched.get("n") is None and untouched.__dict__["_sess"] is not None
+
+
 def test_untouched_session_with_a_cookie_gets_no_headers_added():
     app = App(inc)
     mw = make_mw(app)

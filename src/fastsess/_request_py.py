@@ -33,7 +33,11 @@ if not cython.compiled:  # compiled, cimported from _session.pxd as C
 
 
 class Response:
-    """One request's response: holds start_response until the session is written."""
+    """One request's response: holds start_response until the session is written.
+
+    The response is itself the start_response the application gets: calling an
+    object costs less than making a bound method for every request.
+    """
 
     def __init__(self, mw: Any, environ: dict, session: Session, start_response: Callable) -> None:
         self.mw = mw
@@ -46,7 +50,8 @@ class Response:
         self.sent = False
         self.server_write: Callable | None = None
 
-    def start_response(self, status: str, headers: list, exc_info=None) -> Callable:
+    def __call__(self, status: str, headers: list, exc_info=None) -> Callable:
+        """The application's start_response: recorded, and sent once the session is written."""
         if self.sent:
             if exc_info is None:
                 raise AssertionError("start_response called twice without exc_info")
@@ -144,7 +149,7 @@ class Middleware:
             response.server_start_response = start_response
         else:
             response = Response(self, environ, session, start_response)
-        return response.finish(self.app(environ, response.start_response))
+        return response.finish(self.app(environ, response))
 
 
 def no_app_code_left(result: Any, environ: dict) -> bool:

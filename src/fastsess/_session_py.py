@@ -432,9 +432,7 @@ class _SessionCore:
     ) -> None:
         self._service = service
         self._cookie_header = cookie_header
-        if cython.compiled:  # in __dict__ from the start, where TurboGears and Beaker code look
-            _set_sess(self, None)
-        else:
+        if not cython.compiled:  # compiled, Session.__dict__ shows _sess as None until it is set
             self._sess = None
         self._requested_id = session_id
         self._detached = detached  # get_by_id / get_session: save() writes at once, no cookies
@@ -1510,11 +1508,25 @@ class Session(_SessionCore):
 
     __module__ = "fastsess.session"  # where users import it from (this source is also built as _session)
 
-    #: what a session reads as its state when `__dict__` has none (it was deleted there): not loaded
+    #: what a session reads as its state when `__dict__` has none (not loaded yet, or deleted there)
     _sess: _State | None = None
+
+    if cython.compiled:
+        # A session's dict is made when its state is first set: an untouched one never needs
+        # it. Code that looks in the dict, as Beaker's does, still finds "_sess" there.
+        __dict__ = property(lambda self: _dict_holding_sess(self))
 
 
 MutableMapping.register(Session)
+_instance_dict = _SessionCore.__dict__["__dict__"]  # the dict behind Session.__dict__
+
+
+def _dict_holding_sess(session: Session) -> dict:
+    """session.__dict__, with "_sess" in it (None when the session has not loaded)."""
+    d = _instance_dict.__get__(session)
+    if "_sess" not in d:
+        d["_sess"] = None
+    return d
 
 
 @cython.locals(session=_SessionCore)
@@ -1526,8 +1538,7 @@ def request_session(service: SessionService, cookie_header: str | None) -> Sessi
     session = _new_instance(Session)
     session._service = service
     session._cookie_header = cookie_header
-    _set_sess(session, None)
-    return session
+    return session  # _sess: None, from the class, until it loads
 
 
 if not cython.compiled:  # compiled, _session.pxd defines these as C; the hot paths here use none of them
