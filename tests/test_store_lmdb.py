@@ -6,6 +6,7 @@ import ctypes
 import json
 import logging
 import math
+import mmap
 import multiprocessing
 import os
 import struct
@@ -531,6 +532,40 @@ def test_fork_that_skips_python_hooks_still_gets_a_fresh_environment(store, data
     finally:
         held.abort()
     assert store.load(skey("child")).blob == b"c"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="C-level fork via libc")
+@pytest.mark.parametrize("how", ["os.fork", "libc fork"])
+def test_the_process_id_the_store_checks_is_the_childs_after_any_fork(how):
+    # Compiled, the id is cached in a page the kernel zeroes in a forked child;
+    # a stale one would have the child use its parent's environment.
+    parent = lmdb_store._getpid()
+    assert parent == os.getpid()
+    read, write = os.pipe()
+    pid = os.fork() if how == "os.fork" else ctypes.CDLL(None, use_errno=True).fork()
+    if pid == 0:
+        try:
+            os.write(write, f"{lmdb_store._getpid()} {os.getpid()}".encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    seen = os.read(read, 100).decode().split()
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert seen == [str(pid), str(pid)] and parent == lmdb_store._getpid() != pid
+
+
+def test_the_process_id_is_cached_exactly_with_the_c_kernel_on_a_kernel_that_wipes_pages_on_fork():
+    from fastsess import core
+
+    advice = getattr(mmap, "MADV_WIPEONFORK", 18 if sys.platform.startswith("linux") else None)  # 18: Linux's value
+    try:
+        mmap.mmap(-1, mmap.PAGESIZE, flags=mmap.MAP_PRIVATE).madvise(advice)  # anonymous, as the cache
+        wipes = True
+    except (TypeError, OSError):  # not Linux, or before 4.14
+        wipes = False
+    lmdb_store._getpid()  # the first call sets the cache up
+    assert lmdb_store._fast_path.pid_is_cached() is (core.IMPLEMENTATION == "c" and wipes)
 
 
 class _ReportsCorruption:

@@ -44,3 +44,57 @@ cdef inline object _plain_record(object raw):
         PyBytes_FromStringAndSize(<const char *>p + 32, <Py_ssize_t>size), _le(p + 8, 8),
         _le_double(p + 16), _le_double(p + 24),
     ))
+
+# This process's id without a system call on every store operation (glibc no longer
+# caches getpid). It is kept in a private page marked MADV_WIPEONFORK: the kernel
+# hands a forked child that page zeroed, whichever way the fork was made (os.fork,
+# a C-level fork that runs no Python hooks), so a zero means "ask getpid() again".
+# Where the kernel lacks that advice (before Linux 4.14, other systems) nothing is
+# cached. Only called with the GIL held, which guards the two statics.
+cdef extern from *:
+    """
+    #include <unistd.h>
+    #if defined(__linux__)
+    #include <sys/mman.h>
+    #endif
+    static volatile long *fastsess_pid_page = NULL;
+    static int fastsess_pid_page_tried = 0;
+
+    static long fastsess_getpid_slow(void) {
+        long pid = (long)getpid();
+    #if defined(__linux__) && defined(MADV_WIPEONFORK)
+        if (!fastsess_pid_page_tried) {
+            long size = sysconf(_SC_PAGESIZE);
+            void *page;
+            fastsess_pid_page_tried = 1;
+            page = mmap(NULL, (size_t)size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+            if (page != MAP_FAILED) {
+                if (madvise(page, (size_t)size, MADV_WIPEONFORK) == 0)
+                    fastsess_pid_page = (volatile long *)page;
+                else
+                    munmap(page, (size_t)size);
+            }
+        }
+    #endif
+        if (fastsess_pid_page != NULL)
+            *fastsess_pid_page = pid;
+        return pid;
+    }
+
+    static CYTHON_INLINE long fastsess_getpid(void) {
+        long pid = fastsess_pid_page != NULL ? *fastsess_pid_page : 0;
+        return pid != 0 ? pid : fastsess_getpid_slow();
+    }
+
+    static int fastsess_pid_is_cached(void) {
+        return fastsess_pid_page != NULL;
+    }
+    """
+    long fastsess_getpid()
+    bint fastsess_pid_is_cached()
+
+cdef inline long _current_pid():
+    return fastsess_getpid()
+
+cdef inline bint _pid_cached():
+    return fastsess_pid_is_cached()

@@ -41,7 +41,6 @@ _FORMAT_SPLIT = 1  # older releases: the header alone, the blob in the data sub-
 _RECORD, _TOMBSTONE = 0, 1
 _MAINTAIN_EVERY = 1000  # operations between reader_check() and moved-file checks
 _RETRY = object()  # a fast path (load, create, cas, touch) hit something only LmdbStore._run() handles
-_getpid = os.getpid
 _time_ns = time.time_ns
 _U64 = (1 << 64) - 1
 _GRANULE_MS = 10_000  # expiry index resolution
@@ -81,7 +80,7 @@ class LmdbFastPath:
         if len(key) != 32:
             raise ValueError("store keys are 32 bytes")
         shared = self._shared_env
-        if shared is None or shared.pid != _getpid():
+        if shared is None or shared.pid != _current_pid():
             shared = self._shared()
         try:
             lock = shared.thread.lock
@@ -125,7 +124,7 @@ class LmdbFastPath:
             raise ValueError("store keys are 32 bytes")
         blob = bytes(blob)
         shared = self._shared_env
-        if shared is None or shared.pid != _getpid():
+        if shared is None or shared.pid != _current_pid():
             shared = self._shared()
         try:
             lock = shared.thread.lock
@@ -189,7 +188,21 @@ class LmdbFastPath:
         return version
 
 
+def _getpid() -> int:
+    """This process's id: os.getpid(), which compiled is cached where a fork clears it (_lmdb_fast.pxd)."""
+    return _current_pid()
+
+
+def pid_is_cached() -> bool:
+    """Whether _getpid() answers without a system call: compiled, on a kernel that wipes pages on fork."""
+    return _pid_cached()
+
+
 if not cython.compiled:  # compiled, inline C functions in _lmdb_fast.pxd
+    _getpid = _current_pid = os.getpid  # noqa: F811 - without a Python frame more
+
+    def _pid_cached() -> bool:
+        return False
 
     def _plain_record(raw: bytes) -> StoredRecord | None:
         """The record a format-2 entry holds; None for anything else (a tombstone, format 1, damage)."""

@@ -46,7 +46,8 @@ the opening process's map size, so a process opening or adopting a size while
 another grows the map can cut the file under the other's writes (SIGBUS too).
 
 Processes and forks. The environment is opened lazily, once per process id
-(checked with os.getpid() on every operation) and data directory, and shared
+(checked on every operation: compiled, against a copy of getpid() kept in a
+page the kernel wipes in a forked child, so no system call is made) and data directory, and shared
 by every LmdbStore on that directory in the process: LMDB forbids opening one
 environment twice in a process. LMDB handles must not cross a fork: closing
 an inherited one in the child wipes the parent's reader slots, and lmdb 3.x
