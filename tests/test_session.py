@@ -341,6 +341,21 @@ def test_resetting_sess_to_none_undoes_the_load_and_the_next_access_reloads(env)
     assert env.store.calls["load"] == 3
 
 
+@pytest.mark.parametrize("shape", [StoredRecord._make, tuple, list], ids=["StoredRecord", "tuple", "list"])
+def test_a_record_loads_from_its_four_fields_whatever_sequence_holds_them(env, shape, monkeypatch):
+    # Compiled, a tuple's fields are read as C; a store of another kind (a list,
+    # say) still loads through plain unpacking.
+    sid = env.existing(a=1)
+    loaded = env.store.load
+    monkeypatch.setattr(env.store, "load", lambda key: shape(loaded(key)))
+    session = env.request(sid)
+    assert session["a"] == 1 and session.last_accessed == T0
+    session["a"] = 2
+    session.save()
+    session.persist()
+    assert env.request(sid)["a"] == 2
+
+
 def test_a_state_deleted_from_the_instance_dict_reads_as_not_loaded_and_loads_again(env):
     session = env.request(env.existing(a=1))
     assert session["a"] == 1

@@ -5,6 +5,8 @@
 # Session itself is a Python subclass of _SessionCore, so that its module is
 # fastsess.session, where users import it from.
 
+from fastsess.stores._record cimport _is_record_tuple, _record_field
+
 cdef class SessionService:
     cdef dict __dict__
     cdef object __weakref__  # stores.base.fork_safe_locks keeps it weakly

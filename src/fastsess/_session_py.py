@@ -717,7 +717,12 @@ class _SessionCore:
             s.read_only = s.tombstoned = True
             s.is_new = False
             return s
-        blob, version, _, last_access = record
+        if cython.compiled and _is_record_tuple(record):  # a StoredRecord's fields, read as C (_record.pxd)
+            blob = _record_field(record, 0)
+            version = _record_field(record, 1)
+            last_access = _record_field(record, 3)
+        else:
+            blob, version, _, last_access = record
         try:
             if service.records_encrypted:
                 blob = service.open_record(key, blob)
@@ -1552,3 +1557,8 @@ if not cython.compiled:  # compiled, _session.pxd defines these as C; the hot pa
     def _new_instance(cls: type) -> object:
         """cls(), without calling __init__."""
         return cls.__new__(cls)
+
+    _record_field = operator.getitem  # record[i]
+
+    def _is_record_tuple(record: object) -> bool:
+        return isinstance(record, tuple) and len(record) == 4

@@ -2,7 +2,7 @@
 # LmdbFastPath becomes an extension type whose fields are C struct fields.
 # LmdbStore (lmdb.py) subclasses it in Python, adding everything else.
 
-from fastsess.stores._record cimport _new_record
+from fastsess.stores._record cimport _new_record, _record_field
 
 cdef class SharedFields:
     cdef public object pid, gate, thread, env, meta, data, reports

@@ -17,6 +17,7 @@ where both modules read it.
 
 from __future__ import annotations
 
+import operator
 import os
 import struct
 import time
@@ -115,7 +116,7 @@ class LmdbFastPath:
         if blob is None and raw is not None:
             record = _plain_record(raw)
             if record is not None:  # a format-2 record, as nearly always
-                return EXPIRED if self.clock() > record[2] else record
+                return EXPIRED if self.clock() > _record_field(record, 2) else record  # expires_at
         return self._loaded(raw, blob)
 
     @cython.locals(shared=SharedFields)
@@ -200,6 +201,7 @@ def pid_is_cached() -> bool:
 
 if not cython.compiled:  # compiled, inline C functions in _lmdb_fast.pxd
     _getpid = _current_pid = os.getpid  # noqa: F811 - without a Python frame more
+    _record_field = operator.getitem  # compiled, a C read of the tuple (_record.pxd)
 
     def _pid_cached() -> bool:
         return False

@@ -1,4 +1,4 @@
-# A StoredRecord built as C, for the compiled stores (_memory.pxd, _lmdb_fast.pxd cimport it).
+# A StoredRecord built and read as C, for the compiled stores (_memory.pxd, _lmdb_fast.pxd cimport it).
 # Declarations only: there is no fastsess.stores._record module.
 
 cdef extern from *:
@@ -13,3 +13,15 @@ cdef extern from *:
     }
     """
     object _new_record "fastsess_new_record"(object cls, tuple fields)
+
+from cpython.tuple cimport PyTuple_Check, PyTuple_GET_ITEM, PyTuple_GET_SIZE
+
+# A field of a StoredRecord (a tuple subclass, as load() returns it), read as C:
+# indexing a NamedTuple subclass from Python or Cython goes through its type's
+# sq_item slot, which looks __getitem__ up by name, several hundred instructions.
+cdef inline object _record_field(object record, Py_ssize_t i):
+    return <object>PyTuple_GET_ITEM(record, i)
+
+# Whether _record_field may read record: a tuple of a StoredRecord's four fields.
+cdef inline bint _is_record_tuple(object record):
+    return PyTuple_Check(record) and PyTuple_GET_SIZE(record) == 4
