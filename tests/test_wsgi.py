@@ -1267,6 +1267,16 @@ def test_5xx_response_is_saved_with_save_on_error():
     assert len(mw.store) == 1
 
 
+@pytest.mark.parametrize("status", [b"200 OK", ""], ids=["bytes", "empty"])
+def test_a_status_that_is_not_a_str_saves_nothing_and_reaches_the_server_as_given(status):
+    # PEP 3333 wants a native string; anything else is the server's to refuse, and
+    # the session is handled as on an error response.
+    mw = make_mw(App(inc, status=status))
+    served = call(mw)
+    assert served.status == status
+    assert served.set_cookies() == [] and len(mw.store) == 0
+
+
 @pytest.mark.parametrize("status", ["404 Not Found", "302 Found", "400 Bad Request"])
 def test_non_5xx_responses_are_saved(status):
     mw = make_mw(App(inc, status=status))

@@ -2,7 +2,7 @@
 # Middleware and Response become extension types whose attributes are C struct fields,
 # and what the request cycle calls internally is called as C, not looked up by name.
 
-from fastsess._session cimport _SessionCore, _sess_of, request_session
+from fastsess._session cimport _SessionCore, _State, _sess_of, request_session
 
 cdef class Middleware:
     cdef public object app, service, environ_key, _bound_get_session, _webtest_varname

@@ -29,6 +29,7 @@ if not cython.compiled:  # compiled, cimported from _session.pxd as C
     from operator import attrgetter
 
     _sess_of = attrgetter("_sess")  # a session's loaded state, or None
+    _State = object  # the type of that state, declared for the compiled build
     request_session = Session  # the middleware's session: Session(service, cookie_header)
 
 
@@ -66,9 +67,14 @@ class Response:
             self.send_headers()
         self.server_write(data)
 
+    @cython.locals(state=_State)
     def send_headers(self) -> None:
         session = self.session
-        server_error = not self.status or self.status[0] >= "5"  # 5xx (and garbage) saves nothing
+        status = self.status
+        if type(status) is str and status:  # compiled, its first character is read as C
+            server_error = cython.cast(str, status)[0] >= "5"  # 5xx saves nothing
+        else:
+            server_error = True  # and neither does garbage
         accessed = (_sess_of(session) if cython.compiled else session._sess) is not None  # see _session.pxd
         cookie = None
         if server_error and not self.mw.config.save_on_error:
@@ -77,7 +83,8 @@ class Response:
             if "fastsess.no_touch" in self.environ and self.environ["fastsess.no_touch"]:  # the app may set it
                 session.read_only()
             session._persist()  # compiled, a C call
-            if (_sess_of(session) if cython.compiled else session._sess).cookie_action is not None:  # persist decided
+            state = _sess_of(session) if cython.compiled else session._sess
+            if state.cookie_action is not None:  # persist decided
                 cookie = self.mw.cookie_header(session, self.environ)
         headers = list(self.headers)  # never grow a list the application may reuse
         if accessed or session._was_loaded:  # TurboGears' no_session_touch resets _sess after reading
