@@ -341,6 +341,30 @@ def test_resetting_sess_to_none_undoes_the_load_and_the_next_access_reloads(env)
     assert env.store.calls["load"] == 3
 
 
+def test_a_fresh_state_starts_with_every_field_at_its_default():
+    # Compiled, __init__ sets only what tp_new does not start at None, False or 0;
+    # in pure Python the class holds those defaults. Both must give this.
+    state = session_module._State(5.0)
+    fields = {
+        name: getattr(state, name) for name in dir(state)
+        if not name.startswith("__") and not callable(getattr(state, name))
+    }
+    assert fields == {
+        "id": None, "version": None, "created": 5.0, "last_access": 5.0, "last_accessed": None,
+        "data": {}, "shared": None, "loaded_data": b"{}", "is_new": True,
+        "domain": None, "path": None, "loaded_domain": None, "loaded_path": None,
+        "csrf_gen": 0, "loaded_csrf_gen": 0, "rotate_from": None, "had_cookie": False, "dropped": False,
+        "tombstoned": False, "sealed": None, "merge_from": None, "keyed": None, "read_only": False,
+        "anonymous": False, "save_requested": False, "modified": False, "flash_modified": False,
+        "mutable_out": False, "dead": False, "deleted": False, "invalidated": False, "retag": False,
+        "doomed": (), "cookie_action": None, "flash": {}, "loaded_flash": {},
+    }
+    assert type(fields["csrf_gen"]) is int and type(fields["is_new"]) is bool
+    flashed = session_module._State(5.0, {"a": 1}, {"q": [[1, "hi"]]})
+    assert flashed.data == {"a": 1} and flashed.flash == {"q": [[1, "hi"]]}
+    assert flashed.loaded_flash == {"q": [[1, "hi"]]} and flashed.loaded_flash["q"] is not flashed.flash["q"]
+
+
 @pytest.mark.parametrize("shape", [StoredRecord._make, tuple, list], ids=["StoredRecord", "tuple", "list"])
 def test_a_record_loads_from_its_four_fields_whatever_sequence_holds_them(env, shape, monkeypatch):
     # Compiled, a tuple's fields are read as C; a store of another kind (a list,

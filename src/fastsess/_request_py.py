@@ -72,7 +72,7 @@ class Response:
         session = self.session
         status = self.status
         if type(status) is str and status:  # compiled, its first character is read as C
-            server_error = cython.cast(str, status)[0] >= "5"  # 5xx saves nothing
+            server_error = (cython.cast(str, status) if cython.compiled else status)[0] >= "5"  # 5xx saves nothing
         else:
             server_error = True  # and neither does garbage
         accessed = (_sess_of(session) if cython.compiled else session._sess) is not None  # see _session.pxd

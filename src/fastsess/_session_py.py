@@ -330,35 +330,39 @@ class _State:
     """The loaded session: data, what was loaded, and what this request asked for.
 
     Compiled (fastsess._session), this is an extension type whose attributes are
-    C struct fields (_session.pxd): every attribute is set here, once.
+    C struct fields (_session.pxd).
     """
 
+    if not cython.compiled:
+        # Compiled, the type's tp_new starts every field at None, False or 0; here
+        # the class gives those defaults, and __init__ sets only the others.
+        id = None  # generated on first need
+        version = None
+        last_accessed = None  # the previous access, as the application sees it
+        shared = None  # the decode memo's dict whose containers data's values still are (see owned)
+        domain = path = loaded_domain = loaded_path = None
+        rotate_from = None  # (old store key, old version) after regenerate_id()
+        had_cookie = dropped = False
+        tombstoned = False  # served for an id rotated away: read-only, and its dropped writes are the client's doing
+        sealed = None  # cookie-only sessions: the value to send
+        merge_from = None  # (base, ours) as this request first merged them: every retry merges from these
+        keyed = None  # (id, store key): the SHA-256 computed last, for that id
+        read_only = anonymous = False
+        save_requested = modified = flash_modified = False
+        mutable_out = False  # a dict, list, set or tuple value was handed out: it may be mutated in place
+        dead = False  # delete() was called and nothing was written since
+        deleted = False  # delete() was called: expire the cookie unless a new one is written
+        invalidated = retag = False
+        cookie_action = None
+
     def __init__(self, now: float, data: dict | None = None, flash: dict | None = None) -> None:
-        self.id = None  # generated on first need
-        self.version = None
         self.created = now
         self.last_access = now  # the stored access time, for touch decisions
-        self.last_accessed = None  # the previous access, as the application sees it
         self.data = {} if data is None else data
-        self.shared = None  # the decode memo's dict whose containers data's values still are (see owned)
         self.loaded_data = _EMPTY_DATA
         self.is_new = True
-        self.domain = self.path = self.loaded_domain = self.loaded_path = None
         self.csrf_gen = self.loaded_csrf_gen = 0
-        self.rotate_from = None  # (old store key, old version) after regenerate_id()
-        self.had_cookie = self.dropped = False
-        self.tombstoned = False  # served for an id rotated away: read-only, and its dropped writes are the client's doing
-        self.sealed = None  # cookie-only sessions: the value to send
-        self.merge_from = None  # (base, ours) as this request first merged them: every retry merges from these
-        self.keyed = None  # (id, store key): the SHA-256 computed last, for that id
-        self.read_only = self.anonymous = False
-        self.save_requested = self.modified = self.flash_modified = False
-        self.mutable_out = False  # a dict, list, set or tuple value was handed out: it may be mutated in place
-        self.dead = False  # delete() was called and nothing was written since
-        self.deleted = False  # delete() was called: expire the cookie unless a new one is written
-        self.invalidated = self.retag = False
         self.doomed = ()  # store keys to delete at persist
-        self.cookie_action = None
         if flash:  # queue -> [[message id, message], ...]
             self.flash = flash
             self.loaded_flash = {q: list(m) for q, m in flash.items()}
