@@ -231,7 +231,7 @@ def test_pack_record_agrees(c_core, created, last_write, csrf_gen, domain, path,
 @SETTINGS
 @given(
     header=cookie_text,
-    name=st.sampled_from(["a", "ab", "b", "é", "\u20ac", "a b", ""]),
+    name=st.sampled_from(["a", "ab", "b", "é", "\u20ac", "a b", "", " a", "a\t", "a=", "a;b", ".*", "a\n"]),
     limit=st.integers(-1, 5),
 )
 def test_parse_cookie_agrees(c_core, header, name, limit):

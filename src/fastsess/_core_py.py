@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import operator
 import os
+import re
 import struct
 import uuid
 from decimal import Decimal
@@ -274,6 +275,28 @@ def open_id_cookie(value: str, keys, name: str):
 # ---------------------------------------------------------------- Cookie header
 
 
+_COOKIE_PATTERNS: dict = {}  # cookie name -> what finds its values (names come from configuration)
+_BY_PARTS = object()  # a name the pattern cannot match as the rules do: split and compare instead
+
+
+def _cookie_pattern(name: str):
+    """A regular expression whose matches are exactly the parts of a Cookie header that parse_cookie takes.
+
+    A part's name is what precedes its first "=", trimmed of spaces and tabs; for
+    a name with no "=" or ";" and nothing to trim, that is: the part starts with
+    spaces or tabs, the name, spaces or tabs, "=". Other names are compared part
+    by part.
+    """
+    if "=" in name or ";" in name or name != name.strip(" \t"):
+        pattern = _BY_PARTS
+    else:
+        pattern = re.compile("(?:^|;)[ \t]*" + re.escape(name) + "[ \t]*=([^;]*)")
+    if len(_COOKIE_PATTERNS) >= _KEYED_LIMIT:
+        _COOKIE_PATTERNS.clear()
+    _COOKIE_PATTERNS[name] = pattern
+    return pattern
+
+
 def parse_cookie(header: str, name: str, limit: int = MAX_CANDIDATES) -> list:
     """Values of cookie `name` in a Cookie header, in order, at most `limit`.
 
@@ -286,6 +309,16 @@ def parse_cookie(header: str, name: str, limit: int = MAX_CANDIDATES) -> list:
     if not isinstance(header, str) or not isinstance(name, str):
         raise TypeError("Cookie header and cookie name must be str")
     limit = operator.index(limit)
+    pattern = _COOKIE_PATTERNS.get(name) or _cookie_pattern(name)
+    if pattern is not _BY_PARTS:  # one scan in C finds every "name=" that starts a part
+        for value in pattern.findall(header):
+            value = value.strip(" \t")
+            if len(value) >= 2 and value[0] == '"' and value[-1] == '"':
+                value = value[1:-1]
+            found.append(value)
+            if len(found) >= limit:
+                break
+        return found
     for part in header.split(";"):
         eq = part.find("=")
         if eq < 0:
