@@ -821,9 +821,14 @@ class DecodeMemo:
                 return False
             if self._noted.pop(fp_old, None) is not None:
                 self._size -= len(old)
-        copied = _native_copy(data)
-        if copied is _NOT_NATIVE:
-            return False
+        if b'"~' not in new:
+            # No tag, so data is JSON's own types, and what its bytes decode to is
+            # exactly its copy: decoding them in C beats copying it in Python.
+            copied = _load_plain(new)
+        else:
+            copied = _native_copy(data)
+            if copied is _NOT_NATIVE:
+                return False
         fp = fingerprint(new)
         entry = self._kept.pop(fp, None)
         if entry is not None:
