@@ -310,28 +310,24 @@ def parse_cookie(header: str, name: str, limit: int = MAX_CANDIDATES) -> list:
         raise TypeError("Cookie header and cookie name must be str")
     limit = operator.index(limit)
     pattern = _COOKIE_PATTERNS.get(name) or _cookie_pattern(name)
-    if pattern is not _BY_PARTS:  # one scan in C finds every "name=" that starts a part
-        for value in pattern.findall(header):
-            value = value.strip(" \t")
-            if len(value) >= 2 and value[0] == '"' and value[-1] == '"':
-                value = value[1:-1]
-            found.append(value)
-            if len(found) >= limit:
-                break
-        return found
-    for part in header.split(";"):
-        eq = part.find("=")
-        if eq < 0:
-            continue
-        if part[:eq].strip(" \t") != name:
-            continue
-        value = part[eq + 1 :].strip(" \t")
+    # The raw value of every part named `name`: one scan in C, or part by part.
+    raw_values = pattern.findall(header) if pattern is not _BY_PARTS else _values_by_parts(header, name)
+    for value in raw_values:
+        value = value.strip(" \t")
         if len(value) >= 2 and value[0] == '"' and value[-1] == '"':
             value = value[1:-1]
         found.append(value)
         if len(found) >= limit:
             break
     return found
+
+
+def _values_by_parts(header: str, name: str):
+    """What follows the first "=" of every ";"-separated part whose name, trimmed, is name."""
+    for part in header.split(";"):
+        eq = part.find("=")
+        if eq >= 0 and part[:eq].strip(" \t") == name:
+            yield part[eq + 1 :]
 
 
 # ---------------------------------------------------------------- Set-Cookie
