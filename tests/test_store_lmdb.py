@@ -21,6 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from fastsess import core
 from fastsess.errors import CorruptRecord, StoreError
 from fastsess.stores import lmdb as lmdb_store
 from fastsess.stores.base import CONFLICT, EXPIRED, GONE, TOMBSTONE, StoredRecord
@@ -753,3 +754,91 @@ def test_the_fast_path_is_compiled_exactly_when_the_c_kernel_is_selected(store):
             assert not isinstance(LmdbStore.cas, types.FunctionType)
     assert LmdbStore.__mro__[1] is lmdb_store.LmdbFastPath
     assert store.clock is not None and store._shared_env is None  # set by the Python __init__s; opened on first use
+
+
+class _PausingEnvironment:
+    """Stands in for the open environment: a transaction's get() waits until `release` is set."""
+
+    def __init__(self, shared) -> None:
+        self.shared = shared
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.events: list[str] = []
+        self.active_seen: int | None = None
+
+    def begin(self, *args):
+        return self
+
+    def get(self, *args):
+        self.active_seen = self.shared.active
+        self.entered.set()
+        assert self.release.wait(10)
+        return None  # no entry
+
+    def abort(self) -> None:
+        self.events.append("transaction ended")
+
+    commit = abort
+
+
+def _run_on_pausing_environment(store: LmdbStore, operation: str) -> None:
+    if operation == "load":
+        store.load(skey("a"))
+    else:
+        store.cas(skey("a"), b"new", 1, T0 + TTL)
+
+
+@pytest.mark.parametrize("operation", ["load", "cas"])
+def test_a_map_resize_or_reopen_waits_for_a_transaction_load_or_cas_is_running(store, operation):
+    # Compiled, load() and cas() count their transactions instead of taking the
+    # thread's gate lock; the exclusive holder (resize, reopen, fork) must still
+    # wait for them, and only then work.
+    store.load(skey("a"))  # opens the environment
+    shared = store._shared_env
+    real, pausing = shared.env, _PausingEnvironment(shared)
+    shared.env = pausing
+    try:
+        worker = threading.Thread(target=_run_on_pausing_environment, args=(store, operation), daemon=True)
+        worker.start()
+        assert pausing.entered.wait(10)
+
+        def exclusive() -> None:
+            shared.acquire_exclusive()
+            pausing.events.append("exclusive")
+            shared.release_exclusive()
+
+        holder = threading.Thread(target=exclusive, daemon=True)
+        holder.start()
+        holder.join(0.3)
+        assert holder.is_alive(), "the exclusive holder did not wait for the running transaction"
+        pausing.release.set()
+        worker.join(10)
+        holder.join(10)
+        assert not worker.is_alive() and not holder.is_alive()
+    finally:
+        pausing.release.set()
+        shared.env = real
+    assert pausing.events == ["transaction ended", "exclusive"]
+    assert pausing.active_seen == (1 if core.IMPLEMENTATION == "c" else 0)  # pure Python locks instead
+    assert shared.active == 0 and not shared.draining
+
+
+@pytest.mark.parametrize("operation", ["load", "cas"])
+def test_a_load_or_cas_that_starts_during_a_resize_or_reopen_waits_for_its_end(store, operation):
+    store.load(skey("a"))
+    shared = store._shared_env
+    real, pausing = shared.env, _PausingEnvironment(shared)
+    pausing.release.set()  # get() answers at once
+    shared.acquire_exclusive()
+    try:
+        shared.env = pausing
+        worker = threading.Thread(target=_run_on_pausing_environment, args=(store, operation), daemon=True)
+        worker.start()
+        worker.join(0.3)
+        assert worker.is_alive() and not pausing.entered.is_set(), "a transaction ran during exclusive work"
+    finally:
+        shared.release_exclusive()
+    worker.join(10)
+    shared.env = real
+    assert not worker.is_alive() and pausing.events == ["transaction ended"]
+    assert shared.active == 0

@@ -3,6 +3,8 @@
 
 class cython:  # noqa: N801 - stands in for the module of that name
     compiled = False
+    double = float  # types named in locals(); compiled, C types
+    Py_ssize_t = int
 
     @staticmethod
     def locals(**types):

@@ -5,8 +5,11 @@
 from fastsess.stores._record cimport _new_record, _record_field
 
 cdef class SharedFields:
-    cdef public object pid, gate, thread, env, meta, data, reports
-    cdef public Py_ssize_t ops
+    cdef public object gate, thread, env, meta, data, reports
+    cdef public long pid
+    cdef public Py_ssize_t ops, active
+    cdef public bint draining
+    cdef public object drained
 
 cdef class LmdbFastPath:
     cdef public object clock
@@ -31,6 +34,11 @@ cdef inline double _le_double(const uint8_t *p):
     return value
 
 cdef object StoredRecord  # base.StoredRecord, imported by _lmdb_fast_py.py
+
+# Whether an entry is in the older split format (the header alone, the blob in the
+# data sub-database): its first byte is 1 (_FORMAT_SPLIT).
+cdef inline bint _is_split_entry(object raw):
+    return type(raw) is bytes and PyBytes_GET_SIZE(raw) > 0 and PyBytes_AS_STRING(raw)[0] == 1
 
 # _plain_record of _lmdb_fast_py.py, reading the header (_META: "<BBxxIQdd", 32 bytes) as C.
 cdef inline object _plain_record(object raw):

@@ -54,6 +54,16 @@ class SharedFields:
 
     _SharedEnv subclasses it; compiled, they are C struct fields, so load() and
     cas() read them without Python's attribute lookup.
+
+    A transaction must not run while an exclusive holder (a map resize, a
+    reopen, a fork) works; other code takes this thread's gate lock around
+    one. Compiled, load() and cas() count themselves in `active` instead: the
+    test of `draining` and the count are C with the GIL held, so no other
+    thread runs between them, and that saves the lock's lookup and two method
+    calls on every request. An exclusive holder first takes every thread's
+    lock, then sets `draining` and waits on `drained` until `active` is 0;
+    while `draining` is set, load() and cas() take the lock like the rest.
+    In pure Python `active += 1` is not atomic, so they always lock.
     """
 
     pid: int  # the process that opened env
@@ -63,6 +73,9 @@ class SharedFields:
     meta: Any  # the sub-databases load() and cas() use
     data: Any
     ops: int  # operations since the last maintenance
+    active: int  # compiled: load() and cas() transactions running without the lock
+    draining: bool  # an exclusive holder waits for active to reach 0
+    drained: Any  # a threading.Event the last of them sets
     reports: list  # what the environment noticed, for the stores to report
 
 
@@ -75,7 +88,7 @@ class LmdbFastPath:
     clock: Callable[[], float]
     _shared_env: Any  # lmdb._SharedEnv, this process's environment; None until first used
 
-    @cython.locals(shared=SharedFields)
+    @cython.locals(shared=SharedFields, now=cython.double, expires_at=cython.double, every=cython.Py_ssize_t)
     def load(self, key: bytes) -> LoadResult:
         # The hot path: one read transaction, no retry loop unless LMDB asks.
         if len(key) != 32:
@@ -83,12 +96,16 @@ class LmdbFastPath:
         shared = self._shared_env
         if shared is None or shared.pid != _current_pid():
             shared = self._shared()
-        try:
-            lock = shared.thread.lock
-        except AttributeError:
-            lock = shared.gate.thread_lock()
+        if cython.compiled and not shared.draining:  # counted, not locked: see SharedFields
+            lock = None
+            shared.active += 1
+        else:
+            try:
+                lock = shared.thread.lock
+            except AttributeError:
+                lock = shared.gate.thread_lock()
+            lock.acquire()
         blob = None
-        lock.acquire()
         try:
             env = shared.env
             if env is None:
@@ -98,25 +115,33 @@ class LmdbFastPath:
                     txn = env.begin()
                     try:
                         raw = txn.get(key, None, shared.meta)
-                        if raw and raw[0] == _FORMAT_SPLIT:  # an int test: no slice made
+                        if _is_split_entry(raw):
                             blob = txn.get(key, db=shared.data)
                     finally:
                         txn.abort()
                 except lmdb.Error:
                     raw = _RETRY
         finally:
-            lock.release()
+            if lock is None:
+                shared.active -= 1
+                if shared.draining and shared.active == 0:
+                    shared.drained.set()  # the last transaction an exclusive holder waits for
+            else:
+                lock.release()
         if raw is _RETRY:
             return self._run(False, self._load, key)
         shared.ops += 1
-        if shared.ops >= _MAINTAIN_EVERY:
+        every = _MAINTAIN_EVERY  # compiled, both sides of the test are C integers
+        if shared.ops >= every:
             shared.maintain()
             if shared.reports:
                 self._deliver_reports(shared)
         if blob is None and raw is not None:
             record = _plain_record(raw)
             if record is not None:  # a format-2 record, as nearly always
-                return EXPIRED if self.clock() > _record_field(record, 2) else record  # expires_at
+                now = self.clock()  # compiled, the times are compared as C doubles
+                expires_at = _record_field(record, 2)
+                return EXPIRED if now > expires_at else record
         return self._loaded(raw, blob)
 
     @cython.locals(shared=SharedFields)
@@ -127,11 +152,15 @@ class LmdbFastPath:
         shared = self._shared_env
         if shared is None or shared.pid != _current_pid():
             shared = self._shared()
-        try:
-            lock = shared.thread.lock
-        except AttributeError:
-            lock = shared.gate.thread_lock()
-        lock.acquire()
+        if cython.compiled and not shared.draining:  # counted, not locked: see SharedFields
+            lock = None
+            shared.active += 1
+        else:
+            try:
+                lock = shared.thread.lock
+            except AttributeError:
+                lock = shared.gate.thread_lock()
+            lock.acquire()
         try:
             env = shared.env
             if env is None:
@@ -148,7 +177,12 @@ class LmdbFastPath:
                 except lmdb.Error:
                     result = _RETRY
         finally:
-            lock.release()
+            if lock is None:
+                shared.active -= 1
+                if shared.draining and shared.active == 0:
+                    shared.drained.set()  # the last transaction an exclusive holder waits for
+            else:
+                lock.release()
         if result is _RETRY:
             return self._run(True, self._cas, key, blob, expected_version, expires_at, need=len(blob))
         shared.ops += 1
@@ -205,6 +239,10 @@ if not cython.compiled:  # compiled, inline C functions in _lmdb_fast.pxd
 
     def _pid_cached() -> bool:
         return False
+
+    def _is_split_entry(raw: bytes | None) -> bool:
+        """Whether an entry is in the older split format (the header alone, the blob in the data sub-database)."""
+        return bool(raw) and raw[0] == _FORMAT_SPLIT
 
     def _plain_record(raw: bytes) -> StoredRecord | None:
         """The record a format-2 entry holds; None for anything else (a tombstone, format 1, damage)."""

@@ -3,12 +3,26 @@
 
 cdef extern from *:
     """
-    /* tuple.__new__(cls, fields) for a tuple subclass, called as C */
+    /* tuple.__new__(cls, fields) for a tuple subclass (with no fields of its own,
+       as a NamedTuple), called as C: one allocation, the fields' references copied. */
     static CYTHON_INLINE PyObject *fastsess_new_record(PyObject *cls, PyObject *fields) {
-        PyObject *args = PyTuple_Pack(1, fields), *record;
-        if (args == NULL) return NULL;
-        record = PyTuple_Type.tp_new((PyTypeObject *)cls, args, NULL);
-        Py_DECREF(args);
+        PyTypeObject *type = (PyTypeObject *)cls;
+        Py_ssize_t i, n = PyTuple_GET_SIZE(fields);
+        PyObject *record;
+        if (type->tp_basicsize != PyTuple_Type.tp_basicsize || type->tp_dictoffset != 0) {
+            PyObject *args = PyTuple_Pack(1, fields);  /* a subclass with fields of its own */
+            if (args == NULL) return NULL;
+            record = PyTuple_Type.tp_new(type, args, NULL);
+            Py_DECREF(args);
+            return record;
+        }
+        record = type->tp_alloc(type, n);
+        if (record == NULL) return NULL;
+        for (i = 0; i < n; i++) {
+            PyObject *field = PyTuple_GET_ITEM(fields, i);
+            Py_INCREF(field);
+            PyTuple_SET_ITEM(record, i, field);
+        }
         return record;
     }
     """

@@ -122,6 +122,7 @@ _pack_ms = _MS.pack
 _MAX_MS = (1 << 64) - 1
 _GRANULE_MS, _GRANULE_MS_F, _EXACT_MS = _fast_path._GRANULE_MS, _fast_path._GRANULE_MS_F, _fast_path._EXACT_MS
 _U64 = _fast_path._U64
+_DRAIN_POLL_SECONDS = 0.05  # an exclusive holder rechecks the running count at least this often
 _MAP_GRANULE = 1 << 16  # map sizes stay multiples of every common page size
 _ATTEMPTS = 5
 _LOCK_PAGE = 4096  # lock.mdb's first page: LMDB's header and the first reader slots
@@ -235,7 +236,9 @@ class _Gate:
     LMDB requires that no transaction of this process runs while the map is
     resized or the environment closed. Each thread holds a lock of its own
     while it runs one, so the common path takes one uncontended lock; the
-    exclusive holder takes every thread's lock.
+    exclusive holder takes every thread's lock. (Compiled, load() and cas()
+    count their transactions instead; _SharedEnv.acquire_exclusive() waits
+    for those as well, and is what the store calls.)
     """
 
     def __init__(self) -> None:
@@ -292,19 +295,35 @@ class _SharedEnv(_fast_path.SharedFields):
         self.identity: tuple | None = None
         self.users = 0
         self.ops = 0
+        self.active = 0
+        self.draining = False
+        self.drained = threading.Event()
         #: the stores on this environment, and what it noticed for them to report
         #: (outside its locks: an on_event hook may use the store)
         self.stores: weakref.WeakSet = weakref.WeakSet()
         self.reports: list[str] = []
 
+    def acquire_exclusive(self) -> None:
+        """Wait for running transactions, locked or counted (SharedFields), and block new ones."""
+        self.gate.acquire_exclusive()
+        self.draining = True
+        while self.active:
+            self.drained.clear()
+            if self.active:  # the last one sets drained after this clear
+                self.drained.wait(_DRAIN_POLL_SECONDS)
+
+    def release_exclusive(self) -> None:
+        self.draining = False
+        self.gate.release_exclusive()
+
     # -- called with the gate held exclusively
 
     def exclusively(self, fn: Callable[[], None]) -> None:
-        self.gate.acquire_exclusive()
+        self.acquire_exclusive()
         try:
             fn()
         finally:
-            self.gate.release_exclusive()
+            self.release_exclusive()
 
     def _data_identity(self) -> tuple | None:
         try:
@@ -411,7 +430,7 @@ class _SharedEnv(_fast_path.SharedFields):
         and the next operation opens it again at a size that maps, so records
         stay readable and writes that fit keep working.
         """
-        self.gate.acquire_exclusive()
+        self.acquire_exclusive()
         try:
             fn()
         except lmdb.Error as exc:
@@ -424,7 +443,7 @@ class _SharedEnv(_fast_path.SharedFields):
                 f"(at {self.map_size} bytes): {exc}"
             ) from None
         finally:
-            self.gate.release_exclusive()
+            self.release_exclusive()
 
     def recover(self, failing: lmdb.Environment, reason: str) -> None:
         """Replace an environment that reported corruption, unless someone already did."""
@@ -550,7 +569,7 @@ def _before_fork() -> None:
     pid = os.getpid()
     for shared in _registry.values():
         if shared.pid == pid:
-            shared.gate.acquire_exclusive()
+            shared.acquire_exclusive()
             try:
                 shared.close_env()
             except lmdb.Error:
@@ -561,7 +580,7 @@ def _after_fork_in_parent() -> None:
     pid = os.getpid()
     for shared in _registry.values():
         if shared.pid == pid:
-            shared.gate.release_exclusive()
+            shared.release_exclusive()
     _registry_lock.release()
 
 
