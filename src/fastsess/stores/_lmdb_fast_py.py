@@ -115,7 +115,7 @@ class LmdbFastPath:
                     txn = env.begin()
                     try:
                         raw = txn.get(key, None, shared.meta)
-                        if _is_split_entry(raw):
+                        if _is_split_entry(raw) if cython.compiled else raw and raw[0] == _FORMAT_SPLIT:
                             blob = txn.get(key, db=shared.data)
                     finally:
                         txn.abort()
@@ -241,7 +241,10 @@ if not cython.compiled:  # compiled, inline C functions in _lmdb_fast.pxd
         return False
 
     def _is_split_entry(raw: bytes | None) -> bool:
-        """Whether an entry is in the older split format (the header alone, the blob in the data sub-database)."""
+        """Whether an entry is in the older split format (the header alone, the blob in the data sub-database).
+
+        load() tests it inline in pure Python, without a call.
+        """
         return bool(raw) and raw[0] == _FORMAT_SPLIT
 
     def _plain_record(raw: bytes) -> StoredRecord | None:
