@@ -115,7 +115,8 @@ class LmdbFastPath:
                     txn = env.begin()
                     try:
                         raw = txn.get(key, None, shared.meta)
-                        if _is_split_entry(raw) if cython.compiled else raw and raw[0] == _FORMAT_SPLIT:
+                        # The older split format? Compiled, a C read of the first byte (_lmdb_fast.pxd).
+                        if _is_split_entry(raw) if cython.compiled else raw and raw[0] == _FORMAT_SPLIT:  # noqa: F821
                             blob = txn.get(key, db=shared.data)
                     finally:
                         txn.abort()
@@ -239,13 +240,6 @@ if not cython.compiled:  # compiled, inline C functions in _lmdb_fast.pxd
 
     def _pid_cached() -> bool:
         return False
-
-    def _is_split_entry(raw: bytes | None) -> bool:
-        """Whether an entry is in the older split format (the header alone, the blob in the data sub-database).
-
-        load() tests it inline in pure Python, without a call.
-        """
-        return bool(raw) and raw[0] == _FORMAT_SPLIT
 
     def _plain_record(raw: bytes) -> StoredRecord | None:
         """The record a format-2 entry holds; None for anything else (a tombstone, format 1, damage)."""
