@@ -842,3 +842,23 @@ def test_a_load_or_cas_that_starts_during_a_resize_or_reopen_waits_for_its_end(s
     shared.env = real
     assert not worker.is_alive() and pausing.events == ["transaction ended"]
     assert shared.active == 0
+
+
+def test_an_entry_in_the_older_split_format_loads_and_a_write_moves_it_into_one_entry(store, clock):
+    # Format 1, written by older releases: the 32-byte header alone, the blob in
+    # the data sub-database under the same key. load() finds it by the header's
+    # first byte; a write replaces it with a format-2 entry and drops the old blob.
+    store.load(skey("a"))  # opens the environment
+    shared = store._shared_env
+    header = lmdb_store._pack_meta(lmdb_store._FORMAT_SPLIT, lmdb_store._RECORD, 5, 7, T0 + TTL, T0)
+    with shared.env.begin(write=True) as txn:
+        txn.put(skey("a"), header, db=shared.meta)
+        txn.put(skey("a"), b"split", db=shared.data)
+    assert store.load(skey("a")) == StoredRecord(b"split", 7, T0 + TTL, T0)
+
+    version = store.cas(skey("a"), b"joined", 7, T0 + TTL)
+    assert isinstance(version, int) and version != 7
+    assert store.load(skey("a")) == StoredRecord(b"joined", version, T0 + TTL, clock())
+    with shared.env.begin() as txn:
+        assert txn.get(skey("a"), db=shared.data) is None
+        assert txn.get(skey("a"), db=shared.meta)[0] == lmdb_store._FORMAT
