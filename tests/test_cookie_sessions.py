@@ -267,7 +267,7 @@ def test_a_remembered_cookie_still_expires_and_a_forged_one_is_not_remembered():
     assert mw.service.open_sealed(value) is not None
     forged = value[:-2] + ("AA" if value[-2:] != "AA" else "BB")
     assert mw.service.open_sealed(forged) is None
-    assert forged not in mw.service._opened_sealed
+    assert all(entry[0] != forged for entry in mw.service._opened_sealed.values())
     clock.now += 601
     assert app.get("/").text == "0"
 
@@ -277,10 +277,24 @@ def test_a_cookie_this_process_sealed_is_remembered_exactly_as_opening_it_would_
     mw = make(**mode)
     value = cookie_value(TestApp(mw).get("/inc"))
     remembered = mw.service.open_sealed_record(value)  # its record parsed from what was sealed
-    assert remembered is mw.service._opened_sealed[value]
+    assert [opened for whole, opened in mw.service._opened_sealed.values() if whole == value] == [remembered]
     mw.service._opened_sealed.clear()
     assert mw.service.open_sealed_record(value) == remembered
     assert mw.service.open_sealed(value) == remembered[:5]
+
+
+@pytest.mark.parametrize("mode", [{}, {"encrypt_key": ENC_KEY}])
+def test_a_forged_cookie_ending_like_a_remembered_one_is_refused_and_leaves_it_remembered(mode):
+    # Remembered values are found by their last characters and compared whole.
+    mw = make(**mode)
+    app = TestApp(mw)
+    value = cookie_value(app.get("/inc"))
+    remembered = mw.service.open_sealed_record(value)
+    forged = ("A" if value[0] != "A" else "B") + value[1:]  # the same last characters
+    assert mw.service.open_sealed_record(forged) is None
+    assert mw.service.open_sealed_record(value) is remembered  # still remembered, not opened again
+    assert TestApp(mw).get("/", headers={"Cookie": f"session={forged}"}).text == "0"  # fresh, never the remembered
+    assert TestApp(mw).get("/", headers={"Cookie": f"session={value}"}).text == "1"
 
 
 def test_a_verified_cookie_holding_a_malformed_record_is_refused_on_every_request():

@@ -7,6 +7,23 @@
 
 from fastsess.stores._record cimport _is_record_tuple, _record_field
 
+# The key a cookie value is remembered under in SessionService._opened_sealed: its
+# last 8 characters (of its tag) as an integer, for an ASCII str of 8 or more; else
+# the value itself. The entry holds the whole value, which a lookup compares.
+cdef extern from *:
+    """
+    static CYTHON_INLINE PyObject *fastsess_memo_key(PyObject *value) {
+        if (PyUnicode_CheckExact(value) && PyUnicode_IS_COMPACT_ASCII(value) && PyUnicode_GET_LENGTH(value) >= 8) {
+            unsigned long long tail;
+            memcpy(&tail, (const char *)PyUnicode_DATA(value) + PyUnicode_GET_LENGTH(value) - 8, 8);
+            return PyLong_FromUnsignedLongLong(tail);
+        }
+        Py_INCREF(value);
+        return value;
+    }
+    """
+    object _memo_key "fastsess_memo_key"(object value)
+
 cdef class SessionService:
     cdef dict __dict__
     cdef object __weakref__  # stores.base.fork_safe_locks keeps it weakly

@@ -49,6 +49,11 @@ VERIFIED_COOKIES_LIMIT = 4096
 #: cookie sessions remembered as opened, per process (see SessionService.open_sealed);
 #: fewer than id cookies, as each entry holds a whole cookie (up to 4 KB) and its payload
 OPENED_SEALED_LIMIT = 1024
+#: The opened cookie sessions are found by a value's last characters (its tag's, which
+#: no other value shares but by chance) and compared whole: hashing the whole value,
+#: several hundred characters, cost a tenth of a cookie-session read. Compiled, the key
+#: is the last 8 characters read as an integer (_memo_key in _session.pxd).
+MEMO_KEY_CHARS = 22
 #: decoded session data remembered, per process (see SessionService.decode): a budget
 #: in encoded bytes, and the largest encoding worth keeping
 DECODED_BYTES_LIMIT = 1 << 20
@@ -269,7 +274,8 @@ class SessionService:
     def _remember_sealed(self, value: str, opened: tuple) -> None:
         if len(self._opened_sealed) >= OPENED_SEALED_LIMIT:
             self._opened_sealed.clear()
-        self._opened_sealed[value] = opened
+        key = _memo_key(value) if cython.compiled else value[-MEMO_KEY_CHARS:]  # noqa: F821
+        self._opened_sealed[key] = (value, opened)  # see MEMO_KEY_CHARS
 
     def open_sealed(self, value: str) -> tuple | None:
         """(issued_at, last_access, expires_at, payload, key index) of a valid cookie session, else None."""
@@ -286,7 +292,8 @@ class SessionService:
         client sends the same cookie until its session changes. Expiry is
         checked by the caller on every request; failures are never remembered.
         """
-        hit = self._opened_sealed.get(value)
+        hit = self._opened_sealed.get(_memo_key(value) if cython.compiled else value[-MEMO_KEY_CHARS:])  # noqa: F821
+        hit = hit[1] if hit is not None and hit[0] == value else None
         if hit is not None:
             if hit[5] is _UNPARSED:  # sealed by this process: parsed once, on its first return
                 hit = (*hit[:5], _parse_sealed(hit[3]))
@@ -661,7 +668,9 @@ class _SessionCore:
                     return s
                 refused = True
                 continue
-            opened = service._opened_sealed.get(value)  # service.open_sealed_record's memory, inline
+            # service.open_sealed_record's memory, inline
+            opened = service._opened_sealed.get(_memo_key(value) if cython.compiled else value[-MEMO_KEY_CHARS:])  # noqa: F821
+            opened = opened[1] if opened is not None and opened[0] == value else None
             if opened is None or opened[5] is _UNPARSED:
                 opened = service.open_sealed_record(value)
             if opened is not None:
