@@ -451,7 +451,11 @@ def test_rediss_cluster_urls_carry_their_tls_options(tmp_path):
             node.stop()
 
 
-@pytest.mark.parametrize("url", ["http://127.0.0.1:6379", "redis+sentinel://127.0.0.1:26379", "redis+sentinel:///x/0"])
+@pytest.mark.parametrize("url", [
+    "http://127.0.0.1:6379", "redis+sentinel://127.0.0.1:26379", "redis+sentinel:///x/0",
+    "redis://127.0.0.1:6379/abc", "rediss://127.0.0.1:6379/1x", "redis://127.0.0.1:6379/-1",
+    "redis://127.0.0.1:6379?db=x",
+])
 def test_bad_urls_are_config_errors(url):
     with pytest.raises(ConfigError):
         RedisStore(url=url)

@@ -84,7 +84,7 @@ import struct
 import time
 from collections import deque
 from collections.abc import Callable
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis
 from redis.backoff import NoBackoff
@@ -445,6 +445,18 @@ def parse_cluster_urls(urls: list[str]) -> tuple[list[tuple[str, int]], dict]:
 
 
 
+def _check_database(url: str, parsed: dict) -> None:
+    """A redis:// URL's path is its database number; redis-py would use database 0 for any other path."""
+    split = urlsplit(url)
+    path = unquote(split.path).strip("/")
+    if split.scheme in ("redis", "rediss") and path and "db" not in parse_qs(split.query):
+        if not path.isdigit():
+            raise ConfigError(f"session.url: the database after the host must be a number, got {path!r}")
+    db = parsed.get("db", 0)
+    if not isinstance(db, int) or db < 0:
+        raise ConfigError(f"session.url: the database must be a number of 0 or more, got {db!r}")
+
+
 class RedisStore(Store):
     """Records in Redis strings; scripts for the writes; one connection pool per process."""
 
@@ -491,6 +503,7 @@ class RedisStore(Store):
                 parsed = redis.connection.parse_url(self._url)
             except ValueError as exc:
                 raise ConfigError(f"session.url is not a redis URL: {exc}") from None
+            _check_database(self._url, parsed)
             where = parsed.get("path") or f"{parsed.get('host', 'localhost')}:{parsed.get('port', 6379)}"
             self._name = f"redis at {where}"
         else:
