@@ -468,6 +468,23 @@ def test_beakers_bookkeeping_keys_move_into_the_record_header():
     assert before - 1 <= created == issued_at <= time.time() and domain is None and path == "/app"
 
 
+@pytest.mark.parametrize("field, value", [
+    ("_path", "noslash"),  # Beaker takes any path; browsers treat this one as no Path at all
+    ("_path", "/a b\u00e9"),
+    ("_domain", "example.com:8080"),  # a port is no part of a cookie domain
+    ("_domain", "a;b"),
+])
+def test_a_beaker_cookie_scope_fastsess_would_refuse_gives_way_to_the_configured_one(field, value):
+    mw = make("cookie")
+    response = get(mw, "/", beaker_cookie_session({"user": "ada", "n": 1, field: value}))
+    assert response.text == "[('n', 1), ('user', 'ada')]"
+    header = [h for h in response.headers.getall("Set-Cookie") if h.startswith(NAME)][0]
+    assert "Path=/;" in header + ";" and "Domain" not in header
+    _, _, _, payload, _ = mw.service.open_sealed(set_cookie_value(response))
+    _, _, _, domain, path, _, _ = core.unpack_record(payload[core.ID_BYTES:])
+    assert domain is None and path is None
+
+
 def test_logging_out_of_a_beaker_cookie_session_expires_the_cookie_and_issues_no_new_one():
     # invalidate() without a write leaves a new, empty, unsaved session: it gets no
     # cookie of its own, and the Beaker cookie is expired rather than resealed.

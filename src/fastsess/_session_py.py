@@ -20,7 +20,7 @@ from types import MappingProxyType
 from typing import Any
 
 from . import beaker_compat, core
-from .config import COOKIE_DOMAIN, TOMBSTONE_SECONDS, Config, cookie_name_prefix
+from .config import TOMBSTONE_SECONDS, Config, cookie_attribute
 from .core import encode_data, pack_record, parse_cookie, unpack_record  # per request: no lookup on core
 from .errors import ConflictError, CorruptRecord, SessionTooLarge, StoreError
 from .events import EventLog
@@ -829,7 +829,7 @@ class _SessionCore:
     @cython.locals(s=_State)
     def _rescope(self, what: str, value: str | None) -> None:
         """Set this session's cookie domain or path (checked as the configured ones are); a change saves."""
-        value = _cookie_attribute(what, value, self._service.cookie_name)
+        value = cookie_attribute(what, value, self._service.cookie_name)
         s = self._writable()
         if value != getattr(s, what):
             setattr(s, what, value)
@@ -1502,23 +1502,6 @@ def _is_utf8(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
-
-
-def _cookie_attribute(what: str, value: str | None, cookie_name: str) -> str | None:
-    """A per-session domain or path, held to the rules the configured one meets: browsers drop the rest."""
-    if value is None:
-        return None
-    if not isinstance(value, str) or any(c == ";" or c < " " or c > "~" for c in value):
-        raise ValueError(f"invalid cookie {what}")
-    if len(value) > 255:  # the record holds it behind a 1-byte length (docs/FORMATS.md, "Record")
-        raise ValueError(f"cookie {what} longer than 255 characters")
-    if what == "domain" and not COOKIE_DOMAIN.fullmatch(value):
-        raise ValueError("a cookie domain is a host name: letters, digits, '-', '_' and '.', no port")
-    if what == "path" and not value.startswith("/"):
-        raise ValueError("a cookie path must start with '/'")
-    if cookie_name_prefix(cookie_name) == "__Host-" and (what == "domain" or value != "/"):
-        raise ValueError("a __Host- cookie may not have a Domain, and its Path must be /")
-    return value
 
 
 class Session(_SessionCore):

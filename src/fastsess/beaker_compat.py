@@ -32,6 +32,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, TypeVar
 
 from . import core
+from .config import cookie_attribute
 
 #: Beaker's tag: HMAC-SHA1 as lowercase hex.
 TAG_CHARS = 40
@@ -273,13 +274,19 @@ def _time(value: Any, default: float) -> float:
     return default
 
 
-def _cookie_scope(value: Any, configured: str | None) -> str | None:
-    """A per-session domain or path worth keeping: set, printable, and not just the configured one."""
-    if not isinstance(value, str) or not value or value == configured or len(value.encode("utf-8")) > 255:
+def _cookie_scope(what: str, value: Any, config: Any) -> str | None:
+    """A per-session domain or path worth keeping: one a session could be given, and not the configured one.
+
+    Beaker kept whatever the application set; one fastsess would refuse
+    (config.cookie_attribute) is dropped, and the configured one applies.
+    """
+    if not isinstance(value, str) or not value:
         return None
-    if any(c == ";" or c < " " or c > "~" for c in value):
+    try:
+        value = cookie_attribute(what, value, config.cookie_name)
+    except ValueError:
         return None
-    return value
+    return None if value == (config.cookie_domain if what == "domain" else config.cookie_path) else value
 
 
 def split_session(session: Any, config: Any, now: float) -> BeakerSession:
@@ -294,8 +301,8 @@ def split_session(session: Any, config: Any, now: float) -> BeakerSession:
     fields = {name: data.pop(name, None) for name in BEAKER_FIELDS}
     accessed = min(_time(fields["_accessed_time"], now), now)
     created = min(_time(fields["_creation_time"], accessed), accessed)
-    domain = _cookie_scope(fields["_domain"], config.cookie_domain)
-    path = _cookie_scope(fields["_path"], config.cookie_path)
+    domain = _cookie_scope("domain", fields["_domain"], config)
+    path = _cookie_scope("path", fields["_path"], config)
     try:
         for key, item in data.items():
             if type(key) is not str:

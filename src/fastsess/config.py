@@ -789,3 +789,20 @@ def _is_token(name: str) -> bool:
 def load_config(config: Mapping | None = None, **kwargs: Any) -> Config:
     """Build a Config from a (prefixed) config dict and keyword arguments; kwargs win."""
     return Config(collect_options(config, kwargs))
+
+
+def cookie_attribute(what: str, value: str | None, cookie_name: str) -> str | None:
+    """A per-session domain or path, held to the rules the configured one meets: browsers drop the rest."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or any(c == ";" or c < " " or c > "~" for c in value):
+        raise ValueError(f"invalid cookie {what}")
+    if len(value) > 255:  # the record holds it behind a 1-byte length (docs/FORMATS.md, "Record")
+        raise ValueError(f"cookie {what} longer than 255 characters")
+    if what == "domain" and not COOKIE_DOMAIN.fullmatch(value):
+        raise ValueError("a cookie domain is a host name: letters, digits, '-', '_' and '.', no port")
+    if what == "path" and not value.startswith("/"):
+        raise ValueError("a cookie path must start with '/'")
+    if cookie_name_prefix(cookie_name) == "__Host-" and (what == "domain" or value != "/"):
+        raise ValueError("a __Host- cookie may not have a Domain, and its Path must be /")
+    return value
