@@ -701,6 +701,43 @@ def test_a_table_missing_because_the_database_was_down_at_startup_is_created_onc
     mw.close()
 
 
+def test_building_the_middleware_tells_on_event_whether_it_created_the_sessions_table(tmp_path, caplog):
+    seen = []
+    options = {"session.type": "sql", "session.url": f"sqlite:///{tmp_path / 's.sqlite'}", "session.secret": SECRET}
+    with caplog.at_level(logging.DEBUG, logger="fastsess"):
+        for _ in range(2):
+            SessionMiddleware(counter_app, options, on_event=lambda name, **f: seen.append((name, f["store"]))).close()
+    assert seen == [("table_created", "sql"), ("table_found", "sql")]
+    logged = {r.fastsess_event: r.levelno for r in caplog.records if getattr(r, "fastsess_event", "").startswith("table")}
+    assert logged == {"table_created": logging.INFO, "table_found": logging.DEBUG}  # no warning on every start
+
+
+def test_a_database_down_at_startup_reaches_on_event_as_a_store_error(tmp_path, caplog):
+    seen = []
+    with caplog.at_level(logging.ERROR, logger="fastsess"):
+        mw = SessionMiddleware(counter_app, {
+            "session.type": "sql", "session.url": f"sqlite:///{tmp_path / 'not-yet' / 's.sqlite'}",
+            "session.secret": SECRET, "session.on_store_error": "anonymous",
+        }, on_event=lambda name, **fields: seen.append((name, fields["store"])))
+    assert seen == [("store_error", "sql")]
+    assert [r.fastsess_event for r in caplog.records] == ["store_error"]
+    assert "could not check or create the sessions table" in caplog.records[0].getMessage()
+    mw.close()
+
+
+@pytest.mark.parametrize("command", [["create-table"], ["cleanup"]])
+def test_commands_fail_when_the_database_is_down_even_where_the_app_would_boot_anonymous(tmp_path, capsys, command):
+    ini = tmp_path / "app.ini"
+    ini.write_text(
+        "[app:main]\nsession.type = sql\n"
+        f"session.url = sqlite:///{tmp_path / 'not-yet' / 's.sqlite'}\n"
+        f"session.secret = {SECRET}\nsession.on_store_error = anonymous\n"
+    )
+    assert main([*command, "--config", str(ini)]) == 2
+    captured = capsys.readouterr()
+    assert "unable to open database file" in captured.err and "already exists" not in captured.out
+
+
 @pytest.mark.parametrize("with_data_dir", [False, True])
 def test_beaker_sa_url_names_the_database_when_session_url_is_absent(tmp_path, with_data_dir):
     # Beaker's ext:database takes session.sa.url (SQLAlchemy's own option) in place of session.url.

@@ -169,6 +169,9 @@ class SessionService:
         self.events = events or EventLog(config.on_event)
         if store is not None:
             store.report = self.events.emit  # what the store notices reaches on_event too
+            for name, level, message in store.startup_events:
+                self.events.emit(name, message=message, level=level, store=store.kind)
+            store.startup_events = ()  # told once
         self.clock = clock
         self._writes = 0
         self._verified: dict[str, tuple] = {}

@@ -214,7 +214,7 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
         message = f"nothing to clean: session.type = {config.store_type} expires sessions itself (server TTL)"
         print(json.dumps({"removed": 0, "seconds": 0.0, "note": message}) if args.json else message)
         return 0
-    store = open_store(config)
+    store = open_store(config, boot_during_outage=False)
     total = 0
     started = time.monotonic()
     try:
@@ -244,7 +244,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if value.startswith(config.cookie_name + "="):
         value = value[len(config.cookie_name) + 1 :]
     value = value.strip().strip('"')
-    service = SessionService(config, open_store(config))
+    service = SessionService(config, open_store(config, boot_during_outage=False))
     try:
         report = _inspect(service, value)
     finally:
@@ -340,7 +340,7 @@ def cmd_create_table(args: argparse.Namespace) -> int:
     if config.store_type != "sql":
         raise ConfigError(f"create-table is for session.type = sql (or ext:database); this config uses "
                           f"{config.store_type}")
-    store = open_store(config)  # building the sql store creates its table when missing
+    store = open_store(config, boot_during_outage=False)  # building the sql store creates its table when missing
     try:
         table = store.table
         report = {
@@ -389,7 +389,8 @@ def cmd_migrate_beaker(args: argparse.Namespace) -> int:
     try:
         # Opening a file, lmdb or sql store creates its directory, files or table: a dry run,
         # which writes nothing, checks the Beaker side only and leaves those untouched.
-        store = None if args.dry_run and config.store_type in ("file", "lmdb", "sql") else open_store(config)
+        dry = args.dry_run and config.store_type in ("file", "lmdb", "sql")
+        store = None if dry else open_store(config, boot_during_outage=False)
     except BaseException:
         source.close()
         raise

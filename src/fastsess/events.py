@@ -67,14 +67,19 @@ class EventLog:
             self._in_window[name] += 1
             return self._in_window[name] <= RATE_LIMIT_PER_SECOND
 
-    def emit(self, name: str, sid: str | None = None, message: str = "", client: bool = False, **fields: Any) -> None:
+    def emit(
+        self, name: str, sid: str | None = None, message: str = "", client: bool = False,
+        level: int | None = None, **fields: Any,
+    ) -> None:
         """Record event `name`; fields must never hold ids, cookie values or session data.
 
         client: this occurrence is one a client can cause at will (as CLIENT_EVENTS
-        always are): logged at INFO at most, and rate-limited.
+        always are): logged at INFO at most, and rate-limited. level: the log level,
+        when this occurrence needs another than the event's own.
         """
         self.counts[name] += 1
-        level = _LEVELS.get(name, logging.DEBUG)
+        if level is None:
+            level = _LEVELS.get(name, logging.DEBUG)
         if client:
             level = min(level, logging.INFO)
         if log.isEnabledFor(level) and (not (client or name in _RATE_LIMITED) or self._allowed(name)):

@@ -8,8 +8,6 @@ import os
 from ..errors import ConfigError, StoreError
 from .base import CONFLICT, EXISTS, EXPIRED, GONE, TOMBSTONE, Store, StoredRecord
 
-logger = logging.getLogger("fastsess")
-
 __all__ = ["CONFLICT", "EXISTS", "EXPIRED", "GONE", "TOMBSTONE", "Store", "StoredRecord", "open_store", "prepare_data_dir"]
 
 
@@ -41,10 +39,15 @@ _EXTRAS = {"memcached": "memcached", "redis": "redis", "sql": "sql"}
 _SQL_EXTRA_MODULES = ("sqlalchemy", "psycopg")
 
 
-def open_store(config) -> Store | None:
-    """The store config.store_type names, opened and checked at startup; None for cookie sessions."""
+def open_store(config, *, boot_during_outage: bool | None = None) -> Store | None:
+    """The store config.store_type names, opened and checked at startup; None for cookie sessions.
+
+    boot_during_outage: an sql store whose database does not answer is still
+    built, and serves anonymous sessions until it does (by default, when
+    on_store_error = anonymous). Commands pass False: they need the database now.
+    """
     try:
-        return _open(config)
+        return _open(config, config.on_store_error == "anonymous" if boot_during_outage is None else boot_during_outage)
     except ImportError as exc:
         if config.store_type == "sql" and (exc.name or "").split(".")[0] not in _SQL_EXTRA_MODULES:
             raise ConfigError(
@@ -58,7 +61,7 @@ def open_store(config) -> Store | None:
         ) from None
 
 
-def _open(config) -> Store | None:
+def _open(config, boot_during_outage: bool) -> Store | None:
     kind = config.store_type
     if kind == "cookie":
         return None  # the session travels in the cookie
@@ -113,15 +116,18 @@ def _open(config) -> Store | None:
         try:
             store.table_created = store.create_table()
         except StoreError as exc:
-            if config.on_store_error != "anonymous":
+            if not boot_during_outage:
                 store.close()
                 raise
             # Workers must boot during a database outage: requests get anonymous
             # sessions until the database (and the table) are there.
-            logger.error(
+            store.startup_events = (("store_error", logging.ERROR,
                 "sql store: could not check or create the sessions table at startup; "
-                "serving anonymous sessions until the database answers: %s", exc,
-                extra={"fastsess_event": "store_error", "sid": None},
+                f"serving anonymous sessions until the database answers: {exc}"),)
+        else:
+            store.startup_events = (
+                ("table_created", logging.INFO, "sql store: created the sessions table") if store.table_created
+                else ("table_found", logging.DEBUG, "sql store: the sessions table is in place"),
             )
         return store
     raise ConfigError(f"no store for session.type {kind!r}")

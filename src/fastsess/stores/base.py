@@ -92,6 +92,9 @@ class Store(ABC):
     report: Callable[..., None] | None = None
     #: the store's name in those reports
     kind = "store"
+    #: What building the store did that the session layer reports once it attaches
+    #: (the sql store's table_created, say): (event, log level, message) triples.
+    startup_events: tuple = ()
     #: locked_rotate() is offered: rotation merges under the store's lock (SQL), where an
     #: optimistic rotation would keep losing to writers that hold a lock
     has_locked_rotate = False
