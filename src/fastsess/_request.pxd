@@ -2,10 +2,18 @@
 # Middleware and Response become extension types whose attributes are C struct fields,
 # and what the request cycle calls internally is called as C, not looked up by name.
 
-from fastsess._session cimport _SessionCore, _State, _sess_of, request_session
+from fastsess._session cimport SessionService, _SessionCore, _State, _sess_of, request_session
+
+cdef class CookieSpec:
+    cdef public SessionService service
+    cdef public object name, domain, path, secure, samesite, max_age, expires, insecure_request
+    cdef public bint use_cookies, httponly, partitioned, insecure_warned
+
+cpdef object cookie_header(CookieSpec spec, _SessionCore session, object environ)
 
 cdef class Middleware:
     cdef public object app, service, environ_key, _bound_get_session, _webtest_varname
+    cdef public CookieSpec cookie_spec
 
 cdef class Response:
     cdef Middleware mw

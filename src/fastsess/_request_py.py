@@ -16,9 +16,13 @@ when fastsess.core picked the C kernel. Nothing else knows there are two.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from datetime import timezone
 from typing import Any
 
-from .session import Session
+from . import core
+from .config import FAR_FUTURE
+from .errors import SessionTooLarge
+from .session import EXPIRE_COOKIE, MAX_COOKIE_BYTES, SET_COOKIE, Session
 
 try:  # compiled, the declarations in _request.pxd; in pure Python, no-ops
     import cython
@@ -29,7 +33,7 @@ if not cython.compiled:  # compiled, cimported from _session.pxd as C
     from operator import attrgetter
 
     _sess_of = attrgetter("_sess")  # a session's loaded state, or None
-    _State = object  # the type of that state, declared for the compiled build
+    _State = _SessionCore = SessionService = object  # types declared for the compiled build
     request_session = Session  # the middleware's session: Session(service, cookie_header)
 
 
@@ -85,7 +89,7 @@ class Response:
             session._persist()  # compiled, a C call
             state = _sess_of(session) if cython.compiled else session._sess
             if state.cookie_action is not None:  # persist decided
-                cookie = self.mw.cookie_header(session, self.environ)
+                cookie = cookie_header(self.mw.cookie_spec, session, self.environ)
         headers = list(self.headers)  # never grow a list the application may reuse
         if accessed or session._was_loaded:  # TurboGears' no_session_touch resets _sess after reading
             cache_headers(headers, cookie is not None, self.mw)
@@ -130,11 +134,83 @@ class Response:
         return StreamingBody(result, first, self.session)
 
 
+class CookieSpec:
+    """A middleware's Set-Cookie settings, read once from its Config (nothing changes a built Config)."""
+
+    def __init__(self, config: Any, service: SessionService, insecure_request: Callable) -> None:
+        self.service = service
+        self.use_cookies = config.use_cookies
+        self.name = config.cookie_name
+        self.domain = config.cookie_domain
+        self.path = config.cookie_path
+        self.secure = config.secure  # True, False or "auto"
+        self.httponly = config.httponly
+        self.samesite = config.samesite
+        self.partitioned = config.partitioned
+        self.max_age = config.max_age
+        self.expires = config.cookie_expires  # Beaker's cookie_expires, when max_age is None
+        # insecure_request(service, environ), for a Secure cookie on plain HTTP: True once
+        # the process has warned about it, after which it is not asked again.
+        self.insecure_request = insecure_request
+        self.insecure_warned = False
+
+
+@cython.locals(s=_State, service=SessionService)
+def cookie_header(spec: CookieSpec, session: _SessionCore, environ: dict) -> str | None:
+    """The Set-Cookie value persist decided on, or None."""
+    s = _sess_of(session) if cython.compiled else session._sess
+    if s is None or s.cookie_action is None or not spec.use_cookies or session._detached:
+        return None
+    service = spec.service
+    secure = spec.secure
+    if secure is True:
+        if not spec.insecure_warned and environ.get("wsgi.url_scheme") != "https":
+            spec.insecure_warned = spec.insecure_request(service, environ)
+    elif secure == "auto":
+        secure = environ.get("wsgi.url_scheme") == "https"
+    domain = s.domain if s.domain is not None else spec.domain
+    path = s.path if s.path is not None else spec.path
+    if s.cookie_action == EXPIRE_COOKIE:
+        value, expires, max_age = "", 0, 0
+    else:
+        value = s.sealed if service.cookie_only else service.sign(s.id)
+        max_age = spec.max_age
+        if max_age is not None:
+            expires = service.clock() + max_age
+        elif spec.expires is True:  # a browser-session cookie
+            expires = None
+        elif spec.expires is False:
+            expires = FAR_FUTURE
+        else:
+            expires = _expires_at(spec.expires, service.clock())
+    # Positional, in the kernel's parameter order (name, value, path, domain, expires,
+    # max_age, secure, httponly, samesite, partitioned): one call per written cookie.
+    header = core.build_set_cookie(
+        spec.name, value, path, domain, expires, max_age, bool(secure), spec.httponly, spec.samesite, spec.partitioned
+    )
+    if s.cookie_action == SET_COOKIE and len(spec.name) + len(value) > MAX_COOKIE_BYTES:
+        raise SessionTooLarge(
+            f"session cookie would be {len(spec.name) + len(value)} bytes (name plus value); "
+            f"browsers drop cookies over {MAX_COOKIE_BYTES}"
+        )
+    return header
+
+
+def _expires_at(expires: Any, now: float) -> float:
+    """The Unix time a cookie_expires duration (timedelta) or date (datetime) means now."""
+    if hasattr(expires, "total_seconds"):
+        return now + expires.total_seconds()
+    if expires.tzinfo is None:  # Beaker writes a naive datetime's fields as GMT
+        expires = expires.replace(tzinfo=timezone.utc)
+    return expires.timestamp()
+
+
 class Middleware:
     """What SessionMiddleware does per request; it sets these attributes in its __init__."""
 
     app: Callable  # the wrapped application
     service: Any  # the SessionService
+    cookie_spec: CookieSpec
     environ_key: str
     _bound_get_session: Callable  # environ["beaker.get_session"]: one bound method, not one per request
     _webtest_varname: str | None

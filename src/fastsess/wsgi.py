@@ -15,13 +15,11 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import Callable, Mapping
-from datetime import timezone
 from typing import Any
 
 from . import core
-from .config import FAR_FUTURE, Config, load_config
-from .errors import SessionTooLarge
-from .session import EXPIRE_COOKIE, MAX_COOKIE_BYTES, SET_COOKIE, Session, SessionService
+from .config import Config, load_config
+from .session import Session, SessionService
 from .stores import open_store
 
 # The request cycle, compiled with the kernel: the C build of _request_py.py
@@ -37,6 +35,24 @@ def _warn_insecure_once() -> bool:
     global _insecure_warned
     first, _insecure_warned = not _insecure_warned, True
     return first
+
+
+def _insecure_request(service: SessionService, environ: dict) -> bool:
+    """A Secure cookie set on a plain-HTTP request: warn, once per process, unless the host is loopback.
+
+    True once the process has warned (by this middleware or another), so the caller stops asking.
+    """
+    if _insecure_warned:
+        return True
+    if _is_loopback(_host_name(environ)):
+        return False  # browsers keep Secure cookies from loopback hosts
+    _warn_insecure_once()
+    service.events.emit(
+        "insecure_cookie",
+        message="secure cookie set on a plain-HTTP request: browsers will drop it "
+        "(serve over HTTPS, or set session.secure = auto)",
+    )
+    return True
 
 
 def _host_name(environ: dict) -> str:
@@ -82,6 +98,7 @@ class SessionMiddleware(_request.Middleware):
         self.service = SessionService(self.config, self.store)
         self._bound_get_session = self.get_session  # one bound method, not one per request
         self._webtest_varname = self.config.webtest_varname or None
+        self.cookie_spec = _request.CookieSpec(self.config, self.service, _insecure_request)
 
     @property
     def wrap_app(self) -> Callable:
@@ -106,64 +123,6 @@ class SessionMiddleware(_request.Middleware):
     def close(self) -> None:
         if self.store is not None:
             self.store.close()
-
-    # -------------------------------------------------- headers
-
-    def cookie_header(self, session: Session, environ: dict) -> str | None:
-        """The Set-Cookie value persist decided on, or None."""
-        s = session._sess
-        if s is None or s.cookie_action is None or not self.config.use_cookies or session._detached:
-            return None
-        cfg = self.config
-        secure = cfg.secure
-        if secure is True and environ.get("wsgi.url_scheme") == "https":
-            pass  # the usual production case: nothing to decide
-        elif secure == "auto":
-            secure = environ.get("wsgi.url_scheme") == "https"
-        elif secure and not _insecure_warned and environ.get("wsgi.url_scheme") != "https":
-            if not _is_loopback(_host_name(environ)):
-                _warn_insecure_once()
-                self.service.events.emit(
-                    "insecure_cookie",
-                    message="secure cookie set on a plain-HTTP request: browsers will drop it "
-                    "(serve over HTTPS, or set session.secure = auto)",
-                )
-        domain = s.domain if s.domain is not None else cfg.cookie_domain
-        path = s.path if s.path is not None else cfg.cookie_path
-        if s.cookie_action == EXPIRE_COOKIE:
-            value, expires, max_age = "", 0, 0
-        else:
-            value = s.sealed if self.service.cookie_only else self.service.sign(s.id)
-            expires, max_age = self._expiry(session)
-        # Positional, in the kernel's parameter order (name, value, path, domain, expires,
-        # max_age, secure, httponly, samesite, partitioned): one call per written cookie.
-        header = core.build_set_cookie(
-            cfg.cookie_name, value, path, domain, expires, max_age,
-            bool(secure), cfg.httponly, cfg.samesite, cfg.partitioned,
-        )
-        if s.cookie_action == SET_COOKIE and len(cfg.cookie_name) + len(value) > MAX_COOKIE_BYTES:
-            raise SessionTooLarge(
-                f"session cookie would be {len(cfg.cookie_name) + len(value)} bytes (name plus value); "
-                f"browsers drop cookies over {MAX_COOKIE_BYTES}"
-            )
-        return header
-
-    def _expiry(self, session: Session) -> tuple:
-        """(expires, max_age) for a live cookie: Beaker's cookie_expires, or max_age when set."""
-        cfg = self.config
-        now = self.service.clock()
-        if cfg.max_age is not None:
-            return now + cfg.max_age, cfg.max_age
-        expires = cfg.cookie_expires
-        if expires is True:
-            return None, None
-        if expires is False:
-            return FAR_FUTURE, None
-        if hasattr(expires, "total_seconds"):
-            return now + expires.total_seconds(), None
-        if expires.tzinfo is None:  # Beaker writes a naive datetime's fields as GMT
-            expires = expires.replace(tzinfo=timezone.utc)
-        return expires.timestamp(), None
 
 
 def filter_factory(global_conf: Mapping[str, Any], **local_conf: Any) -> Callable:
