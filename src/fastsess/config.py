@@ -599,7 +599,7 @@ class Config:
             )
         if self.timeout is None:
             log.warning(
-                "session.timeout is not set: sessions expire only after absolute_timeout (%s s)",
+                "session.timeout is not set (or is 0): sessions expire only after absolute_timeout (%s s)",
                 int(self.absolute_timeout) if self.absolute_timeout else "never",
                 extra={"fastsess_event": "config_warning", "sid": None},
             )
