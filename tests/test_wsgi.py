@@ -28,7 +28,7 @@ import webtest
 import fastsess.session
 import fastsess.wsgi
 from fastsess import ConfigError, SessionMiddleware, StoreError, core
-from fastsess.events import RATE_LIMIT_PER_SECOND
+from fastsess.events import RATE_LIMIT_PER_SECOND, EventLog
 from fastsess.stores.base import TOMBSTONE, StoredRecord
 from fastsess.stores.memory import MemoryStore
 from fastsess.wsgi import filter_app_factory, filter_factory
@@ -2077,3 +2077,29 @@ def test_the_session_module_is_compiled_exactly_when_the_c_kernel_is_selected():
     assert wsgi.Session is fastsess.session.Session
     assert fastsess.Session is fastsess.session.Session
     assert fastsess.session.Session.__module__ == "fastsess.session"
+
+
+def test_an_event_nobody_logs_or_hooks_costs_no_sid_and_one_that_is_seen_carries_it(caplog):
+    hashed = []
+    events = EventLog()
+    events.log_sid = lambda session_id: hashed.append(session_id) or "0123456789abcdef"
+    caplog.set_level(logging.WARNING, logger="fastsess")
+    events.emit("created", session_id="the-id")  # logged at DEBUG: not seen here
+    assert hashed == [] and events.counts["created"] == 1  # counted all the same
+    caplog.set_level(logging.DEBUG, logger="fastsess")
+    events.emit("created", session_id="the-id")
+    [record] = [r for r in caplog.records if getattr(r, "fastsess_event", None) == "created"]
+    assert record.sid == "0123456789abcdef" and hashed == ["the-id"]
+    caplog.set_level(logging.WARNING, logger="fastsess")
+    seen = []
+    events.hook = lambda name, **fields: seen.append((name, fields["sid"]))
+    events.emit("created", session_id="the-id")
+    assert seen == [("created", "0123456789abcdef")] and hashed == ["the-id", "the-id"]
+
+
+def test_a_new_sessions_created_event_carries_the_sid_of_its_id():
+    seen = []
+    mw = SessionMiddleware(App(inc), secret=SECRET, on_event=lambda name, **fields: seen.append((name, fields["sid"])))
+    served = call(mw)
+    session_id, _, _ = mw.service.open_cookie(served.cookie_value())
+    assert seen == [("created", mw.service.sid(session_id))] and mw.service.sid(session_id) is not None

@@ -167,6 +167,7 @@ class SessionService:
         self.cookie_only = config.store_type == "cookie"
         self._cookie_too_large_warned = False
         self.events = events or EventLog(config.on_event)
+        self.events.log_sid = self.keys.log_sid
         if store is not None:
             store.report = self.events.emit  # what the store notices reaches on_event too
             for name, level, message in store.startup_events:
@@ -528,12 +529,12 @@ class _SessionCore:
             s.retag = True
             if key_index == _BEAKER_KEY_INDEX:
                 service.events.emit(
-                    "beaker_cookie_accepted", sid=service.sid(s.id),
+                    "beaker_cookie_accepted", session_id=s.id,
                     message="Beaker id cookie verified; re-tagged in fastsess format", beaker_format="id",
                 )
             else:
                 service.events.emit(
-                    "old_key_used", sid=service.sid(s.id), message="id cookie tagged with an old secret"
+                    "old_key_used", session_id=s.id, message="id cookie tagged with an old secret"
                 )
         return s
 
@@ -566,7 +567,7 @@ class _SessionCore:
         session_id = beaker_compat.cookie_session_id(opened.beaker_id)
         if service.is_expired(opened.created, opened.accessed, now):
             service.events.emit(
-                "expired", sid=service.sid(session_id), message="Beaker cookie session timed out"
+                "expired", session_id=session_id, message="Beaker cookie session timed out"
             )
             return None
         record = core.pack_record(opened.created, now, 0, opened.domain, opened.path, None, opened.data_bytes)
@@ -581,7 +582,7 @@ class _SessionCore:
         s.had_cookie = True
         s.retag = True  # reseal on this response
         service.events.emit(
-            "beaker_cookie_accepted", sid=service.sid(session_id),
+            "beaker_cookie_accepted", session_id=session_id,
             message="Beaker cookie session verified; resealed in fastsess format", beaker_format="cookie",
         )
         return s
@@ -609,7 +610,7 @@ class _SessionCore:
             return None
         session_id = beaker_compat.cookie_session_id(opened.beaker_id)
         if service.is_expired(opened.created, opened.accessed, now):
-            service.events.emit("expired", sid=service.sid(session_id), message="Beaker cookie session timed out")
+            service.events.emit("expired", session_id=session_id, message="Beaker cookie session timed out")
             return None
         blob = core.pack_record(opened.created, now, 0, opened.domain, opened.path, None, opened.data_bytes)
         if len(blob) > service.config.max_record_size:
@@ -644,7 +645,7 @@ class _SessionCore:
                 s.last_access = now
         s.retag = True  # reissue the cookie in fastsess format on this response
         service.events.emit(
-            "beaker_cookie_accepted", sid=service.sid(session_id),
+            "beaker_cookie_accepted", session_id=session_id,
             message="Beaker cookie session verified; kept in the server-side store", beaker_format="cookie",
         )
         return s
@@ -698,7 +699,7 @@ class _SessionCore:
             return s
         timeout, absolute = service._timeout, service._absolute_timeout  # service.is_expired, inline
         if now > expires_at or (timeout and now - last_access > timeout) or (absolute and now - issued_at > absolute):
-            service.events.emit("expired", sid=service.sid(session_id), message="cookie session timed out")
+            service.events.emit("expired", session_id=session_id, message="cookie session timed out")
             s = self._fresh(now)
             s.had_cookie = True
             return s
@@ -710,7 +711,7 @@ class _SessionCore:
         s.loaded(session_id, data_bytes, issued_at, last_access, domain, path, csrf_gen)
         if key_index > 0:
             s.retag = True
-            service.events.emit("old_key_used", sid=service.sid(session_id), message="cookie sealed with an old key")
+            service.events.emit("old_key_used", session_id=session_id, message="cookie sealed with an old key")
         return s
 
     @cython.locals(s=_State, service=SessionService)
@@ -722,13 +723,13 @@ class _SessionCore:
         except StoreError as exc:
             return self._store_failed(service, exc, now, session_id)
         if record is None:
-            service.events.emit("unknown_id", sid=service.sid(session_id), message="no record for this id")
+            service.events.emit("unknown_id", session_id=session_id, message="no record for this id")
             return self._fresh(now)
         if record is EXPIRED:
-            service.events.emit("expired", sid=service.sid(session_id), message="session timed out")
+            service.events.emit("expired", session_id=session_id, message="session timed out")
             return self._fresh(now)
         if record is TOMBSTONE:
-            service.events.emit("tombstone_hit", sid=service.sid(session_id), message="id was rotated away")
+            service.events.emit("tombstone_hit", session_id=session_id, message="id was rotated away")
             s = self._fresh(now)
             s.read_only = s.tombstoned = True
             s.is_new = False
@@ -749,7 +750,7 @@ class _SessionCore:
             return self._corrupt_record(service, session_id, now)
         timeout, absolute = service._timeout, service._absolute_timeout  # service.is_expired, inline
         if (timeout and now - last_access > timeout) or (absolute and now - created > absolute):
-            service.events.emit("expired", sid=service.sid(session_id), message="session timed out")
+            service.events.emit("expired", session_id=session_id, message="session timed out")
             return self._fresh(now)
         s = _State(now, data, flash_data)
         s.shared = shared
@@ -763,14 +764,14 @@ class _SessionCore:
     @cython.locals(service=SessionService)
     def _corrupt_record(self, service: SessionService, session_id: str, now: float) -> _State:
         """A damaged stored record: missing with invalidate_corrupt (the default), else CorruptRecord."""
-        service.events.emit("corrupt_record", sid=service.sid(session_id), message="stored record is corrupt")
+        service.events.emit("corrupt_record", session_id=session_id, message="stored record is corrupt")
         if not service.config.invalidate_corrupt:
             raise CorruptRecord("a stored session record is corrupt (invalidate_corrupt is off)") from None
         return self._fresh(now)
 
     @cython.locals(s=_State, service=SessionService)
     def _store_failed(self, service: SessionService, exc: StoreError, now: float, session_id: str) -> _State:
-        service.events.emit("store_error", sid=service.sid(session_id), message=f"load failed: {exc}")
+        service.events.emit("store_error", session_id=session_id, message=f"load failed: {exc}")
         if service.config.on_store_error != "anonymous":
             raise exc
         s = self._fresh(now)
@@ -1157,7 +1158,7 @@ class _SessionCore:
             if s.modified or s.flash_modified or s.save_requested or s.doomed or s.dead:
                 if not s.dropped:
                     service.events.emit(
-                        "write_dropped", sid=service.sid(s.id), message="session is read-only", client=s.tombstoned
+                        "write_dropped", session_id=s.id, message="session is read-only", client=s.tombstoned
                     )
                 s.dropped = True
             if s.anonymous and not s.read_only and s.forgets_cookie():
@@ -1200,7 +1201,7 @@ class _SessionCore:
                 s.cookie_action = SET_COOKIE
             s.retag = False
         except StoreError as exc:
-            service.events.emit("store_error", sid=service.sid(s.id), message=f"write failed: {exc}")
+            service.events.emit("store_error", session_id=s.id, message=f"write failed: {exc}")
             if service.config.on_store_error != "anonymous":
                 raise
             s.anonymous = True
@@ -1249,7 +1250,7 @@ class _SessionCore:
                 "consider a server-side store",
             )
         if s.is_new:
-            service.events.emit("created", sid=service.sid(s.id))
+            service.events.emit("created", session_id=s.id)
         s.sealed = sealed
         s.cookie_action = SET_COOKIE
         if data_bytes is not s.loaded_data:  # the client sends this cookie next: no decode then
@@ -1279,13 +1280,13 @@ class _SessionCore:
         if service.cookie_only or s.is_new or s.rotate_from is not None or s.dead or s.doomed or s.invalidated or rescoped:
             if pending:
                 service.events.emit(
-                    "write_dropped", sid=service.sid(s.id), message="change after the headers needs a new cookie"
+                    "write_dropped", session_id=s.id, message="change after the headers needs a new cookie"
                 )
             return
         try:
             self._persist()
         except Exception as exc:  # the response is already out: log, never raise into the server
-            service.events.emit("store_error", sid=service.sid(s.id), message=f"late write failed: {type(exc).__name__}")
+            service.events.emit("store_error", session_id=s.id, message=f"late write failed: {type(exc).__name__}")
 
     @cython.locals(s=_State, service=SessionService)
     def _to_write(self, s: _State, service: SessionService) -> bytes | None:
@@ -1331,7 +1332,7 @@ class _SessionCore:
                 s.id = core.new_session_id()
                 key = core.store_key(s.id)
                 result = store.create(key, service.seal_record(key, blob), expires_at)
-            service.events.emit("created", sid=service.sid(s.id))
+            service.events.emit("created", session_id=s.id)
         elif s.rotate_from is not None:
             result = self._rotate(s, service, blob, expires_at, now)
         else:
@@ -1341,7 +1342,7 @@ class _SessionCore:
                 result = self._merge_write(s, service, key, expires_at, now)
         s.merge_from = None  # written, or gone: a later save starts from what it loads
         if result is GONE:
-            service.events.emit("save_gone", sid=service.sid(s.id), message="record vanished; not recreated")
+            service.events.emit("save_gone", session_id=s.id, message="record vanished; not recreated")
             # A concurrent logout wins: expire the cookie. But when the id was rotated
             # away, the client already holds (or is getting) the new cookie: leave it alone.
             rotated = self._was_rotated(service, s)
@@ -1383,7 +1384,7 @@ class _SessionCore:
             )
             if result is not CONFLICT:
                 if result is not GONE:
-                    service.events.emit("regenerated", sid=service.sid(s.id))
+                    service.events.emit("regenerated", session_id=s.id)
                 return result
             if service.store.has_locked_rotate:  # merge and rotate under the store's lock
                 result = service.store.locked_rotate(
@@ -1395,7 +1396,7 @@ class _SessionCore:
                 if result is CONFLICT:  # new_key is taken: a 256-bit collision
                     return self._give_up(s, service)
                 if result is not GONE:
-                    service.events.emit("regenerated", sid=service.sid(s.id))
+                    service.events.emit("regenerated", session_id=s.id)
                 return result
             current = _reload(service.store, old_key)
             if not isinstance(current, StoredRecord):
@@ -1429,7 +1430,7 @@ class _SessionCore:
 
     @cython.locals(s=_State, service=SessionService)
     def _give_up(self, s: _State, service: SessionService):
-        service.events.emit("conflict_raised", sid=service.sid(s.id), message="compare-and-set kept failing")
+        service.events.emit("conflict_raised", session_id=s.id, message="compare-and-set kept failing")
         raise ConflictError(f"session write lost {MAX_CAS_ATTEMPTS} compare-and-set races")
 
     @cython.locals(s=_State, service=SessionService)
@@ -1454,9 +1455,9 @@ class _SessionCore:
         try:
             merged, clashes = merge(base, ours, theirs, service.config.on_conflict)
         except ConflictError:
-            service.events.emit("conflict_raised", sid=service.sid(s.id), message="same key changed concurrently")
+            service.events.emit("conflict_raised", session_id=s.id, message="same key changed concurrently")
             raise
-        service.events.emit("conflict_merged", sid=service.sid(s.id), clashes=len(clashes))
+        service.events.emit("conflict_merged", session_id=s.id, clashes=len(clashes))
         s.data = merged
         s.flash = merge_flash(base_flash, our_flash, their_flash)
         s.domain = domains[1] if domains[1] != domains[0] else domain
@@ -1474,7 +1475,7 @@ class _SessionCore:
         try:
             touched = service.store.touch(s.store_key(), service.expires_at(s.created, now))
         except StoreError as exc:
-            service.events.emit("store_error", sid=service.sid(s.id), message=f"touch failed: {exc}")
+            service.events.emit("store_error", session_id=s.id, message=f"touch failed: {exc}")
             if service.config.on_store_error != "anonymous":
                 raise
             return

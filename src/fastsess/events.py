@@ -53,6 +53,10 @@ class EventLog:
 
     def __init__(self, hook: Callable[..., Any] | None = None) -> None:
         self.hook = hook
+        #: log_sid(session_id): the keyed hash a session's events carry as `sid` (the
+        #: session layer sets its KeyRing's); computed only for events that are logged
+        #: or hooked, so an event nobody sees costs no HMAC.
+        self.log_sid: Callable[[str], str | None] | None = None
         self.counts: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._window = 0
@@ -69,20 +73,24 @@ class EventLog:
 
     def emit(
         self, name: str, sid: str | None = None, message: str = "", client: bool = False,
-        level: int | None = None, **fields: Any,
+        level: int | None = None, session_id: str | None = None, **fields: Any,
     ) -> None:
         """Record event `name`; fields must never hold ids, cookie values or session data.
 
         client: this occurrence is one a client can cause at will (as CLIENT_EVENTS
         always are): logged at INFO at most, and rate-limited. level: the log level,
-        when this occurrence needs another than the event's own.
+        when this occurrence needs another than the event's own. session_id: the
+        session's id, which becomes `sid` (log_sid) only if the event is logged or hooked.
         """
         self.counts[name] += 1
         if level is None:
             level = _LEVELS.get(name, logging.DEBUG)
         if client:
             level = min(level, logging.INFO)
-        if log.isEnabledFor(level) and (not (client or name in _RATE_LIMITED) or self._allowed(name)):
+        logged = log.isEnabledFor(level) and (not (client or name in _RATE_LIMITED) or self._allowed(name))
+        if session_id is not None and sid is None and (logged or self.hook is not None) and self.log_sid is not None:
+            sid = self.log_sid(session_id)
+        if logged:
             text = f"{name}: {message}" if message else name
             log.log(level, text, extra={"fastsess_event": name, "sid": sid, **fields})
         if self.hook is not None:
