@@ -1,7 +1,7 @@
 """SessionMiddleware: puts a lazy session in the environ and persists it before the body is sent.
 
-The middleware holds the configuration and decides the Set-Cookie value; each
-request runs through fastsess._request_py (compiled with the C kernel). The
+The middleware holds the configuration; each request, the Set-Cookie value
+included, runs through fastsess._request_py (compiled with the C kernel). The
 application's start_response is recorded, not forwarded. Once the application
 has returned its iterable (and, for a generator, produced its first chunk),
 the session is written, the cookie and cache headers are decided, and only
