@@ -31,22 +31,17 @@ log = logging.getLogger("fastsess")
 _insecure_warned = False  # the plain-HTTP warning is logged once per process
 
 
-def _warn_insecure_once() -> bool:
-    global _insecure_warned
-    first, _insecure_warned = not _insecure_warned, True
-    return first
-
-
 def _insecure_request(service: SessionService, environ: dict) -> bool:
     """A Secure cookie set on a plain-HTTP request: warn, once per process, unless the host is loopback.
 
     True once the process has warned (by this middleware or another), so the caller stops asking.
     """
+    global _insecure_warned
     if _insecure_warned:
         return True
     if _is_loopback(_host_name(environ)):
         return False  # browsers keep Secure cookies from loopback hosts
-    _warn_insecure_once()
+    _insecure_warned = True
     service.events.emit(
         "insecure_cookie",
         message="secure cookie set on a plain-HTTP request: browsers will drop it "
